@@ -1,0 +1,49 @@
+//! Protocol and implementation constants, split the way wireguard-go's `device/constants.go` does.
+
+use std::time::Duration;
+
+// Specification constants (WireGuard whitepaper §6.1). Not configurable: peers run on these timers.
+
+/// A peer starts a new handshake this long after a session began.
+pub const REKEY_AFTER_TIME: Duration = Duration::from_secs(120);
+/// Keys older than this are refused by both peers, so an index pair is dead after it.
+pub const REJECT_AFTER_TIME: Duration = Duration::from_secs(180);
+/// An unanswered initiation is retried (with a fresh sender index) after this long.
+pub const REKEY_TIMEOUT: Duration = Duration::from_secs(5);
+/// A peer that received data and sent nothing sends a keepalive after this long.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Cookie secrets rotate, and peers forget cookies, after this long.
+pub const COOKIE_REFRESH_TIME: Duration = Duration::from_secs(120);
+
+// Implementation constants.
+
+/// Once under load, stay under load this long (wireguard-go `UnderLoadAfterTime`).
+pub const UNDER_LOAD_AFTER_TIME: Duration = Duration::from_secs(1);
+/// Initiations per second (per relay state) above which the relay counts as under load and
+/// `--cookie under-load` starts challenging new sources. Legitimate load is about one initiation
+/// per session every REKEY_AFTER_TIME, so 1000/s covers ~100k sessions with room to spare.
+pub const UNDER_LOAD_INITIATIONS_PER_SECOND: u32 = 1000;
+/// Per-source handshake budget under load (wireguard-go `ratelimiter.go`: 20/s, burst 5),
+/// keyed on the IPv4 address or the IPv6 /64.
+pub const HANDSHAKES_PER_SECOND_PER_SOURCE: u32 = 20;
+pub const HANDSHAKE_BURST_PER_SOURCE: u32 = 5;
+/// Fan-out token bucket burst, in seconds of rate (wpex uses 5x the rate).
+pub const FANOUT_BURST_SECONDS: u32 = 5;
+/// At most this many copies of one initiation. Beyond it, retries rotate through the candidates.
+pub const MAX_FANOUT_PER_INITIATION: usize = 64;
+/// mac1 values remembered by the replay filter (about 1 MiB). At 10k sessions rekeying every
+/// 120 s this is ~13 minutes of history, far beyond the 5 s an initiation lives.
+pub const REPLAY_HISTORY: usize = 1 << 16;
+/// An endpoint that sent nothing admitted for this long is forgotten (one key lifetime).
+pub const ENDPOINT_IDLE_TIME: Duration = REJECT_AFTER_TIME;
+/// A source that answered our cookie stays proven this long (a peer keeps a cookie as long).
+pub const SOURCE_PROVEN_TIME: Duration = COOKIE_REFRESH_TIME;
+/// Roaming: a transport packet from a new source moves the sender's endpoint only if its counter
+/// is above every counter seen for that index and at most this far above. Wide enough for the
+/// packets a peer sends into a dead NAT mapping before it rebinds (about 1 s at 1 Gbit/s of
+/// full-size packets), narrow enough that a blind guess succeeds with probability ~2^-47.
+pub const ROAM_COUNTER_WINDOW: u64 = 1 << 17;
+/// Parked initiations (cold initiations waiting for their holder to show up) kept at most.
+pub const MAX_PARKED_INITIATIONS: usize = 4096;
+/// Sessions (index pairs, half-open included) per relay state; beyond it new ones are dropped.
+pub const MAX_INDICES: usize = 1 << 21;

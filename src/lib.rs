@@ -1,0 +1,8 @@
+//! wgrelay: a WireGuard relay that forwards by receiver index, never decrypting.
+//!
+//! Layers, each a folder: `wire` (typed views of the four messages, mac1/mac2, cookie crypto),
+//! `admit` (who may start a handshake), `table` (index and identity state), `route` (the pure
+//! routing decision), `io` (backends that only move bytes) and `shard` (the datapath loop).
+
+pub mod constants;
+pub mod wire;

@@ -1,0 +1,177 @@
+//! Zero-copy typed views of WireGuard's four messages (smoltcp `wire` style).
+//!
+//! The contract: a view made with `new_checked` has passed `check_len`, and then no accessor
+//! panics. Everything read from a socket goes through `new_checked`. `new_unchecked` is for
+//! buffers this crate has sized itself. Length checks match what WireGuard receivers accept,
+//! never stricter: handshake messages have an exact size, transport any size of at least 32
+//! bytes (padding to 16 stops at the MTU, so a multiple of 16 is not required).
+//!
+//! The parsing layer only says "malformed"; why a packet is dropped is `route::DropReason`.
+
+pub mod cookie_reply;
+pub mod initiation;
+pub mod mac;
+pub mod response;
+pub mod transport;
+#[cfg(test)]
+pub(crate) mod testvec;
+
+pub use cookie_reply::{Packet as CookieReplyPacket, Repr as CookieReplyRepr};
+pub use initiation::Packet as InitiationPacket;
+pub use response::Packet as ResponsePacket;
+pub use transport::Packet as TransportPacket;
+
+use core::fmt;
+
+/// A malformed or unsupported message. Deliberately carries no detail (see module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Error;
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("malformed WireGuard message")
+    }
+}
+
+impl std::error::Error for Error {}
+
+pub type Result<T> = core::result::Result<T, Error>;
+
+pub(crate) type Field = core::ops::Range<usize>;
+
+/// A WireGuard index: the random 32-bit value each peer picks per handshake to name its side
+/// of a session. Opaque to the relay except as a routing key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Index(pub u32);
+
+impl fmt::Display for Index {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:08x}", self.0)
+    }
+}
+
+/// The message type: the first four bytes read as a little-endian u32 (so the three reserved
+/// bytes must be zero). Unknown values are kept, not lost, so they can be counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageType {
+    Initiation,
+    Response,
+    CookieReply,
+    Transport,
+    Unknown(u32),
+}
+
+impl From<u32> for MessageType {
+    fn from(value: u32) -> Self {
+        match value {
+            1 => MessageType::Initiation,
+            2 => MessageType::Response,
+            3 => MessageType::CookieReply,
+            4 => MessageType::Transport,
+            other => MessageType::Unknown(other),
+        }
+    }
+}
+
+impl From<MessageType> for u32 {
+    fn from(value: MessageType) -> Self {
+        match value {
+            MessageType::Initiation => 1,
+            MessageType::Response => 2,
+            MessageType::CookieReply => 3,
+            MessageType::Transport => 4,
+            MessageType::Unknown(other) => other,
+        }
+    }
+}
+
+/// Length of the type field every message starts with.
+pub const TYPE_LEN: usize = 4;
+
+/// Reads the message type of a datagram, or `Error` if it is shorter than the type field.
+#[inline]
+pub fn message_type(buf: &[u8]) -> Result<MessageType> {
+    match buf.first_chunk::<TYPE_LEN>() {
+        Some(b) => Ok(MessageType::from(u32::from_le_bytes(*b))),
+        None => Err(Error),
+    }
+}
+
+#[inline]
+pub(crate) fn read_u32(buf: &[u8], field: Field) -> u32 {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&buf[field]);
+    u32::from_le_bytes(b)
+}
+
+#[inline]
+pub(crate) fn read_array<const N: usize>(buf: &[u8], field: Field) -> [u8; N] {
+    let mut b = [0u8; N];
+    b.copy_from_slice(&buf[field]);
+    b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_type_round_trips() {
+        for v in [0u32, 1, 2, 3, 4, 5, 0x0100_0001, u32::MAX] {
+            assert_eq!(u32::from(MessageType::from(v)), v);
+        }
+        assert_eq!(message_type(&[1, 0, 0, 0]), Ok(MessageType::Initiation));
+        assert_eq!(message_type(&[4, 0, 0, 0, 9]), Ok(MessageType::Transport));
+        // Reserved bytes must be zero: wireguard-go reads the whole u32.
+        assert_eq!(
+            message_type(&[1, 0, 0, 1]),
+            Ok(MessageType::Unknown(0x0100_0001))
+        );
+    }
+
+    #[test]
+    fn message_type_too_short() {
+        assert_eq!(message_type(&[]), Err(Error));
+        assert_eq!(message_type(&[1, 0, 0]), Err(Error));
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        // No input panics: every view, accessor and MAC check on arbitrary bytes.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = message_type(&bytes);
+            if let Ok(p) = InitiationPacket::new_checked(&bytes[..]) {
+                let _ = (p.sender(), p.mac1(), p.mac2(), p.ephemeral(), p.to_string());
+            }
+            if let Ok(p) = ResponsePacket::new_checked(&bytes[..]) {
+                let _ = (p.sender(), p.receiver(), p.mac1(), p.mac2(), p.to_string());
+            }
+            if let Ok(p) = CookieReplyPacket::new_checked(&bytes[..]) {
+                let _ = (p.receiver(), p.nonce(), p.encrypted_cookie(), CookieReplyRepr::parse(&p));
+            }
+            if let Ok(p) = TransportPacket::new_checked(&bytes[..]) {
+                let _ = (p.receiver(), p.counter(), p.payload().len(), p.to_string());
+            }
+            let key = mac::Mac1Key::new(&[7; 32]);
+            let _ = mac::check_mac1(&key, &bytes);
+            let _ = mac::check_mac2(&[1; 16], &bytes);
+            let _ = mac::mac1_of(&bytes);
+        }
+
+        // check_len accepts exactly the lengths receivers accept.
+        #[test]
+        fn lengths_are_exact(len in 0usize..2000) {
+            let bytes = vec![0u8; len];
+            prop_assert_eq!(InitiationPacket::new_checked(&bytes[..]).is_ok(), len == 148);
+            prop_assert_eq!(ResponsePacket::new_checked(&bytes[..]).is_ok(), len == 92);
+            prop_assert_eq!(CookieReplyPacket::new_checked(&bytes[..]).is_ok(), len == 64);
+            prop_assert_eq!(TransportPacket::new_checked(&bytes[..]).is_ok(), len >= 32);
+        }
+    }
+}
