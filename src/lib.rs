@@ -4,5 +4,14 @@
 //! `admit` (who may start a handshake), `table` (index and identity state), `route` (the pure
 //! routing decision), `io` (backends that only move bytes) and `shard` (the datapath loop).
 
+pub mod admit;
+pub mod cli;
+pub mod config;
 pub mod constants;
+pub mod io;
+pub mod key;
+pub mod relay;
+pub mod route;
+pub mod shard;
+pub mod table;
 pub mod wire;

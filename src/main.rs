@@ -1,1 +1,71 @@
-fn main() {}
+//! `wgrelay`: parse the command line into a `Config`, then run or check it.
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use wgrelay::cli::{Cli, Mode};
+use wgrelay::config::Config;
+use wgrelay::relay::Relay;
+
+fn main() -> ExitCode {
+    let (mode, args) = Cli::parse().into_parts();
+    let config = match Config::from_args(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("wgrelay: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    env_logger::Builder::new()
+        .filter_level(config.log_level)
+        .parse_env("WGRELAY_LOG")
+        .format_target(false)
+        .init();
+    match mode {
+        Mode::CheckConfig => {
+            println!("{}", config.summary());
+            println!("configuration OK");
+            ExitCode::SUCCESS
+        }
+        Mode::Run => run(&config),
+    }
+}
+
+fn run(config: &Config) -> ExitCode {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(signal, stop.clone()) {
+            eprintln!("wgrelay: cannot install a signal handler: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    let relay = match Relay::start(config) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("wgrelay: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    for line in config.summary().lines() {
+        log::info!("{line}");
+    }
+    let addrs: Vec<String> = relay.local_addrs().iter().map(|a| a.to_string()).collect();
+    log::info!("relaying on {}", addrs.join(", "));
+    let mut next_stats = config.stats_interval.map(|d| Instant::now() + d);
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+        if let (Some(at), Some(every)) = (next_stats, config.stats_interval) {
+            if Instant::now() >= at {
+                log::info!("stats: {}", relay.stats());
+                next_stats = Some(at + every);
+            }
+        }
+    }
+    log::info!("stopping");
+    let stats = relay.stop();
+    log::info!("final stats: {stats}");
+    ExitCode::SUCCESS
+}

@@ -120,7 +120,10 @@ mod tests {
         assert_eq!(p.encrypted_timestamp(), &INITIATION_BYTES[88..116]);
         assert_eq!(&p.mac1()[..], &INITIATION_BYTES[116..132]);
         assert_eq!(p.mac2(), [0; 16]);
-        assert_eq!(p.to_string(), format!("initiation sender={INITIATION_SENDER}"));
+        assert_eq!(
+            p.to_string(),
+            format!("initiation sender={INITIATION_SENDER}")
+        );
     }
 
     #[test]
@@ -142,7 +145,10 @@ mod tests {
 
     #[test]
     fn too_short() {
-        assert_eq!(Packet::new_checked(&INITIATION_BYTES[..LEN - 1]).err(), Some(Error));
+        assert_eq!(
+            Packet::new_checked(&INITIATION_BYTES[..LEN - 1]).err(),
+            Some(Error)
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! every comparison is constant-time.
 
 use blake2::digest::consts::U16;
-use blake2::digest::{FixedOutput, KeyInit, Mac, Update};
+use blake2::digest::{FixedOutput, KeyInit, Update};
 use blake2::{Blake2s256, Blake2sMac, Digest};
 use chacha20poly1305::aead::{Aead, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
@@ -164,14 +164,23 @@ mod tests {
             INITIATION_BYTES[116..132]
         );
         // Addressed to the responder, not the initiator.
-        assert!(!check_mac1(&Mac1Key::new(&INITIATOR_PUBLIC), &INITIATION_BYTES));
+        assert!(!check_mac1(
+            &Mac1Key::new(&INITIATOR_PUBLIC),
+            &INITIATION_BYTES
+        ));
     }
 
     #[test]
     fn mac1_of_boringtun_response() {
         // A response's mac1 names the initiator.
-        assert!(check_mac1(&Mac1Key::new(&INITIATOR_PUBLIC), &RESPONSE_BYTES));
-        assert!(!check_mac1(&Mac1Key::new(&RESPONDER_PUBLIC), &RESPONSE_BYTES));
+        assert!(check_mac1(
+            &Mac1Key::new(&INITIATOR_PUBLIC),
+            &RESPONSE_BYTES
+        ));
+        assert!(!check_mac1(
+            &Mac1Key::new(&RESPONDER_PUBLIC),
+            &RESPONSE_BYTES
+        ));
     }
 
     #[test]

@@ -12,9 +12,9 @@ pub mod cookie_reply;
 pub mod initiation;
 pub mod mac;
 pub mod response;
-pub mod transport;
 #[cfg(test)]
 pub(crate) mod testvec;
+pub mod transport;
 
 pub use cookie_reply::{Packet as CookieReplyPacket, Repr as CookieReplyRepr};
 pub use initiation::Packet as InitiationPacket;

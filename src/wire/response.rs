@@ -133,7 +133,10 @@ mod tests {
 
     #[test]
     fn wrong_lengths() {
-        assert_eq!(Packet::new_checked(&RESPONSE_BYTES[..LEN - 1]).err(), Some(Error));
+        assert_eq!(
+            Packet::new_checked(&RESPONSE_BYTES[..LEN - 1]).err(),
+            Some(Error)
+        );
         assert_eq!(Packet::new_checked(&[0u8; LEN + 1][..]).err(), Some(Error));
         assert_eq!(Packet::new_checked(&[][..]).err(), Some(Error));
     }

@@ -7,6 +7,7 @@ mod field {
     pub const TYPE: Field = 0..4;
     pub const RECEIVER: Field = 4..8;
     pub const COUNTER: Field = 8..16;
+    #[allow(non_snake_case)]
     pub const fn PAYLOAD(len: usize) -> Field {
         COUNTER.end..len
     }
@@ -113,14 +114,20 @@ mod tests {
     #[test]
     fn keepalive_is_min_len() {
         assert!(Packet::new_checked(&[4u8; MIN_LEN][..]).is_ok());
-        assert_eq!(Packet::new_checked(&[4u8; MIN_LEN - 1][..]).err(), Some(Error));
+        assert_eq!(
+            Packet::new_checked(&[4u8; MIN_LEN - 1][..]).err(),
+            Some(Error)
+        );
     }
 
     #[test]
     fn odd_lengths_accepted() {
         // Padding stops at the MTU, so lengths that are not 32 + 16k occur.
         for len in [33, 47, 1419, 1420, 1421, 9000] {
-            assert!(Packet::new_checked(&vec![4u8; len][..]).is_ok(), "len {len}");
+            assert!(
+                Packet::new_checked(&vec![4u8; len][..]).is_ok(),
+                "len {len}"
+            );
         }
     }
 

@@ -1,0 +1,15 @@
+//! Admission: who may start a handshake through the relay.
+//!
+//! Order, extending wireguard-go's: mac1 against the key directory → mac1 replay filter →
+//! mac2 or a cookie reply (always, under load, or never) → per-source token bucket under load.
+//! The routing core (`route`) applies them; each piece here is a plain value with time passed in.
+
+pub mod cookie;
+pub mod keys;
+pub mod ratelimit;
+pub mod replay;
+
+pub use cookie::{CookieChecker, Entropy, OsEntropy, TestEntropy};
+pub use keys::{GroupId, KeyDirectory, KeyId};
+pub use ratelimit::{LoadTracker, SourceLimiter, TokenBucket};
+pub use replay::ReplayFilter;

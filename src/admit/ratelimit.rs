@@ -1,0 +1,239 @@
+//! Token buckets: one global for fan-out copies, one per source for handshakes under load
+//! (wireguard-go `ratelimiter.go`). Time is passed in, never read, so tests step it by hand.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+const NANOS_PER_SECOND: u64 = 1_000_000_000;
+
+/// A token bucket counting in nanoseconds of "cost", like wireguard-go's limiter.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    /// Cost of one token, in nanoseconds.
+    cost: u64,
+    /// Capacity, in nanoseconds.
+    max: u64,
+    /// Current balance, in nanoseconds.
+    balance: u64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    /// `rate` tokens per second (at least 1), holding at most `burst` tokens (at least 1).
+    pub fn new(rate: u32, burst: u32, now: Instant) -> Self {
+        let cost = NANOS_PER_SECOND / u64::from(rate.max(1));
+        let max = cost.saturating_mul(u64::from(burst.max(1)));
+        TokenBucket {
+            cost,
+            max,
+            balance: max,
+            last: now,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last);
+        self.last = now.max(self.last);
+        let add = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.balance = self.balance.saturating_add(add).min(self.max);
+    }
+
+    /// Takes one token if there is one.
+    pub fn allow(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        if self.balance >= self.cost {
+            self.balance -= self.cost;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Whether the bucket has refilled completely (and so can be forgotten).
+    pub fn is_full(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.balance == self.max
+    }
+}
+
+/// Per-source buckets keyed on the IPv4 address or the IPv6 /64, as WireGuard does.
+#[derive(Debug)]
+pub struct SourceLimiter {
+    rate: u32,
+    burst: u32,
+    buckets: HashMap<u128, TokenBucket>,
+}
+
+/// Sources tracked at most; past it, the limiter forgets full buckets first, then refuses.
+const MAX_SOURCES: usize = 1 << 16;
+
+impl SourceLimiter {
+    pub fn new(rate: u32, burst: u32) -> Self {
+        SourceLimiter {
+            rate,
+            burst,
+            buckets: HashMap::new(),
+        }
+    }
+
+    fn key(ip: IpAddr) -> u128 {
+        match ip {
+            IpAddr::V4(v4) => u128::from(u32::from(v4)),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => u128::from(u32::from(v4)),
+                // Set a bit no IPv4 key has, so the two spaces never collide.
+                None => (u128::from(v6) & !((1u128 << 64) - 1)) | 1 << 32,
+            },
+        }
+    }
+
+    pub fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
+        if self.buckets.len() >= MAX_SOURCES {
+            self.sweep(now);
+        }
+        let key = Self::key(ip);
+        if let Some(bucket) = self.buckets.get_mut(&key) {
+            return bucket.allow(now);
+        }
+        if self.buckets.len() >= MAX_SOURCES {
+            return false;
+        }
+        let mut bucket = TokenBucket::new(self.rate, self.burst, now);
+        let ok = bucket.allow(now);
+        self.buckets.insert(key, bucket);
+        ok
+    }
+
+    /// Forgets sources whose bucket is full again.
+    pub fn sweep(&mut self, now: Instant) {
+        self.buckets.retain(|_, b| !b.is_full(now));
+    }
+
+    pub fn len(&self) -> usize {
+        self.buckets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
+    }
+}
+
+/// Tracks the initiation rate to decide "under load" (wireguard-go `IsUnderLoad`): once the
+/// count in the current second reaches the threshold, the state holds for
+/// `UNDER_LOAD_AFTER_TIME` after the last second that reached it.
+#[derive(Debug)]
+pub struct LoadTracker {
+    threshold: u32,
+    hold: Duration,
+    window_start: Option<Instant>,
+    count: u32,
+    until: Option<Instant>,
+}
+
+impl LoadTracker {
+    pub fn new(threshold: u32, hold: Duration) -> Self {
+        LoadTracker {
+            threshold,
+            hold,
+            window_start: None,
+            count: 0,
+            until: None,
+        }
+    }
+
+    /// Counts one initiation.
+    pub fn record(&mut self, now: Instant) {
+        match self.window_start {
+            Some(start) if now.saturating_duration_since(start) < Duration::from_secs(1) => {}
+            _ => {
+                self.window_start = Some(now);
+                self.count = 0;
+            }
+        }
+        self.count = self.count.saturating_add(1);
+        if self.count >= self.threshold {
+            self.until = Some(now + self.hold);
+        }
+    }
+
+    pub fn is_under_load(&self, now: Instant) -> bool {
+        self.until.is_some_and(|until| now < until)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    #[test]
+    fn bucket_burst_then_rate() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(10, 5, t0);
+        for _ in 0..5 {
+            assert!(b.allow(t0));
+        }
+        assert!(!b.allow(t0));
+        // One token per 100 ms.
+        assert!(!b.allow(t0 + Duration::from_millis(99)));
+        assert!(b.allow(t0 + Duration::from_millis(100)));
+        assert!(!b.allow(t0 + Duration::from_millis(100)));
+        // Never more than the burst, however long the pause.
+        let later = t0 + Duration::from_secs(3600);
+        for _ in 0..5 {
+            assert!(b.allow(later));
+        }
+        assert!(!b.allow(later));
+    }
+
+    #[test]
+    fn bucket_tolerates_time_going_backwards() {
+        let t0 = Instant::now() + Duration::from_secs(10);
+        let mut b = TokenBucket::new(1, 1, t0);
+        assert!(b.allow(t0));
+        assert!(!b.allow(t0 - Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn sources_are_independent_and_v6_uses_slash_64() {
+        let t0 = Instant::now();
+        let mut l = SourceLimiter::new(20, 5);
+        let a = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
+        let b = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+        for _ in 0..5 {
+            assert!(l.allow(a, t0));
+        }
+        assert!(!l.allow(a, t0));
+        assert!(l.allow(b, t0));
+        let v6a: IpAddr = "2001:db8::1".parse::<Ipv6Addr>().unwrap().into();
+        let v6b: IpAddr = "2001:db8::ffff:1".parse::<Ipv6Addr>().unwrap().into();
+        for _ in 0..5 {
+            assert!(l.allow(v6a, t0));
+        }
+        assert!(!l.allow(v6b, t0), "same /64 shares a bucket");
+        // A v4-mapped address is the v4 address.
+        let mapped = IpAddr::V6(Ipv4Addr::new(127, 0, 0, 1).to_ipv6_mapped());
+        assert!(!l.allow(mapped, t0));
+        l.sweep(t0 + Duration::from_secs(1));
+        assert!(l.is_empty());
+    }
+
+    #[test]
+    fn load_tracker_threshold_and_hold() {
+        let t0 = Instant::now();
+        let mut l = LoadTracker::new(3, Duration::from_secs(1));
+        l.record(t0);
+        l.record(t0);
+        assert!(!l.is_under_load(t0));
+        l.record(t0 + Duration::from_millis(10));
+        assert!(l.is_under_load(t0 + Duration::from_millis(10)));
+        assert!(l.is_under_load(t0 + Duration::from_millis(1009)));
+        assert!(!l.is_under_load(t0 + Duration::from_millis(1011)));
+        // A new second starts the count again.
+        let t1 = t0 + Duration::from_secs(5);
+        l.record(t1);
+        l.record(t1);
+        assert!(!l.is_under_load(t1));
+    }
+}

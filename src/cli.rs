@@ -1,0 +1,164 @@
+//! Command-line interface (clap derive types only).
+//!
+//! ```text
+//! wgrelay [RUN-FLAGS]               run the relay (no subcommand = run)
+//! wgrelay run [RUN-FLAGS]           run the relay
+//! wgrelay check-config [RUN-FLAGS]  validate and print the effective configuration
+//! ```
+//!
+//! Every flag can also be set through a `WGRELAY_*` environment variable;
+//! a flag on the command line wins over its variable. Keys and addresses are
+//! kept as plain strings here: [`crate::config::Config::from_args`]
+//! validates them and produces messages that name the offending value.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+
+use crate::config::CookieMode;
+
+/// A WireGuard relay: forwards packets between peers by receiver index,
+/// never decrypting them.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "wgrelay", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Run the relay (the default when no subcommand is given).
+    Run(RunArgs),
+    /// Validate everything `run` would, print the effective configuration and
+    /// exit (non-zero on error).
+    CheckConfig(RunArgs),
+}
+
+/// What the process was asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Run,
+    CheckConfig,
+}
+
+impl Cli {
+    /// Splits the parsed command line into what to do and the flags to do it
+    /// with. Without a subcommand the top-level flags apply to `run`.
+    pub fn into_parts(self) -> (Mode, RunArgs) {
+        match self.command {
+            Some(Command::Run(args)) => (Mode::Run, args),
+            Some(Command::CheckConfig(args)) => (Mode::CheckConfig, args),
+            None => (Mode::Run, self.run),
+        }
+    }
+}
+
+/// Log verbosity as spelled on the command line and in the config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl From<LogLevel> for log::LevelFilter {
+    fn from(level: LogLevel) -> Self {
+        match level {
+            LogLevel::Error => log::LevelFilter::Error,
+            LogLevel::Warn => log::LevelFilter::Warn,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Debug => log::LevelFilter::Debug,
+            LogLevel::Trace => log::LevelFilter::Trace,
+        }
+    }
+}
+
+/// Flags shared by `run` and `check-config`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Args)]
+pub struct RunArgs {
+    /// UDP socket address to listen on, IPv6 in brackets (e.g. 0.0.0.0:51820,
+    /// [::]:51820). Repeatable; comma-separated lists accepted.
+    /// [default: [::]:51820]
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "WGRELAY_LISTEN",
+        value_delimiter = ','
+    )]
+    pub listen: Vec<String>,
+
+    /// Only relay for this WireGuard public key (base64). Repeatable;
+    /// comma-separated lists accepted. Without --allow and --group any key is
+    /// relayed (open mode).
+    #[arg(
+        long,
+        value_name = "PUBKEY",
+        env = "WGRELAY_ALLOW",
+        value_delimiter = ','
+    )]
+    pub allow: Vec<String>,
+
+    /// A group of public keys that may only reach each other, as
+    /// K1,K2[,...] (at least 2 keys). Repeatable; in WGRELAY_GROUP separate
+    /// groups with ';'.
+    #[arg(
+        long,
+        value_name = "K1,K2,...",
+        env = "WGRELAY_GROUP",
+        value_delimiter = ';'
+    )]
+    pub group: Vec<String>,
+
+    /// When to answer handshake initiations with cookie replies (DoS
+    /// protection). [default: under-load]
+    #[arg(long, value_enum, value_name = "MODE", env = "WGRELAY_COOKIE")]
+    pub cookie: Option<CookieMode>,
+
+    /// Maximum copies of handshake initiations per second that fan-out may
+    /// send; 0 means unlimited. [default: 1000]
+    #[arg(long, value_name = "PPS", env = "WGRELAY_BROADCAST_RATE")]
+    pub broadcast_rate: Option<u32>,
+
+    /// Number of worker threads (1-1024). [default: number of CPUs]
+    #[arg(long, value_name = "N", env = "WGRELAY_THREADS")]
+    pub threads: Option<usize>,
+
+    /// TOML configuration file; flags and environment variables override
+    /// its settings.
+    #[arg(long, value_name = "FILE", env = "WGRELAY_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Log verbosity. [default: info]
+    #[arg(long, value_enum, value_name = "LEVEL", env = "WGRELAY_LOG_LEVEL")]
+    pub log_level: Option<LogLevel>,
+
+    /// Log at least at debug level (wpex compatibility).
+    #[arg(
+        long,
+        env = "WGRELAY_DEBUG",
+        value_parser = clap::builder::FalseyValueParser::new()
+    )]
+    pub debug: bool,
+
+    /// Seconds between statistics log lines; 0 turns them off. [default: 60]
+    #[arg(long, value_name = "SECS", env = "WGRELAY_STATS_INTERVAL")]
+    pub stats_interval: Option<u64>,
+
+    /// wpex compatibility: IP address to listen on ("" = all addresses).
+    /// With --port, defines one listen address added to --listen.
+    #[arg(long, value_name = "ADDR", env = "WGRELAY_BIND")]
+    pub bind: Option<String>,
+
+    /// wpex compatibility: UDP port to listen on (default 40000 when --bind
+    /// is given). With --bind, defines one listen address added to --listen.
+    #[arg(long, value_name = "PORT", env = "WGRELAY_PORT")]
+    pub port: Option<u16>,
+}

@@ -1,0 +1,270 @@
+//! Initiations, responses and cookie replies.
+
+use std::time::Instant;
+
+use super::{Actions, Datagram, Decision, DropReason, State};
+use crate::admit::KeyId;
+use crate::config::CookieMode;
+use crate::constants::{MAX_INDICES, REKEY_TIMEOUT};
+use crate::table::{Endpoint, IndexEntry};
+use crate::wire::{CookieReplyPacket, InitiationPacket, ResponsePacket};
+
+impl State {
+    pub(super) fn on_initiation(
+        &mut self,
+        now: Instant,
+        from: Endpoint,
+        packet: &mut [u8],
+        out: &mut Actions,
+    ) -> Decision {
+        // size gate
+        let Ok(init) = InitiationPacket::new_checked(&*packet) else {
+            return self.drop(DropReason::BadLength);
+        };
+        let sender = init.sender();
+        let mac1 = init.mac1();
+        let has_mac2 = init.mac2() != [0; 16];
+
+        // mac1 against the key directory (open mode: any key, unknown)
+        let key: Option<KeyId> = if self.keys.is_open() {
+            None
+        } else {
+            match self.keys.match_mac1(packet) {
+                Some(k) => Some(k),
+                None => return self.drop(DropReason::BadMac1),
+            }
+        };
+
+        // mac1 replay filter
+        if self.replay.contains(&mac1) {
+            return self.drop(DropReason::Mac1Replayed);
+        }
+
+        // mac2, or a cookie reply
+        self.load.record(now);
+        let under_load = self.load.is_under_load(now);
+        let mac2_ok = has_mac2
+            && self
+                .cookies
+                .check_mac2(packet, from.addr, now, self.entropy.as_mut());
+        if mac2_ok {
+            self.endpoints.mark_proven(from, now);
+        }
+        let proven = mac2_ok || self.endpoints.is_proven(&from, now);
+        let challenge = match self.cookie_mode {
+            CookieMode::Always => !proven,
+            CookieMode::UnderLoad => under_load && !proven,
+            CookieMode::Never => false,
+        };
+        if challenge {
+            // Sealing a cookie needs the recipient's public key, which open mode lacks.
+            if let Some(info) = key.and_then(|k| self.keys.get(k)) {
+                let cookie_key = info.cookie;
+                if let Some(reply) = self.cookies.create_reply(
+                    packet,
+                    sender,
+                    &cookie_key,
+                    from.addr,
+                    now,
+                    self.entropy.as_mut(),
+                ) {
+                    out.extra.push(Datagram::new(from, &reply));
+                    self.counters.cookie_replies += 1;
+                    return Decision::Reply;
+                }
+            }
+        }
+
+        // per-source token bucket under load
+        if under_load && !self.sources.allow(from.addr.ip(), now) {
+            return self.drop(DropReason::RateLimited);
+        }
+
+        // both keys must share a group, when the sender's key is known
+        if let Some(own) = self.endpoints.bound_key(&from) {
+            if !self.keys.share_group(Some(own), key) {
+                return self.drop(DropReason::NotInGroup);
+            }
+        }
+
+        // the sender index must be free
+        if self.indices.contains(sender, now) {
+            return self.drop(DropReason::IndexCollision);
+        }
+        if self.indices.len() >= MAX_INDICES {
+            return self.drop(DropReason::TableFull);
+        }
+
+        // admitted: update tables
+        self.replay.insert(&mac1);
+        if mac2_ok {
+            InitiationPacket::new_unchecked(&mut *packet).set_mac2([0; 16]);
+        }
+        let groups = self.keys.groups_of(key).to_vec();
+        let info = self.endpoints.touch(from, now);
+        let retry = info.pending.is_some_and(|p| {
+            p.key == key && now.saturating_duration_since(p.at) < 3 * REKEY_TIMEOUT
+        });
+        info.pending = Some(crate::table::endpoint::Pending { key, at: now });
+        let owner_key = info.bound;
+        self.endpoints.add_candidate(from, &groups, now);
+
+        // forward: unicast to the confirmed holder, or fan out and park
+        let fanned_out = self.initiation_targets(now, &from, key, retry, out);
+        let mut sent_to = 0;
+        for t in &out.targets {
+            sent_to |= self.mask_bit(t);
+        }
+        if fanned_out {
+            self.counters.fanout_copies += out.targets.len() as u64;
+        }
+        self.indices.insert(
+            sender,
+            IndexEntry {
+                endpoint: from,
+                peer: None,
+                owner_key,
+                peer_key: key,
+                expires: now + REKEY_TIMEOUT,
+                max_counter: None,
+                sent_to,
+                responder: false,
+                confirmed: false,
+            },
+        );
+        // The sender is a new candidate: hand it the parked initiations it could answer.
+        self.deliver_parked(now, from, key, out);
+        if fanned_out {
+            self.park(now, sender, from, key, packet);
+        }
+        if !out.targets.is_empty() {
+            Decision::Forward
+        } else if fanned_out {
+            Decision::Parked
+        } else {
+            self.drop(DropReason::FanOutLimited)
+        }
+    }
+
+    pub(super) fn on_response(
+        &mut self,
+        now: Instant,
+        from: Endpoint,
+        packet: &mut [u8],
+        out: &mut Actions,
+    ) -> Decision {
+        // size gate
+        let Ok(resp) = ResponsePacket::new_checked(&*packet) else {
+            return self.drop(DropReason::BadLength);
+        };
+        let sender = resp.sender();
+        let receiver = resp.receiver();
+        let mac1 = resp.mac1();
+
+        // the initiation it answers
+        let bit = self.mask_bit(&from);
+        let Some(init) = self.indices.lookup(receiver, now) else {
+            return self.drop(DropReason::UnknownReceiver);
+        };
+        if init.peer.is_some() || init.responder {
+            return self.drop(DropReason::AlreadyPaired);
+        }
+        if init.sent_to & bit == 0 {
+            return self.drop(DropReason::UnknownSource);
+        }
+        let initiator = init.endpoint;
+        let responder_key = init.peer_key;
+        if initiator == from {
+            return self.drop(DropReason::Loop);
+        }
+
+        // mac1 names the initiator's key; the pair must share a group
+        let initiator_key: Option<KeyId> = if self.keys.is_open() {
+            None
+        } else {
+            match self.keys.match_mac1(packet) {
+                Some(k) => Some(k),
+                None => return self.drop(DropReason::BadMac1),
+            }
+        };
+        if !self.keys.share_group(initiator_key, responder_key) {
+            return self.drop(DropReason::NotInGroup);
+        }
+        if self.replay.contains(&mac1) {
+            return self.drop(DropReason::Mac1Replayed);
+        }
+        if self.indices.contains(sender, now) {
+            return self.drop(DropReason::IndexCollision);
+        }
+        if self.indices.len() >= MAX_INDICES {
+            return self.drop(DropReason::TableFull);
+        }
+
+        // pair the two indices; unconfirmed until the initiator's first transport message
+        self.replay.insert(&mac1);
+        if let Some(init) = self.indices.lookup_mut(receiver, now) {
+            init.peer = Some(sender);
+            init.owner_key = initiator_key;
+            init.expires = now + REKEY_TIMEOUT;
+        }
+        self.indices.insert(
+            sender,
+            IndexEntry {
+                endpoint: from,
+                peer: Some(receiver),
+                owner_key: responder_key,
+                peer_key: initiator_key,
+                expires: now + REKEY_TIMEOUT,
+                max_counter: None,
+                sent_to: 0,
+                responder: true,
+                confirmed: false,
+            },
+        );
+        self.unpark(receiver);
+        self.endpoints.touch(from, now);
+        if let Some(info) = self.endpoints.get(&initiator) {
+            if info.pending.is_some() {
+                self.endpoints.touch(initiator, now).pending = None;
+            }
+        }
+        self.counters.handshakes_paired += 1;
+        out.targets.push(initiator);
+        Decision::Forward
+    }
+
+    pub(super) fn on_cookie_reply(
+        &mut self,
+        now: Instant,
+        from: Endpoint,
+        packet: &mut [u8],
+        out: &mut Actions,
+    ) -> Decision {
+        // size gate
+        let Ok(reply) = CookieReplyPacket::new_checked(&*packet) else {
+            return self.drop(DropReason::BadLength);
+        };
+        // the handshake message it answers, and who may answer it
+        let bit = self.mask_bit(&from);
+        let Some(entry) = self.indices.lookup(reply.receiver(), now) else {
+            return self.drop(DropReason::UnknownReceiver);
+        };
+        let allowed = match entry.peer {
+            // An unanswered initiation: one of the endpoints it went to.
+            None => entry.sent_to & bit != 0,
+            // A response (or a session): the other side.
+            Some(peer) => self
+                .indices
+                .lookup(peer, now)
+                .is_some_and(|p| p.endpoint == from),
+        };
+        if !allowed {
+            return self.drop(DropReason::UnknownSource);
+        }
+        if entry.endpoint == from {
+            return self.drop(DropReason::Loop);
+        }
+        out.targets.push(entry.endpoint);
+        Decision::Forward
+    }
+}

@@ -1,0 +1,384 @@
+//! The routing decision: a pure function of (packet, source, time, state) that returns what to
+//! do with the packet. No syscalls, no clock, no hidden randomness (entropy is injected), and a
+//! bounded amount of work per call. Backends only move bytes; every rule lives here.
+//!
+//! Steps (one comment each in the code, as in wireguard-go's `receive.go`): size gate → type →
+//! transport: look up the receiver, apply the roaming rule on the counter → handshake: admit →
+//! update tables → forward, fan out, reply with a cookie, or drop with a counted reason.
+//!
+//! In-place rewrites: an initiation whose mac2 was made with the relay's cookie has mac2
+//! zeroed before it is forwarded (the responder could never verify it).
+
+mod fanout;
+mod handshake;
+mod transport;
+
+pub use fanout::ParkingLot;
+
+use std::fmt;
+use std::hash::BuildHasher;
+use std::time::Instant;
+
+use crate::admit::{
+    CookieChecker, Entropy, KeyDirectory, LoadTracker, ReplayFilter, SourceLimiter, TokenBucket,
+};
+use crate::config::CookieMode;
+use crate::constants::*;
+use crate::key::PublicKey;
+use crate::table::{Endpoint, EndpointTable, IndexTable};
+use crate::wire::{self, MessageType};
+
+/// What to do with a packet. Targets and extra datagrams are in the caller's `Actions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Send the (possibly rewritten) packet to every endpoint in `Actions::targets`.
+    Forward,
+    /// Do not forward; the relay's cookie reply to the sender is in `Actions::extra`.
+    Reply,
+    /// Keep the initiation for a candidate that has not shown up yet (cold fan-out).
+    Parked,
+    Drop(DropReason),
+}
+
+/// Why a packet was dropped. `Display` is the snake_case metrics label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// Shorter than the type field.
+    TooShort,
+    /// The type is not 1..=4 (reserved bytes must be zero).
+    UnknownType,
+    /// The size does not match the type.
+    BadLength,
+    /// The datagram did not fit the receive buffer.
+    Truncated,
+    /// No allowed key matches mac1.
+    BadMac1,
+    /// This mac1 was admitted before: a replayed handshake message.
+    Mac1Replayed,
+    /// Under load and over the source's handshake budget.
+    RateLimited,
+    /// The two keys share no group.
+    NotInGroup,
+    /// The fan-out rate limit allowed no copy.
+    FanOutLimited,
+    /// The index is already taken by a live entry.
+    IndexCollision,
+    /// No live entry for the receiver index.
+    UnknownReceiver,
+    /// A response or cookie reply for an index that is no longer waiting for one.
+    AlreadyPaired,
+    /// Transport to an index whose session has no other side yet.
+    NotPaired,
+    /// A response or cookie reply from an endpoint the message it answers was not sent to.
+    UnknownSource,
+    /// Transport from a new source whose counter does not continue the session.
+    RoamRejected,
+    /// The index table is full.
+    TableFull,
+    /// The destination is the sender itself.
+    Loop,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 17] = [
+        DropReason::TooShort,
+        DropReason::UnknownType,
+        DropReason::BadLength,
+        DropReason::Truncated,
+        DropReason::BadMac1,
+        DropReason::Mac1Replayed,
+        DropReason::RateLimited,
+        DropReason::NotInGroup,
+        DropReason::FanOutLimited,
+        DropReason::IndexCollision,
+        DropReason::UnknownReceiver,
+        DropReason::AlreadyPaired,
+        DropReason::NotPaired,
+        DropReason::UnknownSource,
+        DropReason::RoamRejected,
+        DropReason::TableFull,
+        DropReason::Loop,
+    ];
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            DropReason::TooShort => "too_short",
+            DropReason::UnknownType => "unknown_type",
+            DropReason::BadLength => "bad_length",
+            DropReason::Truncated => "truncated",
+            DropReason::BadMac1 => "bad_mac1",
+            DropReason::Mac1Replayed => "mac1_replayed",
+            DropReason::RateLimited => "rate_limited",
+            DropReason::NotInGroup => "not_in_group",
+            DropReason::FanOutLimited => "fan_out_limited",
+            DropReason::IndexCollision => "index_collision",
+            DropReason::UnknownReceiver => "unknown_receiver",
+            DropReason::AlreadyPaired => "already_paired",
+            DropReason::NotPaired => "not_paired",
+            DropReason::UnknownSource => "unknown_source",
+            DropReason::RoamRejected => "roam_rejected",
+            DropReason::TableFull => "table_full",
+            DropReason::Loop => "loop",
+        }
+    }
+
+    const fn slot(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for DropReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// A datagram the relay sends that is not the packet being routed: its own cookie reply, or a
+/// parked initiation delivered to a newly seen candidate.
+#[derive(Clone)]
+pub struct Datagram {
+    pub to: Endpoint,
+    len: usize,
+    bytes: [u8; wire::initiation::LEN],
+}
+
+impl Datagram {
+    fn new(to: Endpoint, contents: &[u8]) -> Self {
+        let mut bytes = [0u8; wire::initiation::LEN];
+        let len = contents.len().min(bytes.len());
+        bytes[..len].copy_from_slice(&contents[..len]);
+        Datagram { to, len, bytes }
+    }
+
+    pub fn contents(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+impl fmt::Debug for Datagram {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Datagram(to={}, len={})", self.to, self.len)
+    }
+}
+
+/// Caller-owned output of `route`, reused across calls so the hot path never allocates.
+#[derive(Debug, Default)]
+pub struct Actions {
+    pub targets: Vec<Endpoint>,
+    pub extra: Vec<Datagram>,
+}
+
+impl Actions {
+    pub fn new() -> Self {
+        Actions {
+            targets: Vec::with_capacity(MAX_FANOUT_PER_INITIATION),
+            extra: Vec::with_capacity(MAX_FANOUT_PER_INITIATION),
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.targets.clear();
+        self.extra.clear();
+    }
+}
+
+/// Counters kept by the routing core. Plain integers: one core owns them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub received: u64,
+    /// Datagrams sent on (one per target).
+    pub forwarded: u64,
+    /// Of which: copies sent by fan-out or parked delivery.
+    pub fanout_copies: u64,
+    pub cookie_replies: u64,
+    pub parked: u64,
+    pub handshakes_paired: u64,
+    pub sessions_confirmed: u64,
+    pub roams: u64,
+    pub drops: [u64; DropReason::ALL.len()],
+}
+
+impl Counters {
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.drops[reason.slot()]
+    }
+
+    pub fn total_dropped(&self) -> u64 {
+        self.drops.iter().sum()
+    }
+
+    pub fn add(&mut self, other: &Counters) {
+        self.received += other.received;
+        self.forwarded += other.forwarded;
+        self.fanout_copies += other.fanout_copies;
+        self.cookie_replies += other.cookie_replies;
+        self.parked += other.parked;
+        self.handshakes_paired += other.handshakes_paired;
+        self.sessions_confirmed += other.sessions_confirmed;
+        self.roams += other.roams;
+        for (a, b) in self.drops.iter_mut().zip(other.drops.iter()) {
+            *a += b;
+        }
+    }
+}
+
+impl fmt::Display for Counters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "received={} forwarded={} fanout_copies={} cookie_replies={} parked={} paired={} confirmed={} roams={} dropped={}",
+            self.received,
+            self.forwarded,
+            self.fanout_copies,
+            self.cookie_replies,
+            self.parked,
+            self.handshakes_paired,
+            self.sessions_confirmed,
+            self.roams,
+            self.total_dropped()
+        )?;
+        for reason in DropReason::ALL {
+            let n = self.dropped(reason);
+            if n > 0 {
+                write!(f, " drop_{reason}={n}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Settings of the routing core (the relevant part of `Config`).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub allow: Vec<PublicKey>,
+    pub groups: Vec<Vec<PublicKey>>,
+    pub cookie: CookieMode,
+    /// Fan-out copies per second; `None` = unlimited.
+    pub broadcast_rate: Option<u32>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            allow: Vec::new(),
+            groups: Vec::new(),
+            cookie: CookieMode::UnderLoad,
+            broadcast_rate: Some(1000),
+        }
+    }
+}
+
+/// Everything the routing core knows. One owner; no locks inside.
+pub struct State {
+    keys: KeyDirectory,
+    cookie_mode: CookieMode,
+    cookies: CookieChecker,
+    replay: ReplayFilter,
+    load: LoadTracker,
+    sources: SourceLimiter,
+    fanout: Option<TokenBucket>,
+    fanout_cursor: usize,
+    indices: IndexTable,
+    endpoints: EndpointTable,
+    parked: ParkingLot,
+    entropy: Box<dyn Entropy>,
+    mask_hasher: std::collections::hash_map::RandomState,
+    counters: Counters,
+}
+
+impl State {
+    pub fn new(settings: &Settings, entropy: Box<dyn Entropy>, now: Instant) -> Self {
+        State {
+            keys: KeyDirectory::new(&settings.allow, &settings.groups),
+            cookie_mode: settings.cookie,
+            cookies: CookieChecker::new(),
+            replay: ReplayFilter::new(REPLAY_HISTORY),
+            load: LoadTracker::new(UNDER_LOAD_INITIATIONS_PER_SECOND, UNDER_LOAD_AFTER_TIME),
+            sources: SourceLimiter::new(
+                HANDSHAKES_PER_SECOND_PER_SOURCE,
+                HANDSHAKE_BURST_PER_SOURCE,
+            ),
+            fanout: settings
+                .broadcast_rate
+                .map(|rate| TokenBucket::new(rate, rate.saturating_mul(FANOUT_BURST_SECONDS), now)),
+            fanout_cursor: 0,
+            indices: IndexTable::new(),
+            endpoints: EndpointTable::new(),
+            parked: ParkingLot::new(MAX_PARKED_INITIATIONS),
+            entropy,
+            mask_hasher: Default::default(),
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub fn keys(&self) -> &KeyDirectory {
+        &self.keys
+    }
+
+    pub fn indices(&self) -> &IndexTable {
+        &self.indices
+    }
+
+    pub fn endpoints(&self) -> &EndpointTable {
+        &self.endpoints
+    }
+
+    /// Counts a packet the backend dropped before routing (e.g. truncated).
+    pub fn count_drop(&mut self, reason: DropReason) {
+        self.counters.received += 1;
+        self.counters.drops[reason.slot()] += 1;
+    }
+
+    /// Counts datagrams the backend failed to send after a decision (already counted as
+    /// forwarded; the backend's own counters say how many failed).
+    fn drop(&mut self, reason: DropReason) -> Decision {
+        self.counters.drops[reason.slot()] += 1;
+        Decision::Drop(reason)
+    }
+
+    /// Routes one datagram from `from`. See the module docs.
+    pub fn route(
+        &mut self,
+        now: Instant,
+        from: Endpoint,
+        packet: &mut [u8],
+        out: &mut Actions,
+    ) -> Decision {
+        out.clear();
+        self.counters.received += 1;
+        // type
+        let decision = match wire::message_type(packet) {
+            Err(_) => self.drop(DropReason::TooShort),
+            Ok(MessageType::Transport) => self.on_transport(now, from, packet, out),
+            Ok(MessageType::Initiation) => self.on_initiation(now, from, packet, out),
+            Ok(MessageType::Response) => self.on_response(now, from, packet, out),
+            Ok(MessageType::CookieReply) => self.on_cookie_reply(now, from, packet, out),
+            Ok(MessageType::Unknown(_)) => self.drop(DropReason::UnknownType),
+        };
+        if decision == Decision::Forward {
+            self.counters.forwarded += out.targets.len() as u64;
+        }
+        self.counters.forwarded += out.extra.len() as u64;
+        decision
+    }
+
+    /// Removes what has expired. Call about once a second; cost is linear in the tables.
+    pub fn expire(&mut self, now: Instant) {
+        self.indices.expired_entries(now);
+        self.endpoints.expired_endpoints(now);
+        self.parked.expired(now);
+        self.sources.sweep(now);
+    }
+
+    /// The bit of an endpoint in an index entry's `sent_to` mask.
+    fn mask_bit(&self, e: &Endpoint) -> u64 {
+        1u64 << (self.mask_hasher.hash_one(e) % 64)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,581 @@
+//! Routing-core tests: real boringtun peers produce every message, the relay's decisions are
+//! checked with no sockets, and time is stepped by hand across the spec timers.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use boringtun::noise::{Tunn, TunnResult};
+use boringtun::x25519::{PublicKey as XPublic, StaticSecret};
+use proptest::prelude::*;
+
+use super::*;
+use crate::admit::TestEntropy;
+use crate::table::ListenerId;
+
+/// A WireGuard device made by boringtun: one key, tunnels to named peers.
+struct Device {
+    secret: [u8; 32],
+    public: PublicKey,
+    ep: Endpoint,
+}
+
+fn device(seed: u8, port: u16) -> Device {
+    let secret = [seed; 32];
+    let public = XPublic::from(&StaticSecret::from(secret));
+    Device {
+        secret,
+        public: PublicKey(*public.as_bytes()),
+        ep: ep(port),
+    }
+}
+
+fn ep(port: u16) -> Endpoint {
+    Endpoint::new(ListenerId(0), SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+fn tunn(own: &Device, peer: &Device, index: u32) -> Tunn {
+    Tunn::new(
+        StaticSecret::from(own.secret),
+        XPublic::from(peer.public.0),
+        None,
+        None,
+        index,
+        None,
+    )
+}
+
+fn initiation(t: &mut Tunn) -> Vec<u8> {
+    let mut buf = [0u8; 256];
+    match t.format_handshake_initiation(&mut buf, true) {
+        TunnResult::WriteToNetwork(p) => p.to_vec(),
+        _ => panic!("no initiation"),
+    }
+}
+
+/// Feeds a datagram to a tunnel; returns what it wants to send back, if anything.
+fn feed(t: &mut Tunn, datagram: &[u8]) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 2048];
+    match t.decapsulate(None, datagram, &mut buf) {
+        TunnResult::WriteToNetwork(p) => Some(p.to_vec()),
+        _ => None,
+    }
+}
+
+fn data(t: &mut Tunn, len: usize) -> Vec<u8> {
+    // A minimal IPv4 header so the receiver accepts the plaintext.
+    let mut ip = vec![0u8; len.max(20)];
+    ip[0] = 0x45;
+    let total = ip.len() as u16;
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    let mut buf = vec![0u8; ip.len() + 64];
+    match t.encapsulate(&ip, &mut buf) {
+        TunnResult::WriteToNetwork(p) => p.to_vec(),
+        _ => panic!("no session"),
+    }
+}
+
+fn received(t: &mut Tunn, datagram: &[u8]) -> bool {
+    let mut buf = vec![0u8; 2048];
+    matches!(
+        t.decapsulate(None, datagram, &mut buf),
+        TunnResult::WriteToTunnelV4(..)
+    )
+}
+
+struct Relay {
+    state: State,
+    now: Instant,
+    out: Actions,
+}
+
+impl Relay {
+    fn new(settings: Settings) -> Self {
+        let now = Instant::now();
+        Relay {
+            state: State::new(&settings, Box::new(TestEntropy(42)), now),
+            now,
+            out: Actions::new(),
+        }
+    }
+
+    fn allow(keys: &[&Device]) -> Self {
+        Self::new(Settings {
+            allow: keys.iter().map(|d| d.public).collect(),
+            cookie: CookieMode::Never,
+            ..Settings::default()
+        })
+    }
+
+    fn route(&mut self, from: Endpoint, packet: &[u8]) -> (Decision, Vec<u8>) {
+        let mut p = packet.to_vec();
+        let d = self.state.route(self.now, from, &mut p, &mut self.out);
+        (d, p)
+    }
+
+    fn targets(&self) -> Vec<Endpoint> {
+        self.out.targets.clone()
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+    }
+}
+
+/// A's initiation is parked (B unknown); B's initiation makes B a candidate and delivers A's
+/// parked initiation to B; B answers; A confirms. Returns A's and B's tunnels, established.
+fn establish(relay: &mut Relay, a: &Device, b: &Device, ia: u32, ib: u32) -> (Tunn, Tunn) {
+    let mut ta = tunn(a, b, ia);
+    let mut tb = tunn(b, a, ib);
+    let init_a = initiation(&mut ta);
+    let (d, _) = relay.route(a.ep, &init_a);
+    assert_eq!(d, Decision::Parked, "nobody to send A's initiation to yet");
+    let init_b = initiation(&mut tb);
+    let (d, _) = relay.route(b.ep, &init_b);
+    assert_eq!(d, Decision::Forward, "A is a candidate for B's initiation");
+    assert_eq!(relay.targets(), vec![a.ep]);
+    assert_eq!(relay.out.extra.len(), 1, "A's parked initiation goes to B");
+    assert_eq!(relay.out.extra[0].to, b.ep);
+    let parked = relay.out.extra[0].contents().to_vec();
+    assert_eq!(parked, init_a);
+    // B answers A's initiation.
+    let resp_b = feed(&mut tb, &parked).expect("B answers");
+    let (d, _) = relay.route(b.ep, &resp_b);
+    assert_eq!(d, Decision::Forward);
+    assert_eq!(relay.targets(), vec![a.ep]);
+    // A accepts and sends its first transport message (a keepalive), confirming.
+    let keepalive = feed(&mut ta, &resp_b).expect("A confirms");
+    let (d, _) = relay.route(a.ep, &keepalive);
+    assert_eq!(d, Decision::Forward);
+    assert_eq!(relay.targets(), vec![b.ep]);
+    assert!(feed(&mut tb, &keepalive).is_none());
+    (ta, tb)
+}
+
+#[test]
+fn handshake_and_data_both_ways() {
+    let (a, b) = (device(1, 1001), device(2, 1002));
+    let mut relay = Relay::allow(&[&a, &b]);
+    let (mut ta, mut tb) = establish(&mut relay, &a, &b, 1, 2);
+    for len in [20, 64, 1420] {
+        let p = data(&mut ta, len);
+        assert_eq!(relay.route(a.ep, &p).0, Decision::Forward);
+        assert_eq!(relay.targets(), vec![b.ep]);
+        assert!(received(&mut tb, &p));
+        let p = data(&mut tb, len);
+        assert_eq!(relay.route(b.ep, &p).0, Decision::Forward);
+        assert_eq!(relay.targets(), vec![a.ep]);
+        assert!(received(&mut ta, &p));
+    }
+    let c = relay.state.counters();
+    assert_eq!(c.sessions_confirmed, 1);
+    assert_eq!(c.total_dropped(), 0);
+    // Both identities are now confirmed.
+    let ka = relay.state.keys().id_of(&a.public).unwrap();
+    let kb = relay.state.keys().id_of(&b.public).unwrap();
+    assert_eq!(relay.state.endpoints().holder_of(ka, relay.now), Some(a.ep));
+    assert_eq!(relay.state.endpoints().holder_of(kb, relay.now), Some(b.ep));
+}
+
+#[test]
+fn confirmed_key_gets_unicast_and_retry_falls_back_to_fanout() {
+    let (a, b, c) = (device(1, 1001), device(2, 1002), device(3, 1003));
+    let mut relay = Relay::allow(&[&a, &b, &c]);
+    let (mut ta, _tb) = establish(&mut relay, &a, &b, 1, 2);
+    // C is an unbound candidate.
+    let mut tc = tunn(&c, &a, 3);
+    relay.route(c.ep, &initiation(&mut tc));
+    // A rekeys to B: unicast to B alone, though C is a candidate.
+    relay.advance(Duration::from_secs(1));
+    assert_eq!(relay.route(a.ep, &initiation(&mut ta)).0, Decision::Forward);
+    assert_eq!(relay.targets(), vec![b.ep]);
+    // No response; A retries: fan out, since the binding is only a hint.
+    relay.advance(REKEY_TIMEOUT);
+    assert_eq!(relay.route(a.ep, &initiation(&mut ta)).0, Decision::Forward);
+    let mut t = relay.targets();
+    t.sort_by_key(|e| e.addr.port());
+    assert_eq!(t, vec![b.ep, c.ep]);
+}
+
+#[test]
+fn unknown_key_is_rejected() {
+    let (a, b, x) = (device(1, 1001), device(2, 1002), device(9, 1009));
+    let mut relay = Relay::allow(&[&a, &b]);
+    // X initiates to a key that is not allowed.
+    let mut tx = tunn(&b, &x, 5);
+    let (d, _) = relay.route(b.ep, &initiation(&mut tx));
+    assert_eq!(d, Decision::Drop(DropReason::BadMac1));
+    assert!(relay.state.indices().is_empty());
+    assert!(relay.state.endpoints().is_empty());
+}
+
+#[test]
+fn groups_isolate_their_members() {
+    let (a, b, c, d) = (
+        device(1, 1001),
+        device(2, 1002),
+        device(3, 1003),
+        device(4, 1004),
+    );
+    let mut relay = Relay::new(Settings {
+        groups: vec![vec![a.public, b.public], vec![c.public, d.public]],
+        cookie: CookieMode::Never,
+        ..Settings::default()
+    });
+    // A is a candidate of group 1 (it initiated to B).
+    assert_eq!(
+        relay.route(a.ep, &initiation(&mut tunn(&a, &b, 1))).0,
+        Decision::Parked
+    );
+    // C (group 2) knows A's public key and initiates to A. The relay cannot know C's key
+    // from an initiation, so the copy may reach A; but A's answer names C's key, and A and C
+    // share no group: the response is refused and the handshake never completes.
+    let mut tc_a = tunn(&c, &a, 3);
+    let init_c = initiation(&mut tc_a);
+    assert_eq!(relay.route(c.ep, &init_c).0, Decision::Forward);
+    assert_eq!(relay.targets(), vec![a.ep]);
+    let mut ta_c = tunn(&a, &c, 4); // A misconfigured to accept C
+    let resp = feed(&mut ta_c, &init_c).expect("A answers C");
+    assert_eq!(
+        relay.route(a.ep, &resp).0,
+        Decision::Drop(DropReason::NotInGroup)
+    );
+    // Once C's own key is confirmed (a session with D), its initiations to A's key are
+    // refused before they go anywhere.
+    establish(&mut relay, &d, &c, 5, 6);
+    let before = relay.state.counters().forwarded;
+    assert_eq!(
+        relay.route(c.ep, &initiation(&mut tc_a)).0,
+        Decision::Drop(DropReason::NotInGroup)
+    );
+    assert_eq!(relay.state.counters().forwarded, before);
+}
+
+#[test]
+fn fanout_stays_within_the_keys_groups() {
+    let (a, b, c, d) = (
+        device(1, 1001),
+        device(2, 1002),
+        device(3, 1003),
+        device(4, 1004),
+    );
+    let mut relay = Relay::new(Settings {
+        groups: vec![vec![a.public, b.public], vec![c.public, d.public]],
+        cookie: CookieMode::Never,
+        ..Settings::default()
+    });
+    // C and D become candidates of group 2, A of group 1.
+    relay.route(c.ep, &initiation(&mut tunn(&c, &d, 3)));
+    relay.route(d.ep, &initiation(&mut tunn(&d, &c, 4)));
+    relay.route(a.ep, &initiation(&mut tunn(&a, &b, 1)));
+    // B initiates to A: only group-1 candidates (A) may get it, never C or D.
+    let (dec, _) = relay.route(b.ep, &initiation(&mut tunn(&b, &a, 2)));
+    assert_eq!(dec, Decision::Forward);
+    assert_eq!(relay.targets(), vec![a.ep]);
+    for x in &relay.out.extra {
+        assert!(x.to == b.ep, "parked deliveries only to B");
+    }
+}
+
+#[test]
+fn cookie_always_challenges_then_zeroes_mac2() {
+    let (a, b) = (device(1, 1001), device(2, 1002));
+    let mut relay = Relay::new(Settings {
+        allow: vec![a.public, b.public],
+        cookie: CookieMode::Always,
+        ..Settings::default()
+    });
+    let mut ta = tunn(&a, &b, 1);
+    let init = initiation(&mut ta);
+    let (d, _) = relay.route(a.ep, &init);
+    assert_eq!(d, Decision::Reply);
+    assert_eq!(relay.out.extra.len(), 1);
+    let reply = relay.out.extra[0].contents().to_vec();
+    assert_eq!(relay.out.extra[0].to, a.ep);
+    assert_eq!(reply.len(), 64, "64 bytes answer 148: no amplification");
+    assert!(
+        relay.state.indices().is_empty(),
+        "a challenge creates no session"
+    );
+    // boringtun consumes the cookie; its next initiation carries mac2.
+    assert!(feed(&mut ta, &reply).is_none());
+    let retry = initiation(&mut ta);
+    assert_ne!(retry[132..], [0u8; 16]);
+    let (d, forwarded) = relay.route(a.ep, &retry);
+    assert_eq!(d, Decision::Parked);
+    assert_eq!(forwarded[132..], [0u8; 16], "mac2 zeroed");
+    assert_eq!(forwarded[..132], retry[..132]);
+    // A is proven now: its next initiation passes without a cookie.
+    relay.advance(Duration::from_secs(6));
+    assert_eq!(relay.route(a.ep, &initiation(&mut ta)).0, Decision::Parked);
+    // The same source on another port is a new source.
+    let (d, _) = relay.route(ep(2001), &initiation(&mut tunn(&a, &b, 7)));
+    assert_eq!(d, Decision::Reply);
+}
+
+#[test]
+fn cookie_never_and_open_mode_cannot_challenge() {
+    let (a, b) = (device(1, 1001), device(2, 1002));
+    let mut relay = Relay::new(Settings {
+        cookie: CookieMode::Always,
+        ..Settings::default()
+    });
+    // Open mode: no keys, so no cookie can be sealed; the initiation is admitted.
+    assert_eq!(
+        relay.route(a.ep, &initiation(&mut tunn(&a, &b, 1))).0,
+        Decision::Parked
+    );
+}
+
+#[test]
+fn cookie_under_load_only_when_loaded() {
+    let (a, b) = (device(1, 1001), device(2, 1002));
+    let mut relay = Relay::new(Settings {
+        allow: vec![a.public, b.public],
+        cookie: CookieMode::UnderLoad,
+        broadcast_rate: None,
+        ..Settings::default()
+    });
+    let mut ta = tunn(&a, &b, 1);
+    assert_eq!(relay.route(a.ep, &initiation(&mut ta)).0, Decision::Parked);
+    // Flood: UNDER_LOAD_INITIATIONS_PER_SECOND junk-but-valid-mac1 initiations.
+    let mut replies = 0;
+    for i in 0..UNDER_LOAD_INITIATIONS_PER_SECOND + 10 {
+        let mut t = tunn(&a, &b, 100 + i);
+        if relay
+            .route(ep(3000 + (i % 1000) as u16), &initiation(&mut t))
+            .0
+            == Decision::Reply
+        {
+            replies += 1;
+        }
+    }
+    assert!(replies >= 10, "cookie replies once under load: {replies}");
+    // Load passes after UNDER_LOAD_AFTER_TIME.
+    relay.advance(Duration::from_secs(3));
+    let (d, _) = relay.route(ep(4999), &initiation(&mut tunn(&a, &b, 9)));
+    assert_ne!(d, Decision::Reply);
+}
+
+#[test]
+fn replayed_initiation_from_new_address_creates_no_state() {
+    let (a, b) = (device(1, 1001), device(2, 1002));
+    let mut relay = Relay::allow(&[&a, &b]);
+    let init = initiation(&mut tunn(&a, &b, 1));
+    relay.route(a.ep, &init);
+    let indices = relay.state.indices().len();
+    let endpoints = relay.state.endpoints().len();
+    let (d, _) = relay.route(ep(6666), &init);
+    assert_eq!(d, Decision::Drop(DropReason::Mac1Replayed));
+    assert_eq!(relay.state.indices().len(), indices);
+    assert_eq!(relay.state.endpoints().len(), endpoints);
+    assert!(relay.out.targets.is_empty() && relay.out.extra.is_empty());
+}
+
+#[test]
+fn spoofed_transport_does_not_move_the_endpoint() {
+    let (a, b) = (device(1, 1001), device(2, 1002));
+    let mut relay = Relay::allow(&[&a, &b]);
+    let (mut ta, mut tb) = establish(&mut relay, &a, &b, 1, 2);
+    let p = data(&mut ta, 64);
+    relay.route(a.ep, &p);
+    // An attacker replays A's packet (old counter) from elsewhere.
+    let attacker = ep(6666);
+    assert_eq!(
+        relay.route(attacker, &p).0,
+        Decision::Drop(DropReason::RoamRejected)
+    );
+    // ... or forges a far-future counter.
+    let mut forged = p.clone();
+    forged[8..16].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    assert_eq!(
+        relay.route(attacker, &forged).0,
+        Decision::Drop(DropReason::RoamRejected)
+    );
+    // B's traffic still goes to A's real endpoint.
+    let q = data(&mut tb, 64);
+    relay.route(b.ep, &q);
+    assert_eq!(relay.targets(), vec![a.ep]);
+    assert_eq!(relay.state.counters().roams, 0);
+}
+
+#[test]
+fn real_roam_with_continuing_counter_is_followed() {
+    let (a, b) = (device(1, 1001), device(2, 1002));
+    let mut relay = Relay::allow(&[&a, &b]);
+    let (mut ta, mut tb) = establish(&mut relay, &a, &b, 1, 2);
+    relay.route(a.ep, &data(&mut ta, 64));
+    // A's NAT rebinds: same peer, new source port, next counter.
+    let moved = ep(1501);
+    let p = data(&mut ta, 64);
+    assert_eq!(relay.route(moved, &p).0, Decision::Forward);
+    assert_eq!(relay.targets(), vec![b.ep]);
+    assert!(received(&mut tb, &p));
+    // Replies follow A to its new address.
+    relay.route(b.ep, &data(&mut tb, 64));
+    assert_eq!(relay.targets(), vec![moved]);
+    assert_eq!(relay.state.counters().roams, 1);
+    // The binding moved too: B's next initiation for A goes to the new address.
+    let ka = relay.state.keys().id_of(&a.public).unwrap();
+    assert_eq!(
+        relay.state.endpoints().holder_of(ka, relay.now),
+        Some(moved)
+    );
+}
+
+#[test]
+fn malformed_packets_are_counted() {
+    let (a, b) = (device(1, 1001), device(2, 1002));
+    let mut relay = Relay::allow(&[&a, &b]);
+    let cases: [(&[u8], DropReason); 7] = [
+        (&[], DropReason::TooShort),
+        (&[1, 0, 0], DropReason::TooShort),
+        (&[9, 0, 0, 0, 1, 2, 3, 4], DropReason::UnknownType),
+        (&[1, 0, 0, 1], DropReason::UnknownType),
+        (&[1u8; 147], DropReason::UnknownType),
+        (&[4, 0, 0, 0, 1, 2, 3, 4, 5], DropReason::BadLength),
+        (
+            &[
+                4, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20,
+                21, 22, 23, 24, 25, 26, 27, 28,
+            ],
+            DropReason::UnknownReceiver,
+        ),
+    ];
+    for (bytes, reason) in cases {
+        assert_eq!(
+            relay.route(a.ep, bytes).0,
+            Decision::Drop(reason),
+            "{bytes:?}"
+        );
+    }
+    let mut init = initiation(&mut tunn(&a, &b, 1));
+    init.push(0);
+    assert_eq!(
+        relay.route(a.ep, &init).0,
+        Decision::Drop(DropReason::BadLength)
+    );
+    assert_eq!(
+        relay.route(a.ep, &[2, 0, 0, 0]).0,
+        Decision::Drop(DropReason::BadLength)
+    );
+    assert_eq!(
+        relay.route(a.ep, &[3u8, 0, 0, 0]).0,
+        Decision::Drop(DropReason::BadLength)
+    );
+    let c = relay.state.counters();
+    assert_eq!(c.received, 10);
+    assert_eq!(c.total_dropped(), 10);
+    assert_eq!(c.forwarded, 0);
+}
+
+#[test]
+fn response_from_an_endpoint_never_asked_is_refused() {
+    let (a, b) = (device(1, 1001), device(2, 1002));
+    let mut relay = Relay::allow(&[&a, &b]);
+    let mut ta = tunn(&a, &b, 1);
+    let mut tb = tunn(&b, &a, 2);
+    let init = initiation(&mut ta);
+    relay.route(a.ep, &init);
+    // B answers (it saw the initiation some other way) from an endpoint the relay never
+    // sent it to.
+    let resp = feed(&mut tb, &init).unwrap();
+    assert_eq!(
+        relay.route(b.ep, &resp).0,
+        Decision::Drop(DropReason::UnknownSource)
+    );
+}
+
+#[test]
+fn half_open_expires_after_rekey_timeout_and_sessions_after_reject_after_time() {
+    let (a, b) = (device(1, 1001), device(2, 1002));
+    let mut relay = Relay::allow(&[&a, &b]);
+    let (mut ta, _tb) = establish(&mut relay, &a, &b, 1, 2);
+    // A half-open initiation from B's side of another pair.
+    relay.advance(REKEY_TIMEOUT);
+    let p = data(&mut ta, 64);
+    assert_eq!(
+        relay.route(a.ep, &p).0,
+        Decision::Forward,
+        "session alive past 5 s"
+    );
+    relay.advance(REJECT_AFTER_TIME);
+    let p = data(&mut ta, 64);
+    assert_eq!(
+        relay.route(a.ep, &p).0,
+        Decision::Drop(DropReason::UnknownReceiver),
+        "dead after REJECT_AFTER_TIME"
+    );
+    relay.state.expire(relay.now);
+    // B's unanswered initiation from establish() is gone; the confirmed pair too.
+    assert!(relay.state.indices().is_empty());
+}
+
+#[test]
+fn open_mode_relays_and_rate_limits_fanout() {
+    let mut relay = Relay::new(Settings {
+        broadcast_rate: Some(2),
+        cookie: CookieMode::Never,
+        ..Settings::default()
+    });
+    let devices: Vec<Device> = (0..20)
+        .map(|i| device(10 + i, 1100 + u16::from(i)))
+        .collect();
+    let (a, b) = (&devices[0], &devices[1]);
+    let (mut ta, _) = establish(&mut relay, a, b, 1, 2);
+    let _ = &mut ta;
+    // Many endpoints initiate: copies are capped by the bucket (2/s, burst 10).
+    let before = relay.state.counters().fanout_copies;
+    for (i, d) in devices[2..].iter().enumerate() {
+        relay.route(d.ep, &initiation(&mut tunn(d, a, 50 + i as u32)));
+    }
+    let copies = relay.state.counters().fanout_copies - before;
+    assert!(copies <= 10, "fan-out copies {copies} within the burst");
+}
+
+#[test]
+fn counters_add_up() {
+    let mut total = Counters::default();
+    let mut c = Counters {
+        received: 3,
+        ..Counters::default()
+    };
+    c.drops[DropReason::BadMac1.slot()] = 2;
+    total.add(&c);
+    total.add(&c);
+    assert_eq!(total.received, 6);
+    assert_eq!(total.dropped(DropReason::BadMac1), 4);
+    assert!(total.to_string().contains("drop_bad_mac1=4"));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+    // No input panics the routing core, and every packet is accounted for exactly once.
+    #[test]
+    fn arbitrary_packets_never_panic(
+        packets in proptest::collection::vec(
+            (0u16..4, proptest::collection::vec(any::<u8>(), 0..200), 0u8..6),
+            1..40,
+        )
+    ) {
+        let (a, b) = (device(1, 1001), device(2, 1002));
+        let mut relay = Relay::new(Settings {
+            allow: vec![a.public, b.public],
+            cookie: CookieMode::UnderLoad,
+            ..Settings::default()
+        });
+        let mut outcomes = 0u64;
+        for (port, mut bytes, ty) in packets {
+            // Bias towards valid types and lengths so the deeper paths run.
+            if ty < 4 && !bytes.is_empty() {
+                bytes[0] = ty + 1;
+                for b in bytes.iter_mut().take(4).skip(1) { *b = 0; }
+                let len = [148, 92, 64, bytes.len().max(32)][usize::from(ty)];
+                bytes.resize(len, 0);
+            }
+            let d = relay.route(ep(1000 + port), &bytes);
+            outcomes += 1;
+            let _ = d;
+        }
+        prop_assert_eq!(relay.state.counters().received, outcomes);
+    }
+}

@@ -1,0 +1,123 @@
+//! Transport messages, and the roaming rule.
+//!
+//! Roaming policy (explicit, because the relay cannot authenticate packets as WireGuard does):
+//! a transport packet from a source other than the sending side's recorded endpoint moves that
+//! endpoint only if its counter is above every counter the relay has seen from that side and
+//! at most ROAM_COUNTER_WINDOW above. A replayed packet (old counter) or a blind spoof (it
+//! cannot know the counter) is dropped, not forwarded, and changes nothing. A genuine roam
+//! continues the sequence, so the next packet after a NAT rebinding moves the endpoint at once.
+//! The first transport message of a session must come from the recorded endpoint (there is no
+//! sequence yet to continue); if it does not, the peers simply handshake again.
+
+use std::time::Instant;
+
+use super::{Actions, Decision, DropReason, State};
+use crate::constants::{REJECT_AFTER_TIME, ROAM_COUNTER_WINDOW};
+use crate::table::Endpoint;
+use crate::wire::TransportPacket;
+
+/// Whether `counter` from a new source continues a sequence whose highest counter is `max`.
+pub fn continues_sequence(max: Option<u64>, counter: u64) -> bool {
+    match max {
+        Some(max) => counter > max && counter - max <= ROAM_COUNTER_WINDOW,
+        None => false,
+    }
+}
+
+impl State {
+    pub(super) fn on_transport(
+        &mut self,
+        now: Instant,
+        from: Endpoint,
+        packet: &mut [u8],
+        out: &mut Actions,
+    ) -> Decision {
+        // size gate
+        let Ok(transport) = TransportPacket::new_checked(&*packet) else {
+            return self.drop(DropReason::BadLength);
+        };
+        let receiver = transport.receiver();
+        let counter = transport.counter();
+
+        // look up the receiver and its session's other side (the sender)
+        let Some(entry) = self.indices.lookup(receiver, now) else {
+            return self.drop(DropReason::UnknownReceiver);
+        };
+        let Some(sender) = entry.peer else {
+            return self.drop(DropReason::NotPaired);
+        };
+        let destination = entry.endpoint;
+        let confirming = entry.responder && !entry.confirmed;
+        let Some(side) = self.indices.lookup_mut(sender, now) else {
+            return self.drop(DropReason::NotPaired);
+        };
+
+        // roaming rule on the counter
+        if side.endpoint != from {
+            if !continues_sequence(side.max_counter, counter) {
+                return self.drop(DropReason::RoamRejected);
+            }
+            side.endpoint = from;
+            side.max_counter = Some(counter);
+            let key = side.owner_key.filter(|_| side.confirmed);
+            self.counters.roams += 1;
+            if let Some(k) = key {
+                self.endpoints.bind(k, from, now);
+            } else {
+                self.endpoints.touch(from, now);
+            }
+        } else if side.max_counter.is_none_or(|m| counter > m) {
+            side.max_counter = Some(counter);
+        }
+        if destination == from {
+            return self.drop(DropReason::Loop);
+        }
+
+        // the initiator's first transport message confirms the session: both sides accepted
+        // the handshake, so each side's key is bound to its endpoint
+        if confirming {
+            self.confirm(now, receiver, sender);
+        }
+        out.targets.push(destination);
+        Decision::Forward
+    }
+
+    fn confirm(
+        &mut self,
+        now: Instant,
+        responder: crate::wire::Index,
+        initiator: crate::wire::Index,
+    ) {
+        let expires = now + REJECT_AFTER_TIME;
+        let mut bind = [None, None];
+        for (slot, index) in [responder, initiator].into_iter().enumerate() {
+            if let Some(e) = self.indices.lookup_mut(index, now) {
+                e.confirmed = true;
+                e.expires = expires;
+                bind[slot] = e.owner_key.map(|k| (k, e.endpoint));
+            }
+        }
+        for (k, e) in bind.into_iter().flatten() {
+            self.endpoints.bind(k, e, now);
+        }
+        self.counters.sessions_confirmed += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roaming_window() {
+        assert!(!continues_sequence(None, 0));
+        assert!(!continues_sequence(None, 5));
+        assert!(!continues_sequence(Some(10), 10), "replay of the newest");
+        assert!(!continues_sequence(Some(10), 3), "replay of an old one");
+        assert!(continues_sequence(Some(10), 11));
+        assert!(continues_sequence(Some(10), 10 + ROAM_COUNTER_WINDOW));
+        assert!(!continues_sequence(Some(10), 11 + ROAM_COUNTER_WINDOW));
+        assert!(!continues_sequence(Some(u64::MAX - 1), 0));
+        assert!(continues_sequence(Some(u64::MAX - 1), u64::MAX));
+    }
+}

@@ -1,0 +1,130 @@
+//! The per-thread datapath loop: receive a batch → route each packet → send the batch.
+//!
+//! Each shard owns its sockets (one per listener, all bound with SO_REUSEPORT) and its
+//! backend. For now the routing state is shared behind one mutex taken once per batch, not
+//! per packet; per-shard ownership of indices replaces it with the io_uring datapath.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::io::{Backend, RecvBatch, Transmit};
+use crate::route::{Actions, Datagram, Decision, DropReason, State};
+use crate::table::{Endpoint, ListenerId};
+
+/// How long a shard waits for packets before checking for shutdown and expiry.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// How often expired state is swept.
+pub const EXPIRE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Counters of the I/O layer, shared by all shards.
+#[derive(Debug, Default)]
+pub struct IoCounters {
+    pub send_failed: AtomicU64,
+    pub recv_errors: AtomicU64,
+}
+
+/// Where a routed packet's copies go, recorded per batch.
+enum Out {
+    /// Copy of received datagram `i`.
+    Packet(usize, Endpoint),
+    /// Extra datagram `i` in the batch's extras.
+    Extra(usize),
+}
+
+pub struct Shard<B: Backend> {
+    pub backend: B,
+    pub state: Arc<Mutex<State>>,
+    pub io: Arc<IoCounters>,
+    pub shutdown: Arc<AtomicBool>,
+    pub next_expire: Arc<Mutex<Instant>>,
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    // A panic while holding the lock would be a bug in the routing core; keep relaying with
+    // the state as it is rather than taking every shard down with it.
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl<B: Backend> Shard<B> {
+    /// Runs until `shutdown` is set.
+    pub fn run(mut self) {
+        let mut batch = RecvBatch::new();
+        let mut actions = Actions::new();
+        let mut outs: Vec<Out> = Vec::with_capacity(batch.capacity() * 2);
+        let mut extras: Vec<Datagram> = Vec::new();
+        while !self.shutdown.load(Ordering::Relaxed) {
+            let n = match self.backend.recv(&mut batch, POLL_INTERVAL) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.io.recv_errors.fetch_add(1, Ordering::Relaxed);
+                    log::error!("receive failed: {e}");
+                    std::thread::sleep(POLL_INTERVAL);
+                    continue;
+                }
+            };
+            outs.clear();
+            extras.clear();
+            {
+                let mut state = lock(&self.state);
+                let now = Instant::now();
+                self.maybe_expire(&mut state, now);
+                for i in 0..n {
+                    let meta = *batch.meta(i);
+                    if meta.truncated {
+                        state.count_drop(DropReason::Truncated);
+                        continue;
+                    }
+                    let Ok(listener) = u16::try_from(meta.listener) else {
+                        continue;
+                    };
+                    let from = Endpoint::new(ListenerId(listener), meta.addr);
+                    let decision = state.route(now, from, batch.datagram_mut(i), &mut actions);
+                    if decision == Decision::Forward {
+                        outs.extend(actions.targets.iter().map(|t| Out::Packet(i, *t)));
+                    }
+                    for x in actions.extra.drain(..) {
+                        outs.push(Out::Extra(extras.len()));
+                        extras.push(x);
+                    }
+                }
+            }
+            if outs.is_empty() {
+                continue;
+            }
+            let transmits: Vec<Transmit<'_>> = outs
+                .iter()
+                .map(|o| {
+                    let (to, contents) = match o {
+                        Out::Packet(i, to) => (*to, batch.datagram(*i)),
+                        Out::Extra(j) => (extras[*j].to, extras[*j].contents()),
+                    };
+                    Transmit {
+                        listener: usize::from(to.listener.0),
+                        destination: to.addr,
+                        contents,
+                    }
+                })
+                .collect();
+            let stats = self.backend.send(&transmits);
+            if stats.failed > 0 {
+                self.io
+                    .send_failed
+                    .fetch_add(stats.failed, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn maybe_expire(&self, state: &mut State, now: Instant) {
+        let mut next = self
+            .next_expire
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if now >= *next {
+            state.expire(now);
+            *next = now + EXPIRE_INTERVAL;
+        }
+    }
+}

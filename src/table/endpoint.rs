@@ -1,0 +1,324 @@
+//! What the relay knows of each endpoint, and the identity bindings "key K is held by
+//! endpoint E" confirmed by the peers' own handshakes (DESIGN §4).
+//!
+//! A binding is a hint: it sends later initiations for K to E alone, and is dropped when the
+//! initiator retries, when K shows up elsewhere, or when E goes idle.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use super::Endpoint;
+use crate::admit::{GroupId, KeyId};
+use crate::constants::{ENDPOINT_IDLE_TIME, SOURCE_PROVEN_TIME};
+
+/// The last initiation an endpoint sent that the relay forwarded and no response answered yet.
+#[derive(Debug, Clone, Copy)]
+pub struct Pending {
+    pub key: Option<KeyId>,
+    pub at: Instant,
+}
+
+#[derive(Debug, Clone)]
+pub struct EndpointInfo {
+    /// Last admitted handshake message from or to it.
+    pub last_seen: Instant,
+    /// Until when it counts as having proven its address (a valid mac2 with our cookie).
+    pub proven_until: Option<Instant>,
+    /// The key it is confirmed to hold.
+    pub bound: Option<KeyId>,
+    pub pending: Option<Pending>,
+    /// Groups whose candidate lists hold it.
+    pub candidate_in: Vec<GroupId>,
+}
+
+impl EndpointInfo {
+    fn new(now: Instant) -> Self {
+        EndpointInfo {
+            last_seen: now,
+            proven_until: None,
+            bound: None,
+            pending: None,
+            candidate_in: Vec::new(),
+        }
+    }
+
+    pub fn is_idle(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.last_seen) >= ENDPOINT_IDLE_TIME
+    }
+}
+
+/// What a fan-out looks for: candidates of `groups` that may hold `key`, other than `from`,
+/// at most `max` of them.
+#[derive(Debug, Clone, Copy)]
+pub struct Want<'a> {
+    pub groups: &'a [GroupId],
+    pub key: Option<KeyId>,
+    pub from: Endpoint,
+    pub max: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct EndpointTable {
+    map: HashMap<Endpoint, EndpointInfo>,
+    bindings: HashMap<KeyId, Endpoint>,
+    candidates: HashMap<GroupId, Vec<Endpoint>>,
+}
+
+impl EndpointTable {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn get(&self, e: &Endpoint) -> Option<&EndpointInfo> {
+        self.map.get(e)
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub fn bindings_len(&self) -> usize {
+        self.bindings.len()
+    }
+
+    /// Marks an endpoint seen, creating its record.
+    pub fn touch(&mut self, e: Endpoint, now: Instant) -> &mut EndpointInfo {
+        let info = self.map.entry(e).or_insert_with(|| EndpointInfo::new(now));
+        info.last_seen = info.last_seen.max(now);
+        info
+    }
+
+    pub fn is_proven(&self, e: &Endpoint, now: Instant) -> bool {
+        self.map
+            .get(e)
+            .and_then(|i| i.proven_until)
+            .is_some_and(|until| now < until)
+    }
+
+    pub fn mark_proven(&mut self, e: Endpoint, now: Instant) {
+        self.touch(e, now).proven_until = Some(now + SOURCE_PROVEN_TIME);
+    }
+
+    /// The key an endpoint is confirmed to hold.
+    pub fn bound_key(&self, e: &Endpoint) -> Option<KeyId> {
+        self.map.get(e).and_then(|i| i.bound)
+    }
+
+    /// The endpoint confirmed to hold a key.
+    pub fn holder_of(&self, key: KeyId, now: Instant) -> Option<Endpoint> {
+        let e = *self.bindings.get(&key)?;
+        match self.map.get(&e) {
+            Some(info) if !info.is_idle(now) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// Records that `e` holds `key`, undoing any binding either had before.
+    pub fn bind(&mut self, key: KeyId, e: Endpoint, now: Instant) {
+        if let Some(old) = self.bindings.insert(key, e) {
+            if old != e {
+                if let Some(info) = self.map.get_mut(&old) {
+                    if info.bound == Some(key) {
+                        info.bound = None;
+                    }
+                }
+            }
+        }
+        let info = self.touch(e, now);
+        if let Some(prev) = info.bound.replace(key) {
+            if prev != key && self.bindings.get(&prev) == Some(&e) {
+                self.bindings.remove(&prev);
+            }
+        }
+    }
+
+    /// Puts an endpoint on the candidate lists of `groups` (it named a key in them, so it may
+    /// hold another key of theirs).
+    pub fn add_candidate(&mut self, e: Endpoint, groups: &[GroupId], now: Instant) {
+        let info = self.map.entry(e).or_insert_with(|| EndpointInfo::new(now));
+        for g in groups {
+            if !info.candidate_in.contains(g) {
+                info.candidate_in.push(*g);
+                self.candidates.entry(*g).or_default().push(e);
+            }
+        }
+    }
+
+    /// Collects fan-out targets for an initiation naming `key`: live endpoints on the
+    /// candidate lists of `groups`, other than `from`, not bound to a different key, at most
+    /// `max`. When there are more, `cursor` rotates the starting point so retries reach the
+    /// rest. Prunes dead and bound-elsewhere entries it meets.
+    pub fn candidates(
+        &mut self,
+        want: &Want<'_>,
+        now: Instant,
+        cursor: &mut usize,
+        out: &mut Vec<Endpoint>,
+    ) {
+        let Want {
+            groups,
+            key,
+            from,
+            max,
+        } = *want;
+        for g in groups {
+            let Some(list) = self.candidates.get_mut(g) else {
+                continue;
+            };
+            // Prune first so the rotation below sees only eligible entries.
+            let map = &mut self.map;
+            list.retain(|c| match map.get_mut(c) {
+                Some(info) if !info.is_idle(now) && (info.bound.is_none() || info.bound == key) => {
+                    true
+                }
+                Some(info) => {
+                    info.candidate_in.retain(|x| x != g);
+                    false
+                }
+                None => false,
+            });
+            if list.is_empty() {
+                continue;
+            }
+            let start = *cursor % list.len();
+            for i in 0..list.len() {
+                if out.len() >= max {
+                    break;
+                }
+                let c = list[(start + i) % list.len()];
+                if c != from && !out.contains(&c) {
+                    out.push(c);
+                }
+            }
+            *cursor = cursor.wrapping_add(max);
+        }
+    }
+
+    /// Forgets idle endpoints and their bindings. Returns how many went.
+    pub fn expired_endpoints(&mut self, now: Instant) -> usize {
+        let before = self.map.len();
+        self.map.retain(|_, info| !info.is_idle(now));
+        let map = &self.map;
+        self.bindings
+            .retain(|k, e| map.get(e).is_some_and(|i| i.bound == Some(*k)));
+        for list in self.candidates.values_mut() {
+            list.retain(|e| map.contains_key(e));
+        }
+        self.candidates.retain(|_, list| !list.is_empty());
+        before - self.map.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::ListenerId;
+    use std::time::Duration;
+
+    fn want(groups: &[GroupId], key: Option<KeyId>, from: Endpoint, max: usize) -> Want<'_> {
+        Want {
+            groups,
+            key,
+            from,
+            max,
+        }
+    }
+
+    fn ep(port: u16) -> Endpoint {
+        Endpoint::new(ListenerId(0), format!("127.0.0.1:{port}").parse().unwrap())
+    }
+
+    #[test]
+    fn bind_moves_and_replaces() {
+        let t = Instant::now();
+        let mut tab = EndpointTable::new();
+        tab.bind(KeyId(1), ep(1), t);
+        assert_eq!(tab.holder_of(KeyId(1), t), Some(ep(1)));
+        // The key moved.
+        tab.bind(KeyId(1), ep(2), t);
+        assert_eq!(tab.holder_of(KeyId(1), t), Some(ep(2)));
+        assert_eq!(tab.bound_key(&ep(1)), None);
+        // The endpoint now holds another key.
+        tab.bind(KeyId(2), ep(2), t);
+        assert_eq!(tab.holder_of(KeyId(1), t), None);
+        assert_eq!(tab.bound_key(&ep(2)), Some(KeyId(2)));
+        assert_eq!(tab.bindings_len(), 1);
+    }
+
+    #[test]
+    fn candidates_skip_sender_bound_and_idle() {
+        let t = Instant::now();
+        let g = [GroupId(0)];
+        let mut tab = EndpointTable::new();
+        for p in 1..=4 {
+            tab.add_candidate(ep(p), &g, t);
+        }
+        tab.bind(KeyId(9), ep(3), t);
+        let mut out = Vec::new();
+        let mut cursor = 0;
+        tab.candidates(
+            &want(&g, Some(KeyId(1)), ep(1), 64),
+            t,
+            &mut cursor,
+            &mut out,
+        );
+        out.sort_by_key(|e| e.addr.port());
+        assert_eq!(out, vec![ep(2), ep(4)]);
+        // A bound endpoint is a candidate for its own key (a retry reaches it).
+        tab.add_candidate(ep(3), &g, t);
+        out.clear();
+        tab.candidates(
+            &want(&g, Some(KeyId(9)), ep(1), 64),
+            t,
+            &mut cursor,
+            &mut out,
+        );
+        assert!(out.contains(&ep(3)));
+        // Idle endpoints drop out.
+        let later = t + ENDPOINT_IDLE_TIME + Duration::from_secs(1);
+        tab.touch(ep(2), later);
+        out.clear();
+        tab.candidates(
+            &want(&g, Some(KeyId(1)), ep(1), 64),
+            later,
+            &mut cursor,
+            &mut out,
+        );
+        assert_eq!(out, vec![ep(2)]);
+    }
+
+    #[test]
+    fn candidates_rotate_past_the_cap() {
+        let t = Instant::now();
+        let g = [GroupId(0)];
+        let mut tab = EndpointTable::new();
+        for p in 1..=10 {
+            tab.add_candidate(ep(p), &g, t);
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut cursor = 0;
+        for _ in 0..4 {
+            let mut out = Vec::new();
+            tab.candidates(&want(&g, None, ep(100), 3), t, &mut cursor, &mut out);
+            assert_eq!(out.len(), 3);
+            seen.extend(out);
+        }
+        assert_eq!(seen.len(), 10, "four rounds of three cover all ten");
+    }
+
+    #[test]
+    fn expiry_drops_idle_endpoints_and_their_bindings() {
+        let t = Instant::now();
+        let mut tab = EndpointTable::new();
+        tab.bind(KeyId(1), ep(1), t);
+        tab.add_candidate(ep(2), &[GroupId(0)], t);
+        let later = t + ENDPOINT_IDLE_TIME;
+        assert_eq!(tab.expired_endpoints(later), 2);
+        assert_eq!(tab.bindings_len(), 0);
+        assert!(tab.is_empty());
+    }
+}

@@ -1,0 +1,95 @@
+//! Index table: each WireGuard index maps to the endpoint that owns it (wireguard-go's
+//! `indextable.go`, without the lock: one routing core owns it).
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use super::Endpoint;
+use crate::admit::KeyId;
+use crate::wire::Index;
+
+#[derive(Debug, Clone)]
+pub struct IndexEntry {
+    /// Who owns this index: packets whose receiver is this index go there.
+    pub endpoint: Endpoint,
+    /// The other side's index, once a response paired them.
+    pub peer: Option<Index>,
+    /// The key the owner holds, when known (for an initiator, learned from the response's
+    /// mac1; for a responder, the key the initiation named).
+    pub owner_key: Option<KeyId>,
+    /// The key of the other side: for an initiator, the key its initiation named.
+    pub peer_key: Option<KeyId>,
+    /// When this entry is dead: REKEY_TIMEOUT after an unanswered initiation or an unconfirmed
+    /// response, REJECT_AFTER_TIME after the session was confirmed.
+    pub expires: Instant,
+    /// Highest transport counter seen from this index's owner (roaming checks against it).
+    pub max_counter: Option<u64>,
+    /// A compact set (64-bit Bloom mask) of the endpoints an initiation was sent to; only they
+    /// may answer it.
+    pub sent_to: u64,
+    /// This index belongs to the responder of its session.
+    pub responder: bool,
+    /// The initiator's first transport message arrived, so both sides accepted the handshake.
+    pub confirmed: bool,
+}
+
+impl IndexEntry {
+    pub fn is_live(&self, now: Instant) -> bool {
+        now < self.expires
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct IndexTable {
+    entries: HashMap<Index, IndexEntry>,
+}
+
+impl IndexTable {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The live entry for an index.
+    #[inline]
+    pub fn lookup(&self, index: Index, now: Instant) -> Option<&IndexEntry> {
+        self.entries.get(&index).filter(|e| e.is_live(now))
+    }
+
+    #[inline]
+    pub fn lookup_mut(&mut self, index: Index, now: Instant) -> Option<&mut IndexEntry> {
+        self.entries.get_mut(&index).filter(|e| e.is_live(now))
+    }
+
+    /// Whether the index is taken by a live entry.
+    pub fn contains(&self, index: Index, now: Instant) -> bool {
+        self.lookup(index, now).is_some()
+    }
+
+    /// Inserts or replaces (an expired entry may be replaced).
+    pub fn insert(&mut self, index: Index, entry: IndexEntry) {
+        self.entries.insert(index, entry);
+    }
+
+    pub fn remove(&mut self, index: Index) -> Option<IndexEntry> {
+        self.entries.remove(&index)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Removes dead entries. Returns how many went.
+    pub fn expired_entries(&mut self, now: Instant) -> usize {
+        let before = self.entries.len();
+        self.entries.retain(|_, e| e.is_live(now));
+        before - self.entries.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&Index, &IndexEntry)> {
+        self.entries.iter()
+    }
+}
