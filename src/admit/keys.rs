@@ -30,6 +30,8 @@ pub struct KeyInfo {
 pub struct KeyDirectory {
     keys: Vec<KeyInfo>,
     by_public: HashMap<PublicKey, KeyId>,
+    /// Members of each group, by `GroupId`.
+    members: Vec<Vec<KeyId>>,
     group_count: u32,
 }
 
@@ -63,6 +65,12 @@ impl KeyDirectory {
             for key in loose {
                 let id = dir.intern(key);
                 dir.keys[id.0 as usize].groups.push(g);
+            }
+        }
+        dir.members = vec![Vec::new(); dir.group_count as usize];
+        for (i, info) in dir.keys.iter().enumerate() {
+            for g in &info.groups {
+                dir.members[g.0 as usize].push(KeyId(i as u32));
             }
         }
         dir
@@ -115,6 +123,37 @@ impl KeyDirectory {
             .iter()
             .position(|k| mac::check_mac1(&k.mac1, msg))
             .map(|i| KeyId(i as u32))
+    }
+
+    /// The key whose mac1 a handshake message carries, trying `hint` first (a retry names
+    /// the same key as the initiation before it), then every key.
+    pub fn match_mac1_hinted(&self, msg: &[u8], hint: Option<KeyId>) -> Option<KeyId> {
+        if let Some(info) = hint.and_then(|k| self.get(k)) {
+            if mac::check_mac1(&info.mac1, msg) {
+                return hint;
+            }
+        }
+        self.match_mac1(msg)
+    }
+
+    /// The key among those sharing a group with `peer` whose mac1 the message carries. A
+    /// response's mac1 must name such a key (or the pair is refused anyway), so only they are
+    /// tried: two MACs for a pair-sized group instead of one per configured key.
+    pub fn match_mac1_in_groups_of(&self, msg: &[u8], peer: KeyId) -> Option<KeyId> {
+        let info = self.get(peer)?;
+        for g in &info.groups {
+            let Some(members) = self.members.get(g.0 as usize) else {
+                continue;
+            };
+            for k in members {
+                if let Some(candidate) = self.get(*k) {
+                    if mac::check_mac1(&candidate.mac1, msg) {
+                        return Some(*k);
+                    }
+                }
+            }
+        }
+        None
     }
 
     /// The groups of a key; in open mode (no key) the single open group.
@@ -184,6 +223,28 @@ mod tests {
             !d.share_group(id(1), id(5)),
             "k1 is in a group, so not loose"
         );
+    }
+
+    #[test]
+    fn hinted_and_group_matching() {
+        use crate::wire::testvec::{
+            INITIATION_BYTES, INITIATOR_PUBLIC, RESPONDER_PUBLIC, RESPONSE_BYTES,
+        };
+        let (ki, kr) = (PublicKey(INITIATOR_PUBLIC), PublicKey(RESPONDER_PUBLIC));
+        let d = KeyDirectory::new(&[], &[vec![ki, kr], vec![k(7), k(8)]]);
+        let (i, r) = (d.id_of(&ki).unwrap(), d.id_of(&kr).unwrap());
+        assert_eq!(d.match_mac1_hinted(&INITIATION_BYTES, Some(r)), Some(r));
+        assert_eq!(
+            d.match_mac1_hinted(&INITIATION_BYTES, Some(i)),
+            Some(r),
+            "bad hint"
+        );
+        assert_eq!(d.match_mac1_hinted(&INITIATION_BYTES, None), Some(r));
+        // A response names the initiator, a member of the responder's groups.
+        assert_eq!(d.match_mac1_in_groups_of(&RESPONSE_BYTES, r), Some(i));
+        // Not found among the groups of a key in another group.
+        let other = d.id_of(&k(7)).unwrap();
+        assert_eq!(d.match_mac1_in_groups_of(&RESPONSE_BYTES, other), None);
     }
 
     #[test]

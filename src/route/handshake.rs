@@ -29,7 +29,12 @@ impl State {
         let key: Option<KeyId> = if self.keys.is_open() {
             None
         } else {
-            match self.keys.match_mac1(packet) {
+            let hint = self
+                .endpoints
+                .get(&from)
+                .and_then(|i| i.pending)
+                .and_then(|p| p.key);
+            match self.keys.match_mac1_hinted(packet, hint) {
                 Some(k) => Some(k),
                 None => return self.drop(DropReason::BadMac1),
             }
@@ -179,17 +184,17 @@ impl State {
         }
 
         // mac1 names the initiator's key; the pair must share a group
-        let initiator_key: Option<KeyId> = if self.keys.is_open() {
-            None
-        } else {
-            match self.keys.match_mac1(packet) {
+        let initiator_key: Option<KeyId> = match responder_key {
+            None => None,
+            Some(kb) => match self.keys.match_mac1_in_groups_of(packet, kb) {
                 Some(k) => Some(k),
+                // Not a key the responder may talk to: say which failure it was.
+                None if self.keys.match_mac1(packet).is_some() => {
+                    return self.drop(DropReason::NotInGroup)
+                }
                 None => return self.drop(DropReason::BadMac1),
-            }
+            },
         };
-        if !self.keys.share_group(initiator_key, responder_key) {
-            return self.drop(DropReason::NotInGroup);
-        }
         if self.replay.contains(&mac1) {
             return self.drop(DropReason::Mac1Replayed);
         }

@@ -423,6 +423,32 @@ fn real_roam_with_continuing_counter_is_followed() {
 }
 
 #[test]
+fn a_roam_moves_the_peers_other_sessions_too() {
+    let (a, b) = (device(1, 1001), device(2, 1002));
+    let mut relay = Relay::allow(&[&a, &b]);
+    // Session 1: A initiated (through establish). Session 2: B initiates, A answers.
+    let (mut ta, _) = establish(&mut relay, &a, &b, 1, 2);
+    let mut tb2 = tunn(&b, &a, 3);
+    let mut ta2 = tunn(&a, &b, 4);
+    relay.route(b.ep, &initiation(&mut tb2));
+    let to_a = relay.targets();
+    assert_eq!(to_a, vec![a.ep], "unicast: A is confirmed");
+    let init = initiation(&mut tb2);
+    relay.route(b.ep, &init);
+    let resp = feed(&mut ta2, &init).expect("A answers");
+    assert_eq!(relay.route(a.ep, &resp).0, Decision::Forward);
+    let keepalive = feed(&mut tb2, &resp).expect("B confirms");
+    assert_eq!(relay.route(b.ep, &keepalive).0, Decision::Forward);
+    // A roams on session 1.
+    relay.route(a.ep, &data(&mut ta, 64));
+    let moved = ep(1777);
+    assert_eq!(relay.route(moved, &data(&mut ta, 64)).0, Decision::Forward);
+    // B still sends on session 2: it reaches A's new address.
+    assert_eq!(relay.route(b.ep, &data(&mut tb2, 64)).0, Decision::Forward);
+    assert_eq!(relay.targets(), vec![moved]);
+}
+
+#[test]
 fn malformed_packets_are_counted() {
     let (a, b) = (device(1, 1001), device(2, 1002));
     let mut relay = Relay::allow(&[&a, &b]);

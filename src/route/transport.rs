@@ -57,10 +57,12 @@ impl State {
             if !continues_sequence(side.max_counter, counter) {
                 return self.drop(DropReason::RoamRejected);
             }
+            let old = side.endpoint;
             side.endpoint = from;
             side.max_counter = Some(counter);
             let key = side.owner_key.filter(|_| side.confirmed);
             self.counters.roams += 1;
+            self.move_sessions(old, from, destination, now);
             if let Some(k) = key {
                 self.endpoints.bind(k, from, now);
             } else {
@@ -80,6 +82,28 @@ impl State {
         }
         out.targets.push(destination);
         Decision::Forward
+    }
+
+    /// After a roam, the peer's other live sessions with the same counterpart (the previous
+    /// keypair, or the second session of a simultaneous handshake) follow it: the other side
+    /// may still send on them. Linear in the table, but only a counter-verified roam runs it.
+    fn move_sessions(&mut self, old: Endpoint, new: Endpoint, counterpart: Endpoint, now: Instant) {
+        let moving: Vec<crate::wire::Index> = self
+            .indices
+            .iter()
+            .filter(|(_, e)| e.is_live(now) && e.endpoint == old)
+            .filter(|(_, e)| {
+                e.peer
+                    .and_then(|p| self.indices.lookup(p, now))
+                    .is_some_and(|p| p.endpoint == counterpart)
+            })
+            .map(|(i, _)| *i)
+            .collect();
+        for index in moving {
+            if let Some(e) = self.indices.lookup_mut(index, now) {
+                e.endpoint = new;
+            }
+        }
     }
 
     fn confirm(

@@ -1,0 +1,295 @@
+//! Test harness: boringtun peers (an independent WireGuard implementation) on real loopback
+//! sockets, driving a real relay. Every wait is bounded.
+
+#![allow(dead_code)]
+
+use std::io::ErrorKind;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use boringtun::noise::{Tunn, TunnResult};
+use boringtun::x25519::{PublicKey as XPublic, StaticSecret};
+use wgrelay::config::{Config, CookieMode};
+use wgrelay::io::{bind_udp, SocketOptions};
+use wgrelay::key::PublicKey;
+use wgrelay::relay::Relay;
+
+/// A WireGuard identity: a static key pair made from a seed.
+#[derive(Clone)]
+pub struct Identity {
+    pub secret: [u8; 32],
+    pub public: PublicKey,
+}
+
+impl Identity {
+    pub fn from_seed(seed: u64) -> Self {
+        let mut secret = [0u8; 32];
+        for (i, chunk) in secret.chunks_mut(8).enumerate() {
+            let v = seed
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                .wrapping_add((i as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9))
+                ^ 0x94d0_49bb_1331_11eb;
+            chunk.copy_from_slice(&v.to_le_bytes());
+        }
+        let public = XPublic::from(&StaticSecret::from(secret));
+        Identity {
+            secret,
+            public: PublicKey(*public.as_bytes()),
+        }
+    }
+}
+
+/// Binds a UDP socket for a peer on `ip` (any port), non-blocking, with large buffers.
+pub fn peer_socket(ip: IpAddr) -> UdpSocket {
+    let sock = bind_udp(
+        SocketAddr::new(ip, 0),
+        &SocketOptions {
+            reuse_port: false,
+            recv_buffer: 4 << 20,
+            send_buffer: 4 << 20,
+        },
+    )
+    .expect("bind peer socket");
+    sock.set_nonblocking(true).expect("nonblocking");
+    sock
+}
+
+/// One WireGuard peer talking to one other peer through the relay.
+pub struct Peer {
+    pub id: Identity,
+    pub tunn: Tunn,
+    pub sock: UdpSocket,
+    pub relay: SocketAddr,
+    /// Decrypted IP packets received.
+    pub delivered: u64,
+    /// Bytes of the decrypted IP packets received.
+    pub delivered_bytes: u64,
+    /// Every datagram received from the network, when `keep_raw` is set.
+    pub raw: Vec<Vec<u8>>,
+    pub keep_raw: bool,
+    /// Every datagram sent, when `keep_raw` is set.
+    pub sent: Vec<Vec<u8>>,
+    buf: Vec<u8>,
+    out: Vec<u8>,
+}
+
+impl Peer {
+    pub fn new(id: &Identity, peer: &PublicKey, ip: IpAddr, relay: SocketAddr, index: u32) -> Self {
+        Self::with_socket(id, peer, peer_socket(ip), relay, index)
+    }
+
+    pub fn with_socket(
+        id: &Identity,
+        peer: &PublicKey,
+        sock: UdpSocket,
+        relay: SocketAddr,
+        index: u32,
+    ) -> Self {
+        let tunn = Tunn::new(
+            StaticSecret::from(id.secret),
+            XPublic::from(peer.0),
+            None,
+            None,
+            index & 0x00ff_ffff,
+            None,
+        );
+        Peer {
+            id: id.clone(),
+            tunn,
+            sock,
+            relay,
+            delivered: 0,
+            delivered_bytes: 0,
+            raw: Vec::new(),
+            keep_raw: false,
+            sent: Vec::new(),
+            buf: vec![0u8; 65536],
+            out: vec![0u8; 65536],
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.sock.local_addr().expect("local addr")
+    }
+
+    fn transmit(&mut self, len: usize) {
+        let datagram = &self.out[..len];
+        if self.keep_raw {
+            self.sent.push(datagram.to_vec());
+        }
+        // Loopback sends only fail when the buffer is full; the test then sees loss.
+        let _ = self.sock.send_to(datagram, self.relay);
+    }
+
+    /// Starts a handshake now (a new initiation even if one is in flight).
+    pub fn initiate(&mut self) {
+        let len = match self.tunn.format_handshake_initiation(&mut self.out, true) {
+            TunnResult::WriteToNetwork(p) => p.len(),
+            _ => return,
+        };
+        self.transmit(len);
+    }
+
+    /// Whether a handshake completed.
+    pub fn established(&self) -> bool {
+        self.tunn.stats().0.is_some()
+    }
+
+    /// Encrypts and sends one IPv4 packet of `len` bytes (at least 20). False without a session.
+    pub fn send_data(&mut self, len: usize, stamp: u64) -> bool {
+        let len = len.max(28);
+        let mut ip = vec![0u8; len];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        ip[20..28].copy_from_slice(&stamp.to_le_bytes());
+        match self.tunn.encapsulate(&ip, &mut self.out) {
+            TunnResult::WriteToNetwork(p) => {
+                let n = p.len();
+                self.transmit(n);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Reads and processes everything waiting on the socket. Returns datagrams read.
+    pub fn poll(&mut self) -> usize {
+        let mut count = 0;
+        loop {
+            let n = match self.sock.recv_from(&mut self.buf) {
+                Ok((n, _)) => n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(_) => break,
+            };
+            count += 1;
+            let datagram = self.buf[..n].to_vec();
+            if self.keep_raw {
+                self.raw.push(datagram.clone());
+            }
+            self.process(&datagram);
+        }
+        count
+    }
+
+    fn process(&mut self, datagram: &[u8]) {
+        let mut input: &[u8] = datagram;
+        // boringtun: repeat with an empty datagram until Done to flush queued packets.
+        for _ in 0..64 {
+            let mut out = std::mem::take(&mut self.out);
+            let result = self.tunn.decapsulate(None, input, &mut out);
+            let (send, delivered) = match result {
+                TunnResult::WriteToNetwork(p) => (Some(p.len()), None),
+                TunnResult::WriteToTunnelV4(p, _) | TunnResult::WriteToTunnelV6(p, _) => {
+                    (None, Some(p.len()))
+                }
+                _ => (None, None),
+            };
+            self.out = out;
+            if let Some(n) = delivered {
+                self.delivered += 1;
+                self.delivered_bytes += n as u64;
+            }
+            match send {
+                Some(n) => {
+                    self.transmit(n);
+                    input = &[];
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// Runs boringtun's timers (handshake retries, keepalives).
+    pub fn tick(&mut self) {
+        let len = match self.tunn.update_timers(&mut self.out) {
+            TunnResult::WriteToNetwork(p) => p.len(),
+            _ => return,
+        };
+        self.transmit(len);
+    }
+}
+
+/// A pair of peers that talk to each other.
+pub fn pair(
+    a: &Identity,
+    b: &Identity,
+    ip_a: IpAddr,
+    ip_b: IpAddr,
+    relay: SocketAddr,
+    index: u32,
+) -> (Peer, Peer) {
+    (
+        Peer::new(a, &b.public, ip_a, relay, index * 2),
+        Peer::new(b, &a.public, ip_b, relay, index * 2 + 1),
+    )
+}
+
+/// Polls peers (and runs their timers every 100 ms) until `done` or the deadline.
+/// Returns whether `done` became true.
+pub fn pump_until(
+    peers: &mut [&mut Peer],
+    limit: Duration,
+    mut done: impl FnMut(&[&mut Peer]) -> bool,
+) -> bool {
+    let deadline = Instant::now() + limit;
+    let mut next_tick = Instant::now();
+    while Instant::now() < deadline {
+        let mut activity = 0;
+        for p in peers.iter_mut() {
+            activity += p.poll();
+        }
+        if Instant::now() >= next_tick {
+            for p in peers.iter_mut() {
+                p.tick();
+            }
+            next_tick = Instant::now() + Duration::from_millis(100);
+        }
+        if done(peers) {
+            return true;
+        }
+        if activity == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    done(peers)
+}
+
+/// Pumps for a fixed time (to show that something does NOT happen).
+pub fn pump_for(peers: &mut [&mut Peer], time: Duration) {
+    pump_until(peers, time, |_| false);
+}
+
+pub fn config(allow: &[&Identity]) -> Config {
+    Config {
+        listen: vec!["127.0.0.1:0".parse().expect("addr")],
+        allow: allow.iter().map(|i| i.public).collect(),
+        cookie: CookieMode::Never,
+        threads: 2,
+        stats_interval: None,
+        ..Config::default()
+    }
+}
+
+pub fn start(config: &Config) -> (Relay, SocketAddr) {
+    let relay = Relay::start(config).expect("relay starts");
+    let addr = relay.local_addrs()[0];
+    (relay, addr)
+}
+
+pub fn localhost(a: u8, b: u8, c: u8) -> IpAddr {
+    IpAddr::from([127, a, b, c])
+}
+
+/// Drains a raw socket for up to `time`; returns what arrived.
+pub fn drain(sock: &UdpSocket, time: Duration) -> Vec<Vec<u8>> {
+    let deadline = Instant::now() + time;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 2048];
+    while Instant::now() < deadline {
+        match sock.recv_from(&mut buf) {
+            Ok((n, _)) => got.push(buf[..n].to_vec()),
+            Err(_) => std::thread::sleep(Duration::from_millis(2)),
+        }
+    }
+    got
+}
