@@ -1,0 +1,285 @@
+//! The `wgrelay` binary: configuration errors, check-config, wpex flags, and the acceptance
+//! case: boringtun peers through `wgrelay run --listen 127.0.0.1:PORT --allow A --allow B` at
+//! 20k packets/s each way, 64 to 1420 bytes, with no loss.
+
+mod common;
+
+use std::io::Read;
+use std::net::UdpSocket;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn wgrelay() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wgrelay"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("WGRELAY_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+fn output(args: &[&str]) -> Output {
+    wgrelay().args(args).output().expect("run wgrelay")
+}
+
+fn free_port() -> u16 {
+    let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    s.local_addr().expect("addr").port()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A relay process, killed on drop.
+struct Running(Child);
+
+impl Running {
+    fn start(args: &[String]) -> Self {
+        let child = wgrelay()
+            .args(args)
+            .env("WGRELAY_LOG_LEVEL", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn wgrelay");
+        Running(child)
+    }
+
+    /// SIGTERM, then the exit status and everything it logged.
+    fn terminate(mut self) -> (bool, String) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let status = loop {
+            if let Ok(Some(s)) = self.0.try_wait() {
+                break Some(s);
+            }
+            if Instant::now() > deadline {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut log = String::new();
+        if let Some(mut e) = self.0.stderr.take() {
+            let _ = e.read_to_string(&mut log);
+        }
+        (status.is_some_and(|s| s.success()), log)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_bound(port: u16) {
+    // The relay is up once the port is taken.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if UdpSocket::bind(("127.0.0.1", port)).is_err() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("relay did not bind 127.0.0.1:{port}");
+}
+
+#[test]
+fn bad_configuration_gives_a_clear_error_and_nonzero_exit() {
+    let key = Identity::from_seed(1).public.to_string();
+    let path = std::env::temp_dir().join(format!("wgrelay-cli-{}.toml", std::process::id()));
+    std::fs::write(&path, "lissten = [\"127.0.0.1:5000\"]\n").expect("write");
+    let bad_file = path.to_string_lossy().into_owned();
+    let missing = "/nonexistent/wgrelay.toml".to_string();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["run", "--allow", "not-a-key"], "not-a-key"),
+        (vec!["run", "--allow", &key[..40]], "invalid public key"),
+        (vec!["run", "--listen", "1.2.3"], "1.2.3"),
+        (vec!["run", "--listen", "127.0.0.1:0"], "port 0"),
+        (vec!["run", "--group", &key], "at least 2"),
+        (vec!["run", "--threads", "0"], "threads"),
+        (vec!["run", "--cookie", "sometimes"], "sometimes"),
+        (vec!["run", "--config", &bad_file], "lissten"),
+        (
+            vec!["run", "--config", &missing],
+            "/nonexistent/wgrelay.toml",
+        ),
+        (vec!["check-config", "--allow", "xyz"], "xyz"),
+    ];
+    for (args, needle) in cases {
+        let o = output(&args);
+        assert!(!o.status.success(), "{args:?} must fail");
+        let err = stderr(&o);
+        assert!(
+            err.contains(needle),
+            "{args:?}: stderr {err:?} lacks {needle:?}"
+        );
+        assert!(
+            err.lines().count() <= 5,
+            "{args:?}: a short, clear error, got {err:?}"
+        );
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn an_address_in_use_fails_startup_and_leaves_nothing_bound() {
+    let taken = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let taken_port = taken.local_addr().expect("addr").port();
+    let free = free_port();
+    let o = output(&[
+        "run",
+        "--listen",
+        &format!("127.0.0.1:{free}"),
+        "--listen",
+        &format!("127.0.0.1:{taken_port}"),
+    ]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains(&format!("127.0.0.1:{taken_port}")), "{err}");
+    // The first listener was not left half-started.
+    assert!(UdpSocket::bind(("127.0.0.1", free)).is_ok());
+}
+
+#[test]
+fn check_config_prints_the_effective_configuration() {
+    let (a, b) = (Identity::from_seed(1), Identity::from_seed(2));
+    let path = std::env::temp_dir().join(format!("wgrelay-ok-{}.toml", std::process::id()));
+    std::fs::write(
+        &path,
+        format!(
+            "listen = [\"127.0.0.1:51820\"]\ngroups = [[\"{}\", \"{}\"]]\ncookie = \"always\"\n",
+            a.public, b.public
+        ),
+    )
+    .expect("write");
+    let o = output(&["check-config", "--config", &path.to_string_lossy()]);
+    let _ = std::fs::remove_file(&path);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("127.0.0.1:51820"), "{out}");
+    assert!(out.contains("always"), "{out}");
+    assert!(out.contains("configuration OK"), "{out}");
+}
+
+/// Handshake through a relay process, then paced traffic both ways; returns (sent, received)
+/// per direction.
+fn traffic(
+    addr: std::net::SocketAddr,
+    a: &Identity,
+    b: &Identity,
+    pps: u64,
+    secs: u64,
+) -> [(u64, u64); 2] {
+    let (mut pa, mut pb) = pair(a, b, localhost(0, 9, 1), localhost(0, 9, 2), addr, 90);
+    pa.initiate();
+    pb.initiate();
+    assert!(
+        pump_until(&mut [&mut pa, &mut pb], Duration::from_secs(10), |p| p[0]
+            .established()
+            && p[1].established()),
+        "handshake through the relay process"
+    );
+    pump_for(&mut [&mut pa, &mut pb], Duration::from_millis(200));
+    let (base_a, base_b) = (pa.delivered, pb.delivered);
+    // Plaintext sizes such that datagrams span 64..=1420 bytes (32 bytes of overhead,
+    // padding to 16).
+    let sizes: Vec<usize> = (0..)
+        .map(|i| 32 + (i * 37) % (1388 - 32 + 1))
+        .take(64)
+        .collect();
+    let total = pps * secs;
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while sent < total {
+        // Open loop: what should have been sent by now, in 1 ms steps.
+        let due = (start.elapsed().as_micros() as u64 * pps / 1_000_000).min(total);
+        while sent < due {
+            let len = sizes[(sent % 64) as usize];
+            assert!(pa.send_data(len, sent));
+            assert!(pb.send_data(len, sent));
+            sent += 1;
+        }
+        pa.poll();
+        pb.poll();
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    pump_until(&mut [&mut pa, &mut pb], Duration::from_secs(5), |p| {
+        p[0].delivered - base_a >= total && p[1].delivered - base_b >= total
+    });
+    [
+        (total, pb.delivered - base_b),
+        (total, pa.delivered - base_a),
+    ]
+}
+
+#[test]
+fn acceptance_allow_two_keys_20k_pps_each_way_no_loss() {
+    let (a, b) = (Identity::from_seed(81), Identity::from_seed(82));
+    let port = free_port();
+    let relay = Running::start(&[
+        "run".into(),
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--allow".into(),
+        a.public.to_string(),
+        "--allow".into(),
+        b.public.to_string(),
+    ]);
+    wait_bound(port);
+    let addr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let started = Instant::now();
+    let [(sent_ab, got_ab), (sent_ba, got_ba)] = traffic(addr, &a, &b, 20_000, 2);
+    println!(
+        "20k pps each way for 2 s: A->B {got_ab}/{sent_ab}, B->A {got_ba}/{sent_ba}, {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    let (clean, log) = relay.terminate();
+    assert!(clean, "SIGTERM stops the relay cleanly: {log}");
+    assert!(log.contains("final stats"), "{log}");
+    assert_eq!(got_ab, sent_ab, "no loss A->B");
+    assert_eq!(got_ba, sent_ba, "no loss B->A");
+}
+
+#[test]
+fn wpex_flags_bind_port_allow_and_broadcast_rate() {
+    let (a, b) = (Identity::from_seed(83), Identity::from_seed(84));
+    let port = free_port();
+    let relay = Running::start(&[
+        "--bind".into(),
+        "127.0.0.1".into(),
+        "--port".into(),
+        port.to_string(),
+        "--allow".into(),
+        a.public.to_string(),
+        "--allow".into(),
+        b.public.to_string(),
+        "--broadcast-rate".into(),
+        "5".into(),
+    ]);
+    wait_bound(port);
+    let addr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let [(sent, got), _] = traffic(addr, &a, &b, 1000, 1);
+    assert_eq!(got, sent);
+    let (clean, log) = relay.terminate();
+    assert!(clean, "{log}");
+}
+
+#[test]
+fn the_readme_toml_example_is_valid() {
+    let readme = include_str!("../README.md");
+    let start = readme.find("```toml\n").expect("a toml block") + "```toml\n".len();
+    let len = readme[start..].find("```").expect("end of block");
+    let config = wgrelay::config::Config::from_toml_str(&readme[start..start + len])
+        .expect("README example parses");
+    assert_eq!(config.groups.len(), 2);
+    assert_eq!(config.cookie, wgrelay::config::CookieMode::Always);
+}
