@@ -322,3 +322,78 @@ fn malformed_and_truncated_packets_are_counted_drops() {
         "no replies to garbage"
     );
 }
+
+#[test]
+fn an_ipv4_peer_and_an_ipv6_peer_reach_each_other() {
+    if std::net::UdpSocket::bind("[::1]:0").is_err() {
+        println!("SKIP an_ipv4_peer_and_an_ipv6_peer_reach_each_other: no IPv6 loopback here");
+        return;
+    }
+    let (ia, ib) = (Identity::from_seed(91), Identity::from_seed(92));
+    // Two listeners, one per family; each peer's packets leave by the socket it used.
+    let cfg = Config {
+        listen: vec![
+            "127.0.0.1:0".parse().expect("v4"),
+            "[::1]:0".parse().expect("v6"),
+        ],
+        ..config(&[&ia, &ib])
+    };
+    let relay = wgrelay::relay::Relay::start(&cfg).expect("start");
+    let (v4, v6) = (relay.local_addrs()[0], relay.local_addrs()[1]);
+    let mut a = Peer::new(&ia, &ib.public, localhost(0, 8, 1), v4, 100);
+    let mut b = Peer::new(&ib, &ia.public, "::1".parse().expect("ip"), v6, 101);
+    a.initiate();
+    b.initiate();
+    assert!(pump_until(&mut [&mut a, &mut b], HANDSHAKE_LIMIT, |p| p[0]
+        .established()
+        && p[1].established()));
+    assert!(a.send_data(500, 1) && b.send_data(500, 2));
+    assert!(pump_until(
+        &mut [&mut a, &mut b],
+        Duration::from_secs(2),
+        |p| p[0].delivered >= 1 && p[1].delivered >= 1
+    ));
+    let stats = relay.stop();
+    assert_eq!(stats.send_failed, 0, "{stats}");
+}
+
+#[test]
+fn a_dual_stack_listener_serves_both_families() {
+    if std::net::UdpSocket::bind("[::1]:0").is_err() {
+        println!("SKIP a_dual_stack_listener_serves_both_families: no IPv6 loopback here");
+        return;
+    }
+    let (ia, ib) = (Identity::from_seed(93), Identity::from_seed(94));
+    let cfg = Config {
+        listen: vec!["[::]:0".parse().expect("any")],
+        ..config(&[&ia, &ib])
+    };
+    let relay = wgrelay::relay::Relay::start(&cfg).expect("start");
+    let port = relay.local_addrs()[0].port();
+    let mut a = Peer::new(
+        &ia,
+        &ib.public,
+        localhost(0, 8, 3),
+        ([127, 0, 0, 1], port).into(),
+        102,
+    );
+    let mut b = Peer::new(
+        &ib,
+        &ia.public,
+        "::1".parse().expect("ip"),
+        format!("[::1]:{port}").parse().expect("addr"),
+        103,
+    );
+    a.initiate();
+    b.initiate();
+    assert!(pump_until(&mut [&mut a, &mut b], HANDSHAKE_LIMIT, |p| p[0]
+        .established()
+        && p[1].established()));
+    assert!(a.send_data(500, 1) && b.send_data(500, 2));
+    assert!(pump_until(
+        &mut [&mut a, &mut b],
+        Duration::from_secs(2),
+        |p| p[0].delivered >= 1 && p[1].delivered >= 1
+    ));
+    relay.stop();
+}

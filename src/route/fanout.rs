@@ -161,7 +161,9 @@ impl State {
     }
 
     /// A new candidate `to` named `named` (so it may hold any key sharing a group with it):
-    /// deliver the parked initiations it could answer, within the fan-out budget.
+    /// deliver the parked initiations it could answer, within the fan-out budget. A source
+    /// that has not proven its address gets at most one (148 bytes for the 148 it sent), so
+    /// a spoofed initiation never makes the relay send more to its victim than it received.
     pub(super) fn deliver_parked(
         &mut self,
         now: Instant,
@@ -173,13 +175,18 @@ impl State {
             return;
         }
         let groups: Vec<GroupId> = self.keys.groups_of(named).to_vec();
+        let limit = if self.endpoints.is_proven(&to, now) {
+            MAX_FANOUT_PER_INITIATION
+        } else {
+            1
+        };
         let mut chosen: Vec<Index> = Vec::new();
         for g in &groups {
             let Some(list) = self.parked.by_group.get(g) else {
                 continue;
             };
             for sender in list.iter().rev() {
-                if chosen.len() >= MAX_FANOUT_PER_INITIATION {
+                if chosen.len() >= limit {
                     break;
                 }
                 let Some(p) = self.parked.parked.get(sender) else {

@@ -573,6 +573,96 @@ fn counters_add_up() {
     assert!(total.to_string().contains("drop_bad_mac1=4"));
 }
 
+/// Real messages of two pairs, made once by boringtun: initiations, responses, first transport
+/// messages and data both ways. Property tests replay them in random orders, from random
+/// sources, with random corruption.
+fn message_pool() -> &'static Vec<Vec<u8>> {
+    static POOL: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        let mut pool = Vec::new();
+        for (x, y, ix, iy) in [(1u8, 2u8, 1u32, 2u32), (3, 4, 3, 4)] {
+            let (dx, dy) = (
+                device(x, 1000 + u16::from(x)),
+                device(y, 1000 + u16::from(y)),
+            );
+            let (mut tx, mut ty) = (tunn(&dx, &dy, ix), tunn(&dy, &dx, iy));
+            let init = initiation(&mut tx);
+            let resp = feed(&mut ty, &init).expect("response");
+            let keepalive = feed(&mut tx, &resp).expect("keepalive");
+            feed(&mut ty, &keepalive);
+            pool.extend([init, resp, keepalive]);
+            for len in [20, 100, 1400] {
+                pool.push(data(&mut tx, len));
+                pool.push(data(&mut ty, len));
+            }
+            pool.push(initiation(&mut ty));
+        }
+        pool
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+    // Invariants on any sequence of real and corrupted messages from any sources:
+    // a drop sends nothing; the packet is never forwarded to its own sender; a cookie reply
+    // is 64 bytes answering 148; an unproven source never gets back more bytes than it sent;
+    // extra datagrams are at most an initiation long; fan-out is capped.
+    #[test]
+    fn routing_invariants(
+        steps in proptest::collection::vec(
+            (0usize..64, 0u16..6, proptest::option::of((0usize..148, any::<u8>())), 0u64..3000),
+            1..80,
+        ),
+        cookie in 0u8..3,
+    ) {
+        let pool = message_pool();
+        let devices: Vec<Device> = (1..=4).map(|i| device(i, 1000 + u16::from(i))).collect();
+        let mut relay = Relay::new(Settings {
+            allow: devices.iter().map(|d| d.public).collect(),
+            cookie: [CookieMode::Never, CookieMode::UnderLoad, CookieMode::Always][usize::from(cookie)],
+            ..Settings::default()
+        });
+        for (pick, port, corrupt, millis) in steps {
+            relay.advance(Duration::from_millis(millis));
+            let mut bytes = pool[pick % pool.len()].clone();
+            if let Some((at, xor)) = corrupt {
+                let at = at % bytes.len();
+                bytes[at] ^= xor;
+            }
+            let from = ep(1000 + port);
+            let (d, _) = relay.route(from, &bytes);
+            let out = &relay.out;
+            match d {
+                Decision::Drop(_) | Decision::Parked => prop_assert!(out.targets.is_empty()),
+                Decision::Reply => {
+                    prop_assert!(out.targets.is_empty());
+                    prop_assert_eq!(bytes.len(), 148);
+                    prop_assert!(out.extra.iter().any(|x| x.to == from && x.contents().len() == 64));
+                }
+                Decision::Forward => prop_assert!(!out.targets.is_empty()),
+            }
+            if matches!(d, Decision::Drop(_)) {
+                prop_assert!(out.extra.is_empty());
+            }
+            prop_assert!(!out.targets.contains(&from), "sent back to its sender");
+            prop_assert!(out.targets.len() <= MAX_FANOUT_PER_INITIATION);
+            let mut back = 0;
+            for x in &out.extra {
+                prop_assert!(x.contents().len() <= 148);
+                if x.to == from {
+                    back += x.contents().len();
+                }
+            }
+            // An unproven source never gets more bytes than it sent.
+            if !relay.state.endpoints().is_proven(&from, relay.now) {
+                prop_assert!(back <= bytes.len(), "{} bytes back for {}", back, bytes.len());
+            }
+        }
+        let c = relay.state.counters();
+        prop_assert!(relay.state.indices().len() as u64 <= c.received * 2);
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
     // No input panics the routing core, and every packet is accounted for exactly once.
