@@ -2,7 +2,7 @@
 //! (wireguard-go `ratelimiter.go`). Time is passed in, never read, so tests step it by hand.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 const NANOS_PER_SECOND: u64 = 1_000_000_000;
@@ -57,16 +57,35 @@ impl TokenBucket {
     }
 }
 
-/// Per-source buckets keyed on the IPv4 address or the IPv6 /64, as WireGuard does.
+/// Per-source buckets. An unproven source is keyed on its IPv4 address or IPv6 /64, as
+/// WireGuard does. A source that proved its exact address with our cookie is keyed on that
+/// address and port: the cookie shows it receives there, and many peers behind one NAT (one
+/// public IP, many ports) then each get their own budget instead of sharing 20/s.
 #[derive(Debug)]
 pub struct SourceLimiter {
     rate: u32,
     burst: u32,
-    buckets: HashMap<u128, TokenBucket>,
+    buckets: HashMap<SourceKey, TokenBucket>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum SourceKey {
+    Network(u128),
+    Address(u128, u16),
 }
 
 /// Sources tracked at most; past it, the limiter forgets full buckets first, then refuses.
 const MAX_SOURCES: usize = 1 << 16;
+
+fn ip_bits(ip: IpAddr) -> (u128, bool) {
+    match ip {
+        IpAddr::V4(v4) => (u128::from(u32::from(v4)), true),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => (u128::from(u32::from(v4)), true),
+            None => (u128::from(v6), false),
+        },
+    }
+}
 
 impl SourceLimiter {
     pub fn new(rate: u32, burst: u32) -> Self {
@@ -77,22 +96,24 @@ impl SourceLimiter {
         }
     }
 
-    fn key(ip: IpAddr) -> u128 {
-        match ip {
-            IpAddr::V4(v4) => u128::from(u32::from(v4)),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => u128::from(u32::from(v4)),
-                // Set a bit no IPv4 key has, so the two spaces never collide.
-                None => (u128::from(v6) & !((1u128 << 64) - 1)) | 1 << 32,
-            },
+    fn key(src: SocketAddr, proven: bool) -> SourceKey {
+        let (bits, v4) = ip_bits(src.ip());
+        if proven {
+            SourceKey::Address(bits, src.port())
+        } else if v4 {
+            SourceKey::Network(bits)
+        } else {
+            // The /64, with a bit no IPv4 key has so the two spaces never collide.
+            SourceKey::Network((bits & !((1u128 << 64) - 1)) | 1 << 32)
         }
     }
 
-    pub fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
+    /// Takes a token for `src`; `proven` says it answered our cookie at exactly this address.
+    pub fn allow(&mut self, src: SocketAddr, proven: bool, now: Instant) -> bool {
         if self.buckets.len() >= MAX_SOURCES {
             self.sweep(now);
         }
-        let key = Self::key(ip);
+        let key = Self::key(src, proven);
         if let Some(bucket) = self.buckets.get_mut(&key) {
             return bucket.allow(now);
         }
@@ -165,7 +186,6 @@ impl LoadTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::{Ipv4Addr, Ipv6Addr};
 
     #[test]
     fn bucket_burst_then_rate() {
@@ -199,24 +219,42 @@ mod tests {
     fn sources_are_independent_and_v6_uses_slash_64() {
         let t0 = Instant::now();
         let mut l = SourceLimiter::new(20, 5);
-        let a = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
-        let b = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+        let a: SocketAddr = "127.0.0.1:1000".parse().unwrap();
+        let a2: SocketAddr = "127.0.0.1:2000".parse().unwrap();
+        let b: SocketAddr = "127.0.0.2:1000".parse().unwrap();
         for _ in 0..5 {
-            assert!(l.allow(a, t0));
+            assert!(l.allow(a, false, t0));
         }
-        assert!(!l.allow(a, t0));
-        assert!(l.allow(b, t0));
-        let v6a: IpAddr = "2001:db8::1".parse::<Ipv6Addr>().unwrap().into();
-        let v6b: IpAddr = "2001:db8::ffff:1".parse::<Ipv6Addr>().unwrap().into();
+        assert!(!l.allow(a, false, t0));
+        assert!(
+            !l.allow(a2, false, t0),
+            "unproven: the IP shares one bucket"
+        );
+        assert!(l.allow(b, false, t0));
+        let v6a: SocketAddr = "[2001:db8::1]:1".parse().unwrap();
+        let v6b: SocketAddr = "[2001:db8::ffff:1]:2".parse().unwrap();
         for _ in 0..5 {
-            assert!(l.allow(v6a, t0));
+            assert!(l.allow(v6a, false, t0));
         }
-        assert!(!l.allow(v6b, t0), "same /64 shares a bucket");
+        assert!(!l.allow(v6b, false, t0), "same /64 shares a bucket");
         // A v4-mapped address is the v4 address.
-        let mapped = IpAddr::V6(Ipv4Addr::new(127, 0, 0, 1).to_ipv6_mapped());
-        assert!(!l.allow(mapped, t0));
+        let mapped: SocketAddr = "[::ffff:127.0.0.1]:3000".parse().unwrap();
+        assert!(!l.allow(mapped, false, t0));
         l.sweep(t0 + Duration::from_secs(1));
         assert!(l.is_empty());
+    }
+
+    #[test]
+    fn proven_sources_behind_one_ip_each_get_a_budget() {
+        let t0 = Instant::now();
+        let mut l = SourceLimiter::new(20, 5);
+        for port in 1000..1100u16 {
+            let src = SocketAddr::from(([198, 51, 100, 7], port));
+            for _ in 0..5 {
+                assert!(l.allow(src, true, t0), "port {port}");
+            }
+            assert!(!l.allow(src, true, t0));
+        }
     }
 
     #[test]

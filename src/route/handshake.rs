@@ -81,7 +81,7 @@ impl State {
         }
 
         // per-source token bucket under load
-        if under_load && !self.sources.allow(from.addr.ip(), now) {
+        if under_load && !self.sources.allow(from.addr, proven, now) {
             return self.drop(DropReason::RateLimited);
         }
 
