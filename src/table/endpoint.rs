@@ -47,6 +47,10 @@ impl EndpointInfo {
     }
 }
 
+/// Entries a fan-out may examine per target it wants, so dead entries cannot make it scan a
+/// whole list.
+const EXAMINE_PER_MAX: usize = 4;
+
 /// What a fan-out looks for: candidates of `groups` that may hold `key`, other than `from`,
 /// at most `max` of them.
 #[derive(Debug, Clone, Copy)]
@@ -151,7 +155,9 @@ impl EndpointTable {
     /// Collects fan-out targets for an initiation naming `key`: live endpoints on the
     /// candidate lists of `groups`, other than `from`, not bound to a different key, at most
     /// `max`. When there are more, `cursor` rotates the starting point so retries reach the
-    /// rest. Prunes dead and bound-elsewhere entries it meets.
+    /// rest. Dead and bound-elsewhere entries met on the way are removed. Each call examines
+    /// at most `EXAMINE_PER_MAX * max` entries per group, whatever the list length: a cold
+    /// initiation costs the same with ten candidates as with a million.
     pub fn candidates(
         &mut self,
         want: &Want<'_>,
@@ -169,29 +175,38 @@ impl EndpointTable {
             let Some(list) = self.candidates.get_mut(g) else {
                 continue;
             };
-            // Prune first so the rotation below sees only eligible entries.
-            let map = &mut self.map;
-            list.retain(|c| match map.get_mut(c) {
-                Some(info) if !info.is_idle(now) && (info.bound.is_none() || info.bound == key) => {
-                    true
-                }
-                Some(info) => {
-                    info.candidate_in.retain(|x| x != g);
-                    false
-                }
-                None => false,
-            });
-            if list.is_empty() {
-                continue;
-            }
-            let start = *cursor % list.len();
-            for i in 0..list.len() {
-                if out.len() >= max {
-                    break;
-                }
-                let c = list[(start + i) % list.len()];
-                if c != from && !out.contains(&c) {
-                    out.push(c);
+            let budget = max.saturating_mul(EXAMINE_PER_MAX).min(list.len());
+            let mut i = if list.is_empty() {
+                0
+            } else {
+                *cursor % list.len()
+            };
+            let mut examined = 0;
+            while examined < budget && out.len() < max && !list.is_empty() {
+                examined += 1;
+                let c = list[i];
+                let eligible = match self.map.get_mut(&c) {
+                    Some(info)
+                        if !info.is_idle(now) && (info.bound.is_none() || info.bound == key) =>
+                    {
+                        true
+                    }
+                    Some(info) => {
+                        info.candidate_in.retain(|x| x != g);
+                        false
+                    }
+                    None => false,
+                };
+                if eligible {
+                    if c != from && !out.contains(&c) {
+                        out.push(c);
+                    }
+                    i = (i + 1) % list.len();
+                } else {
+                    list.swap_remove(i);
+                    if i >= list.len() {
+                        i = 0;
+                    }
                 }
             }
             *cursor = cursor.wrapping_add(max);
@@ -308,6 +323,36 @@ mod tests {
             seen.extend(out);
         }
         assert_eq!(seen.len(), 10, "four rounds of three cover all ten");
+    }
+
+    #[test]
+    fn candidates_examine_a_bounded_number_of_entries() {
+        let t = Instant::now();
+        let g = [GroupId(0)];
+        let mut tab = EndpointTable::new();
+        for p in 1..=1000 {
+            tab.add_candidate(ep(p), &g, t);
+        }
+        // Everyone but the last goes idle.
+        let later = t + ENDPOINT_IDLE_TIME;
+        tab.touch(ep(1000), later);
+        let mut cursor = 0;
+        let mut out = Vec::new();
+        tab.candidates(&want(&g, None, ep(5000), 2), later, &mut cursor, &mut out);
+        // At most 8 examined: 8 dead removed, the live one maybe not reached yet.
+        assert_eq!(
+            tab.candidates[&GroupId(0)].len(),
+            1000 - 8 + usize::from(out.len() == 1)
+        );
+        // Repeated calls prune their way to it.
+        for _ in 0..200 {
+            out.clear();
+            tab.candidates(&want(&g, None, ep(5000), 2), later, &mut cursor, &mut out);
+            if !out.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(out, vec![ep(1000)]);
     }
 
     #[test]
