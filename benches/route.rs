@@ -118,6 +118,7 @@ fn route_transport(c: &mut Criterion) {
 fn entry(i: u32, now: Instant) -> IndexEntry {
     IndexEntry {
         endpoint: endpoint(i as usize, 1000),
+        source: endpoint(i as usize, 2000),
         peer: Some(Index(i ^ 1)),
         owner_key: None,
         peer_key: None,

@@ -103,7 +103,7 @@ impl<B: Backend> Shard<B> {
                     };
                     Transmit {
                         listener: usize::from(to.listener.0),
-                        destination: to.addr,
+                        destination: to.addr(),
                         contents,
                     }
                 })

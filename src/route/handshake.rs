@@ -51,7 +51,7 @@ impl State {
         let mac2_ok = has_mac2
             && self
                 .cookies
-                .check_mac2(packet, from.addr, now, self.entropy.as_mut());
+                .check_mac2(packet, from.addr(), now, self.entropy.as_mut());
         if mac2_ok {
             self.endpoints.mark_proven(from, now);
         }
@@ -69,7 +69,7 @@ impl State {
                     packet,
                     sender,
                     &cookie_key,
-                    from.addr,
+                    from.addr(),
                     now,
                     self.entropy.as_mut(),
                 ) {
@@ -81,7 +81,7 @@ impl State {
         }
 
         // per-source token bucket under load
-        if under_load && !self.sources.allow(from.addr, proven, now) {
+        if under_load && !self.sources.allow(from.addr(), proven, now) {
             return self.drop(DropReason::RateLimited);
         }
 
@@ -127,6 +127,8 @@ impl State {
             sender,
             IndexEntry {
                 endpoint: from,
+                // Meaningless until a response pairs it.
+                source: from,
                 peer: None,
                 owner_key,
                 peer_key: key,
@@ -209,6 +211,7 @@ impl State {
         self.replay.insert(&mac1);
         if let Some(init) = self.indices.lookup_mut(receiver, now) {
             init.peer = Some(sender);
+            init.source = from;
             init.owner_key = initiator_key;
             init.expires = now + REKEY_TIMEOUT;
         }
@@ -216,6 +219,7 @@ impl State {
             sender,
             IndexEntry {
                 endpoint: from,
+                source: initiator,
                 peer: Some(receiver),
                 owner_key: responder_key,
                 peer_key: initiator_key,
@@ -258,10 +262,7 @@ impl State {
             // An unanswered initiation: one of the endpoints it went to.
             None => entry.sent_to & bit != 0,
             // A response (or a session): the other side.
-            Some(peer) => self
-                .indices
-                .lookup(peer, now)
-                .is_some_and(|p| p.endpoint == from),
+            Some(_) => entry.source == from,
         };
         if !allowed {
             return self.drop(DropReason::UnknownSource);

@@ -192,7 +192,7 @@ fn confirmed_key_gets_unicast_and_retry_falls_back_to_fanout() {
     relay.advance(REKEY_TIMEOUT);
     assert_eq!(relay.route(a.ep, &initiation(&mut ta)).0, Decision::Forward);
     let mut t = relay.targets();
-    t.sort_by_key(|e| e.addr.port());
+    t.sort_by_key(|e| e.addr().port());
     assert_eq!(t, vec![b.ep, c.ep]);
 }
 

@@ -14,7 +14,7 @@ use std::time::Instant;
 use super::{Actions, Decision, DropReason, State};
 use crate::constants::{REJECT_AFTER_TIME, ROAM_COUNTER_WINDOW};
 use crate::table::Endpoint;
-use crate::wire::TransportPacket;
+use crate::wire::{Index, TransportPacket};
 
 /// Whether `counter` from a new source continues a sequence whose highest counter is `max`.
 pub fn continues_sequence(max: Option<u64>, counter: u64) -> bool {
@@ -39,8 +39,8 @@ impl State {
         let receiver = transport.receiver();
         let counter = transport.counter();
 
-        // look up the receiver and its session's other side (the sender)
-        let Some(entry) = self.indices.lookup(receiver, now) else {
+        // look up the receiver: one lookup holds where to send and whom to expect
+        let Some(entry) = self.indices.lookup_mut(receiver, now) else {
             return self.drop(DropReason::UnknownReceiver);
         };
         let Some(sender) = entry.peer else {
@@ -48,31 +48,23 @@ impl State {
         };
         let destination = entry.endpoint;
         let confirming = entry.responder && !entry.confirmed;
-        let Some(side) = self.indices.lookup_mut(sender, now) else {
-            return self.drop(DropReason::NotPaired);
-        };
-
-        // roaming rule on the counter
-        if side.endpoint != from {
-            if !continues_sequence(side.max_counter, counter) {
-                return self.drop(DropReason::RoamRejected);
-            }
-            let old = side.endpoint;
-            side.endpoint = from;
-            side.max_counter = Some(counter);
-            let key = side.owner_key.filter(|_| side.confirmed);
-            self.counters.roams += 1;
-            self.move_sessions(old, from, destination, now);
-            if let Some(k) = key {
-                self.endpoints.bind(k, from, now);
-            } else {
-                self.endpoints.touch(from, now);
-            }
-        } else if side.max_counter.is_none_or(|m| counter > m) {
-            side.max_counter = Some(counter);
-        }
         if destination == from {
             return self.drop(DropReason::Loop);
+        }
+
+        if entry.source == from {
+            if entry.max_counter.is_none_or(|m| counter > m) {
+                entry.max_counter = Some(counter);
+            }
+        } else {
+            // roaming rule on the counter
+            if !continues_sequence(entry.max_counter, counter) {
+                return self.drop(DropReason::RoamRejected);
+            }
+            let old = entry.source;
+            entry.source = from;
+            entry.max_counter = Some(counter);
+            self.roam(now, sender, old, from, destination);
         }
 
         // the initiator's first transport message confirms the session: both sides accepted
@@ -84,34 +76,55 @@ impl State {
         Decision::Forward
     }
 
-    /// After a roam, the peer's other live sessions with the same counterpart (the previous
-    /// keypair, or the second session of a simultaneous handshake) follow it: the other side
-    /// may still send on them. Linear in the table, but only a counter-verified roam runs it.
-    fn move_sessions(&mut self, old: Endpoint, new: Endpoint, counterpart: Endpoint, now: Instant) {
-        let moving: Vec<crate::wire::Index> = self
-            .indices
-            .iter()
-            .filter(|(_, e)| e.is_live(now) && e.endpoint == old)
-            .filter(|(_, e)| {
-                e.peer
-                    .and_then(|p| self.indices.lookup(p, now))
-                    .is_some_and(|p| p.endpoint == counterpart)
-            })
-            .map(|(i, _)| *i)
-            .collect();
-        for index in moving {
-            if let Some(e) = self.indices.lookup_mut(index, now) {
-                e.endpoint = new;
+    /// The sending side of a session moved from `old` to `new` (already recorded on the
+    /// receiver's entry): move its own entry, its other sessions with the same counterpart,
+    /// and its identity binding.
+    fn roam(
+        &mut self,
+        now: Instant,
+        sender: Index,
+        old: Endpoint,
+        new: Endpoint,
+        counterpart: Endpoint,
+    ) {
+        self.counters.roams += 1;
+        let key = match self.indices.lookup_mut(sender, now) {
+            Some(side) => {
+                side.endpoint = new;
+                side.owner_key.filter(|_| side.confirmed)
+            }
+            None => None,
+        };
+        self.move_sessions(old, new, counterpart, now);
+        match key {
+            Some(k) => self.endpoints.bind(k, new, now),
+            None => {
+                self.endpoints.touch(new, now);
             }
         }
     }
 
-    fn confirm(
-        &mut self,
-        now: Instant,
-        responder: crate::wire::Index,
-        initiator: crate::wire::Index,
-    ) {
+    /// After a roam, the peer's other live sessions with the same counterpart (the previous
+    /// keypair, or the second session of a simultaneous handshake) follow it: the other side
+    /// may still send on them. Linear in the table, but only a counter-verified roam runs it.
+    fn move_sessions(&mut self, old: Endpoint, new: Endpoint, counterpart: Endpoint, now: Instant) {
+        let moving: Vec<(Index, Option<Index>)> = self
+            .indices
+            .iter()
+            .filter(|(_, e)| e.is_live(now) && e.endpoint == old && e.source == counterpart)
+            .map(|(i, e)| (*i, e.peer))
+            .collect();
+        for (index, peer) in moving {
+            if let Some(e) = self.indices.lookup_mut(index, now) {
+                e.endpoint = new;
+            }
+            if let Some(p) = peer.and_then(|p| self.indices.lookup_mut(p, now)) {
+                p.source = new;
+            }
+        }
+    }
+
+    fn confirm(&mut self, now: Instant, responder: Index, initiator: Index) {
         let expires = now + REJECT_AFTER_TIME;
         let mut bind = [None, None];
         for (slot, index) in [responder, initiator].into_iter().enumerate() {

@@ -61,11 +61,13 @@ pub struct Want<'a> {
     pub max: usize,
 }
 
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 #[derive(Debug, Default)]
 pub struct EndpointTable {
-    map: HashMap<Endpoint, EndpointInfo>,
-    bindings: HashMap<KeyId, Endpoint>,
-    candidates: HashMap<GroupId, Vec<Endpoint>>,
+    map: Map<Endpoint, EndpointInfo>,
+    bindings: Map<KeyId, Endpoint>,
+    candidates: Map<GroupId, Vec<Endpoint>>,
 }
 
 impl EndpointTable {
@@ -278,7 +280,7 @@ mod tests {
             &mut cursor,
             &mut out,
         );
-        out.sort_by_key(|e| e.addr.port());
+        out.sort_by_key(|e| e.addr().port());
         assert_eq!(out, vec![ep(2), ep(4)]);
         // A bound endpoint is a candidate for its own key (a retry reaches it).
         tab.add_candidate(ep(3), &g, t);
@@ -335,8 +337,13 @@ mod tests {
             tab.bind(KeyId(2), ep(2), t); // the holder of 2: a candidate for 2
             let mut cursor = start;
             let mut out = Vec::new();
-            tab.candidates(&want(&g, Some(KeyId(2)), ep(9), 64), t, &mut cursor, &mut out);
-            out.sort_by_key(|e| e.addr.port());
+            tab.candidates(
+                &want(&g, Some(KeyId(2)), ep(9), 64),
+                t,
+                &mut cursor,
+                &mut out,
+            );
+            out.sort_by_key(|e| e.addr().port());
             assert_eq!(out, vec![ep(2), ep(3)], "cursor {start}");
         }
     }

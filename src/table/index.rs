@@ -12,6 +12,9 @@ use crate::wire::Index;
 pub struct IndexEntry {
     /// Who owns this index: packets whose receiver is this index go there.
     pub endpoint: Endpoint,
+    /// Where packets to this index come from: the other side's endpoint, once paired. Kept
+    /// here (a copy of the other entry's `endpoint`) so a transport packet costs one lookup.
+    pub source: Endpoint,
     /// The other side's index, once a response paired them.
     pub peer: Option<Index>,
     /// The key the owner holds, when known (for an initiator, learned from the response's
@@ -22,7 +25,8 @@ pub struct IndexEntry {
     /// When this entry is dead: REKEY_TIMEOUT after an unanswered initiation or an unconfirmed
     /// response, REJECT_AFTER_TIME after the session was confirmed.
     pub expires: Instant,
-    /// Highest transport counter seen from this index's owner (roaming checks against it).
+    /// Highest counter of transport packets to this index, i.e. sent by the other side
+    /// (roaming checks against it).
     pub max_counter: Option<u64>,
     /// A compact set (64-bit Bloom mask) of the endpoints an initiation was sent to; only they
     /// may answer it.
@@ -39,9 +43,12 @@ impl IndexEntry {
     }
 }
 
+/// Indices are chosen by peers, so by anyone: the map's hasher is seeded per process.
+type Map = HashMap<Index, IndexEntry, foldhash::fast::RandomState>;
+
 #[derive(Debug, Default)]
 pub struct IndexTable {
-    entries: HashMap<Index, IndexEntry>,
+    entries: Map,
 }
 
 impl IndexTable {

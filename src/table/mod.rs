@@ -9,7 +9,7 @@ pub use endpoint::{EndpointInfo, EndpointTable};
 pub use index::{IndexEntry, IndexTable};
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 /// Which of the relay's listening sockets a packet came in on, and so must leave by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
@@ -17,20 +17,71 @@ pub struct ListenerId(pub u16);
 
 /// A peer as the relay sees it: a source address on one listener. One WireGuard device (one
 /// key) sits behind each endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+///
+/// Stored compactly (20 bytes) because every index entry holds two. An IPv4 address and its
+/// v4-mapped IPv6 form are the same endpoint (a dual-stack socket reports the latter); the I/O
+/// layer maps the family back per socket. IPv6 scope ids are not kept: a relay's peers are not
+/// on link-local addresses.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Endpoint {
+    ip: [u8; 16],
+    port: u16,
     pub listener: ListenerId,
-    pub addr: SocketAddr,
 }
 
 impl Endpoint {
-    pub const fn new(listener: ListenerId, addr: SocketAddr) -> Self {
-        Endpoint { listener, addr }
+    pub fn new(listener: ListenerId, addr: SocketAddr) -> Self {
+        let ip = match addr.ip() {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            IpAddr::V6(v6) => v6.octets(),
+        };
+        Endpoint {
+            ip,
+            port: addr.port(),
+            listener,
+        }
+    }
+
+    /// The socket address (IPv4 for a v4-mapped address).
+    pub fn addr(&self) -> SocketAddr {
+        let v6 = Ipv6Addr::from(self.ip);
+        let ip = match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        };
+        SocketAddr::new(ip, self.port)
     }
 }
 
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}#{}", self.addr, self.listener.0)
+        write!(f, "{}#{}", self.addr(), self.listener.0)
+    }
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_round_trip_and_v4_mapped_is_v4() {
+        for s in ["127.0.0.1:5", "[::1]:6", "[2001:db8::7]:65535", "0.0.0.0:1"] {
+            let a: SocketAddr = s.parse().unwrap();
+            assert_eq!(Endpoint::new(ListenerId(3), a).addr(), a);
+        }
+        let v4 = Endpoint::new(ListenerId(0), "10.1.2.3:9".parse().unwrap());
+        let mapped = Endpoint::new(ListenerId(0), "[::ffff:10.1.2.3]:9".parse().unwrap());
+        assert_eq!(v4, mapped);
+        assert_ne!(
+            v4,
+            Endpoint::new(ListenerId(1), "10.1.2.3:9".parse().unwrap())
+        );
+        assert_eq!(std::mem::size_of::<Endpoint>(), 20);
     }
 }
