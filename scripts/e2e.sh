@@ -1,0 +1,654 @@
+#!/usr/bin/env bash
+# End-to-end rig: real WireGuard peers (Debian's wireguard-go, configured with wg) behind two
+# NAT namespaces talk through wgrelay running in a "public" namespace. Pings and iperf3 go
+# through the tunnels; the relay's own counters are reported for each case.
+#
+#   pub (router, the "internet")
+#    |-- relay   203.0.113.10      wgrelay --listen 203.0.113.10:51820
+#    |-- nat-a   198.51.100.2      nftables masquerade
+#    |     |-- peer-a  198.18.1.2  wireguard-go, tunnel 192.0.2.1
+#    |     `-- peer-c  198.18.3.2  wireguard-go, tunnel 192.0.2.3 (key not allowed)
+#    `-- nat-b   198.51.100.18     nftables masquerade (+ a port forward for the baseline)
+#          `-- peer-b  198.18.2.2  wireguard-go, tunnel 192.0.2.2
+#
+# Needs root, /dev/net/tun and: ip nft conntrack wg wireguard-go iperf3 ping (scripts/test.sh
+# installs them). Without them it prints one "e2e: skipped: ..." line and exits 0.
+# Knobs (environment): E2E_KEEP=1 keeps the log directory, E2E_IPERF_SECS (default 5),
+# E2E_SOCKBUF (bytes, default 4194304; 0 leaves the kernel's socket buffer defaults alone),
+# WGRELAY_BIN (default: target/release/wgrelay, built with cargo when missing).
+# See docs/e2e.md.
+set -Eeuo pipefail
+cd "$(dirname "$0")/.."
+
+IPERF_SECS=${E2E_IPERF_SECS:-5}
+SOCKBUF=${E2E_SOCKBUF:-4194304}
+KEEP=${E2E_KEEP:-0}
+
+skip() {
+    echo "e2e: skipped: $*"
+    exit 0
+}
+
+# ---- preconditions: skip loudly, never silently ---------------------------------------------
+[ "$(id -u)" -eq 0 ] || skip "not root"
+[ -c /dev/net/tun ] || skip "no /dev/net/tun"
+for tool in ip nft conntrack wg wireguard-go iperf3 ping flock timeout ss; do
+    command -v "$tool" >/dev/null 2>&1 ||
+        skip "$tool not found (apt-get install wireguard-go wireguard-tools nftables iperf3 iproute2 conntrack iputils-ping)"
+done
+probe_ns="wge2e$$-probe"
+ip netns add "$probe_ns" 2>/dev/null || skip "cannot create network namespaces (ip netns add failed)"
+if ! ip netns exec "$probe_ns" nft -f - >/dev/null 2>&1 <<'EOF'; then
+table ip probe {
+    chain p {
+        type nat hook postrouting priority srcnat; policy accept;
+        masquerade
+    }
+}
+EOF
+    ip netns del "$probe_ns"
+    skip "the kernel cannot do nftables NAT (nf_tables/nf_nat missing)"
+fi
+ip netns del "$probe_ns"
+
+RELAY_BIN=${WGRELAY_BIN:-target/release/wgrelay}
+if [ -z "${WGRELAY_BIN:-}" ] && command -v cargo >/dev/null 2>&1; then
+    if ! cargo build --release --quiet --bin wgrelay; then
+        echo "e2e: error: cargo build --release --bin wgrelay failed"
+        echo "e2e: 0 passed, 1 failed"
+        exit 1
+    fi
+fi
+[ -x "$RELAY_BIN" ] || skip "no relay binary at $RELAY_BIN and no cargo to build it"
+RELAY_BIN=$(realpath "$RELAY_BIN")
+
+# ---- names: unique per run (PID), interfaces within IFNAMSIZ (15 chars) -----------------------
+ID=$$
+NS_PUB="wge2e$ID-pub"
+NS_RELAY="wge2e$ID-relay"
+NS_NATA="wge2e$ID-nat-a"
+NS_NATB="wge2e$ID-nat-b"
+NS_A="wge2e$ID-peer-a"
+NS_B="wge2e$ID-peer-b"
+NS_C="wge2e$ID-peer-c"
+ALL_NS=("$NS_PUB" "$NS_RELAY" "$NS_NATA" "$NS_NATB" "$NS_A" "$NS_B" "$NS_C")
+I="we${ID}" # at most 9 characters; suffixes below add at most 3
+# wireguard-go's UAPI socket (/var/run/wireguard/NAME.sock) is not namespaced: unique names.
+WG_A="${I}wga"
+WG_B="${I}wgb"
+WG_C="${I}wgc"
+
+RELAY_IP=203.0.113.10
+RELAY_PORT=51820
+NATA_IP=198.51.100.2
+NATB_IP=198.51.100.18
+WG_PORT=51820
+TUN_A=192.0.2.1
+TUN_B=192.0.2.2
+TUN_C=192.0.2.3
+
+LOG=$(mktemp -d /tmp/wgrelay-e2e.XXXXXX)
+PIDS=()
+CREATED_NS=()
+RELAY_PID=
+RELAY_LOG=
+SUMMARY_DONE=0
+PASSED=0
+FAILED=0
+IPERF_RUN=0
+BG_PID=
+SYSCTL_RAISED=0
+SYSCTL_ORIG_R=
+SYSCTL_ORIG_W=
+SYSCTL_LOCK=/run/lock/wgrelay-e2e-sockbuf.lock
+
+# ---- cleanup: always, whatever happened ----------------------------------------------------------
+cleanup() {
+    local rc=$?
+    set +e
+    trap - ERR
+    restore_sockbuf
+    local pid
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+    for _ in $(seq 20); do # up to 2 s for a clean exit (wireguard-go removes its socket)
+        local alive=0
+        for pid in "${PIDS[@]}"; do
+            [ -e "/proc/$pid" ] && [ "$(awk '{ print $3 }' "/proc/$pid/stat" 2>/dev/null)" != Z ] && alive=1
+        done
+        [ "$alive" -eq 0 ] && break
+        sleep 0.1
+    done
+    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null; done
+    local ns
+    for ns in "${CREATED_NS[@]}"; do
+        # Anything still running inside one of our namespaces was started by this script.
+        for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null; done
+        ip netns del "$ns" 2>/dev/null
+    done
+    rm -f "/var/run/wireguard/$WG_A.sock" "/var/run/wireguard/$WG_B.sock" "/var/run/wireguard/$WG_C.sock"
+    if [ "$KEEP" = 1 ]; then
+        echo "e2e: logs kept in $LOG"
+    else
+        rm -rf "$LOG"
+    fi
+    if [ "$SUMMARY_DONE" -eq 0 ]; then
+        # Aborted before the summary (setup error or signal): that is a failure too.
+        echo "e2e: $PASSED passed, $((FAILED + 1)) failed"
+        [ "$rc" -eq 0 ] && rc=1
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'echo "e2e: error: line $LINENO: $BASH_COMMAND failed" >&2' ERR
+
+# ---- small helpers -------------------------------------------------------------------------------
+now() { date +%s.%N; }
+# elapsed START [END]: seconds between two now() values, 1 decimal
+elapsed() { awk -v a="$1" -v b="${2:-$(now)}" 'BEGIN { printf "%.1f", b - a }'; }
+pass() {
+    PASSED=$((PASSED + 1))
+    echo "PASS $1: $2"
+}
+fail() {
+    FAILED=$((FAILED + 1))
+    echo "FAIL $1: $2"
+}
+info() { echo "     $*"; }
+# nsx NS CMD...: run CMD in NS (in the foreground; background jobs call ip netns exec directly,
+# so that $! is the process itself and not a subshell)
+nsx() {
+    local ns=$1
+    shift
+    ip netns exec "$ns" "$@"
+}
+new_ns() {
+    ip netns add "$1"
+    CREATED_NS+=("$1")
+    ip -n "$1" link set lo up
+}
+# veth NS1 IF1 ADDR1 NS2 IF2 ADDR2: a veth pair created directly inside the two namespaces
+veth() {
+    ip link add "$2" netns "$1" type veth peer name "$5" netns "$4"
+    ip -n "$1" addr add "$3" dev "$2"
+    ip -n "$4" addr add "$6" dev "$5"
+    ip -n "$1" link set "$2" up
+    ip -n "$4" link set "$5" up
+}
+# wait_for SECONDS CMD...: poll CMD every 0.2 s; 0 as soon as it succeeds, 1 after SECONDS
+wait_for() {
+    local deadline
+    deadline=$(awk -v t="$(now)" -v s="$1" 'BEGIN { printf "%.3f", t + s }')
+    shift
+    while :; do
+        "$@" >/dev/null 2>&1 && return 0
+        awk -v t="$(now)" -v d="$deadline" 'BEGIN { exit !(t >= d) }' && return 1
+        sleep 0.2
+    done
+}
+
+# Socket buffers. wireguard-go 0.0.20220316 (Debian 12) never sets SO_RCVBUF/SO_SNDBUF, so its
+# UDP sockets get net.core.{r,w}mem_default (208 KiB). Upstream wireguard-go asks for 7 MiB
+# (with SO_*BUFFORCE) since 2023. On this kernel those sysctls are global: read-only inside a
+# network namespace, which shows the init namespace's value. So the host default is raised
+# only while the peers' sockets are created, under a lock, and put back right after (and in
+# cleanup). A socket keeps the size it was created with.
+raise_sockbuf() {
+    [ "$SOCKBUF" -gt 0 ] || return 0
+    exec 9>"$SYSCTL_LOCK"
+    flock -w 60 9 || {
+        echo "e2e: could not take $SYSCTL_LOCK; keeping kernel default socket buffers" >&2
+        exec 9>&-
+        return 0
+    }
+    SYSCTL_ORIG_R=$(cat /proc/sys/net/core/rmem_default)
+    SYSCTL_ORIG_W=$(cat /proc/sys/net/core/wmem_default)
+    if [ "$SYSCTL_ORIG_R" -lt "$SOCKBUF" ] || [ "$SYSCTL_ORIG_W" -lt "$SOCKBUF" ]; then
+        echo "$SOCKBUF" >/proc/sys/net/core/rmem_default
+        echo "$SOCKBUF" >/proc/sys/net/core/wmem_default
+        SYSCTL_RAISED=1
+    fi
+}
+restore_sockbuf() {
+    if [ "$SYSCTL_RAISED" -eq 1 ]; then
+        [ "$(cat /proc/sys/net/core/rmem_default)" = "$SOCKBUF" ] &&
+            echo "$SYSCTL_ORIG_R" >/proc/sys/net/core/rmem_default
+        [ "$(cat /proc/sys/net/core/wmem_default)" = "$SOCKBUF" ] &&
+            echo "$SYSCTL_ORIG_W" >/proc/sys/net/core/wmem_default
+        SYSCTL_RAISED=0
+    fi
+    { exec 9>&-; } 2>/dev/null || true
+}
+# sockbuf NS: "rb=... tb=..." of the wireguard-go UDP socket in NS
+sockbuf() {
+    nsx "$1" ss -uanm "sport = :$WG_PORT" 2>/dev/null |
+        grep -o 'skmem:([^)]*)' | head -1 | sed -E 's/.*,rb([0-9]+),t[0-9]+,tb([0-9]+),.*/rb=\1 tb=\2/'
+}
+# udp_errs NS: "RcvbufErrors SndbufErrors" from the namespace's /proc/net/snmp
+udp_errs() {
+    nsx "$1" awk '/^Udp:/ { if (!h) { for (i = 2; i <= NF; i++) k[$i] = i; h = 1 } else print $k["RcvbufErrors"], $k["SndbufErrors"] }' /proc/net/snmp
+}
+
+# ---- relay ---------------------------------------------------------------------------------------
+start_relay() {
+    RELAY_LOG="$LOG/relay.$1.log"
+    ip netns exec "$NS_RELAY" "$RELAY_BIN" run --listen "$RELAY_IP:$RELAY_PORT" \
+        --allow "$PUB_A" --allow "$PUB_B" --cookie always --log-level info --stats-interval 1 \
+        2>"$RELAY_LOG" &
+    RELAY_PID=$!
+    PIDS+=("$RELAY_PID")
+    wait_for 10 grep -q "relaying on" "$RELAY_LOG" || {
+        echo "e2e: relay did not start:" >&2
+        cat "$RELAY_LOG" >&2
+        return 1
+    }
+}
+stop_relay() {
+    kill -TERM "$RELAY_PID" 2>/dev/null || true
+    wait_for 5 grep -q "final stats" "$RELAY_LOG" || kill -KILL "$RELAY_PID" 2>/dev/null || true
+    wait "$RELAY_PID" 2>/dev/null || true
+}
+# stats: the relay's latest counter line (logged every second)
+stats() { grep -E '(final )?stats: received=' "$RELAY_LOG" | tail -1 | sed -E 's/.*stats: //'; }
+# fresh_stats: the first counter line logged after now (so it includes everything so far)
+fresh_stats() {
+    local n
+    sleep 0.2
+    n=$(grep -c 'stats: received=' "$RELAY_LOG" || true)
+    wait_for 3 awk -v n="$n" '/stats: received=/ { c++ } END { exit !(c > n) }' "$RELAY_LOG" || true
+    stats
+}
+# stat LINE KEY: one counter from a stats line (0 when absent)
+stat() { echo "$1" | tr ' ' '\n' | awk -F= -v k="$2" '$1 == k { v = $2 } END { print v + 0 }'; }
+# stats_delta BEFORE AFTER: counters that changed, as key=+N (gauges indices/endpoints as is)
+stats_delta() {
+    awk -v a="$1" -v b="$2" 'BEGIN {
+        n = split(a, x, " "); for (i = 1; i <= n; i++) { split(x[i], kv, "="); old[kv[1]] = kv[2] }
+        n = split(b, y, " ")
+        for (i = 1; i <= n; i++) {
+            split(y[i], kv, "="); k = kv[1]
+            if (k == "indices" || k == "endpoints") continue
+            d = kv[2] - old[k]; if (d != 0) out = out sprintf("%s%s=+%d", out == "" ? "" : " ", k, d)
+        }
+        print out == "" ? "(no change)" : out }'
+}
+# drops LINE: the drop counters of a stats line
+drops() { echo "$1" | tr ' ' '\n' | grep -E '^(dropped|drop_|send_failed|recv_errors)' | tr '\n' ' ' | sed 's/ $//'; }
+
+# ---- WireGuard peers -----------------------------------------------------------------------------
+start_wg() { # NS NAME
+    LOG_LEVEL=verbose ip netns exec "$1" wireguard-go -f "$2" >"$LOG/$2.log" 2>&1 &
+    PIDS+=("$!")
+    wait_for 10 test -S "/var/run/wireguard/$2.sock" || {
+        echo "e2e: wireguard-go $2 did not start:" >&2
+        cat "$LOG/$2.log" >&2
+        return 1
+    }
+}
+# handshake_at NS DEV PUBKEY: unix time of the latest handshake with PUBKEY (0 = none)
+handshake_at() { nsx "$1" wg show "$2" latest-handshakes | awk -v k="$3" '$1 == k { print $2 }'; }
+has_handshake() { [ "$(handshake_at "$@")" != 0 ]; }
+# handshakes LOGFILE: handshakes completed so far, as logged by wireguard-go (either role)
+handshakes() { grep -cE 'Received handshake response|Sending handshake response' "$1" || true; }
+
+# ping_bg NS DST FILE: ping every 0.1 s until killed, with timestamps, and -O so that every
+# sequence number sent appears in FILE (a reply, or "no answer yet"); pid in BG_PID
+ping_bg() {
+    ip netns exec "$1" ping -D -O -n -i 0.1 "$2" >"$3" 2>&1 &
+    BG_PID=$!
+    PIDS+=("$BG_PID")
+}
+# recovery FILE T0: how the pings in FILE behaved after the event at T0 (unix time).
+# The last reply received before T0 has sequence number SB. The 5 most recent pings (0.5 s)
+# are still in flight and not judged. If some later ping was not answered, the outage
+# lasted until the first reply to a ping sent after the first unanswered one: prints
+# "SECONDS LOST" (SECONDS from T0 to that reply, LOST unanswered pings), or "pending" while
+# that has not happened. If every judged ping after SB was answered: "0.0 0".
+recovery() {
+    sed -nE 's/^\[([0-9.]+)\] (.*icmp_seq=([0-9]+) .*time=|no answer yet for icmp_seq=([0-9]+)).*/\1 \3\4 \2/p' "$1" |
+        awk -v t0="$2" '
+        { if ($2 > sent) sent = $2 }
+        $3 != "no" { ts[$2] = $1; if ($1 <= t0 && $2 > sb) sb = $2 }
+        END {
+            judged = sent - 5
+            for (s = sb + 1; s <= judged; s++) if (!(s in ts)) { m = s; break }
+            if (!m) { print (judged > sb ? "0.0 0" : "pending"); exit }
+            first = 0
+            for (s in ts) if (s + 0 > m && (first == 0 || ts[s] < first)) first = ts[s]
+            if (first == 0) { print "pending"; exit }
+            lost = 0
+            for (s = sb + 1; s <= judged; s++) if (!(s in ts)) lost++
+            printf "%.1f %d\n", first - t0, lost
+        }'
+}
+recovered() { [ "$(recovery "$1" "$2")" != pending ]; }
+both_recovered() { recovered "$1" "$3" && recovered "$2" "$3"; }
+
+# ---- iperf3 --------------------------------------------------------------------------------------
+# iperf FROM_NS TO_IP TO_NS: TCP for IPERF_SECS; sets IPERF_MBITS and IPERF_RETR, or fails
+iperf() {
+    local out="$LOG/iperf.$((++IPERF_RUN)).log"
+    IPERF_MBITS=
+    IPERF_RETR=
+    ip netns exec "$3" iperf3 -s -1 -B "$2" -p 5201 >"$out.server" 2>&1 &
+    local spid=$!
+    PIDS+=("$spid")
+    wait_for 5 sh -c "ip netns exec '$3' ss -ltn 'sport = :5201' | grep -q 5201" || return 1
+    nsx "$1" timeout $((IPERF_SECS + 20)) iperf3 -c "$2" -p 5201 -t "$IPERF_SECS" -f m \
+        --connect-timeout 5000 >"$out" 2>&1 || {
+        kill "$spid" 2>/dev/null || true
+        return 1
+    }
+    wait "$spid" 2>/dev/null || true
+    IPERF_MBITS=$(awk '/receiver$/ { print $(NF - 2) }' "$out")
+    IPERF_RETR=$(awk '/sender$/ { print $(NF - 1) }' "$out")
+    [ -n "$IPERF_MBITS" ]
+}
+
+# ===================================================================================================
+echo "e2e: relay $RELAY_BIN, logs in $LOG"
+
+# ---- topology ------------------------------------------------------------------------------------
+for ns in "${ALL_NS[@]}"; do new_ns "$ns"; done
+for ns in "$NS_PUB" "$NS_NATA" "$NS_NATB"; do
+    nsx "$ns" sh -c 'echo 1 >/proc/sys/net/ipv4/ip_forward' # /proc/sys/net is per namespace
+done
+
+veth "$NS_PUB" "${I}r" 203.0.113.1/24 "$NS_RELAY" "${I}p" "$RELAY_IP/24"
+veth "$NS_PUB" "${I}a" 198.51.100.1/28 "$NS_NATA" "${I}w" "$NATA_IP/28"
+veth "$NS_PUB" "${I}b" 198.51.100.17/28 "$NS_NATB" "${I}w" "$NATB_IP/28"
+veth "$NS_NATA" "${I}la" 198.18.1.1/24 "$NS_A" "${I}e" 198.18.1.2/24
+veth "$NS_NATA" "${I}lc" 198.18.3.1/24 "$NS_C" "${I}e" 198.18.3.2/24
+veth "$NS_NATB" "${I}lb" 198.18.2.1/24 "$NS_B" "${I}e" 198.18.2.2/24
+ip -n "$NS_RELAY" route add default via 203.0.113.1
+ip -n "$NS_NATA" route add default via 198.51.100.1
+ip -n "$NS_NATB" route add default via 198.51.100.17
+ip -n "$NS_A" route add default via 198.18.1.1
+ip -n "$NS_C" route add default via 198.18.3.1
+ip -n "$NS_B" route add default via 198.18.2.1
+
+nat_rules() { # NS [MASQUERADE-ARGS]
+    nsx "$1" nft -f - <<EOF
+table ip nat {
+    chain postrouting {
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname "${I}w" meta l4proto udp masquerade ${2:-}
+        oifname "${I}w" masquerade
+    }
+}
+EOF
+}
+nat_rules "$NS_NATA"
+nat_rules "$NS_NATB"
+
+# ---- keys, peers, relay --------------------------------------------------------------------------
+umask 077
+for p in A B C; do
+    wg genkey >"$LOG/key.$p"
+    wg pubkey <"$LOG/key.$p" >"$LOG/pub.$p"
+done
+PUB_A=$(cat "$LOG/pub.A")
+PUB_B=$(cat "$LOG/pub.B")
+PUB_C=$(cat "$LOG/pub.C")
+
+start_relay 1
+
+RELAY_EP="$RELAY_IP:$RELAY_PORT"
+# A and B both accept C: only the relay's allow-list keeps C out. T_UP is when A and B start.
+conf_wg() { # NS DEV KEY ADDR
+    nsx "$1" wg set "$2" private-key "$3" listen-port "$WG_PORT"
+    ip -n "$1" addr add "$4/24" dev "$2"
+}
+raise_sockbuf
+start_wg "$NS_A" "$WG_A"
+start_wg "$NS_B" "$WG_B"
+start_wg "$NS_C" "$WG_C"
+conf_wg "$NS_A" "$WG_A" "$LOG/key.A" "$TUN_A"
+conf_wg "$NS_B" "$WG_B" "$LOG/key.B" "$TUN_B"
+conf_wg "$NS_C" "$WG_C" "$LOG/key.C" "$TUN_C"
+T_UP=$(now)
+nsx "$NS_A" wg set "$WG_A" \
+    peer "$PUB_B" allowed-ips "$TUN_B/32" endpoint "$RELAY_EP" persistent-keepalive 25 \
+    peer "$PUB_C" allowed-ips "$TUN_C/32"
+nsx "$NS_B" wg set "$WG_B" \
+    peer "$PUB_A" allowed-ips "$TUN_A/32" endpoint "$RELAY_EP" persistent-keepalive 25 \
+    peer "$PUB_C" allowed-ips "$TUN_C/32"
+# wireguard-go brings its device up by itself: a peer starts handshaking as soon as it is
+# configured. peer-c gets its peers only in its own case.
+for ns in "$NS_A" "$NS_B" "$NS_C"; do ip -n "$ns" link set "${I}wg${ns##*-}" up; done
+# The sockets exist once both devices are up and listening.
+wait_for 5 sh -c "ip netns exec '$NS_A' ss -uan 'sport = :$WG_PORT' | grep -q $WG_PORT &&
+                  ip netns exec '$NS_B' ss -uan 'sport = :$WG_PORT' | grep -q $WG_PORT" || true
+restore_sockbuf
+info "peer sockets: peer-a $(sockbuf "$NS_A"), peer-b $(sockbuf "$NS_B")" \
+    "(E2E_SOCKBUF=$SOCKBUF; kernel default rmem_default=$(cat /proc/sys/net/core/rmem_default))"
+
+TUNNEL_OK=0
+
+# ---- case 1: exchange mode, allow-list A+B, --cookie always ---------------------------------------
+case_exchange() {
+    local name="exchange (allow A,B; cookie always)"
+    if ! wait_for 20 has_handshake "$NS_A" "$WG_A" "$PUB_B"; then
+        fail "$name" "no handshake within 20 s; relay: $(stats)"
+        return
+    fi
+    local t_hs
+    t_hs=$(elapsed "$T_UP")
+    local ab ba
+    ab=$(nsx "$NS_A" ping -n -c 3 -i 0.2 -W 2 "$TUN_B" | grep -c 'bytes from' || true)
+    ba=$(nsx "$NS_B" ping -n -c 3 -i 0.2 -W 2 "$TUN_A" | grep -c 'bytes from' || true)
+    local s
+    s=$(fresh_stats)
+    if [ "$ab" -gt 0 ] && [ "$ba" -gt 0 ]; then
+        TUNNEL_OK=1
+        pass "$name" "handshake after ${t_hs} s, ping a->b $ab/3, b->a $ba/3"
+    else
+        fail "$name" "handshake after ${t_hs} s but ping a->b $ab/3, b->a $ba/3"
+    fi
+    info "relay: cookie_replies=$(stat "$s" cookie_replies) parked=$(stat "$s" parked)" \
+        "paired=$(stat "$s" paired) confirmed=$(stat "$s" confirmed) $(drops "$s")"
+}
+
+# ---- case 2: iperf3 through the relay -------------------------------------------------------------
+RELAY_MBITS=
+case_iperf_relay() {
+    local name="iperf3 via relay (${IPERF_SECS} s, a->b)"
+    [ "$TUNNEL_OK" = 1 ] || {
+        fail "$name" "no tunnel (exchange failed)"
+        return
+    }
+    local s0 r0 a0 b0 res s1
+    s0=$(fresh_stats)
+    r0=$(udp_errs "$NS_RELAY")
+    a0=$(udp_errs "$NS_A")
+    b0=$(udp_errs "$NS_B")
+    if ! iperf "$NS_A" "$TUN_B" "$NS_B"; then
+        fail "$name" "iperf3 failed: $(tail -2 "$LOG/iperf.$IPERF_RUN.log" | tr '\n' ' ')"
+        return
+    fi
+    s1=$(fresh_stats)
+    RELAY_MBITS=$IPERF_MBITS
+    pass "$name" "$RELAY_MBITS Mbit/s (TCP retransmits $IPERF_RETR)"
+    info "relay counters during the run: $(stats_delta "$s0" "$s1")"
+    info "UDP RcvbufErrors/SndbufErrors: relay ns $r0 -> $(udp_errs "$NS_RELAY")," \
+        "peer-a $a0 -> $(udp_errs "$NS_A"), peer-b $b0 -> $(udp_errs "$NS_B")"
+}
+
+# ---- case 3: NAT rebinding of peer-a mid-stream ----------------------------------------------------
+nat_port() { # NS SRC: the public source port NAT gives SRC's WireGuard flow to the relay
+    nsx "$1" conntrack -L -p udp -s "$2" --sport "$WG_PORT" -d "$RELAY_IP" 2>/dev/null |
+        sed -nE 's/.*dst=[0-9.]+ sport=[0-9]+ dport=([0-9]+).*/\1/p' | head -1
+}
+case_rebind() {
+    local name="NAT rebinding of peer-a"
+    [ "$TUNNEL_OK" = 1 ] || {
+        fail "$name" "no tunnel (exchange failed)"
+        return
+    }
+    local f="$LOG/ping.rebind" pid s0 hs0 h0 port0 port1 t0 res s1 hs1 h1
+    ping_bg "$NS_A" "$TUN_B" "$f"
+    pid=$BG_PID
+    sleep 1.5
+    s0=$(stats)
+    hs0=$(handshake_at "$NS_A" "$WG_A" "$PUB_B")
+    h0=$(handshakes "$LOG/$WG_A.log")
+    port0=$(nat_port "$NS_NATA" 198.18.1.2)
+    # New mappings get a port from another range; forget the current one.
+    t0=$(now)
+    nsx "$NS_NATA" nft flush ruleset
+    nat_rules "$NS_NATA" "to :20000-29999"
+    nsx "$NS_NATA" conntrack -D -p udp -s 198.18.1.2 >/dev/null 2>&1 || true
+    sleep 3 # observe at least 3 s, so an outage that starts late is seen too
+    wait_for 20 recovered "$f" "$t0" || true
+    sleep 1.5
+    kill -INT "$pid" 2>/dev/null || true
+    res=$(recovery "$f" "$t0")
+    port1=$(nat_port "$NS_NATA" 198.18.1.2)
+    s1=$(fresh_stats)
+    hs1=$(handshake_at "$NS_A" "$WG_A" "$PUB_B")
+    h1=$(handshakes "$LOG/$WG_A.log")
+    local hsnote="no new handshake"
+    { [ "$hs1" != "$hs0" ] || [ "$h1" != "$h0" ]; } && hsnote="a new handshake happened"
+    if [ "$res" = pending ]; then
+        fail "$name" "NAT port $port0 -> ${port1:-?}: pings did not flow again within 20 s"
+    elif [ -z "$port1" ] || [ "$port1" = "$port0" ]; then
+        fail "$name" "NAT port did not change ($port0 -> ${port1:-none})"
+    else
+        pass "$name" "NAT port $port0 -> $port1: pings flow again after ${res% *} s (${res#* } lost), $hsnote"
+    fi
+    info "relay: roams=+$(($(stat "$s1" roams) - $(stat "$s0" roams)))" \
+        "paired=+$(($(stat "$s1" paired) - $(stat "$s0" paired)))" \
+        "confirmed=+$(($(stat "$s1" confirmed) - $(stat "$s0" confirmed)));" \
+        "all changes: $(stats_delta "$s0" "$s1")"
+}
+
+# ---- case 4: relay restart mid-stream -------------------------------------------------------------
+case_restart() {
+    local name="relay restart"
+    [ "$TUNNEL_OK" = 1 ] || {
+        fail "$name" "no tunnel (exchange failed)"
+        return
+    }
+    local fa="$LOG/ping.restart.ab" fb="$LOG/ping.restart.ba" pa pb hs0 t0 ra rb s1
+    ping_bg "$NS_A" "$TUN_B" "$fa"
+    pa=$BG_PID
+    ping_bg "$NS_B" "$TUN_A" "$fb"
+    pb=$BG_PID
+    sleep 1.5
+    hs0=$(handshake_at "$NS_A" "$WG_A" "$PUB_B")
+    t0=$(now)
+    stop_relay
+    start_relay 2
+    info "relay restarted in $(elapsed "$t0") s; old relay's $(grep -o 'final stats:.*' "$LOG/relay.1.log" |
+        sed -E 's/ (fanout_copies|parked|confirmed|send_failed|recv_errors|indices|endpoints)=[0-9]+//g')"
+    sleep 3
+    wait_for 45 both_recovered "$fa" "$fb" "$t0" || true
+    sleep 1
+    kill -INT "$pa" "$pb" 2>/dev/null || true
+    ra=$(recovery "$fa" "$t0")
+    rb=$(recovery "$fb" "$t0")
+    s1=$(fresh_stats)
+    local hs1 hsnote
+    hs1=$(handshake_at "$NS_A" "$WG_A" "$PUB_B")
+    hsnote="no new handshake"
+    [ "$hs1" != "$hs0" ] && hsnote="new handshake $((hs1 - ${t0%.*})) s after the restart"
+    if [ "$ra" = pending ] || [ "$rb" = pending ]; then
+        fail "$name" "pings did not flow again within 45 s (a->b: $ra, b->a: $rb)"
+    else
+        local worst
+        worst=$(awk -v a="${ra% *}" -v b="${rb% *}" 'BEGIN { printf "%.1f", (a > b ? a : b) }')
+        pass "$name" "pings flow both ways again after $worst s (a->b ${ra% *} s, b->a ${rb% *} s), $hsnote"
+    fi
+    info "new relay: cookie_replies=$(stat "$s1" cookie_replies) parked=$(stat "$s1" parked)" \
+        "paired=$(stat "$s1" paired) confirmed=$(stat "$s1" confirmed) $(drops "$s1")"
+}
+
+# ---- case 5: a peer whose key is not allowed --------------------------------------------------------
+case_not_allowed() {
+    local name="peer-c (key not allowed) is kept out"
+    local s0 s1 hb ha pc_b pc_a pid_b pid_a
+    s0=$(fresh_stats)
+    nsx "$NS_C" wg set "$WG_C" \
+        peer "$PUB_A" allowed-ips "$TUN_A/32" endpoint "$RELAY_EP" persistent-keepalive 25 \
+        peer "$PUB_B" allowed-ips "$TUN_B/32" endpoint "$RELAY_EP" persistent-keepalive 25
+    # 12 s covers the cookie round (the retry with mac2 comes after REKEY_TIMEOUT, 5 s).
+    ip netns exec "$NS_C" ping -n -c 12 -i 1 -W 1 "$TUN_B" >"$LOG/ping.c.b" 2>&1 &
+    pid_b=$!
+    ip netns exec "$NS_C" ping -n -c 12 -i 1 -W 1 "$TUN_A" >"$LOG/ping.c.a" 2>&1 &
+    pid_a=$!
+    PIDS+=("$pid_b" "$pid_a")
+    wait "$pid_b" 2>/dev/null || true
+    wait "$pid_a" 2>/dev/null || true
+    s1=$(fresh_stats)
+    pc_b=$(grep -c 'bytes from' "$LOG/ping.c.b" || true)
+    pc_a=$(grep -c 'bytes from' "$LOG/ping.c.a" || true)
+    hb=$(handshake_at "$NS_B" "$WG_B" "$PUB_C")
+    ha=$(handshake_at "$NS_A" "$WG_A" "$PUB_C")
+    local dropped=$(($(stat "$s1" dropped) - $(stat "$s0" dropped)))
+    local ab
+    ab=$(nsx "$NS_A" ping -n -c 3 -i 0.2 -W 2 "$TUN_B" | grep -c 'bytes from' || true)
+    nsx "$NS_C" wg set "$WG_C" peer "$PUB_A" remove peer "$PUB_B" remove
+    if [ "$pc_b" -eq 0 ] && [ "$pc_a" -eq 0 ] && [ "$hb" = 0 ] && [ "$ha" = 0 ] && [ "$dropped" -gt 0 ]; then
+        pass "$name" "c->b 0/12, c->a 0/12 replies, no handshake, relay dropped $dropped; a->b still $ab/3"
+    else
+        fail "$name" "c->b $pc_b/12, c->a $pc_a/12 replies, handshake at b=$hb a=$ha, relay dropped $dropped"
+    fi
+    info "relay counters during the attempt: $(stats_delta "$s0" "$s1")"
+}
+
+# ---- case 6: baseline, the same peers directly (NAT B forwards its port to peer-b) ----------------
+case_direct() {
+    local name="iperf3 direct baseline (${IPERF_SECS} s, a->b)"
+    [ "$TUNNEL_OK" = 1 ] || {
+        fail "$name" "no tunnel (exchange failed)"
+        return
+    }
+    nsx "$NS_NATB" nft -f - <<EOF
+table ip nat {
+    chain prerouting {
+        type nat hook prerouting priority dstnat; policy accept;
+        iifname "${I}w" udp dport $WG_PORT dnat to 198.18.2.2:$WG_PORT
+    }
+}
+EOF
+    nsx "$NS_A" wg set "$WG_A" peer "$PUB_B" endpoint "$NATB_IP:$WG_PORT"
+    local ok=0
+    wait_for 10 nsx "$NS_A" ping -n -c 1 -W 1 "$TUN_B" && ok=1
+    local epb
+    epb=$(nsx "$NS_B" wg show "$WG_B" endpoints | awk -v k="$PUB_A" '$1 == k { print $2 }')
+    if [ "$ok" = 0 ]; then
+        fail "$name" "no ping over the direct path within 10 s"
+        return
+    fi
+    local s0 s1
+    s0=$(fresh_stats)
+    if ! iperf "$NS_A" "$TUN_B" "$NS_B"; then
+        fail "$name" "iperf3 failed: $(tail -2 "$LOG/iperf.$IPERF_RUN.log" | tr '\n' ' ')"
+        return
+    fi
+    s1=$(fresh_stats)
+    local via_relay=$(($(stat "$s1" forwarded) - $(stat "$s0" forwarded)))
+    local direct=$IPERF_MBITS ratio
+    ratio=$(awk -v r="${RELAY_MBITS:-0}" -v d="$direct" 'BEGIN { printf "%.2f", (d > 0 ? r / d : 0) }')
+    if [ "$via_relay" -gt 10 ]; then
+        fail "$name" "the relay forwarded $via_relay packets during the direct run"
+    else
+        pass "$name" "$direct Mbit/s (TCP retransmits $IPERF_RETR); relay/direct = ${RELAY_MBITS:-?}/$direct = $ratio"
+    fi
+    info "peer-b sees peer-a at $epb; relay forwarded $via_relay packets meanwhile"
+}
+
+case_exchange
+case_iperf_relay
+case_rebind
+case_not_allowed
+case_restart
+case_direct
+
+stop_relay
+info "relay final: $(stats)"
+SUMMARY_DONE=1
+echo "e2e: $PASSED passed, $FAILED failed"
+[ "$FAILED" -eq 0 ]
