@@ -32,6 +32,8 @@ pub struct MatrixConfig {
     pub command: String,
 }
 
+/// Everything after this line in the report is kept when the matrix rewrites it.
+pub const NOTES_MARKER: &str = "<!-- notes: kept across regenerations -->";
 const TARGETS: [&str; 2] = ["wgrelay", "null"];
 /// The I/O backend axis: only `mmsg` exists in wgrelay today.
 const BACKENDS: [&str; 1] = ["mmsg"];
@@ -176,7 +178,15 @@ pub fn run(c: &MatrixConfig) -> Result<(), String> {
             }
         }
     }
-    let md = report(c, &results, &sessions, reps, duration, gen_cpu);
+    let mut md = report(c, &results, &sessions, reps, duration, gen_cpu);
+    // Hand-written notes below the marker survive a regeneration.
+    if let Some(tail) = std::fs::read_to_string(&c.out)
+        .ok()
+        .and_then(|old| old.find(NOTES_MARKER).map(|i| old[i..].to_string()))
+    {
+        md.push('\n');
+        md.push_str(&tail);
+    }
     std::fs::write(&c.out, md).map_err(|e| format!("{}: {e}", c.out))?;
     plot(&c.svg, &results, &sessions).map_err(|e| format!("{}: {e}", c.svg))?;
     eprintln!(

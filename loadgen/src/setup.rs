@@ -143,16 +143,21 @@ pub fn run(
     let mut next_timer = t0;
     let mut next_progress = t0 + Duration::from_secs(1);
 
-    // Sends a fresh initiation from peer `p` (hello first for the null relay).
-    let initiate =
-        |p: usize, peers: &mut [PeerState], tx: &mut Tx, buf: &mut [u8], res: &mut SetupResult| {
-            if opts.hello {
+    // Null relay pairing hellos of session `s`, both before either initiation.
+    let hello = |s: usize, tx: &mut Tx| {
+        if opts.hello {
+            for p in [2 * s, 2 * s + 1] {
                 tx.send(topo, p, 0, 13, |d| {
                     d[..8].copy_from_slice(HELLO);
-                    d[8..12].copy_from_slice(&((p / 2) as u32).to_le_bytes());
+                    d[8..12].copy_from_slice(&(s as u32).to_le_bytes());
                     d[12] = (p % 2) as u8;
                 });
             }
+        }
+    };
+    // Sends a fresh initiation from peer `p`.
+    let initiate =
+        |p: usize, peers: &mut [PeerState], tx: &mut Tx, buf: &mut [u8], res: &mut SetupResult| {
             let Some(t) = peers[p].tunn.as_mut() else {
                 return;
             };
@@ -187,6 +192,7 @@ pub fn run(
                     None,
                 )));
             }
+            hello(s, tx);
             initiate(2 * s, &mut peers, tx, &mut buf, &mut res);
             initiate(2 * s + 1, &mut peers, tx, &mut buf, &mut res);
             sessions[s].state = State::InFlight;
@@ -296,6 +302,7 @@ pub fn run(
                     sessions[s].cookie_at = None;
                     peers[a].cookie = false;
                     peers[b].cookie = false;
+                    hello(s, tx);
                     initiate(a, &mut peers, tx, &mut buf, &mut res);
                     initiate(b, &mut peers, tx, &mut buf, &mut res);
                     sessions[s].deadline = now + opts.timeout;
