@@ -202,6 +202,11 @@ impl State {
                 chosen.push(*sender);
             }
         }
+        // The first hand-over answers the initiation `to` just sent with one of the same size,
+        // so it is no amplification and does not spend the fan-out budget: a burst of cold
+        // fan-out copies must not starve the hand-overs that actually pair sessions. Any
+        // further ones (to a proven source) pay like fan-out copies.
+        let mut free = true;
         for sender in chosen {
             // Still waiting for a response?
             let waiting = self
@@ -212,7 +217,7 @@ impl State {
                 self.parked.unpark(sender);
                 continue;
             }
-            if !self.fanout_token(now) {
+            if !std::mem::take(&mut free) && !self.fanout_token(now) {
                 break;
             }
             let bit = self.mask_bit(&to);
@@ -221,7 +226,7 @@ impl State {
             }
             if let Some(p) = self.parked.parked.get(&sender) {
                 out.extra.push(Datagram::new(to, &p.bytes));
-                self.counters.fanout_copies += 1;
+                self.counters.handovers += 1;
             }
         }
     }

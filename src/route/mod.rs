@@ -188,8 +188,10 @@ pub struct Counters {
     pub received: u64,
     /// Datagrams sent on (one per target).
     pub forwarded: u64,
-    /// Of which: copies sent by fan-out or parked delivery.
+    /// Of which: copies of cold initiations sent by fan-out.
     pub fanout_copies: u64,
+    /// Of which: parked initiations handed to a candidate that showed up later.
+    pub handovers: u64,
     pub cookie_replies: u64,
     pub parked: u64,
     pub handshakes_paired: u64,
@@ -211,6 +213,7 @@ impl Counters {
         self.received += other.received;
         self.forwarded += other.forwarded;
         self.fanout_copies += other.fanout_copies;
+        self.handovers += other.handovers;
         self.cookie_replies += other.cookie_replies;
         self.parked += other.parked;
         self.handshakes_paired += other.handshakes_paired;
@@ -226,10 +229,11 @@ impl fmt::Display for Counters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "received={} forwarded={} fanout_copies={} cookie_replies={} parked={} paired={} confirmed={} roams={} dropped={}",
+            "received={} forwarded={} fanout_copies={} handovers={} cookie_replies={} parked={} paired={} confirmed={} roams={} dropped={}",
             self.received,
             self.forwarded,
             self.fanout_copies,
+            self.handovers,
             self.cookie_replies,
             self.parked,
             self.handshakes_paired,

@@ -554,8 +554,40 @@ fn open_mode_relays_and_rate_limits_fanout() {
     for (i, d) in devices[2..].iter().enumerate() {
         relay.route(d.ep, &initiation(&mut tunn(d, a, 50 + i as u32)));
     }
-    let copies = relay.state.counters().fanout_copies - before;
+    let c = relay.state.counters();
+    let copies = c.fanout_copies - before;
     assert!(copies <= 10, "fan-out copies {copies} within the burst");
+    // Hand-overs are 1:1 with the initiations that triggered them.
+    assert!(c.handovers <= 2 + 18, "{c}");
+}
+
+#[test]
+fn parked_hand_over_is_not_starved_by_an_exhausted_fanout_budget() {
+    let devices: Vec<Device> = (0..8)
+        .map(|i| device(30 + i, 1300 + u16::from(i)))
+        .collect();
+    let mut relay = Relay::new(Settings {
+        broadcast_rate: Some(1),
+        cookie: CookieMode::Never,
+        ..Settings::default()
+    });
+    // Other cold peers use up the fan-out budget (1/s, burst 5).
+    for (i, d) in devices[2..].iter().enumerate() {
+        relay.route(d.ep, &initiation(&mut tunn(d, &devices[0], 40 + i as u32)));
+    }
+    // A pair still meets: A's parked initiation is handed to B when B shows up.
+    let (a, b) = (&devices[0], &devices[1]);
+    let init_a = initiation(&mut tunn(a, b, 1));
+    relay.route(a.ep, &init_a);
+    relay.route(b.ep, &initiation(&mut tunn(b, a, 2)));
+    assert!(
+        relay
+            .out
+            .extra
+            .iter()
+            .any(|x| x.to == b.ep && x.contents() == init_a),
+        "B got A's initiation"
+    );
 }
 
 #[test]
