@@ -11,7 +11,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use wgrelay::admit::TestEntropy;
 use wgrelay::config::CookieMode;
 use wgrelay::route::{Actions, Decision, Settings, State};
-use wgrelay::table::{Endpoint, IndexEntry, IndexTable, ListenerId};
+use wgrelay::table::{Endpoint, IndexEntry, IndexTable, ListenerId, Tick};
 use wgrelay::wire::Index;
 
 const SIZES: [usize; 3] = [1_000, 100_000, 1_000_000];
@@ -115,14 +115,14 @@ fn route_transport(c: &mut Criterion) {
     g.finish();
 }
 
-fn entry(i: u32, now: Instant) -> IndexEntry {
+fn entry(i: u32, now: Tick) -> IndexEntry {
     IndexEntry {
         endpoint: endpoint(i as usize, 1000),
         source: endpoint(i as usize, 2000),
         peer: Some(Index(i ^ 1)),
         owner_key: None,
         peer_key: None,
-        expires: now + std::time::Duration::from_secs(180),
+        expires: now.after(std::time::Duration::from_secs(180)),
         max_counter: Some(0),
         sent_to: 0,
         responder: false,
@@ -134,7 +134,7 @@ fn table(c: &mut Criterion) {
     let mut g = c.benchmark_group("index_table");
     g.throughput(Throughput::Elements(1));
     g.sample_size(20);
-    let now = Instant::now();
+    let now = Tick(1);
     for n in SIZES {
         let mut t = IndexTable::new();
         // Indices are random per peer: spread them.

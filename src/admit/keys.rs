@@ -9,9 +9,24 @@ use std::collections::HashMap;
 use crate::key::PublicKey;
 use crate::wire::mac::{self, CookieKey, Mac1Key};
 
-/// A key's position in the directory.
+/// A key's position in the directory. Never zero inside, so `Option<KeyId>` takes 4 bytes in
+/// the tables that hold one per session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct KeyId(pub u32);
+pub struct KeyId(std::num::NonZeroU32);
+
+impl KeyId {
+    /// The key at position `index` (below u32::MAX).
+    pub const fn new(index: u32) -> Self {
+        match std::num::NonZeroU32::new(index.wrapping_add(1)) {
+            Some(v) => KeyId(v),
+            None => KeyId(std::num::NonZeroU32::MAX),
+        }
+    }
+
+    pub const fn index(self) -> usize {
+        (self.0.get() - 1) as usize
+    }
+}
 
 /// A group's position in the directory. In open mode there is one group, `GroupId(0)`, that
 /// every endpoint belongs to.
@@ -48,7 +63,7 @@ impl KeyDirectory {
             dir.group_count += 1;
             for key in group {
                 let id = dir.intern(*key);
-                let info = &mut dir.keys[id.0 as usize];
+                let info = &mut dir.keys[id.index()];
                 if !info.groups.contains(&g) {
                     info.groups.push(g);
                 }
@@ -64,13 +79,13 @@ impl KeyDirectory {
             dir.group_count += 1;
             for key in loose {
                 let id = dir.intern(key);
-                dir.keys[id.0 as usize].groups.push(g);
+                dir.keys[id.index()].groups.push(g);
             }
         }
         dir.members = vec![Vec::new(); dir.group_count as usize];
         for (i, info) in dir.keys.iter().enumerate() {
             for g in &info.groups {
-                dir.members[g.0 as usize].push(KeyId(i as u32));
+                dir.members[g.0 as usize].push(KeyId::new(i as u32));
             }
         }
         dir
@@ -80,7 +95,7 @@ impl KeyDirectory {
         if let Some(id) = self.by_public.get(&public) {
             return *id;
         }
-        let id = KeyId(self.keys.len() as u32);
+        let id = KeyId::new(self.keys.len() as u32);
         self.keys.push(KeyInfo {
             public,
             mac1: Mac1Key::new(public.as_bytes()),
@@ -109,7 +124,7 @@ impl KeyDirectory {
     }
 
     pub fn get(&self, id: KeyId) -> Option<&KeyInfo> {
-        self.keys.get(id.0 as usize)
+        self.keys.get(id.index())
     }
 
     pub fn id_of(&self, public: &PublicKey) -> Option<KeyId> {
@@ -122,7 +137,7 @@ impl KeyDirectory {
         self.keys
             .iter()
             .position(|k| mac::check_mac1(&k.mac1, msg))
-            .map(|i| KeyId(i as u32))
+            .map(|i| KeyId::new(i as u32))
     }
 
     /// The key whose mac1 a handshake message carries, trying `hint` first (a retry names

@@ -103,7 +103,7 @@ impl State {
         out: &mut Actions,
     ) -> bool {
         if let Some(k) = key {
-            if let Some(holder) = self.endpoints.holder_of(k, now) {
+            if let Some(holder) = self.endpoints.holder_of(k, self.clock.tick(now)) {
                 if holder != *from && !retry {
                     out.targets.push(holder);
                     return false;
@@ -119,7 +119,7 @@ impl State {
             max: MAX_FANOUT_PER_INITIATION,
         };
         self.endpoints
-            .candidates(&want, now, &mut cursor, &mut out.targets);
+            .candidates(&want, self.clock.tick(now), &mut cursor, &mut out.targets);
         self.fanout_cursor = cursor;
         // Each copy costs a token; copies past the limit are not sent.
         let mut allowed = 0;
@@ -175,7 +175,8 @@ impl State {
             return;
         }
         let groups: Vec<GroupId> = self.keys.groups_of(named).to_vec();
-        let limit = if self.endpoints.is_proven(&to, now) {
+        let t = self.clock.tick(now);
+        let limit = if self.endpoints.is_proven(&to, t) {
             MAX_FANOUT_PER_INITIATION
         } else {
             1
@@ -211,7 +212,7 @@ impl State {
             // Still waiting for a response?
             let waiting = self
                 .indices
-                .lookup(sender, now)
+                .lookup(sender, t)
                 .is_some_and(|e| e.peer.is_none());
             if !waiting {
                 self.parked.unpark(sender);
@@ -221,7 +222,7 @@ impl State {
                 break;
             }
             let bit = self.mask_bit(&to);
-            if let Some(entry) = self.indices.lookup_mut(sender, now) {
+            if let Some(entry) = self.indices.lookup_mut(sender, t) {
                 entry.sent_to |= bit;
             }
             if let Some(p) = self.parked.parked.get(&sender) {

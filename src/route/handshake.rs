@@ -21,6 +21,7 @@ impl State {
         let Ok(init) = InitiationPacket::new_checked(&*packet) else {
             return self.drop(DropReason::BadLength);
         };
+        let t = self.clock.tick(now);
         let sender = init.sender();
         let mac1 = init.mac1();
         let has_mac2 = init.mac2() != [0; 16];
@@ -53,9 +54,9 @@ impl State {
                 .cookies
                 .check_mac2(packet, from.addr(), now, self.entropy.as_mut());
         if mac2_ok {
-            self.endpoints.mark_proven(from, now);
+            self.endpoints.mark_proven(from, t);
         }
-        let proven = mac2_ok || self.endpoints.is_proven(&from, now);
+        let proven = mac2_ok || self.endpoints.is_proven(&from, t);
         let challenge = match self.cookie_mode {
             CookieMode::Always => !proven,
             CookieMode::UnderLoad => under_load && !proven,
@@ -93,7 +94,7 @@ impl State {
         }
 
         // the sender index must be free
-        if self.indices.contains(sender, now) {
+        if self.indices.contains(sender, t) {
             return self.drop(DropReason::IndexCollision);
         }
         if self.indices.len() >= MAX_INDICES {
@@ -106,13 +107,13 @@ impl State {
             InitiationPacket::new_unchecked(&mut *packet).set_mac2([0; 16]);
         }
         let groups = self.keys.groups_of(key).to_vec();
-        let info = self.endpoints.touch(from, now);
-        let retry = info.pending.is_some_and(|p| {
-            p.key == key && now.saturating_duration_since(p.at) < 3 * REKEY_TIMEOUT
-        });
-        info.pending = Some(crate::table::endpoint::Pending { key, at: now });
+        let info = self.endpoints.touch(from, t);
+        let retry = info
+            .pending
+            .is_some_and(|p| p.key == key && !t.at_least_since(p.at, 3 * REKEY_TIMEOUT));
+        info.pending = Some(crate::table::endpoint::Pending { key, at: t });
         let owner_key = info.bound;
-        self.endpoints.add_candidate(from, &groups, now);
+        self.endpoints.add_candidate(from, key, &groups, t);
 
         // forward: unicast to the confirmed holder, or fan out and park
         let fanned_out = self.initiation_targets(now, &from, key, retry, out);
@@ -132,7 +133,7 @@ impl State {
                 peer: None,
                 owner_key,
                 peer_key: key,
-                expires: now + REKEY_TIMEOUT,
+                expires: t.after(REKEY_TIMEOUT),
                 max_counter: None,
                 sent_to,
                 responder: false,
@@ -164,13 +165,14 @@ impl State {
         let Ok(resp) = ResponsePacket::new_checked(&*packet) else {
             return self.drop(DropReason::BadLength);
         };
+        let t = self.clock.tick(now);
         let sender = resp.sender();
         let receiver = resp.receiver();
         let mac1 = resp.mac1();
 
         // the initiation it answers
         let bit = self.mask_bit(&from);
-        let Some(init) = self.indices.lookup(receiver, now) else {
+        let Some(init) = self.indices.lookup(receiver, t) else {
             return self.drop(DropReason::UnknownReceiver);
         };
         if init.peer.is_some() || init.responder {
@@ -200,7 +202,7 @@ impl State {
         if self.replay.contains(&mac1) {
             return self.drop(DropReason::Mac1Replayed);
         }
-        if self.indices.contains(sender, now) {
+        if self.indices.contains(sender, t) {
             return self.drop(DropReason::IndexCollision);
         }
         if self.indices.len() >= MAX_INDICES {
@@ -209,11 +211,11 @@ impl State {
 
         // pair the two indices; unconfirmed until the initiator's first transport message
         self.replay.insert(&mac1);
-        if let Some(init) = self.indices.lookup_mut(receiver, now) {
+        if let Some(init) = self.indices.lookup_mut(receiver, t) {
             init.peer = Some(sender);
             init.source = from;
             init.owner_key = initiator_key;
-            init.expires = now + REKEY_TIMEOUT;
+            init.expires = t.after(REKEY_TIMEOUT);
         }
         self.indices.insert(
             sender,
@@ -223,7 +225,7 @@ impl State {
                 peer: Some(receiver),
                 owner_key: responder_key,
                 peer_key: initiator_key,
-                expires: now + REKEY_TIMEOUT,
+                expires: t.after(REKEY_TIMEOUT),
                 max_counter: None,
                 sent_to: 0,
                 responder: true,
@@ -231,10 +233,10 @@ impl State {
             },
         );
         self.unpark(receiver);
-        self.endpoints.touch(from, now);
+        self.endpoints.touch(from, t);
         if let Some(info) = self.endpoints.get(&initiator) {
             if info.pending.is_some() {
-                self.endpoints.touch(initiator, now).pending = None;
+                self.endpoints.touch(initiator, t).pending = None;
             }
         }
         self.counters.handshakes_paired += 1;
@@ -255,7 +257,7 @@ impl State {
         };
         // the handshake message it answers, and who may answer it
         let bit = self.mask_bit(&from);
-        let Some(entry) = self.indices.lookup(reply.receiver(), now) else {
+        let Some(entry) = self.indices.lookup(reply.receiver(), self.clock.tick(now)) else {
             return self.drop(DropReason::UnknownReceiver);
         };
         let allowed = match entry.peer {

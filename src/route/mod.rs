@@ -25,7 +25,7 @@ use crate::admit::{
 use crate::config::CookieMode;
 use crate::constants::*;
 use crate::key::PublicKey;
-use crate::table::{Endpoint, EndpointTable, IndexTable};
+use crate::table::{Clock, Endpoint, EndpointTable, IndexTable, Tick};
 use crate::wire::{self, MessageType};
 
 /// What to do with a packet. Targets and extra datagrams are in the caller's `Actions`.
@@ -282,6 +282,7 @@ pub struct State {
     sources: SourceLimiter,
     fanout: Option<TokenBucket>,
     fanout_cursor: usize,
+    clock: Clock,
     indices: IndexTable,
     endpoints: EndpointTable,
     parked: ParkingLot,
@@ -306,6 +307,7 @@ impl State {
                 .broadcast_rate
                 .map(|rate| TokenBucket::new(rate, rate.saturating_mul(FANOUT_BURST_SECONDS), now)),
             fanout_cursor: 0,
+            clock: Clock::new(now),
             indices: IndexTable::new(),
             endpoints: EndpointTable::new(),
             parked: ParkingLot::new(MAX_PARKED_INITIATIONS),
@@ -313,6 +315,11 @@ impl State {
             mask_hasher: Default::default(),
             counters: Counters::default(),
         }
+    }
+
+    /// `now` as the tables count time.
+    pub fn tick(&self, now: Instant) -> Tick {
+        self.clock.tick(now)
     }
 
     pub fn counters(&self) -> &Counters {
@@ -372,8 +379,9 @@ impl State {
 
     /// Removes what has expired. Call about once a second; cost is linear in the tables.
     pub fn expire(&mut self, now: Instant) {
-        self.indices.expired_entries(now);
-        self.endpoints.expired_endpoints(now);
+        let t = self.clock.tick(now);
+        self.indices.expired_entries(t);
+        self.endpoints.expired_endpoints(t);
         self.parked.expired(now);
         self.sources.sweep(now);
     }

@@ -172,8 +172,20 @@ fn handshake_and_data_both_ways() {
     // Both identities are now confirmed.
     let ka = relay.state.keys().id_of(&a.public).unwrap();
     let kb = relay.state.keys().id_of(&b.public).unwrap();
-    assert_eq!(relay.state.endpoints().holder_of(ka, relay.now), Some(a.ep));
-    assert_eq!(relay.state.endpoints().holder_of(kb, relay.now), Some(b.ep));
+    assert_eq!(
+        relay
+            .state
+            .endpoints()
+            .holder_of(ka, relay.state.tick(relay.now)),
+        Some(a.ep)
+    );
+    assert_eq!(
+        relay
+            .state
+            .endpoints()
+            .holder_of(kb, relay.state.tick(relay.now)),
+        Some(b.ep)
+    );
 }
 
 #[test]
@@ -417,7 +429,10 @@ fn real_roam_with_continuing_counter_is_followed() {
     // The binding moved too: B's next initiation for A goes to the new address.
     let ka = relay.state.keys().id_of(&a.public).unwrap();
     assert_eq!(
-        relay.state.endpoints().holder_of(ka, relay.now),
+        relay
+            .state
+            .endpoints()
+            .holder_of(ka, relay.state.tick(relay.now)),
         Some(moved)
     );
 }
@@ -686,7 +701,7 @@ proptest! {
                 }
             }
             // An unproven source never gets more bytes than it sent.
-            if !relay.state.endpoints().is_proven(&from, relay.now) {
+            if !relay.state.endpoints().is_proven(&from, relay.state.tick(relay.now)) {
                 prop_assert!(back <= bytes.len(), "{} bytes back for {}", back, bytes.len());
             }
         }

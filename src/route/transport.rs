@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use super::{Actions, Decision, DropReason, State};
 use crate::constants::{REJECT_AFTER_TIME, ROAM_COUNTER_WINDOW};
-use crate::table::Endpoint;
+use crate::table::{Endpoint, Tick};
 use crate::wire::{Index, TransportPacket};
 
 /// Whether `counter` from a new source continues a sequence whose highest counter is `max`.
@@ -40,7 +40,8 @@ impl State {
         let counter = transport.counter();
 
         // look up the receiver: one lookup holds where to send and whom to expect
-        let Some(entry) = self.indices.lookup_mut(receiver, now) else {
+        let t = self.clock.tick(now);
+        let Some(entry) = self.indices.lookup_mut(receiver, t) else {
             return self.drop(DropReason::UnknownReceiver);
         };
         let Some(sender) = entry.peer else {
@@ -64,13 +65,13 @@ impl State {
             let old = entry.source;
             entry.source = from;
             entry.max_counter = Some(counter);
-            self.roam(now, sender, old, from, destination);
+            self.roam(t, sender, old, from, destination);
         }
 
         // the initiator's first transport message confirms the session: both sides accepted
         // the handshake, so each side's key is bound to its endpoint
         if confirming {
-            self.confirm(now, receiver, sender);
+            self.confirm(t, receiver, sender);
         }
         out.targets.push(destination);
         Decision::Forward
@@ -81,7 +82,7 @@ impl State {
     /// and its identity binding.
     fn roam(
         &mut self,
-        now: Instant,
+        now: Tick,
         sender: Index,
         old: Endpoint,
         new: Endpoint,
@@ -107,7 +108,7 @@ impl State {
     /// After a roam, the peer's other live sessions with the same counterpart (the previous
     /// keypair, or the second session of a simultaneous handshake) follow it: the other side
     /// may still send on them. Linear in the table, but only a counter-verified roam runs it.
-    fn move_sessions(&mut self, old: Endpoint, new: Endpoint, counterpart: Endpoint, now: Instant) {
+    fn move_sessions(&mut self, old: Endpoint, new: Endpoint, counterpart: Endpoint, now: Tick) {
         let moving: Vec<(Index, Option<Index>)> = self
             .indices
             .iter()
@@ -124,8 +125,8 @@ impl State {
         }
     }
 
-    fn confirm(&mut self, now: Instant, responder: Index, initiator: Index) {
-        let expires = now + REJECT_AFTER_TIME;
+    fn confirm(&mut self, now: Tick, responder: Index, initiator: Index) {
+        let expires = now.after(REJECT_AFTER_TIME);
         let mut bind = [None, None];
         for (slot, index) in [responder, initiator].into_iter().enumerate() {
             if let Some(e) = self.indices.lookup_mut(index, now) {

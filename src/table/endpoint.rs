@@ -5,9 +5,8 @@
 //! initiator retries, when K shows up elsewhere, or when E goes idle.
 
 use std::collections::HashMap;
-use std::time::Instant;
 
-use super::Endpoint;
+use super::{Endpoint, Tick};
 use crate::admit::{GroupId, KeyId};
 use crate::constants::{ENDPOINT_IDLE_TIME, SOURCE_PROVEN_TIME};
 
@@ -15,35 +14,40 @@ use crate::constants::{ENDPOINT_IDLE_TIME, SOURCE_PROVEN_TIME};
 #[derive(Debug, Clone, Copy)]
 pub struct Pending {
     pub key: Option<KeyId>,
-    pub at: Instant,
+    pub at: Tick,
 }
 
+/// One per endpoint, so kept small (32 bytes): ticks, not `Instant`s, and no heap.
 #[derive(Debug, Clone)]
 pub struct EndpointInfo {
     /// Last admitted handshake message from or to it.
-    pub last_seen: Instant,
-    /// Until when it counts as having proven its address (a valid mac2 with our cookie).
-    pub proven_until: Option<Instant>,
+    pub last_seen: Tick,
+    /// Until when it counts as having proven its address (a valid mac2 with our cookie);
+    /// `Tick(0)`: never.
+    pub proven_until: Tick,
     /// The key it is confirmed to hold.
     pub bound: Option<KeyId>,
     pub pending: Option<Pending>,
-    /// Groups whose candidate lists hold it.
-    pub candidate_in: Vec<GroupId>,
+    /// It sits on the candidate lists of the groups of `registered_key` (the key it named).
+    /// Cleared when a list drops it, so its next initiation registers it again.
+    registered: bool,
+    registered_key: Option<KeyId>,
 }
 
 impl EndpointInfo {
-    fn new(now: Instant) -> Self {
+    fn new(now: Tick) -> Self {
         EndpointInfo {
             last_seen: now,
-            proven_until: None,
+            proven_until: Tick(0),
             bound: None,
             pending: None,
-            candidate_in: Vec::new(),
+            registered: false,
+            registered_key: None,
         }
     }
 
-    pub fn is_idle(&self, now: Instant) -> bool {
-        now.saturating_duration_since(self.last_seen) >= ENDPOINT_IDLE_TIME
+    pub fn is_idle(&self, now: Tick) -> bool {
+        now.at_least_since(self.last_seen, ENDPOINT_IDLE_TIME)
     }
 }
 
@@ -92,21 +96,18 @@ impl EndpointTable {
     }
 
     /// Marks an endpoint seen, creating its record.
-    pub fn touch(&mut self, e: Endpoint, now: Instant) -> &mut EndpointInfo {
+    pub fn touch(&mut self, e: Endpoint, now: Tick) -> &mut EndpointInfo {
         let info = self.map.entry(e).or_insert_with(|| EndpointInfo::new(now));
         info.last_seen = info.last_seen.max(now);
         info
     }
 
-    pub fn is_proven(&self, e: &Endpoint, now: Instant) -> bool {
-        self.map
-            .get(e)
-            .and_then(|i| i.proven_until)
-            .is_some_and(|until| now < until)
+    pub fn is_proven(&self, e: &Endpoint, now: Tick) -> bool {
+        self.map.get(e).is_some_and(|i| now < i.proven_until)
     }
 
-    pub fn mark_proven(&mut self, e: Endpoint, now: Instant) {
-        self.touch(e, now).proven_until = Some(now + SOURCE_PROVEN_TIME);
+    pub fn mark_proven(&mut self, e: Endpoint, now: Tick) {
+        self.touch(e, now).proven_until = now.after(SOURCE_PROVEN_TIME);
     }
 
     /// The key an endpoint is confirmed to hold.
@@ -115,7 +116,7 @@ impl EndpointTable {
     }
 
     /// The endpoint confirmed to hold a key.
-    pub fn holder_of(&self, key: KeyId, now: Instant) -> Option<Endpoint> {
+    pub fn holder_of(&self, key: KeyId, now: Tick) -> Option<Endpoint> {
         let e = *self.bindings.get(&key)?;
         match self.map.get(&e) {
             Some(info) if !info.is_idle(now) => Some(e),
@@ -124,7 +125,7 @@ impl EndpointTable {
     }
 
     /// Records that `e` holds `key`, undoing any binding either had before.
-    pub fn bind(&mut self, key: KeyId, e: Endpoint, now: Instant) {
+    pub fn bind(&mut self, key: KeyId, e: Endpoint, now: Tick) {
         if let Some(old) = self.bindings.insert(key, e) {
             if old != e {
                 if let Some(info) = self.map.get_mut(&old) {
@@ -142,15 +143,23 @@ impl EndpointTable {
         }
     }
 
-    /// Puts an endpoint on the candidate lists of `groups` (it named a key in them, so it may
-    /// hold another key of theirs).
-    pub fn add_candidate(&mut self, e: Endpoint, groups: &[GroupId], now: Instant) {
+    /// Puts an endpoint on the candidate lists of `groups`, the groups of the key it named
+    /// (so it may hold another key of theirs).
+    pub fn add_candidate(
+        &mut self,
+        e: Endpoint,
+        named: Option<KeyId>,
+        groups: &[GroupId],
+        now: Tick,
+    ) {
         let info = self.map.entry(e).or_insert_with(|| EndpointInfo::new(now));
+        if info.registered && info.registered_key == named {
+            return;
+        }
+        info.registered = true;
+        info.registered_key = named;
         for g in groups {
-            if !info.candidate_in.contains(g) {
-                info.candidate_in.push(*g);
-                self.candidates.entry(*g).or_default().push(e);
-            }
+            self.candidates.entry(*g).or_default().push(e);
         }
     }
 
@@ -163,7 +172,7 @@ impl EndpointTable {
     pub fn candidates(
         &mut self,
         want: &Want<'_>,
-        now: Instant,
+        now: Tick,
         cursor: &mut usize,
         out: &mut Vec<Endpoint>,
     ) {
@@ -197,7 +206,7 @@ impl EndpointTable {
                         }
                     }
                     Some(info) => {
-                        info.candidate_in.retain(|x| x != g);
+                        info.registered = false;
                         dead.push(i);
                     }
                     None => dead.push(i),
@@ -213,7 +222,7 @@ impl EndpointTable {
     }
 
     /// Forgets idle endpoints and their bindings. Returns how many went.
-    pub fn expired_endpoints(&mut self, now: Instant) -> usize {
+    pub fn expired_endpoints(&mut self, now: Tick) -> usize {
         let before = self.map.len();
         self.map.retain(|_, info| !info.is_idle(now));
         let map = &self.map;
@@ -233,6 +242,10 @@ mod tests {
     use crate::table::ListenerId;
     use std::time::Duration;
 
+    fn t0() -> Tick {
+        Tick(1)
+    }
+
     fn want(groups: &[GroupId], key: Option<KeyId>, from: Endpoint, max: usize) -> Want<'_> {
         Want {
             groups,
@@ -248,34 +261,34 @@ mod tests {
 
     #[test]
     fn bind_moves_and_replaces() {
-        let t = Instant::now();
+        let t = t0();
         let mut tab = EndpointTable::new();
-        tab.bind(KeyId(1), ep(1), t);
-        assert_eq!(tab.holder_of(KeyId(1), t), Some(ep(1)));
+        tab.bind(KeyId::new(1), ep(1), t);
+        assert_eq!(tab.holder_of(KeyId::new(1), t), Some(ep(1)));
         // The key moved.
-        tab.bind(KeyId(1), ep(2), t);
-        assert_eq!(tab.holder_of(KeyId(1), t), Some(ep(2)));
+        tab.bind(KeyId::new(1), ep(2), t);
+        assert_eq!(tab.holder_of(KeyId::new(1), t), Some(ep(2)));
         assert_eq!(tab.bound_key(&ep(1)), None);
         // The endpoint now holds another key.
-        tab.bind(KeyId(2), ep(2), t);
-        assert_eq!(tab.holder_of(KeyId(1), t), None);
-        assert_eq!(tab.bound_key(&ep(2)), Some(KeyId(2)));
+        tab.bind(KeyId::new(2), ep(2), t);
+        assert_eq!(tab.holder_of(KeyId::new(1), t), None);
+        assert_eq!(tab.bound_key(&ep(2)), Some(KeyId::new(2)));
         assert_eq!(tab.bindings_len(), 1);
     }
 
     #[test]
     fn candidates_skip_sender_bound_and_idle() {
-        let t = Instant::now();
+        let t = t0();
         let g = [GroupId(0)];
         let mut tab = EndpointTable::new();
         for p in 1..=4 {
-            tab.add_candidate(ep(p), &g, t);
+            tab.add_candidate(ep(p), None, &g, t);
         }
-        tab.bind(KeyId(9), ep(3), t);
+        tab.bind(KeyId::new(9), ep(3), t);
         let mut out = Vec::new();
         let mut cursor = 0;
         tab.candidates(
-            &want(&g, Some(KeyId(1)), ep(1), 64),
+            &want(&g, Some(KeyId::new(1)), ep(1), 64),
             t,
             &mut cursor,
             &mut out,
@@ -283,21 +296,21 @@ mod tests {
         out.sort_by_key(|e| e.addr().port());
         assert_eq!(out, vec![ep(2), ep(4)]);
         // A bound endpoint is a candidate for its own key (a retry reaches it).
-        tab.add_candidate(ep(3), &g, t);
+        tab.add_candidate(ep(3), Some(KeyId::new(7)), &g, t);
         out.clear();
         tab.candidates(
-            &want(&g, Some(KeyId(9)), ep(1), 64),
+            &want(&g, Some(KeyId::new(9)), ep(1), 64),
             t,
             &mut cursor,
             &mut out,
         );
         assert!(out.contains(&ep(3)));
         // Idle endpoints drop out.
-        let later = t + ENDPOINT_IDLE_TIME + Duration::from_secs(1);
+        let later = t.after(ENDPOINT_IDLE_TIME + Duration::from_secs(1));
         tab.touch(ep(2), later);
         out.clear();
         tab.candidates(
-            &want(&g, Some(KeyId(1)), ep(1), 64),
+            &want(&g, Some(KeyId::new(1)), ep(1), 64),
             later,
             &mut cursor,
             &mut out,
@@ -307,11 +320,11 @@ mod tests {
 
     #[test]
     fn candidates_rotate_past_the_cap() {
-        let t = Instant::now();
+        let t = t0();
         let g = [GroupId(0)];
         let mut tab = EndpointTable::new();
         for p in 1..=10 {
-            tab.add_candidate(ep(p), &g, t);
+            tab.add_candidate(ep(p), None, &g, t);
         }
         let mut seen = std::collections::HashSet::new();
         let mut cursor = 0;
@@ -326,19 +339,19 @@ mod tests {
 
     #[test]
     fn every_eligible_candidate_is_found_whatever_the_cursor() {
-        let t = Instant::now();
+        let t = t0();
         let g = [GroupId(0)];
         for start in 0..6 {
             let mut tab = EndpointTable::new();
             for p in 1..=3 {
-                tab.add_candidate(ep(p), &g, t);
+                tab.add_candidate(ep(p), None, &g, t);
             }
-            tab.bind(KeyId(1), ep(1), t); // bound to another key: not a candidate for 2
-            tab.bind(KeyId(2), ep(2), t); // the holder of 2: a candidate for 2
+            tab.bind(KeyId::new(1), ep(1), t); // bound to another key: not a candidate for 2
+            tab.bind(KeyId::new(2), ep(2), t); // the holder of 2: a candidate for 2
             let mut cursor = start;
             let mut out = Vec::new();
             tab.candidates(
-                &want(&g, Some(KeyId(2)), ep(9), 64),
+                &want(&g, Some(KeyId::new(2)), ep(9), 64),
                 t,
                 &mut cursor,
                 &mut out,
@@ -350,14 +363,14 @@ mod tests {
 
     #[test]
     fn candidates_examine_a_bounded_number_of_entries() {
-        let t = Instant::now();
+        let t = t0();
         let g = [GroupId(0)];
         let mut tab = EndpointTable::new();
         for p in 1..=1000 {
-            tab.add_candidate(ep(p), &g, t);
+            tab.add_candidate(ep(p), None, &g, t);
         }
         // Everyone but the last goes idle.
-        let later = t + ENDPOINT_IDLE_TIME;
+        let later = t.after(ENDPOINT_IDLE_TIME);
         tab.touch(ep(1000), later);
         let mut cursor = 0;
         let mut out = Vec::new();
@@ -378,11 +391,11 @@ mod tests {
 
     #[test]
     fn expiry_drops_idle_endpoints_and_their_bindings() {
-        let t = Instant::now();
+        let t = t0();
         let mut tab = EndpointTable::new();
-        tab.bind(KeyId(1), ep(1), t);
-        tab.add_candidate(ep(2), &[GroupId(0)], t);
-        let later = t + ENDPOINT_IDLE_TIME;
+        tab.bind(KeyId::new(1), ep(1), t);
+        tab.add_candidate(ep(2), None, &[GroupId(0)], t);
+        let later = t.after(ENDPOINT_IDLE_TIME);
         assert_eq!(tab.expired_endpoints(later), 2);
         assert_eq!(tab.bindings_len(), 0);
         assert!(tab.is_empty());

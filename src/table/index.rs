@@ -1,12 +1,10 @@
 //! Index table: each WireGuard index maps to the endpoint that owns it (wireguard-go's
 //! `indextable.go`, without the lock: one routing core owns it).
 
-use std::collections::HashMap;
-use std::time::Instant;
-
-use super::Endpoint;
+use super::{Endpoint, Tick};
 use crate::admit::KeyId;
 use crate::wire::Index;
+use std::collections::HashMap;
 
 #[derive(Debug, Clone)]
 pub struct IndexEntry {
@@ -24,7 +22,7 @@ pub struct IndexEntry {
     pub peer_key: Option<KeyId>,
     /// When this entry is dead: REKEY_TIMEOUT after an unanswered initiation or an unconfirmed
     /// response, REJECT_AFTER_TIME after the session was confirmed.
-    pub expires: Instant,
+    pub expires: Tick,
     /// Highest counter of transport packets to this index, i.e. sent by the other side
     /// (roaming checks against it).
     pub max_counter: Option<u64>,
@@ -38,7 +36,7 @@ pub struct IndexEntry {
 }
 
 impl IndexEntry {
-    pub fn is_live(&self, now: Instant) -> bool {
+    pub fn is_live(&self, now: Tick) -> bool {
         now < self.expires
     }
 }
@@ -58,17 +56,17 @@ impl IndexTable {
 
     /// The live entry for an index.
     #[inline]
-    pub fn lookup(&self, index: Index, now: Instant) -> Option<&IndexEntry> {
+    pub fn lookup(&self, index: Index, now: Tick) -> Option<&IndexEntry> {
         self.entries.get(&index).filter(|e| e.is_live(now))
     }
 
     #[inline]
-    pub fn lookup_mut(&mut self, index: Index, now: Instant) -> Option<&mut IndexEntry> {
+    pub fn lookup_mut(&mut self, index: Index, now: Tick) -> Option<&mut IndexEntry> {
         self.entries.get_mut(&index).filter(|e| e.is_live(now))
     }
 
     /// Whether the index is taken by a live entry.
-    pub fn contains(&self, index: Index, now: Instant) -> bool {
+    pub fn contains(&self, index: Index, now: Tick) -> bool {
         self.lookup(index, now).is_some()
     }
 
@@ -90,7 +88,7 @@ impl IndexTable {
     }
 
     /// Removes dead entries. Returns how many went.
-    pub fn expired_entries(&mut self, now: Instant) -> usize {
+    pub fn expired_entries(&mut self, now: Tick) -> usize {
         let before = self.entries.len();
         self.entries.retain(|_, e| e.is_live(now));
         before - self.entries.len()
@@ -98,5 +96,21 @@ impl IndexTable {
 
     pub fn iter(&self) -> impl Iterator<Item = (&Index, &IndexEntry)> {
         self.entries.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two entries per session: keep them small (see docs/benchmarks.md, memory per session).
+    #[test]
+    fn entries_stay_small() {
+        assert!(
+            std::mem::size_of::<IndexEntry>() <= 88,
+            "{}",
+            std::mem::size_of::<IndexEntry>()
+        );
+        assert!(std::mem::size_of::<crate::table::EndpointInfo>() <= 32);
     }
 }
