@@ -15,6 +15,7 @@
 # installs them). Without them it prints one "e2e: skipped: ..." line and exits 0.
 # Knobs (environment): E2E_KEEP=1 keeps the log directory, E2E_IPERF_SECS (default 5),
 # E2E_SOCKBUF (bytes, default 4194304; 0 leaves the kernel's socket buffer defaults alone),
+# E2E_COOKIE (the relay's --cookie, default always),
 # WGRELAY_BIN (default: target/release/wgrelay, built with cargo when missing).
 # See docs/e2e.md.
 set -Eeuo pipefail
@@ -23,6 +24,7 @@ cd "$(dirname "$0")/.."
 IPERF_SECS=${E2E_IPERF_SECS:-5}
 SOCKBUF=${E2E_SOCKBUF:-4194304}
 KEEP=${E2E_KEEP:-0}
+COOKIE=${E2E_COOKIE:-always}
 
 skip() {
     echo "e2e: skipped: $*"
@@ -235,7 +237,7 @@ udp_errs() {
 start_relay() {
     RELAY_LOG="$LOG/relay.$1.log"
     ip netns exec "$NS_RELAY" "$RELAY_BIN" run --listen "$RELAY_IP:$RELAY_PORT" \
-        --allow "$PUB_A" --allow "$PUB_B" --cookie always --log-level info --stats-interval 1 \
+        --allow "$PUB_A" --allow "$PUB_B" --cookie "$COOKIE" --log-level info --stats-interval 1 \
         2>"$RELAY_LOG" &
     RELAY_PID=$!
     PIDS+=("$RELAY_PID")
@@ -279,7 +281,8 @@ drops() { echo "$1" | tr ' ' '\n' | grep -E '^(dropped|drop_|send_failed|recv_er
 
 # ---- WireGuard peers -----------------------------------------------------------------------------
 start_wg() { # NS NAME
-    LOG_LEVEL=verbose ip netns exec "$1" wireguard-go -f "$2" >"$LOG/$2.log" 2>&1 &
+    # 9>&-: the socket-buffer lock must not live on in the daemon
+    LOG_LEVEL=verbose ip netns exec "$1" wireguard-go -f "$2" >"$LOG/$2.log" 2>&1 9>&- &
     PIDS+=("$!")
     wait_for 10 test -S "/var/run/wireguard/$2.sock" || {
         echo "e2e: wireguard-go $2 did not start:" >&2
@@ -423,13 +426,13 @@ wait_for 5 sh -c "ip netns exec '$NS_A' ss -uan 'sport = :$WG_PORT' | grep -q $W
                   ip netns exec '$NS_B' ss -uan 'sport = :$WG_PORT' | grep -q $WG_PORT" || true
 restore_sockbuf
 info "peer sockets: peer-a $(sockbuf "$NS_A"), peer-b $(sockbuf "$NS_B")" \
-    "(E2E_SOCKBUF=$SOCKBUF; kernel default rmem_default=$(cat /proc/sys/net/core/rmem_default))"
+    "(E2E_SOCKBUF=$SOCKBUF; host rmem_default back to $(cat /proc/sys/net/core/rmem_default))"
 
 TUNNEL_OK=0
 
 # ---- case 1: exchange mode, allow-list A+B, --cookie always ---------------------------------------
 case_exchange() {
-    local name="exchange (allow A,B; cookie always)"
+    local name="exchange (allow A,B; cookie $COOKIE)"
     if ! wait_for 20 has_handshake "$NS_A" "$WG_A" "$PUB_B"; then
         fail "$name" "no handshake within 20 s; relay: $(stats)"
         return
@@ -622,8 +625,10 @@ EOF
         fail "$name" "no ping over the direct path within 10 s"
         return
     fi
-    local s0 s1
+    local s0 s1 a0 b0
     s0=$(fresh_stats)
+    a0=$(udp_errs "$NS_A")
+    b0=$(udp_errs "$NS_B")
     if ! iperf "$NS_A" "$TUN_B" "$NS_B"; then
         fail "$name" "iperf3 failed: $(tail -2 "$LOG/iperf.$IPERF_RUN.log" | tr '\n' ' ')"
         return
@@ -638,6 +643,7 @@ EOF
         pass "$name" "$direct Mbit/s (TCP retransmits $IPERF_RETR); relay/direct = ${RELAY_MBITS:-?}/$direct = $ratio"
     fi
     info "peer-b sees peer-a at $epb; relay forwarded $via_relay packets meanwhile"
+    info "UDP RcvbufErrors/SndbufErrors: peer-a $a0 -> $(udp_errs "$NS_A"), peer-b $b0 -> $(udp_errs "$NS_B")"
 }
 
 case_exchange
