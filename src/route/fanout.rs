@@ -105,6 +105,10 @@ impl State {
         if let Some(k) = key {
             if let Some(holder) = self.endpoints.holder_of(k, self.clock.tick(now)) {
                 if holder != *from && !retry {
+                    if self.crossing(&holder, from, now) {
+                        // Wait: the holder's own initiation is with the sender already.
+                        return true;
+                    }
                     out.targets.push(holder);
                     return false;
                 }
@@ -121,6 +125,7 @@ impl State {
         self.endpoints
             .candidates(&want, self.clock.tick(now), &mut cursor, &mut out.targets);
         self.fanout_cursor = cursor;
+        out.targets.retain(|t| !self.crossing(t, from, now));
         // Each copy costs a token; copies past the limit are not sent.
         let mut allowed = 0;
         while allowed < out.targets.len() && self.fanout_token(now) {
@@ -128,6 +133,25 @@ impl State {
         }
         out.targets.truncate(allowed);
         true
+    }
+
+    /// Whether `to` has an unanswered initiation of its own out with `from` (sent or handed
+    /// to it in the last REKEY_TIMEOUT). Sending `from`'s initiation to `to` as well would
+    /// cross them: each WireGuard peer answers the other's initiation, which replaces its own
+    /// handshake (one per peer), and both responses are then refused. The one already out is
+    /// left to finish; if it does not, the next retry goes through.
+    fn crossing(&self, to: &Endpoint, from: &Endpoint, now: Instant) -> bool {
+        let t = self.clock.tick(now);
+        let Some(p) = self.endpoints.get(to).and_then(|i| i.pending) else {
+            return false;
+        };
+        if t.at_least_since(p.at, REKEY_TIMEOUT) {
+            return false;
+        }
+        let bit = self.mask_bit(from);
+        self.indices
+            .lookup(p.index, t)
+            .is_some_and(|e| e.peer.is_none() && e.sent_to & bit != 0)
     }
 
     /// Keeps a cold initiation so candidates that appear within REKEY_TIMEOUT still get it.

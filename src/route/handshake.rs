@@ -111,9 +111,18 @@ impl State {
         let retry = info
             .pending
             .is_some_and(|p| p.key == key && !t.at_least_since(p.at, 3 * REKEY_TIMEOUT));
-        info.pending = Some(crate::table::endpoint::Pending { key, at: t });
+        info.pending = Some(crate::table::endpoint::Pending {
+            key,
+            at: t,
+            index: sender,
+        });
         let owner_key = info.bound;
         self.endpoints.add_candidate(from, key, &groups, t);
+
+        // The sender is a new candidate: hand it the parked initiations it could answer. This
+        // comes first, so the targets below can leave out the peers whose initiation it now
+        // holds (see `crossing`).
+        self.deliver_parked(now, from, key, out);
 
         // forward: unicast to the confirmed holder, or fan out and park
         let fanned_out = self.initiation_targets(now, &from, key, retry, out);
@@ -140,8 +149,6 @@ impl State {
                 confirmed: false,
             },
         );
-        // The sender is a new candidate: hand it the parked initiations it could answer.
-        self.deliver_parked(now, from, key, out);
         if fanned_out {
             self.park(now, sender, from, key, packet);
         }
@@ -233,6 +240,13 @@ impl State {
             },
         );
         self.unpark(receiver);
+        // By answering, the responder gave up its own initiation to the same peer (WireGuard
+        // keeps one handshake per peer): do not hand that one out any more.
+        if let Some(p) = self.endpoints.get(&from).and_then(|i| i.pending) {
+            if p.key == initiator_key {
+                self.unpark(p.index);
+            }
+        }
         self.endpoints.touch(from, t);
         if let Some(info) = self.endpoints.get(&initiator) {
             if info.pending.is_some() {

@@ -122,7 +122,8 @@ impl Relay {
 }
 
 /// A's initiation is parked (B unknown); B's initiation makes B a candidate and delivers A's
-/// parked initiation to B; B answers; A confirms. Returns A's and B's tunnels, established.
+/// parked initiation to B, while B's own is held back so the two do not cross; B answers; A
+/// confirms. Returns A's and B's tunnels, established.
 fn establish(relay: &mut Relay, a: &Device, b: &Device, ia: u32, ib: u32) -> (Tunn, Tunn) {
     let mut ta = tunn(a, b, ia);
     let mut tb = tunn(b, a, ib);
@@ -131,8 +132,12 @@ fn establish(relay: &mut Relay, a: &Device, b: &Device, ia: u32, ib: u32) -> (Tu
     assert_eq!(d, Decision::Parked, "nobody to send A's initiation to yet");
     let init_b = initiation(&mut tb);
     let (d, _) = relay.route(b.ep, &init_b);
-    assert_eq!(d, Decision::Forward, "A is a candidate for B's initiation");
-    assert_eq!(relay.targets(), vec![a.ep]);
+    assert_eq!(
+        d,
+        Decision::Parked,
+        "B's initiation is held back: A's is with B"
+    );
+    assert!(relay.targets().is_empty());
     assert_eq!(relay.out.extra.len(), 1, "A's parked initiation goes to B");
     assert_eq!(relay.out.extra[0].to, b.ep);
     let parked = relay.out.extra[0].contents().to_vec();
@@ -233,11 +238,12 @@ fn groups_isolate_their_members() {
         cookie: CookieMode::Never,
         ..Settings::default()
     });
-    // A is a candidate of group 1 (it initiated to B).
+    // A is a candidate of group 1 (it initiated to B, a while ago).
     assert_eq!(
         relay.route(a.ep, &initiation(&mut tunn(&a, &b, 1))).0,
         Decision::Parked
     );
+    relay.advance(REKEY_TIMEOUT + Duration::from_secs(1));
     // C (group 2) knows A's public key and initiates to A. The relay cannot know C's key
     // from an initiation, so the copy may reach A; but A's answer names C's key, and A and C
     // share no group: the response is refused and the handshake never completes.
@@ -279,13 +285,13 @@ fn fanout_stays_within_the_keys_groups() {
     relay.route(c.ep, &initiation(&mut tunn(&c, &d, 3)));
     relay.route(d.ep, &initiation(&mut tunn(&d, &c, 4)));
     relay.route(a.ep, &initiation(&mut tunn(&a, &b, 1)));
+    // Let the parked initiations age out, so nothing is handed over and nothing crosses.
+    relay.advance(REKEY_TIMEOUT + Duration::from_secs(1));
     // B initiates to A: only group-1 candidates (A) may get it, never C or D.
     let (dec, _) = relay.route(b.ep, &initiation(&mut tunn(&b, &a, 2)));
     assert_eq!(dec, Decision::Forward);
     assert_eq!(relay.targets(), vec![a.ep]);
-    for x in &relay.out.extra {
-        assert!(x.to == b.ep, "parked deliveries only to B");
-    }
+    assert!(relay.out.extra.is_empty());
 }
 
 #[test]
@@ -574,6 +580,40 @@ fn open_mode_relays_and_rate_limits_fanout() {
     assert!(copies <= 10, "fan-out copies {copies} within the burst");
     // Hand-overs are 1:1 with the initiations that triggered them.
     assert!(c.handovers <= 2 + 18, "{c}");
+}
+
+#[test]
+fn initiations_do_not_cross() {
+    // A's initiation already went to B (fan-out). B's own initiation for A, sent before B saw
+    // A's, is not forwarded to A: both would answer each other and both answers be refused.
+    let (a, b) = (device(1, 1001), device(2, 1002));
+    let mut relay = Relay::allow(&[&a, &b]);
+    relay.route(b.ep, &initiation(&mut tunn(&b, &a, 9)));
+    relay.advance(REKEY_TIMEOUT + Duration::from_secs(1));
+    let mut ta = tunn(&a, &b, 1);
+    let init_a = initiation(&mut ta);
+    assert_eq!(relay.route(a.ep, &init_a).0, Decision::Forward);
+    assert_eq!(relay.targets(), vec![b.ep]);
+    let mut tb = tunn(&b, &a, 2);
+    assert_eq!(
+        relay.route(b.ep, &initiation(&mut tb)).0,
+        Decision::Parked,
+        "held back"
+    );
+    // B answers A's initiation; the session forms, and B's held-back one is withdrawn.
+    let resp = feed(&mut tb, &init_a).expect("B answers");
+    assert_eq!(relay.route(b.ep, &resp).0, Decision::Forward);
+    let keepalive = feed(&mut ta, &resp).expect("A confirms");
+    assert_eq!(relay.route(a.ep, &keepalive).0, Decision::Forward);
+    assert_eq!(relay.state.counters().sessions_confirmed, 1);
+    // A new candidate does not get B's withdrawn initiation.
+    let c = device(3, 1003);
+    relay.route(c.ep, &initiation(&mut tunn(&c, &a, 3)));
+    assert!(
+        relay.out.extra.iter().all(|x| x.to != c.ep),
+        "{:?}",
+        relay.out.extra
+    );
 }
 
 #[test]

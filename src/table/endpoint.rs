@@ -10,14 +10,16 @@ use super::{Endpoint, Tick};
 use crate::admit::{GroupId, KeyId};
 use crate::constants::{ENDPOINT_IDLE_TIME, SOURCE_PROVEN_TIME};
 
-/// The last initiation an endpoint sent that the relay forwarded and no response answered yet.
+/// The last initiation an endpoint sent that the relay admitted.
 #[derive(Debug, Clone, Copy)]
 pub struct Pending {
     pub key: Option<KeyId>,
     pub at: Tick,
+    /// Its sender index.
+    pub index: crate::wire::Index,
 }
 
-/// One per endpoint, so kept small (32 bytes): ticks, not `Instant`s, and no heap.
+/// One per endpoint, so kept small (36 bytes): ticks, not `Instant`s, and no heap.
 #[derive(Debug, Clone)]
 pub struct EndpointInfo {
     /// Last admitted handshake message from or to it.

@@ -111,6 +111,6 @@ mod tests {
             "{}",
             std::mem::size_of::<IndexEntry>()
         );
-        assert!(std::mem::size_of::<crate::table::EndpointInfo>() <= 32);
+        assert!(std::mem::size_of::<crate::table::EndpointInfo>() <= 36);
     }
 }
