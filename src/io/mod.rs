@@ -4,15 +4,24 @@
 //! quinn-udp: capabilities are probed once per socket, and anything the platform cannot do degrades
 //! to something slower rather than failing. Backends only move bytes; they never look inside a
 //! packet.
+//!
+//! Two backends: [`MmsgBackend`] (`poll` + `recvmmsg`/`sendmmsg`, any Linux) and
+//! [`UringBackend`] (io_uring multishot receives into a provided buffer ring; [`uring::probe`]
+//! says whether it can run here). Their shared low-level helpers live in `sys`.
 
 pub mod mmsg;
 pub mod socket;
+mod sys;
+#[cfg(test)]
+mod testkit;
+pub mod uring;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 pub use mmsg::MmsgBackend;
 pub use socket::{bind_udp, buffer_sizes, SocketOptions};
+pub use uring::UringBackend;
 
 /// Largest datagram a receive slot holds; longer ones are reported truncated.
 ///
@@ -213,6 +222,6 @@ pub trait Backend {
     /// What this backend can do.
     fn capabilities(&self) -> Capabilities;
 
-    /// Short name for logs ("mmsg").
+    /// Short name for logs ("mmsg", "uring").
     fn name(&self) -> &'static str;
 }

@@ -1,0 +1,289 @@
+//! Low-level helpers shared by the system-call backends ([`super::mmsg`], [`super::uring`]):
+//! socket address conversion, destination-family adaptation, the SO_RXQ_OVFL control-message
+//! parser, zeroed C structs and a log rate limiter.
+
+use std::mem;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::ptr;
+use std::time::{Duration, Instant};
+
+/// Room for the SO_RXQ_OVFL control message (CMSG_SPACE(4) is 24 on 64-bit) with slack.
+pub(super) const CMSG_BUF_LEN: usize = 64;
+
+/// Errors on the datapath can come per packet; one line per interval is enough to diagnose.
+const WARN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Control-message buffer, aligned for `cmsghdr`.
+#[derive(Clone, Copy)]
+#[repr(C, align(8))]
+pub(super) struct CmsgBuf(pub(super) [u8; CMSG_BUF_LEN]);
+
+impl CmsgBuf {
+    pub(super) const ZERO: CmsgBuf = CmsgBuf([0; CMSG_BUF_LEN]);
+}
+
+/// Address family of a listener, probed once when a backend is built to adapt destinations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Family {
+    V4,
+    V6,
+    Unknown,
+}
+
+impl Family {
+    /// The family of each socket's local address (`Unknown` where it cannot be read).
+    pub(super) fn of_sockets(sockets: &[UdpSocket]) -> Vec<Family> {
+        sockets
+            .iter()
+            .map(|s| match s.local_addr() {
+                Ok(SocketAddr::V4(_)) => Family::V4,
+                Ok(SocketAddr::V6(_)) => Family::V6,
+                Err(_) => Family::Unknown,
+            })
+            .collect()
+    }
+}
+
+/// Lets one log line through per [`WARN_INTERVAL`] and counts the rest.
+#[derive(Debug, Default)]
+pub(super) struct RateLimit {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimit {
+    /// Returns how many were suppressed since the last allowed line, or `None` to stay quiet.
+    pub(super) fn allow(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        match self.last {
+            Some(t) if now.duration_since(t) < WARN_INTERVAL => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
+/// Makes `dest` sendable through a socket of `family`: an IPv6 socket takes IPv4 peers
+/// v4-mapped, and an IPv4 socket takes a v4-mapped IPv6 address as plain IPv4. Anything else is
+/// passed through for the kernel to accept or refuse.
+pub(super) fn adapt_destination(dest: SocketAddr, family: Family) -> SocketAddr {
+    match (dest, family) {
+        (SocketAddr::V4(v4), Family::V6) => {
+            SocketAddr::V6(SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0))
+        }
+        (SocketAddr::V6(v6), Family::V4) => match v6.ip().to_ipv4_mapped() {
+            Some(ip) => SocketAddr::V4(SocketAddrV4::new(ip, v6.port())),
+            None => dest,
+        },
+        _ => dest,
+    }
+}
+
+/// Converts a kernel-filled source address; `None` for a family other than AF_INET/AF_INET6 or
+/// a length too short for it.
+pub(super) fn sockaddr_to_std(
+    ss: &libc::sockaddr_storage,
+    len: libc::socklen_t,
+) -> Option<SocketAddr> {
+    let len = len as usize;
+    match libc::c_int::from(ss.ss_family) {
+        libc::AF_INET if len >= mem::size_of::<libc::sockaddr_in>() => {
+            // SAFETY: sockaddr_storage is at least as large and as aligned as sockaddr_in, and
+            // the family says the kernel stored one.
+            let sin =
+                unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
+                u16::from_be(sin.sin_port),
+            )))
+        }
+        libc::AF_INET6 if len >= mem::size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: as above, for sockaddr_in6.
+            let sin6 =
+                unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            // flowinfo is passed through as stored, exactly as std does, so addresses round-trip.
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(sin6.sin6_addr.s6_addr),
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// Writes `addr` into `ss` in kernel form and returns its length.
+pub(super) fn std_to_sockaddr(
+    addr: SocketAddr,
+    ss: &mut libc::sockaddr_storage,
+) -> libc::socklen_t {
+    match addr {
+        SocketAddr::V4(v4) => {
+            let mut sin: libc::sockaddr_in = zeroed();
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = v4.port().to_be();
+            sin.sin_addr.s_addr = u32::from(*v4.ip()).to_be();
+            // SAFETY: sockaddr_storage is at least as large and as aligned as sockaddr_in, and
+            // `ss` is exclusively borrowed.
+            unsafe { ptr::write((ss as *mut libc::sockaddr_storage).cast(), sin) };
+            mem::size_of::<libc::sockaddr_in>() as libc::socklen_t
+        }
+        SocketAddr::V6(v6) => {
+            let mut sin6: libc::sockaddr_in6 = zeroed();
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = v6.port().to_be();
+            sin6.sin6_addr.s6_addr = v6.ip().octets();
+            sin6.sin6_flowinfo = v6.flowinfo();
+            sin6.sin6_scope_id = v6.scope_id();
+            // SAFETY: as above, for sockaddr_in6.
+            unsafe { ptr::write((ss as *mut libc::sockaddr_storage).cast(), sin6) };
+            mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t
+        }
+    }
+}
+
+/// The SO_RXQ_OVFL drop count in a received message's control data (the `msg_controllen` bytes
+/// the kernel wrote), if present. Bytes beyond [`CMSG_BUF_LEN`] are ignored.
+pub(super) fn rxq_ovfl(control: &[u8]) -> Option<u32> {
+    if control.is_empty() {
+        return None;
+    }
+    // Copy into an aligned buffer so the CMSG_* walk needs no assumption about the source.
+    let mut buf = CmsgBuf::ZERO;
+    let len = control.len().min(CMSG_BUF_LEN);
+    buf.0[..len].copy_from_slice(&control[..len]);
+    let mut hdr: libc::msghdr = zeroed();
+    hdr.msg_control = buf.0.as_mut_ptr().cast();
+    hdr.msg_controllen = len as _;
+    let mut found = None;
+    // SAFETY: `hdr` describes `len` bytes of the live, aligned `buf`; the CMSG_* macros stay
+    // within msg_controllen. The payload is read unaligned because CMSG_DATA gives no alignment
+    // guarantee.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&hdr);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET
+                && (*cmsg).cmsg_type == libc::SO_RXQ_OVFL
+                && (*cmsg).cmsg_len as usize >= libc::CMSG_LEN(4) as usize
+            {
+                found = Some(ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<u32>()));
+            }
+            cmsg = libc::CMSG_NXTHDR(&hdr, cmsg);
+        }
+    }
+    found
+}
+
+/// C structs for which all-zero bytes are a valid value.
+///
+/// # Safety
+/// Implement only for types made of integers, byte arrays and raw pointers (zero means null).
+pub(super) unsafe trait Zeroable: Sized {}
+// SAFETY: integers and raw pointers only.
+unsafe impl Zeroable for libc::mmsghdr {}
+// SAFETY: integers and raw pointers only.
+unsafe impl Zeroable for libc::msghdr {}
+// SAFETY: a raw pointer and a length.
+unsafe impl Zeroable for libc::iovec {}
+// SAFETY: integers and padding bytes only.
+unsafe impl Zeroable for libc::sockaddr_storage {}
+// SAFETY: integers only.
+unsafe impl Zeroable for libc::sockaddr_in {}
+// SAFETY: integers and a byte array only.
+unsafe impl Zeroable for libc::sockaddr_in6 {}
+
+/// A zeroed C struct.
+pub(super) fn zeroed<T: Zeroable>() -> T {
+    // SAFETY: `T: Zeroable` guarantees all-zero is a valid T.
+    unsafe { mem::zeroed::<T>() }
+}
+
+/// A boxed slice of `n` zeroed C structs; pointers in them are null until set.
+pub(super) fn zeroed_slice<T: Zeroable>(n: usize) -> Box<[T]> {
+    (0..n).map(|_| zeroed()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().expect("address literal")
+    }
+
+    #[test]
+    fn sockaddr_round_trip_keeps_v6_scope_and_flowinfo() {
+        let cases = [
+            addr("192.0.2.7:51820"),
+            SocketAddr::V6(SocketAddrV6::new(
+                "fe80::1".parse().expect("literal"),
+                51820,
+                0x1234,
+                3,
+            )),
+        ];
+        for a in cases {
+            let mut ss: libc::sockaddr_storage = zeroed();
+            let len = std_to_sockaddr(a, &mut ss);
+            assert_eq!(sockaddr_to_std(&ss, len), Some(a));
+            assert_eq!(sockaddr_to_std(&ss, len - 1), None, "short length rejected");
+        }
+        let unspec: libc::sockaddr_storage = zeroed();
+        assert_eq!(sockaddr_to_std(&unspec, 128), None);
+    }
+
+    #[test]
+    fn adapt_destination_maps_families() {
+        let v4 = addr("127.0.0.1:5");
+        let mapped = addr("[::ffff:127.0.0.1]:5");
+        assert_eq!(adapt_destination(v4, Family::V6), mapped);
+        assert_eq!(adapt_destination(mapped, Family::V4), v4);
+        assert_eq!(
+            adapt_destination(addr("[::1]:5"), Family::V4),
+            addr("[::1]:5")
+        );
+        assert_eq!(adapt_destination(v4, Family::Unknown), v4);
+    }
+
+    #[test]
+    fn family_of_sockets() {
+        let v4 = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let got = Family::of_sockets(&[v4]);
+        assert_eq!(got, [Family::V4]);
+        if let Ok(v6) = UdpSocket::bind("[::1]:0") {
+            assert_eq!(Family::of_sockets(&[v6]), [Family::V6]);
+        }
+    }
+
+    #[test]
+    fn rxq_ovfl_parses_and_ignores_garbage() {
+        assert_eq!(rxq_ovfl(&[]), None);
+        assert_eq!(rxq_ovfl(&[0xff; 7]), None);
+        let mut buf = [0u8; 24];
+        // SAFETY: CMSG_LEN is arithmetic on its argument only.
+        let len = unsafe { libc::CMSG_LEN(4) } as usize;
+        buf[..8].copy_from_slice(&len.to_ne_bytes());
+        buf[8..12].copy_from_slice(&libc::SOL_SOCKET.to_ne_bytes());
+        buf[12..16].copy_from_slice(&libc::SO_RXQ_OVFL.to_ne_bytes());
+        buf[16..20].copy_from_slice(&42u32.to_ne_bytes());
+        assert_eq!(rxq_ovfl(&buf), Some(42));
+        // Another message type in the same place is not mistaken for it.
+        buf[12..16].copy_from_slice(&libc::SO_TIMESTAMP.to_ne_bytes());
+        assert_eq!(rxq_ovfl(&buf), None);
+    }
+
+    #[test]
+    fn rate_limit_lets_one_through_then_counts() {
+        let mut r = RateLimit::default();
+        assert_eq!(r.allow(), Some(0));
+        assert_eq!(r.allow(), None);
+        assert_eq!(r.allow(), None);
+        assert_eq!(r.suppressed, 2);
+    }
+}
