@@ -24,6 +24,7 @@
 //! cookie = "under-load"        # always | under-load | never
 //! broadcast_rate = 1000        # 0 = unlimited
 //! threads = 2
+//! backend = "auto"             # auto | uring | mmsg
 //! log_level = "info"           # error | warn | info | debug | trace
 //! stats_interval = 60          # seconds, 0 = off
 //! bind = "0.0.0.0"             # wpex style, same rule as the flags
@@ -77,6 +78,7 @@ pub const FILE_KEYS: &[&str] = &[
     "cookie",
     "broadcast_rate",
     "threads",
+    "backend",
     "log_level",
     "stats_interval",
     "bind",
@@ -114,6 +116,36 @@ impl fmt::Display for CookieMode {
     }
 }
 
+/// Which datagram I/O backend the shards use (see [`crate::relay`] for how `auto` resolves).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendChoice {
+    /// Let the relay choose (currently mmsg).
+    #[default]
+    Auto,
+    /// io_uring; refuse to start where it cannot run.
+    Uring,
+    /// poll + recvmmsg/sendmmsg; runs on any Linux.
+    Mmsg,
+}
+
+impl BackendChoice {
+    /// The spelling used on the command line and in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendChoice::Auto => "auto",
+            BackendChoice::Uring => "uring",
+            BackendChoice::Mmsg => "mmsg",
+        }
+    }
+}
+
+impl fmt::Display for BackendChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The complete, validated relay configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -131,6 +163,8 @@ pub struct Config {
     pub broadcast_rate: Option<u32>,
     /// Worker threads, 1..=[`MAX_THREADS`].
     pub threads: usize,
+    /// Datagram I/O backend as requested (`auto` is resolved when the relay starts).
+    pub backend: BackendChoice,
     pub log_level: log::LevelFilter,
     /// Period of statistics log lines; `None` = off.
     pub stats_interval: Option<Duration>,
@@ -145,6 +179,7 @@ impl Default for Config {
             cookie: CookieMode::default(),
             broadcast_rate: Some(DEFAULT_BROADCAST_RATE),
             threads: default_threads(),
+            backend: BackendChoice::default(),
             log_level: log::LevelFilter::Info,
             stats_interval: Some(Duration::from_secs(DEFAULT_STATS_INTERVAL_SECS)),
         }
@@ -215,12 +250,13 @@ impl Config {
             None => "off".to_string(),
         };
         format!(
-            "listen: {}\nmode: {}\ncookie replies: {}\nbroadcast rate: {}\nthreads: {}\nlog level: {}\nstats: {}",
+            "listen: {}\nmode: {}\ncookie replies: {}\nbroadcast rate: {}\nthreads: {}\nbackend: {}\nlog level: {}\nstats: {}",
             listen.join(", "),
             mode,
             self.cookie,
             rate,
             self.threads,
+            self.backend,
             self.log_level.as_str().to_ascii_lowercase(),
             stats,
         )
@@ -247,6 +283,7 @@ impl Config {
                 None => defaults.broadcast_rate,
             },
             threads: cli.threads.or(file.threads).unwrap_or(defaults.threads),
+            backend: cli.backend.or(file.backend).unwrap_or(defaults.backend),
             log_level,
             stats_interval: match cli.stats_interval.or(file.stats_interval) {
                 Some(0) => None,
@@ -292,6 +329,7 @@ struct Layer {
     cookie: Option<CookieMode>,
     broadcast_rate: Option<u32>,
     threads: Option<usize>,
+    backend: Option<BackendChoice>,
     log_level: Option<LogLevel>,
     stats_interval: Option<u64>,
 }
@@ -343,6 +381,7 @@ impl Layer {
             cookie: a.cookie,
             broadcast_rate: a.broadcast_rate,
             threads,
+            backend: a.backend,
             log_level: a.log_level,
             stats_interval: a.stats_interval,
         })
@@ -430,6 +469,7 @@ impl Layer {
             cookie: f.cookie,
             broadcast_rate: f.broadcast_rate,
             threads,
+            backend: f.backend,
             log_level: f.log_level,
             stats_interval: f.stats_interval,
         })
@@ -447,6 +487,7 @@ struct FileConfig {
     cookie: Option<CookieMode>,
     broadcast_rate: Option<u32>,
     threads: Option<Spanned<usize>>,
+    backend: Option<BackendChoice>,
     log_level: Option<LogLevel>,
     stats_interval: Option<u64>,
     bind: Option<Spanned<String>>,
@@ -817,6 +858,7 @@ mod tests {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         assert_eq!(c.threads, cpus.clamp(1, MAX_THREADS));
         assert!(c.threads >= 1);
+        assert_eq!(c.backend, BackendChoice::Auto);
         assert_eq!(c.log_level, log::LevelFilter::Info);
         assert_eq!(c.stats_interval, Some(Duration::from_secs(60)));
         assert_eq!(Config::from_toml_str("").unwrap(), c);
@@ -1101,6 +1143,50 @@ mod tests {
     }
 
     #[test]
+    fn backend_values() {
+        assert_eq!(parse(&["--backend", "auto"]).backend, BackendChoice::Auto);
+        assert_eq!(parse(&["--backend", "uring"]).backend, BackendChoice::Uring);
+        assert_eq!(parse(&["--backend", "mmsg"]).backend, BackendChoice::Mmsg);
+        assert_eq!(
+            parse(&["run", "--backend", "mmsg"]).backend,
+            BackendChoice::Mmsg
+        );
+        let e = try_parse(&["--backend", "epoll"]).unwrap_err().to_string();
+        assert!(e.contains("epoll"), "{e}");
+        assert!(e.contains("uring"), "{e}");
+        for b in [
+            BackendChoice::Auto,
+            BackendChoice::Uring,
+            BackendChoice::Mmsg,
+        ] {
+            assert_eq!(parse(&["--backend", b.as_str()]).backend, b);
+            assert_eq!(b.to_string(), b.as_str());
+        }
+        assert!(parse(&["--backend", "uring"])
+            .summary()
+            .contains("\nbackend: uring\n"));
+    }
+
+    #[test]
+    fn backend_in_file() {
+        let c = Config::from_toml_str("backend = \"mmsg\"").unwrap();
+        assert_eq!(c.backend, BackendChoice::Mmsg);
+        // The flag wins over the file.
+        let f = TempFile::new("backend = \"mmsg\"");
+        assert_eq!(
+            parse(&["--config", f.path(), "--backend", "uring"]).backend,
+            BackendChoice::Uring
+        );
+        assert_eq!(parse(&["--config", f.path()]).backend, BackendChoice::Mmsg);
+        let e = Config::from_toml_str("threads = 1\nbackend = \"io_uring\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("config: line 2: "), "{e}");
+        assert!(e.contains("io_uring"), "{e}");
+        assert!(e.contains("mmsg"), "{e}");
+    }
+
+    #[test]
     fn log_level_and_debug() {
         assert_eq!(
             parse(&["--log-level", "trace"]).log_level,
@@ -1146,6 +1232,7 @@ groups = [["K3", "K4"], ["K5", "K6", "K5"]]
 cookie = "always"
 broadcast_rate = 7
 threads = 3
+backend = "uring"
 log_level = "warn"
 stats_interval = 9
 "#;
@@ -1167,6 +1254,7 @@ stats_interval = 9
         assert_eq!(c.cookie, CookieMode::Always);
         assert_eq!(c.broadcast_rate, Some(7));
         assert_eq!(c.threads, 3);
+        assert_eq!(c.backend, BackendChoice::Uring);
         assert_eq!(c.log_level, log::LevelFilter::Warn);
         assert_eq!(c.stats_interval, Some(Duration::from_secs(9)));
     }
@@ -1441,6 +1529,7 @@ stats_interval = 9
              cookie replies: under-load\n\
              broadcast rate: 1000 handshake initiation copies/s\n\
              threads: 4\n\
+             backend: auto\n\
              log level: info\n\
              stats: every 60s"
         );
@@ -1573,6 +1662,7 @@ stats_interval = 9
         env.set("WGRELAY_COOKIE", "always");
         env.set("WGRELAY_BROADCAST_RATE", "0");
         env.set("WGRELAY_THREADS", "7");
+        env.set("WGRELAY_BACKEND", "mmsg");
         env.set("WGRELAY_LOG_LEVEL", "error");
         env.set("WGRELAY_STATS_INTERVAL", "11");
         let c = parse(&[]);
@@ -1582,6 +1672,7 @@ stats_interval = 9
         assert_eq!(c.cookie, CookieMode::Always);
         assert_eq!(c.broadcast_rate, None);
         assert_eq!(c.threads, 7);
+        assert_eq!(c.backend, BackendChoice::Mmsg);
         assert_eq!(c.log_level, log::LevelFilter::Error);
         assert_eq!(c.stats_interval, Some(Duration::from_secs(11)));
 
@@ -1607,6 +1698,8 @@ stats_interval = 9
             "3",
             "--threads",
             "2",
+            "--backend",
+            "uring",
             "--log-level",
             "trace",
             "--stats-interval",
@@ -1618,6 +1711,7 @@ stats_interval = 9
         assert_eq!(c.cookie, CookieMode::Never);
         assert_eq!(c.broadcast_rate, Some(3));
         assert_eq!(c.threads, 2);
+        assert_eq!(c.backend, BackendChoice::Uring);
         assert_eq!(c.log_level, log::LevelFilter::Trace);
         assert_eq!(c.stats_interval, None);
         let c = parse(&["run", "--threads", "4"]);
@@ -1632,6 +1726,7 @@ stats_interval = 9
         assert_eq!(c.threads, 7);
         assert_eq!(c.allow, vec![key(1), key(2)]);
         assert_eq!(c.stats_interval, None);
+        assert_eq!(c.backend, BackendChoice::Mmsg);
         std::env::remove_var("WGRELAY_THREADS");
         std::env::remove_var("WGRELAY_ALLOW");
         let c = parse(&[]);
