@@ -227,6 +227,8 @@ fn acceptance_allow_two_keys_20k_pps_each_way_no_loss() {
     let port = free_port();
     let relay = Running::start(&[
         "run".into(),
+        "--backend".into(),
+        backend().as_str().into(),
         "--listen".into(),
         format!("127.0.0.1:{port}"),
         "--allow".into(),

@@ -338,7 +338,7 @@ fn an_ipv4_peer_and_an_ipv6_peer_reach_each_other() {
         ],
         ..config(&[&ia, &ib])
     };
-    let relay = wgrelay::relay::Relay::start(&cfg).expect("start");
+    let (relay, _) = start(&cfg);
     let (v4, v6) = (relay.local_addrs()[0], relay.local_addrs()[1]);
     let mut a = Peer::new(&ia, &ib.public, localhost(0, 8, 1), v4, 100);
     let mut b = Peer::new(&ib, &ia.public, "::1".parse().expect("ip"), v6, 101);
@@ -368,7 +368,7 @@ fn a_dual_stack_listener_serves_both_families() {
         listen: vec!["[::]:0".parse().expect("any")],
         ..config(&[&ia, &ib])
     };
-    let relay = wgrelay::relay::Relay::start(&cfg).expect("start");
+    let (relay, _) = start(&cfg);
     let port = relay.local_addrs()[0].port();
     let mut a = Peer::new(
         &ia,

@@ -35,8 +35,9 @@ pub struct MatrixConfig {
 /// Everything after this line in the report is kept when the matrix rewrites it.
 pub const NOTES_MARKER: &str = "<!-- notes: kept across regenerations -->";
 const TARGETS: [&str; 2] = ["wgrelay", "null"];
-/// The I/O backend axis: only `mmsg` exists in wgrelay today.
-const BACKENDS: [&str; 1] = ["mmsg"];
+/// The I/O backend axis (`wgrelay --backend`). The null relay has no backend choice; it runs
+/// once per backend anyway, so each backend's ratio uses a baseline measured right beside it.
+const BACKENDS: [&str; 2] = ["mmsg", "uring"];
 const SIZES: [usize; 2] = [64, 1420];
 const RATES: [Option<f64>; 2] = [Some(100_000.0), None];
 
@@ -122,7 +123,7 @@ pub fn run(c: &MatrixConfig) -> Result<(), String> {
                     } else {
                         (
                             format!(
-                                "{} run --listen {listen} --threads 1 --stats-interval 0 {}",
+                                "{} run --listen {listen} --threads 1 --stats-interval 0 --backend {backend} {}",
                                 c.wgrelay, c.relay_flags
                             ),
                             false,
@@ -295,7 +296,7 @@ fn report(
     );
     let _ = writeln!(
         md,
-        "- CPU/packet = relay CPU time (sum of `/proc/PID/task/*/schedstat`, i.e. user+system, ~utime+stime) during the phase ÷ packets delivered. Loopback delivery to the receiving socket is charged to the sender, so both relays pay for delivering to the generator.\n- Backend axis: only `mmsg` exists today; the null relay is the same recvmmsg/sendmmsg loop without routing.\n"
+        "- CPU/packet = relay CPU time (sum of `/proc/PID/task/*/schedstat`, i.e. user+system, ~utime+stime) during the phase ÷ packets delivered. Loopback delivery to the receiving socket is charged to the sender, so both relays pay for delivering to the generator.\n- Backend axis: wgrelay `--backend mmsg` and `--backend uring` (no GSO/GRO in either yet); the null relay is the same recvmmsg/sendmmsg loop without routing, measured again beside each backend.\n"
     );
 
     let _ = writeln!(md, "## Datapath\n");

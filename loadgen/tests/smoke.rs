@@ -29,8 +29,18 @@ fn loadgen(args: &[String]) -> Value {
 
 fn args(relay: &str, extra: &[&str]) -> Vec<String> {
     let mut v: Vec<String> = [
-        "run", "--relay", relay, "--sessions", "20", "--size", "64,1420", "--rate", "4000",
-        "--duration", "1", "--quiet",
+        "run",
+        "--relay",
+        relay,
+        "--sessions",
+        "20",
+        "--size",
+        "64,1420",
+        "--rate",
+        "4000",
+        "--duration",
+        "1",
+        "--quiet",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -40,7 +50,11 @@ fn args(relay: &str, extra: &[&str]) -> Vec<String> {
 }
 
 fn check(report: &Value, sessions: u64) {
-    assert_eq!(report["setup"]["ready"].as_u64(), Some(sessions), "{report}");
+    assert_eq!(
+        report["setup"]["ready"].as_u64(),
+        Some(sessions),
+        "{report}"
+    );
     let phases = report["phases"].as_array().expect("phases");
     assert_eq!(phases.len(), 2, "one phase per size");
     for p in phases {
@@ -48,7 +62,10 @@ fn check(report: &Value, sessions: u64) {
         let received = p["received"].as_u64().unwrap_or(0);
         assert!(sent > 0, "{p}");
         // Loopback at 4k pps: essentially lossless; allow a little for a loaded CI machine.
-        assert!(received * 100 >= sent * 95, "delivered {received} of {sent}: {p}");
+        assert!(
+            received * 100 >= sent * 95,
+            "delivered {received} of {sent}: {p}"
+        );
         assert!(p["lat_us"]["p50"].as_f64().is_some(), "{p}");
     }
 }
@@ -87,7 +104,10 @@ fn loadgen_against_the_null_relay() {
     while UdpSocket::bind(&listen).is_ok() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let report = loadgen(&args(&listen, &["--null", "--relay-pid", &null.id().to_string()]));
+    let report = loadgen(&args(
+        &listen,
+        &["--null", "--relay-pid", &null.id().to_string()],
+    ));
     check(&report, 20);
     assert_eq!(report["target"], "null");
     let _ = null.kill();

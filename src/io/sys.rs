@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 pub(super) const CMSG_BUF_LEN: usize = 64;
 
 /// Errors on the datapath can come per packet; one line per interval is enough to diagnose.
-const WARN_INTERVAL: Duration = Duration::from_secs(10);
+pub(super) const WARN_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Control-message buffer, aligned for `cmsghdr`.
 #[derive(Clone, Copy)]

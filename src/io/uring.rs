@@ -34,7 +34,7 @@ use io_uring::{cqueue, opcode, squeue, EnterFlags, IoUring, Probe};
 
 use super::sys::{
     adapt_destination, rxq_ovfl, sockaddr_to_std, std_to_sockaddr, zeroed, zeroed_slice, Family,
-    RateLimit, CMSG_BUF_LEN,
+    RateLimit, CMSG_BUF_LEN, WARN_INTERVAL,
 };
 use super::{Backend, Capabilities, RecvBatch, RecvMeta, SendStats, Transmit};
 use super::{BATCH_SIZE, MAX_DATAGRAM_LEN};
@@ -875,13 +875,20 @@ impl UringBackend {
         }
         // Last resort: the kernel still holds pointers into the caller's buffers, so `send`
         // must not return. Cancelled requests do complete; wait for them without a bound.
-        while self.send_outstanding > 0 {
+        if self.send_outstanding > 0 {
             log::error!(
                 "{} io_uring sends still pending after cancellation; waiting",
                 self.send_outstanding
             );
+        }
+        // One line above, then at most one every WARN_INTERVAL: this loop must not flood.
+        let mut next_log = Instant::now() + WARN_INTERVAL;
+        while self.send_outstanding > 0 {
             if let Err(e) = self.ring.submit_and_wait(1) {
-                log::error!("io_uring_enter while waiting for sends: {e}");
+                if Instant::now() >= next_log {
+                    log::error!("io_uring_enter while waiting for sends: {e}");
+                    next_log = Instant::now() + WARN_INTERVAL;
+                }
                 thread::sleep(SEND_WAIT_SLICE);
             }
             self.drain_cq();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::{PublicKey as XPublic, StaticSecret};
-use wgrelay::config::{Config, CookieMode};
+use wgrelay::config::{BackendChoice, Config, CookieMode};
 use wgrelay::io::{bind_udp, SocketOptions};
 use wgrelay::key::PublicKey;
 use wgrelay::relay::Relay;
@@ -259,6 +259,16 @@ pub fn pump_for(peers: &mut [&mut Peer], time: Duration) {
     pump_until(peers, time, |_| false);
 }
 
+/// The datapath backend the suite runs on: `WGRELAY_TEST_BACKEND` (auto, uring or mmsg;
+/// scripts/test.sh runs the suite once more with `uring`), else the default.
+pub fn backend() -> BackendChoice {
+    match std::env::var("WGRELAY_TEST_BACKEND") {
+        Ok(name) => <BackendChoice as clap::ValueEnum>::from_str(&name, true)
+            .unwrap_or_else(|e| panic!("WGRELAY_TEST_BACKEND={name}: {e}")),
+        Err(_) => BackendChoice::default(),
+    }
+}
+
 pub fn config(allow: &[&Identity]) -> Config {
     Config {
         listen: vec!["127.0.0.1:0".parse().expect("addr")],
@@ -266,12 +276,22 @@ pub fn config(allow: &[&Identity]) -> Config {
         cookie: CookieMode::Never,
         threads: 2,
         stats_interval: None,
+        backend: backend(),
         ..Config::default()
     }
 }
 
+/// Starts a relay; with an explicit backend, checks that it is the one running (an explicit
+/// `uring` that cannot run fails here, loudly, rather than quietly testing mmsg).
 pub fn start(config: &Config) -> (Relay, SocketAddr) {
     let relay = Relay::start(config).expect("relay starts");
+    if config.backend != BackendChoice::Auto {
+        assert_eq!(
+            format!("{:?}", relay.backend()).to_lowercase(),
+            config.backend.as_str(),
+            "backend in use"
+        );
+    }
     let addr = relay.local_addrs()[0];
     (relay, addr)
 }
