@@ -119,6 +119,9 @@ struct MatrixArgs {
     /// Fewer points, one repetition, shorter phases.
     #[arg(long)]
     quick: bool,
+    /// Only rewrite the reports from an earlier run's raw JSON lines (see --raw).
+    #[arg(long)]
+    from_raw: Option<String>,
     /// wgrelay binary.
     #[arg(long, default_value = "target/release/wgrelay")]
     wgrelay: String,
@@ -126,7 +129,7 @@ struct MatrixArgs {
     #[arg(long, default_value = "target/release/wgrelay-null")]
     null: String,
     /// Extra flags for wgrelay.
-    #[arg(long, default_value = "--cookie never --broadcast-rate 0")]
+    #[arg(long, default_value = "--cookie never")]
     relay_flags: String,
     #[arg(long, default_value = "docs/benchmarks.md")]
     out: String,
@@ -155,6 +158,7 @@ fn main() -> ExitCode {
         Cmd::Matrix(a) => {
             let cfg = MatrixConfig {
                 quick: a.quick,
+                from_raw: a.from_raw,
                 wgrelay: a.wgrelay,
                 null: a.null,
                 relay_flags: a.relay_flags,

@@ -20,6 +20,8 @@ use crate::topo::AddrMode;
 
 pub struct MatrixConfig {
     pub quick: bool,
+    /// Write the reports from these raw JSON lines instead of running.
+    pub from_raw: Option<String>,
     pub wgrelay: String,
     pub null: String,
     pub relay_flags: String,
@@ -108,72 +110,81 @@ pub fn run(c: &MatrixConfig) -> Result<(), String> {
     if let Err(e) = crate::procinfo::pin(gen_cpu) {
         eprintln!("matrix: could not pin the generator to CPU {gen_cpu}: {e}");
     }
-    let mut raw = std::fs::File::create(&c.raw).map_err(|e| format!("{}: {e}", c.raw))?;
     let mut results: Vec<Value> = Vec::new();
-    let mut port = 52_200u16;
     let started = std::time::Instant::now();
-    for rep in 0..reps {
-        for &n in &sessions {
-            for backend in BACKENDS {
-                for target in TARGETS {
-                    port = port.wrapping_add(1).max(52_200);
-                    let listen = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
-                    let (spawn, null) = if target == "null" {
-                        (format!("{} --listen {listen}", c.null), true)
-                    } else {
-                        (
+    if let Some(path) = &c.from_raw {
+        // Only rewrite the reports, from an earlier run's raw lines.
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+        results = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+    } else {
+        let mut raw = std::fs::File::create(&c.raw).map_err(|e| format!("{}: {e}", c.raw))?;
+        let mut port = 52_200u16;
+        for rep in 0..reps {
+            for &n in &sessions {
+                for backend in BACKENDS {
+                    for target in TARGETS {
+                        port = port.wrapping_add(1).max(52_200);
+                        let listen = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+                        let (spawn, null) = if target == "null" {
+                            (format!("{} --listen {listen}", c.null), true)
+                        } else {
+                            (
                             format!(
                                 "{} run --listen {listen} --threads 1 --stats-interval 0 --backend {backend} {}",
                                 c.wgrelay, c.relay_flags
                             ),
                             false,
                         )
-                    };
-                    let label = format!("{target}/{backend}/s{n}/r{rep}");
-                    eprintln!(
-                        "[{:6.1}s] {label}: {spawn}",
-                        started.elapsed().as_secs_f64()
-                    );
-                    let cfg = RunConfig {
-                        label: label.clone(),
-                        relay: listen,
-                        spawn: Some(spawn.clone()),
-                        relay_pid: None,
-                        relay_cpu: Some(c.relay_cpu),
-                        null,
-                        sessions: n,
-                        addr: AddrMode::Distinct,
-                        pktinfo: true,
-                        setup: SetupOptions {
-                            window: 512,
-                            rate: 0.0,
-                            timeout: Duration::from_millis(1000),
-                            attempts: 10,
-                            deadline: Duration::from_secs(60),
-                            hello: null,
-                            index_base: (port as u32) << 8,
+                        };
+                        let label = format!("{target}/{backend}/s{n}/r{rep}");
+                        eprintln!(
+                            "[{:6.1}s] {label}: {spawn}",
+                            started.elapsed().as_secs_f64()
+                        );
+                        let cfg = RunConfig {
+                            label: label.clone(),
+                            relay: listen,
+                            spawn: Some(spawn.clone()),
+                            relay_pid: None,
+                            relay_cpu: Some(c.relay_cpu),
+                            null,
+                            sessions: n,
+                            addr: AddrMode::Distinct,
+                            pktinfo: true,
+                            setup: SetupOptions {
+                                window: 512,
+                                rate: 0.0,
+                                timeout: Duration::from_millis(1000),
+                                attempts: 10,
+                                deadline: Duration::from_secs(60),
+                                hello: null,
+                                index_base: (port as u32) << 8,
+                                progress: false,
+                            },
+                            sizes: SIZES.to_vec(),
+                            rates: RATES.to_vec(),
+                            duration,
+                            drain: Duration::from_millis(300),
+                            both: true,
+                            gso: 1,
+                            gro: false,
+                            buffer: 8 << 20,
                             progress: false,
-                        },
-                        sizes: SIZES.to_vec(),
-                        rates: RATES.to_vec(),
-                        duration,
-                        drain: Duration::from_millis(300),
-                        both: true,
-                        gso: 1,
-                        gro: false,
-                        buffer: 8 << 20,
-                        progress: false,
-                        note: spawn,
-                    };
-                    match run::execute(&cfg) {
-                        Ok(mut v) => {
-                            v["backend"] = backend.into();
-                            v["rep"] = rep.into();
-                            eprint!("{}", run::summary(&v));
-                            let _ = writeln!(raw, "{v}");
-                            results.push(v);
+                            note: spawn,
+                        };
+                        match run::execute(&cfg) {
+                            Ok(mut v) => {
+                                v["backend"] = backend.into();
+                                v["rep"] = rep.into();
+                                eprint!("{}", run::summary(&v));
+                                let _ = writeln!(raw, "{v}");
+                                results.push(v);
+                            }
+                            Err(e) => eprintln!("{label}: FAILED: {e}"),
                         }
-                        Err(e) => eprintln!("{label}: FAILED: {e}"),
                     }
                 }
             }
@@ -202,6 +213,7 @@ pub fn run(c: &MatrixConfig) -> Result<(), String> {
 /// Values of `field` (a JSON pointer into a phase) over repetitions of one point.
 fn phase_values(
     results: &[Value],
+    backend: &str,
     target: &str,
     n: usize,
     size: usize,
@@ -210,17 +222,22 @@ fn phase_values(
 ) -> Vec<f64> {
     results
         .iter()
-        .filter(|v| v["target"] == target && v["sessions"].as_u64() == Some(n as u64))
+        .filter(|v| v["backend"] == backend && v["target"] == target)
+        .filter(|v| v["sessions"].as_u64() == Some(n as u64))
         .flat_map(|v| v["phases"].as_array().cloned().unwrap_or_default())
         .filter(|p| p["size"].as_u64() == Some(size as u64) && p["rate"] == rate)
         .filter_map(|p| p.pointer(field).and_then(Value::as_f64))
         .collect()
 }
 
+/// The backend the set-up table, the targets and the plot report (the relay's default).
+const MAIN_BACKEND: &str = "mmsg";
+
 fn run_values(results: &[Value], target: &str, n: usize, field: &str) -> Vec<f64> {
     results
         .iter()
-        .filter(|v| v["target"] == target && v["sessions"].as_u64() == Some(n as u64))
+        .filter(|v| v["backend"] == MAIN_BACKEND && v["target"] == target)
+        .filter(|v| v["sessions"].as_u64() == Some(n as u64))
         .filter_map(|v| v.pointer(field).and_then(Value::as_f64))
         .collect()
 }
@@ -313,6 +330,7 @@ fn report(
                     let ns = |t: &str| {
                         med(phase_values(
                             results,
+                            backend,
                             t,
                             n,
                             size,
@@ -326,7 +344,10 @@ fn report(
                     };
                     for t in TARGETS {
                         let g = |f: &str, d: usize| {
-                            fmt3(stats(&mut phase_values(results, t, n, size, &rn, f)), d)
+                            fmt3(
+                                stats(&mut phase_values(results, backend, t, n, size, &rn, f)),
+                                d,
+                            )
                         };
                         let _ = writeln!(
                             md,
@@ -376,6 +397,7 @@ fn report(
     let ns_at = |t: &str, n: usize, size: usize, r: &str| {
         med(phase_values(
             results,
+            MAIN_BACKEND,
             t,
             n,
             size,
@@ -464,7 +486,9 @@ fn plot(path: &str, results: &[Value], sessions: &[usize]) -> Result<(), String>
         for t in TARGETS {
             for size in SIZES {
                 for &(i, n) in &xs {
-                    if let Some(mut v) = med(phase_values(results, t, n, size, rate, field)) {
+                    if let Some(mut v) =
+                        med(phase_values(results, MAIN_BACKEND, t, n, size, rate, field))
+                    {
                         if field == "/pps" {
                             v /= 1000.0;
                         }
