@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
-use crate::config::{BackendChoice, CookieMode};
+use crate::config::{BackendChoice, CookieMode, Switch};
 
 /// A WireGuard relay: forwards packets between peers by receiver index,
 /// never decrypting them.
@@ -136,6 +136,17 @@ pub struct RunArgs {
     /// io_uring backend measured 2-15% more CPU per datagram than mmsg. [default: auto]
     #[arg(long, value_enum, value_name = "BACKEND", env = "WGRELAY_BACKEND")]
     pub backend: Option<BackendChoice>,
+
+    /// UDP GSO: send runs of datagrams to one destination as one segmentation-offload send
+    /// (mmsg backend; Linux 4.18+). on is turned off at runtime if the kernel refuses it.
+    /// [default: on]
+    #[arg(long, value_enum, value_name = "on|off", env = "WGRELAY_GSO")]
+    pub gso: Option<Switch>,
+
+    /// UDP GRO: let the kernel coalesce received datagrams of one flow (mmsg backend; Linux
+    /// 5.0+); they are split again before routing. [default: on]
+    #[arg(long, value_enum, value_name = "on|off", env = "WGRELAY_GRO")]
+    pub gro: Option<Switch>,
 
     /// TOML configuration file; flags and environment variables override
     /// its settings.

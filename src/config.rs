@@ -25,6 +25,8 @@
 //! broadcast_rate = 1000        # 0 = unlimited
 //! threads = 2
 //! backend = "auto"             # auto | uring | mmsg
+//! gso = "on"                   # on | off: UDP GSO sends (mmsg backend)
+//! gro = "on"                   # on | off: UDP GRO receives (mmsg backend)
 //! log_level = "info"           # error | warn | info | debug | trace
 //! stats_interval = 60          # seconds, 0 = off
 //! bind = "0.0.0.0"             # wpex style, same rule as the flags
@@ -79,6 +81,8 @@ pub const FILE_KEYS: &[&str] = &[
     "broadcast_rate",
     "threads",
     "backend",
+    "gso",
+    "gro",
     "log_level",
     "stats_interval",
     "bind",
@@ -146,6 +150,20 @@ impl fmt::Display for BackendChoice {
     }
 }
 
+/// An on/off setting (`--gso`, `--gro`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Switch {
+    On,
+    Off,
+}
+
+impl Switch {
+    pub fn is_on(self) -> bool {
+        self == Switch::On
+    }
+}
+
 /// The complete, validated relay configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -165,6 +183,11 @@ pub struct Config {
     pub threads: usize,
     /// Datagram I/O backend as requested (`auto` is resolved when the relay starts).
     pub backend: BackendChoice,
+    /// Send runs of datagrams to one destination as UDP GSO sends where the kernel can (mmsg
+    /// backend; turned off at runtime if the kernel refuses one).
+    pub gso: bool,
+    /// Let the kernel coalesce received datagrams with UDP GRO where it can (mmsg backend).
+    pub gro: bool,
     pub log_level: log::LevelFilter,
     /// Period of statistics log lines; `None` = off.
     pub stats_interval: Option<Duration>,
@@ -180,6 +203,8 @@ impl Default for Config {
             broadcast_rate: Some(DEFAULT_BROADCAST_RATE),
             threads: default_threads(),
             backend: BackendChoice::default(),
+            gso: true,
+            gro: true,
             log_level: log::LevelFilter::Info,
             stats_interval: Some(Duration::from_secs(DEFAULT_STATS_INTERVAL_SECS)),
         }
@@ -250,13 +275,15 @@ impl Config {
             None => "off".to_string(),
         };
         format!(
-            "listen: {}\nmode: {}\ncookie replies: {}\nbroadcast rate: {}\nthreads: {}\nbackend: {}\nlog level: {}\nstats: {}",
+            "listen: {}\nmode: {}\ncookie replies: {}\nbroadcast rate: {}\nthreads: {}\nbackend: {}\noffload: gso {}, gro {}\nlog level: {}\nstats: {}",
             listen.join(", "),
             mode,
             self.cookie,
             rate,
             self.threads,
             self.backend,
+            on_off(self.gso),
+            on_off(self.gro),
             self.log_level.as_str().to_ascii_lowercase(),
             stats,
         )
@@ -284,6 +311,8 @@ impl Config {
             },
             threads: cli.threads.or(file.threads).unwrap_or(defaults.threads),
             backend: cli.backend.or(file.backend).unwrap_or(defaults.backend),
+            gso: cli.gso.or(file.gso).map_or(defaults.gso, Switch::is_on),
+            gro: cli.gro.or(file.gro).map_or(defaults.gro, Switch::is_on),
             log_level,
             stats_interval: match cli.stats_interval.or(file.stats_interval) {
                 Some(0) => None,
@@ -330,6 +359,8 @@ struct Layer {
     broadcast_rate: Option<u32>,
     threads: Option<usize>,
     backend: Option<BackendChoice>,
+    gso: Option<Switch>,
+    gro: Option<Switch>,
     log_level: Option<LogLevel>,
     stats_interval: Option<u64>,
 }
@@ -382,6 +413,8 @@ impl Layer {
             broadcast_rate: a.broadcast_rate,
             threads,
             backend: a.backend,
+            gso: a.gso,
+            gro: a.gro,
             log_level: a.log_level,
             stats_interval: a.stats_interval,
         })
@@ -470,6 +503,8 @@ impl Layer {
             broadcast_rate: f.broadcast_rate,
             threads,
             backend: f.backend,
+            gso: f.gso,
+            gro: f.gro,
             log_level: f.log_level,
             stats_interval: f.stats_interval,
         })
@@ -488,6 +523,8 @@ struct FileConfig {
     broadcast_rate: Option<u32>,
     threads: Option<Spanned<usize>>,
     backend: Option<BackendChoice>,
+    gso: Option<Switch>,
+    gro: Option<Switch>,
     log_level: Option<LogLevel>,
     stats_interval: Option<u64>,
     bind: Option<Spanned<String>>,
@@ -695,6 +732,14 @@ fn non_empty<T>(v: Vec<T>) -> Option<Vec<T>> {
     }
 }
 
+fn on_off(on: bool) -> &'static str {
+    if on {
+        "on"
+    } else {
+        "off"
+    }
+}
+
 fn plural(n: usize, what: &str) -> String {
     if n == 1 {
         format!("1 {what}")
@@ -859,6 +904,7 @@ mod tests {
         assert_eq!(c.threads, cpus.clamp(1, MAX_THREADS));
         assert!(c.threads >= 1);
         assert_eq!(c.backend, BackendChoice::Auto);
+        assert!(c.gso && c.gro);
         assert_eq!(c.log_level, log::LevelFilter::Info);
         assert_eq!(c.stats_interval, Some(Duration::from_secs(60)));
         assert_eq!(Config::from_toml_str("").unwrap(), c);
@@ -1187,6 +1233,41 @@ mod tests {
     }
 
     #[test]
+    fn offload_switches() {
+        let c = parse(&["--gso", "off"]);
+        assert!(!c.gso && c.gro);
+        let c = parse(&["--gro", "off"]);
+        assert!(c.gso && !c.gro);
+        let c = parse(&["run", "--gso", "off", "--gro", "off"]);
+        assert!(!c.gso && !c.gro);
+        assert!(c.summary().contains("\noffload: gso off, gro off\n"));
+        let c = parse(&["--gso", "on", "--gro", "on"]);
+        assert!(c.gso && c.gro);
+        for bad in ["--gso", "--gro"] {
+            let e = try_parse(&[bad, "maybe"]).unwrap_err().to_string();
+            assert!(e.contains("maybe"), "{e}");
+            assert!(e.contains("off"), "{e}");
+        }
+    }
+
+    #[test]
+    fn offload_switches_in_file() {
+        let c = Config::from_toml_str("gso = \"off\"\ngro = \"off\"").unwrap();
+        assert!(!c.gso && !c.gro);
+        // The flag wins over the file.
+        let f = TempFile::new("gso = \"off\"\ngro = \"off\"");
+        let c = parse(&["--config", f.path(), "--gro", "on"]);
+        assert!(!c.gso && c.gro);
+        let e = Config::from_toml_str("threads = 1\ngso = \"yes\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("config: line 2: "), "{e}");
+        assert!(e.contains("yes"), "{e}");
+        let e = Config::from_toml_str("gro = true").unwrap_err().to_string();
+        assert!(e.starts_with("config: line 1: "), "{e}");
+    }
+
+    #[test]
     fn log_level_and_debug() {
         assert_eq!(
             parse(&["--log-level", "trace"]).log_level,
@@ -1233,6 +1314,8 @@ cookie = "always"
 broadcast_rate = 7
 threads = 3
 backend = "uring"
+gso = "off"
+gro = "off"
 log_level = "warn"
 stats_interval = 9
 "#;
@@ -1255,6 +1338,7 @@ stats_interval = 9
         assert_eq!(c.broadcast_rate, Some(7));
         assert_eq!(c.threads, 3);
         assert_eq!(c.backend, BackendChoice::Uring);
+        assert!(!c.gso && !c.gro);
         assert_eq!(c.log_level, log::LevelFilter::Warn);
         assert_eq!(c.stats_interval, Some(Duration::from_secs(9)));
     }
@@ -1530,6 +1614,7 @@ stats_interval = 9
              broadcast rate: 1000 handshake initiation copies/s\n\
              threads: 4\n\
              backend: auto\n\
+             offload: gso on, gro on\n\
              log level: info\n\
              stats: every 60s"
         );
@@ -1663,6 +1748,8 @@ stats_interval = 9
         env.set("WGRELAY_BROADCAST_RATE", "0");
         env.set("WGRELAY_THREADS", "7");
         env.set("WGRELAY_BACKEND", "mmsg");
+        env.set("WGRELAY_GSO", "off");
+        env.set("WGRELAY_GRO", "off");
         env.set("WGRELAY_LOG_LEVEL", "error");
         env.set("WGRELAY_STATS_INTERVAL", "11");
         let c = parse(&[]);
@@ -1673,6 +1760,7 @@ stats_interval = 9
         assert_eq!(c.broadcast_rate, None);
         assert_eq!(c.threads, 7);
         assert_eq!(c.backend, BackendChoice::Mmsg);
+        assert!(!c.gso && !c.gro);
         assert_eq!(c.log_level, log::LevelFilter::Error);
         assert_eq!(c.stats_interval, Some(Duration::from_secs(11)));
 
@@ -1700,6 +1788,10 @@ stats_interval = 9
             "2",
             "--backend",
             "uring",
+            "--gso",
+            "on",
+            "--gro",
+            "on",
             "--log-level",
             "trace",
             "--stats-interval",
@@ -1712,6 +1804,7 @@ stats_interval = 9
         assert_eq!(c.broadcast_rate, Some(3));
         assert_eq!(c.threads, 2);
         assert_eq!(c.backend, BackendChoice::Uring);
+        assert!(c.gso && c.gro);
         assert_eq!(c.log_level, log::LevelFilter::Trace);
         assert_eq!(c.stats_interval, None);
         let c = parse(&["run", "--threads", "4"]);

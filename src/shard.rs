@@ -94,6 +94,9 @@ impl<B: Backend> Shard<B> {
             if outs.is_empty() {
                 continue;
             }
+            // In receive order, never reordered: the datagrams of one GRO run (one flow, so one
+            // destination) stay adjacent, which is what lets the backend send them as one GSO
+            // message.
             let transmits: Vec<Transmit<'_>> = outs
                 .iter()
                 .map(|o| {

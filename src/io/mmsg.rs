@@ -1,21 +1,46 @@
-//! Portable Linux backend: `poll(2)` + `recvmmsg(2)` / `sendmmsg(2)`.
+//! Portable Linux backend: `poll(2)` + `recvmmsg(2)` / `sendmmsg(2)`, with optional UDP GSO on
+//! send and UDP GRO on receive ([`Offload`]).
 //!
-//! All system-call structures (mmsghdr, iovec, sockaddr and control buffers) are allocated once
-//! in [`MmsgBackend::new`]; `recv` and `send` only refill them, so the hot path never allocates.
+//! All system-call structures (mmsghdr, iovec, sockaddr and control buffers) and the GRO
+//! scratch buffers are allocated once in [`MmsgBackend::with_offload`]; `recv` and `send` only
+//! refill them, so the hot path never allocates.
+//!
+//! - **GSO:** `send` groups consecutive transmits to one destination whose lengths follow the
+//!   kernel's rule (all equal, the last one may be shorter) into one message: one iovec per
+//!   datagram, so nothing is copied, and a UDP_SEGMENT control message. If the kernel refuses a
+//!   GSO message with `EIO` (no checksum offload on the egress device) or `EINVAL`, GSO is
+//!   turned off for good and those datagrams are sent again one by one.
+//! - **GRO:** a listener with UDP_GRO receives into scratch buffers big enough for a coalesced
+//!   run, and each run is split back into datagrams, one per [`RecvBatch`] slot (a copy each).
+//!   Whatever does not fit the batch waits in the scratch buffer for the next `recv`.
 
 use std::io;
 use std::mem;
-use std::net::UdpSocket;
+use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::ptr;
 use std::time::Duration;
 
+use super::socket::{enable_gro, probe_gso, GSO_MAX_SEGMENTS};
 use super::sys::{
-    adapt_destination, rxq_ovfl, sockaddr_to_std, std_to_sockaddr, zeroed_slice, CmsgBuf, Family,
-    RateLimit, CMSG_BUF_LEN,
+    adapt_destination, put_udp_segment, rxq_ovfl, sockaddr_to_std, std_to_sockaddr,
+    udp_gro_segment, zeroed_slice, CmsgBuf, Family, RateLimit, CMSG_BUF_LEN,
 };
-use super::{Backend, Capabilities, RecvBatch, RecvMeta, SendStats, Transmit};
-use super::{BATCH_SIZE, MAX_DATAGRAM_LEN};
+use super::{Backend, Capabilities, Offload, RecvBatch, RecvMeta, SendStats, Transmit};
+use super::{BATCH_SIZE, GRO_MAX_SEGMENTS, MAX_DATAGRAM_LEN};
+
+/// Bytes one UDP GRO receive buffer holds: the kernel's default `gro_max_size`
+/// (`GRO_LEGACY_MAX_SIZE`, 65536) bounds a coalesced run, and a GSO send over loopback (at most
+/// one 65507-byte UDP payload) also fits. A longer run (a device with a raised `gro_max_size`)
+/// arrives truncated: the segments that fit are kept, the cut one is reported truncated.
+const GRO_BUF_LEN: usize = 1 << 16;
+
+/// Largest payload of one GSO send: IPv4's 65535-byte `IP_MAX_MTU` minus the IPv4 (20) and UDP
+/// (8) headers. IPv6 allows a little more; one limit for both keeps it simple.
+const MAX_GSO_PAYLOAD: usize = 65535 - 20 - 8;
+
+/// Iovecs of one `sendmmsg`: one per datagram, up to [`GSO_MAX_SEGMENTS`] per message.
+const SEND_IOVS: usize = BATCH_SIZE * GSO_MAX_SEGMENTS;
 
 /// [`Backend`] over `poll` + `recvmmsg`/`sendmmsg`. Socket `i` is listener `i`.
 pub struct MmsgBackend {
@@ -26,10 +51,16 @@ pub struct MmsgBackend {
     next_first: usize,
     /// Last SO_RXQ_OVFL value per listener (the kernel reports a cumulative count).
     drops: Vec<u32>,
+    /// GSO segments per send, per listener (1: no GSO). Only ever goes down to 1.
+    gso: Vec<usize>,
+    /// Per listener: `Some` when UDP_GRO is on, holding its receive scratch buffers (per
+    /// listener, so a long run left over on one listener never holds up another).
+    gro: Vec<Option<GroRx>>,
 
-    // Receive side, allocated once. The header pointers (into the boxes below and the caller's
-    // batch) are refreshed on every call, each derived from one base pointer taken after the
-    // last write to its target, so no later borrow invalidates a pointer the kernel will use.
+    // Receive side, allocated once. The header pointers (into the boxes below, the caller's
+    // batch or a GRO scratch buffer) are refreshed on every call, each derived from one base
+    // pointer taken after the last write to its target, so no later borrow invalidates a
+    // pointer the kernel will use.
     recv_hdrs: Box<[libc::mmsghdr]>,
     recv_iovs: Box<[libc::iovec]>,
     recv_names: Box<[libc::sockaddr_storage]>,
@@ -39,9 +70,19 @@ pub struct MmsgBackend {
     send_hdrs: Box<[libc::mmsghdr]>,
     send_iovs: Box<[libc::iovec]>,
     send_names: Box<[libc::sockaddr_storage]>,
+    send_ctrl: Box<[CmsgBuf]>,
+    /// Per message of the current `sendmmsg`: which transmits it carries.
+    send_groups: Box<[Group]>,
 
     send_warn: RateLimit,
     recv_warn: RateLimit,
+
+    /// Test hook: the next GSO message fails with this errno without reaching the kernel.
+    #[cfg(test)]
+    fail_next_gso: Option<i32>,
+    /// Test counter: coalesced runs (more than one datagram) received with GRO.
+    #[cfg(test)]
+    gro_runs: usize,
 }
 
 // SAFETY: the raw pointers inside the mmsghdr/iovec arrays are either into heap storage this
@@ -50,12 +91,97 @@ pub struct MmsgBackend {
 // thread, so moving the backend to a shard thread is sound. It is deliberately not `Sync`.
 unsafe impl Send for MmsgBackend {}
 
+/// The transmits one `sendmmsg` message carries: `run[first..first + count]`, whose iovecs start
+/// at `iov`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Group {
+    first: usize,
+    count: usize,
+    iov: usize,
+}
+
+/// One message received into a GRO scratch buffer.
+#[derive(Debug, Clone, Copy)]
+struct GroMsg {
+    addr: SocketAddr,
+    /// Bytes received.
+    len: usize,
+    /// Length of each coalesced datagram but the last; `len` (at least 1) when not coalesced.
+    stride: usize,
+    /// MSG_TRUNC: the buffer cut the message short, so its last piece is incomplete.
+    truncated: bool,
+}
+
+/// A GRO listener's receive scratch: one [`GRO_BUF_LEN`] buffer per batch slot, and what is
+/// left of the last `recvmmsg` once the caller's batch filled up.
+struct GroRx {
+    /// Zero-initialised through the allocator, so pages are only committed as data lands.
+    buf: Box<[u8]>,
+    msgs: Vec<GroMsg>,
+    /// First message not yet fully handed out, and how many of its bytes were.
+    next: usize,
+    offset: usize,
+}
+
+impl GroRx {
+    fn new() -> Self {
+        GroRx {
+            buf: vec![0u8; BATCH_SIZE * GRO_BUF_LEN].into_boxed_slice(),
+            msgs: Vec::with_capacity(BATCH_SIZE),
+            next: 0,
+            offset: 0,
+        }
+    }
+
+    /// Datagrams from the last receive are still waiting (the scratch buffers are in use).
+    fn pending(&self) -> bool {
+        self.next < self.msgs.len()
+    }
+
+    /// Splits the received messages into datagrams, one per free slot of `batch`, in order,
+    /// until either runs out; the rest stays for the next call.
+    fn drain(&mut self, listener: usize, batch: &mut RecvBatch) {
+        while self.next < self.msgs.len() {
+            let m = self.msgs[self.next];
+            let base = self.next * GRO_BUF_LEN;
+            loop {
+                if batch.len() == batch.capacity() {
+                    return;
+                }
+                // `stride >= 1`, so this always advances (an empty datagram is one piece of 0).
+                let seg = m.stride.min(m.len - self.offset);
+                let start = base + self.offset;
+                self.offset += seg;
+                let last = self.offset >= m.len;
+                let bytes = &self.buf[start..start + seg];
+                batch.push_datagram(listener, m.addr, bytes, m.truncated && last);
+                if last {
+                    break;
+                }
+            }
+            self.next += 1;
+            self.offset = 0;
+        }
+        self.msgs.clear();
+        self.next = 0;
+    }
+}
+
 impl MmsgBackend {
+    /// Wraps `sockets` without offloads ([`Offload::OFF`]); socket `i` becomes listener `i`.
+    /// See [`MmsgBackend::with_offload`].
+    pub fn new(sockets: Vec<UdpSocket>) -> Self {
+        Self::with_offload(sockets, Offload::OFF)
+    }
+
     /// Wraps `sockets`; socket `i` becomes listener `i`. The sockets may be blocking (as
     /// [`super::bind_udp`] leaves them): receives use MSG_DONTWAIT, and blocking sends give
     /// backpressure. A non-blocking socket works too, but a full send buffer then counts as
     /// `failed`.
-    pub fn new(sockets: Vec<UdpSocket>) -> Self {
+    ///
+    /// Each offload that `offload` asks for is probed on every socket (GRO is switched on
+    /// there); where the kernel lacks it, that listener runs without it.
+    pub fn with_offload(sockets: Vec<UdpSocket>, offload: Offload) -> Self {
         // Probe once: the destination-family adaptation in `send` depends on it.
         let families = Family::of_sockets(&sockets);
         let pollfds = sockets
@@ -67,6 +193,14 @@ impl MmsgBackend {
             })
             .collect();
         let drops = vec![0; sockets.len()];
+        let gso = sockets
+            .iter()
+            .map(|s| if offload.gso { probe_gso(s) } else { 1 })
+            .collect();
+        let gro = sockets
+            .iter()
+            .map(|s| (offload.gro && enable_gro(s) > 1).then(GroRx::new))
+            .collect();
 
         MmsgBackend {
             sockets,
@@ -74,15 +208,23 @@ impl MmsgBackend {
             pollfds,
             next_first: 0,
             drops,
+            gso,
+            gro,
             recv_hdrs: zeroed_slice(BATCH_SIZE),
             recv_iovs: zeroed_slice(BATCH_SIZE),
             recv_names: zeroed_slice(BATCH_SIZE),
             recv_ctrl: vec![CmsgBuf::ZERO; BATCH_SIZE].into_boxed_slice(),
             send_hdrs: zeroed_slice(BATCH_SIZE),
-            send_iovs: zeroed_slice(BATCH_SIZE),
+            send_iovs: zeroed_slice(SEND_IOVS),
             send_names: zeroed_slice(BATCH_SIZE),
+            send_ctrl: vec![CmsgBuf::ZERO; BATCH_SIZE].into_boxed_slice(),
+            send_groups: vec![Group::default(); BATCH_SIZE].into_boxed_slice(),
             send_warn: RateLimit::default(),
             recv_warn: RateLimit::default(),
+            #[cfg(test)]
+            fail_next_gso: None,
+            #[cfg(test)]
+            gro_runs: 0,
         }
     }
 
@@ -98,24 +240,43 @@ impl MmsgBackend {
         self.drops.iter().map(|&d| u64::from(d)).sum()
     }
 
-    /// Receives from listener `idx` into the free slots of `batch`.
+    /// Receives from listener `idx` into the free slots of `batch` (through its GRO scratch
+    /// buffers when it has GRO on, which must then hold nothing pending).
     fn recv_socket(&mut self, idx: usize, batch: &mut RecvBatch) -> io::Result<()> {
         let start = batch.len();
         let free = batch.capacity() - start;
         if free == 0 {
             return Ok(());
         }
-        let slots = batch.slots_ptr();
-        for slot in start..batch.capacity() {
-            self.recv_iovs[slot] = libc::iovec {
-                iov_base: slots.wrapping_add(slot * MAX_DATAGRAM_LEN).cast(),
-                iov_len: MAX_DATAGRAM_LEN,
-            };
-        }
+        // Without GRO, message `i` lands straight in slot `start + i` (header `start + i`);
+        // with GRO, in scratch buffer `i` (header `i`), big enough for a coalesced run.
+        let first = match &mut self.gro[idx] {
+            Some(g) => {
+                debug_assert!(!g.pending());
+                let base = g.buf.as_mut_ptr();
+                for i in 0..free {
+                    self.recv_iovs[i] = libc::iovec {
+                        iov_base: base.wrapping_add(i * GRO_BUF_LEN).cast(),
+                        iov_len: GRO_BUF_LEN,
+                    };
+                }
+                0
+            }
+            None => {
+                let slots = batch.slots_ptr();
+                for slot in start..batch.capacity() {
+                    self.recv_iovs[slot] = libc::iovec {
+                        iov_base: slots.wrapping_add(slot * MAX_DATAGRAM_LEN).cast(),
+                        iov_len: MAX_DATAGRAM_LEN,
+                    };
+                }
+                start
+            }
+        };
         let iovs = self.recv_iovs.as_mut_ptr();
         let names = self.recv_names.as_mut_ptr();
         let ctrl = self.recv_ctrl.as_mut_ptr();
-        for slot in start..batch.capacity() {
+        for slot in first..first + free {
             let m = &mut self.recv_hdrs[slot];
             m.msg_len = 0;
             let h = &mut m.msg_hdr;
@@ -130,14 +291,15 @@ impl MmsgBackend {
         }
         let fd = self.sockets[idx].as_raw_fd();
         let got = loop {
-            // SAFETY: headers `start..start + free` were filled above; their name, iovec and
+            // SAFETY: headers `first..first + free` were filled above; their name, iovec and
             // control pointers refer to live buffers of the stated lengths (backend-owned boxes,
-            // and one MAX_DATAGRAM_LEN slot of `batch` each, in bounds and exclusively borrowed
-            // for this call). A null timeout is allowed.
+            // and either one MAX_DATAGRAM_LEN slot of `batch` each, in bounds and exclusively
+            // borrowed for this call, or one GRO_BUF_LEN buffer of this listener's scratch,
+            // which holds nothing pending). A null timeout is allowed.
             let rc = unsafe {
                 libc::recvmmsg(
                     fd,
-                    self.recv_hdrs[start..].as_mut_ptr(),
+                    self.recv_hdrs[first..].as_mut_ptr(),
                     free as libc::c_uint,
                     libc::MSG_DONTWAIT as _,
                     ptr::null_mut(),
@@ -169,15 +331,15 @@ impl MmsgBackend {
         };
 
         let mut write = start;
-        for slot in start..start + got {
+        for slot in first..first + got {
             let hdr = &self.recv_hdrs[slot];
-            let len = (hdr.msg_len as usize).min(MAX_DATAGRAM_LEN);
             let truncated = hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
             let namelen = hdr.msg_hdr.msg_namelen;
             // The kernel wrote `msg_controllen` bytes (at most the CMSG_BUF_LEN it was given).
             #[allow(clippy::unnecessary_cast)] // usize on glibc, socklen_t on musl
             let ctrl_len = (hdr.msg_hdr.msg_controllen as usize).min(CMSG_BUF_LEN);
-            if let Some(d) = rxq_ovfl(&self.recv_ctrl[slot].0[..ctrl_len]) {
+            let control = &self.recv_ctrl[slot].0[..ctrl_len];
+            if let Some(d) = rxq_ovfl(control) {
                 self.drops[idx] = d;
             }
             let Some(addr) = sockaddr_to_std(&self.recv_names[slot], namelen) else {
@@ -190,6 +352,35 @@ impl MmsgBackend {
                 }
                 continue;
             };
+            if let Some(g) = &mut self.gro[idx] {
+                let len = (hdr.msg_len as usize).min(GRO_BUF_LEN);
+                let stride = udp_gro_segment(control)
+                    .filter(|&s| s < len)
+                    .unwrap_or(len)
+                    .max(1);
+                if truncated && stride < len {
+                    // Only with a gro_max_size above GRO_BUF_LEN: the segments past the buffer
+                    // are gone, and the kernel does not say how many there were.
+                    if let Some(suppressed) = self.recv_warn.allow() {
+                        log::warn!(
+                            "listener {idx}: coalesced run longer than {GRO_BUF_LEN} bytes \
+                             truncated; datagrams lost ({suppressed} similar suppressed)"
+                        );
+                    }
+                }
+                #[cfg(test)]
+                if stride < len {
+                    self.gro_runs += 1;
+                }
+                g.msgs.push(GroMsg {
+                    addr,
+                    len,
+                    stride,
+                    truncated,
+                });
+                continue;
+            }
+            let len = (hdr.msg_len as usize).min(MAX_DATAGRAM_LEN);
             if write != slot {
                 batch.move_slot(slot, write, len);
             }
@@ -201,90 +392,216 @@ impl MmsgBackend {
             });
             write += 1;
         }
+        if let Some(g) = &mut self.gro[idx] {
+            g.drain(idx, batch);
+        }
         Ok(())
     }
 
-    /// Sends `chunk` (at most BATCH_SIZE transmits, all for `listener`).
-    fn send_chunk(&mut self, listener: usize, chunk: &[Transmit<'_>], stats: &mut SendStats) {
-        debug_assert!(chunk.len() <= BATCH_SIZE);
+    /// Sends `run` (transmits that all go through `listener`), in as many `sendmmsg` calls as
+    /// it takes.
+    fn send_run(&mut self, listener: usize, run: &[Transmit<'_>], stats: &mut SendStats) {
         let Some(sock) = self.sockets.get(listener) else {
-            stats.failed += chunk.len() as u64;
+            stats.failed += run.len() as u64;
             if let Some(suppressed) = self.send_warn.allow() {
                 log::warn!(
                     "send via listener {listener}: no such listener ({} sockets); {} datagrams \
                      dropped ({suppressed} similar suppressed)",
                     self.sockets.len(),
-                    chunk.len()
+                    run.len()
                 );
             }
             return;
         };
         let fd = sock.as_raw_fd();
+        let mut next = 0;
+        while next < run.len() {
+            next = self.send_round(fd, listener, run, next, stats);
+        }
+    }
+
+    /// One `sendmmsg` (retried past refused messages) of up to [`BATCH_SIZE`] messages, from
+    /// `run[from..]`. Returns where the next round starts: after the last transmit it covered,
+    /// or at the first transmit of a GSO message the kernel refused (GSO is then off, so the
+    /// next round sends those datagrams one by one; none was sent, so none is duplicated).
+    fn send_round(
+        &mut self,
+        fd: libc::c_int,
+        listener: usize,
+        run: &[Transmit<'_>],
+        from: usize,
+        stats: &mut SendStats,
+    ) -> usize {
         let family = self.families[listener];
-        for (j, t) in chunk.iter().enumerate() {
-            let dest = adapt_destination(t.destination, family);
-            let namelen = std_to_sockaddr(dest, &mut self.send_names[j]);
-            self.send_hdrs[j].msg_hdr.msg_namelen = namelen;
-            self.send_iovs[j] = libc::iovec {
-                // The kernel only reads through it; the `*mut` is the C type's.
-                iov_base: t.contents.as_ptr() as *mut libc::c_void,
-                iov_len: t.contents.len(),
+        let max_segments = self.gso[listener];
+        let (mut msgs, mut iov, mut i) = (0, 0, from);
+        while i < run.len() && msgs < BATCH_SIZE {
+            let (count, segment) = gso_group(&run[i..], max_segments);
+            let dest = adapt_destination(run[i].destination, family);
+            let namelen = std_to_sockaddr(dest, &mut self.send_names[msgs]);
+            for (k, t) in run[i..i + count].iter().enumerate() {
+                self.send_iovs[iov + k] = libc::iovec {
+                    // The kernel only reads through it; the `*mut` is the C type's.
+                    iov_base: t.contents.as_ptr() as *mut libc::c_void,
+                    iov_len: t.contents.len(),
+                };
+            }
+            let ctrl_len = match segment {
+                Some(s) => put_udp_segment(&mut self.send_ctrl[msgs], s),
+                None => 0,
             };
+            let h = &mut self.send_hdrs[msgs];
+            h.msg_hdr.msg_namelen = namelen;
+            h.msg_hdr.msg_controllen = ctrl_len as _;
+            self.send_groups[msgs] = Group {
+                first: i,
+                count,
+                iov,
+            };
+            msgs += 1;
+            iov += count;
+            i += count;
         }
         let iovs = self.send_iovs.as_mut_ptr();
         let names = self.send_names.as_mut_ptr();
-        for j in 0..chunk.len() {
+        let ctrl = self.send_ctrl.as_mut_ptr();
+        for j in 0..msgs {
+            let g = self.send_groups[j];
             let m = &mut self.send_hdrs[j];
             m.msg_len = 0;
             m.msg_hdr.msg_name = names.wrapping_add(j).cast();
-            m.msg_hdr.msg_iov = iovs.wrapping_add(j);
-            m.msg_hdr.msg_iovlen = 1;
-            m.msg_hdr.msg_control = ptr::null_mut();
-            m.msg_hdr.msg_controllen = 0;
+            m.msg_hdr.msg_iov = iovs.wrapping_add(g.iov);
+            m.msg_hdr.msg_iovlen = g.count as _;
+            m.msg_hdr.msg_control = if m.msg_hdr.msg_controllen == 0 {
+                ptr::null_mut()
+            } else {
+                ctrl.wrapping_add(j).cast()
+            };
             m.msg_hdr.msg_flags = 0;
         }
 
         let mut pos = 0;
-        while pos < chunk.len() {
-            let remaining = chunk.len() - pos;
-            // SAFETY: headers `pos..chunk.len()` were filled above; their name and iovec pointers
-            // refer to backend-owned boxes and to `chunk`'s contents, which outlive the call and
-            // which the kernel only reads.
-            let rc = unsafe {
-                libc::sendmmsg(
-                    fd,
-                    self.send_hdrs[pos..].as_mut_ptr(),
-                    remaining as libc::c_uint,
-                    0,
-                )
-            };
-            if rc > 0 {
-                let n = (rc as usize).min(remaining);
-                pos += n;
-                stats.sent += n as u64;
-                continue;
+        while pos < msgs {
+            match self.sendmmsg(fd, pos, msgs) {
+                Ok(n) => {
+                    for g in &self.send_groups[pos..pos + n] {
+                        stats.sent += g.count as u64;
+                    }
+                    pos += n;
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                // sendmmsg reports an error only when the first remaining message failed.
+                Err(err) => {
+                    let g = self.send_groups[pos];
+                    if g.count > 1 && matches!(err.raw_os_error(), Some(libc::EIO | libc::EINVAL)) {
+                        self.disable_gso(listener, &err);
+                        return g.first;
+                    }
+                    stats.failed += g.count as u64;
+                    if let Some(suppressed) = self.send_warn.allow() {
+                        log::warn!(
+                            "send via listener {listener} to {} failed: {err} ({} datagrams; \
+                             {suppressed} similar suppressed)",
+                            run[g.first].destination,
+                            g.count
+                        );
+                    }
+                    pos += 1;
+                }
             }
-            // sendmmsg reports an error only when the first remaining message failed.
-            let err = if rc == 0 {
-                // Not expected for vlen > 0; treat as a failure so the loop always advances.
-                io::Error::from(io::ErrorKind::WriteZero)
-            } else {
-                io::Error::last_os_error()
-            };
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            stats.failed += 1;
-            if let Some(suppressed) = self.send_warn.allow() {
-                log::warn!(
-                    "send via listener {listener} to {} failed: {err} ({suppressed} similar \
-                     suppressed)",
-                    chunk[pos].destination
-                );
-            }
-            pos += 1;
+        }
+        i
+    }
+
+    /// `sendmmsg` of headers `pos..msgs`: how many messages went (at least 1), or the error of
+    /// message `pos`.
+    fn sendmmsg(&mut self, fd: libc::c_int, pos: usize, msgs: usize) -> io::Result<usize> {
+        // Test hook: behave like a kernel that refuses the next GSO message, sending the
+        // messages before it and stopping there.
+        #[cfg(test)]
+        let msgs = match self.fail_next_gso {
+            Some(errno) => match (pos..msgs).find(|&j| self.send_groups[j].count > 1) {
+                Some(j) if j == pos => {
+                    self.fail_next_gso = None;
+                    return Err(io::Error::from_raw_os_error(errno));
+                }
+                Some(j) => j,
+                None => msgs,
+            },
+            None => msgs,
+        };
+        let remaining = msgs - pos;
+        // SAFETY: headers `pos..msgs` were filled by `send_round`; their name, iovec and control
+        // pointers refer to backend-owned boxes and to the transmits' contents, which outlive
+        // the call and which the kernel only reads; each iovec range is in bounds of
+        // `send_iovs` (at most SEND_IOVS in all).
+        let rc = unsafe {
+            libc::sendmmsg(
+                fd,
+                self.send_hdrs[pos..].as_mut_ptr(),
+                remaining as libc::c_uint,
+                0,
+            )
+        };
+        if rc > 0 {
+            Ok((rc as usize).min(remaining))
+        } else if rc == 0 {
+            // Not expected for vlen > 0; a failure, so the caller's loop always advances.
+            Err(io::Error::from(io::ErrorKind::WriteZero))
+        } else {
+            Err(io::Error::last_os_error())
         }
     }
+
+    /// The kernel refused a GSO send (`err`): no GSO on any listener from now on.
+    fn disable_gso(&mut self, listener: usize, err: &io::Error) {
+        if self.gso.iter().any(|&s| s > 1) {
+            log::info!(
+                "UDP GSO send refused on listener {listener} ({err}); sending datagrams one by \
+                 one from now on"
+            );
+        }
+        for s in &mut self.gso {
+            *s = 1;
+        }
+    }
+}
+
+/// How many transmits from the start of `run` (all through one listener) go as one GSO
+/// message, and its segment size when that is more than one.
+///
+/// The kernel's rule: one destination, every segment the same length except the last, which
+/// may be shorter (not empty: it would vanish), at most `max_segments` (`UDP_MAX_SEGMENTS`) and
+/// [`MAX_GSO_PAYLOAD`] bytes in all. A group of one gets no UDP_SEGMENT, because some drivers
+/// reject single-segment GSO (as quinn-udp notes).
+fn gso_group(run: &[Transmit<'_>], max_segments: usize) -> (usize, Option<u16>) {
+    let Some(first) = run.first() else {
+        return (0, None);
+    };
+    let seg = first.contents.len();
+    let Ok(segment) = u16::try_from(seg) else {
+        return (1, None);
+    };
+    if max_segments <= 1 || seg == 0 {
+        return (1, None);
+    }
+    let (mut count, mut total) = (1, seg);
+    for t in &run[1..run.len().min(max_segments)] {
+        let len = t.contents.len();
+        if t.destination != first.destination
+            || len == 0
+            || len > seg
+            || total + len > MAX_GSO_PAYLOAD
+        {
+            break;
+        }
+        count += 1;
+        total += len;
+        if len < seg {
+            break; // a shorter datagram ends the group
+        }
+    }
+    (count, (count > 1).then_some(segment))
 }
 
 impl std::fmt::Debug for MmsgBackend {
@@ -293,6 +610,11 @@ impl std::fmt::Debug for MmsgBackend {
             .field("sockets", &self.sockets)
             .field("families", &self.families)
             .field("drops", &self.drops)
+            .field("gso", &self.gso)
+            .field(
+                "gro",
+                &self.gro.iter().map(Option::is_some).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -300,26 +622,31 @@ impl std::fmt::Debug for MmsgBackend {
 impl Backend for MmsgBackend {
     fn recv(&mut self, batch: &mut RecvBatch, timeout: Duration) -> io::Result<usize> {
         batch.clear();
+        // Datagrams left over from a GRO run are ready now: check the sockets without waiting.
+        let pending = self.gro.iter().flatten().any(GroRx::pending);
         for p in &mut self.pollfds {
             p.revents = 0;
         }
+        let wait = if pending { 0 } else { timeout_ms(timeout) };
         // SAFETY: `pollfds` is a live, exclusively borrowed array of `len()` pollfd entries.
         let rc = unsafe {
             libc::poll(
                 self.pollfds.as_mut_ptr(),
                 self.pollfds.len() as libc::nfds_t,
-                timeout_ms(timeout),
+                wait,
             )
         };
         if rc < 0 {
             let err = io::Error::last_os_error();
             // A signal cut the wait short: report nothing received; the caller loops anyway.
-            if err.kind() == io::ErrorKind::Interrupted {
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+            if !pending {
                 return Ok(0);
             }
-            return Err(err);
-        }
-        if rc == 0 {
+            // Hand out what is pending; `revents` stays 0, so no socket is read.
+        } else if rc == 0 && !pending {
             return Ok(0);
         }
 
@@ -334,6 +661,14 @@ impl Backend for MmsgBackend {
                 break;
             }
             let idx = (first + k) % n;
+            // A listener with leftovers hands them out first; its scratch buffers are busy
+            // until they are gone, so it is read again on a later call.
+            if let Some(g) = &mut self.gro[idx] {
+                if g.pending() {
+                    g.drain(idx, batch);
+                    continue;
+                }
+            }
             let revents = self.pollfds[idx].revents;
             if revents & libc::POLLNVAL != 0 {
                 return Err(io::Error::new(
@@ -353,26 +688,24 @@ impl Backend for MmsgBackend {
         let mut stats = SendStats::default();
         let mut i = 0;
         while i < transmits.len() {
-            // One sendmmsg per run of consecutive transmits on the same listener.
+            // Runs of consecutive transmits on the same listener share system calls.
             let listener = transmits[i].listener;
             let mut end = i + 1;
-            while end < transmits.len()
-                && end - i < BATCH_SIZE
-                && transmits[end].listener == listener
-            {
+            while end < transmits.len() && transmits[end].listener == listener {
                 end += 1;
             }
-            self.send_chunk(listener, &transmits[i..end], &mut stats);
+            self.send_run(listener, &transmits[i..end], &mut stats);
             i = end;
         }
         stats
     }
 
     fn capabilities(&self) -> Capabilities {
-        // GSO/GRO support comes later; until then every datagram is its own segment.
+        // What every listener can do (GSO), and the most one receive may coalesce (GRO).
+        let gro = self.gro.iter().any(Option::is_some);
         Capabilities {
-            max_gso_segments: 1,
-            gro_segments: 1,
+            max_gso_segments: self.gso.iter().copied().min().unwrap_or(1),
+            gro_segments: if gro { GRO_MAX_SEGMENTS } else { 1 },
             batch_size: BATCH_SIZE,
         }
     }
@@ -400,7 +733,7 @@ fn timeout_ms(timeout: Duration) -> libc::c_int {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::io::testkit::{bind, conformance_tests, TestBackend};
+    use crate::io::testkit::{bind, conformance_tests, local, recv_n, sockets, TestBackend};
 
     impl TestBackend for MmsgBackend {
         fn unavailable() -> Option<String> {
@@ -417,7 +750,370 @@ mod tests {
         }
     }
 
+    // Offloads off: exactly the plain recvmmsg/sendmmsg behaviour.
     conformance_tests!(MmsgBackend);
+
+    /// The mmsg backend with GSO and GRO as given, for the conformance suite.
+    struct Combo<const GSO: bool, const GRO: bool>(MmsgBackend);
+
+    impl<const GSO: bool, const GRO: bool> Backend for Combo<GSO, GRO> {
+        fn recv(&mut self, batch: &mut RecvBatch, timeout: Duration) -> io::Result<usize> {
+            self.0.recv(batch, timeout)
+        }
+        fn send(&mut self, transmits: &[Transmit<'_>]) -> SendStats {
+            self.0.send(transmits)
+        }
+        fn capabilities(&self) -> Capabilities {
+            self.0.capabilities()
+        }
+        fn name(&self) -> &'static str {
+            self.0.name()
+        }
+    }
+
+    impl<const GSO: bool, const GRO: bool> TestBackend for Combo<GSO, GRO> {
+        fn unavailable() -> Option<String> {
+            None
+        }
+        fn from_sockets(sockets: Vec<UdpSocket>) -> Self {
+            Combo(MmsgBackend::with_offload(
+                sockets,
+                Offload { gso: GSO, gro: GRO },
+            ))
+        }
+        fn sockets(&self) -> &[UdpSocket] {
+            self.0.sockets()
+        }
+        fn kernel_drops(&self) -> u64 {
+            self.0.kernel_drops()
+        }
+    }
+
+    mod gso_on_gro_off {
+        use super::*;
+        conformance_tests!(Combo<true, false>);
+    }
+
+    mod gso_off_gro_on {
+        use super::*;
+        conformance_tests!(Combo<false, true>);
+    }
+
+    mod gso_on_gro_on {
+        use super::*;
+        conformance_tests!(Combo<true, true>);
+    }
+
+    fn offload(addrs: &[&str], gso: bool, gro: bool) -> MmsgBackend {
+        MmsgBackend::with_offload(sockets(addrs), Offload { gso, gro })
+    }
+
+    /// `count` datagrams of `len` bytes, each starting with its index, then `tail` (if any).
+    fn run_payloads(count: usize, len: usize, tail: Option<usize>) -> Vec<Vec<u8>> {
+        let mut out: Vec<Vec<u8>> = (0..count)
+            .map(|i| {
+                let mut p = (i as u32).to_be_bytes().to_vec();
+                p.resize(len, i as u8);
+                p
+            })
+            .collect();
+        if let Some(t) = tail {
+            let mut p = (count as u32).to_be_bytes().to_vec();
+            p.resize(t, 0xEE);
+            out.push(p);
+        }
+        out
+    }
+
+    fn to(destination: SocketAddr, payloads: &[Vec<u8>]) -> Vec<Transmit<'_>> {
+        payloads
+            .iter()
+            .map(|p| Transmit {
+                listener: 0,
+                destination,
+                contents: p,
+            })
+            .collect()
+    }
+
+    /// Reads up to `want` datagrams from a plain socket (bounded by a 5 s read timeout).
+    fn plain_recv(sock: &UdpSocket, want: usize) -> Vec<Vec<u8>> {
+        sock.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut buf = vec![0u8; 65536];
+        let mut out = Vec::new();
+        while out.len() < want {
+            match sock.recv(&mut buf) {
+                Ok(n) => out.push(buf[..n].to_vec()),
+                Err(_) => break,
+            }
+        }
+        out
+    }
+
+    fn gso_supported(b: &MmsgBackend) -> bool {
+        let ok = b.capabilities().max_gso_segments > 1;
+        if !ok {
+            println!("skipping: no UDP GSO on this host");
+        }
+        ok
+    }
+
+    fn gro_supported(b: &MmsgBackend) -> bool {
+        let ok = b.capabilities().gro_segments > 1;
+        if !ok {
+            println!("skipping: no UDP GRO on this host");
+        }
+        ok
+    }
+
+    #[test]
+    fn gso_group_follows_the_kernel_rule() {
+        let d1: SocketAddr = "127.0.0.1:1".parse().expect("literal");
+        let d2: SocketAddr = "127.0.0.1:2".parse().expect("literal");
+        let (a, b, c) = (vec![1u8; 100], vec![2u8; 50], vec![3u8; 150]);
+        fn t(destination: SocketAddr, contents: &[u8]) -> Transmit<'_> {
+            Transmit {
+                listener: 0,
+                destination,
+                contents,
+            }
+        }
+        let g = |run: &[Transmit<'_>], max| gso_group(run, max);
+        assert_eq!(g(&[], 64), (0, None));
+        assert_eq!(g(&[t(d1, &a)], 64), (1, None), "one segment: no GSO");
+        assert_eq!(g(&[t(d1, &a), t(d1, &a)], 64), (2, Some(100)));
+        assert_eq!(g(&[t(d1, &a), t(d1, &a)], 1), (1, None), "GSO off");
+        // A shorter datagram ends the group; a longer one starts the next.
+        assert_eq!(g(&[t(d1, &a), t(d1, &b), t(d1, &b)], 64), (2, Some(100)));
+        assert_eq!(g(&[t(d1, &a), t(d1, &c)], 64), (1, None));
+        assert_eq!(
+            g(&[t(d1, &a), t(d2, &a)], 64),
+            (1, None),
+            "other destination"
+        );
+        // Empty datagrams never join a group (the kernel would drop them).
+        let e = Vec::new();
+        assert_eq!(g(&[t(d1, &a), t(d1, &e)], 64), (1, None));
+        assert_eq!(g(&[t(d1, &e), t(d1, &e)], 64), (1, None));
+        // Segment cap and payload cap.
+        let many: Vec<Transmit<'_>> = (0..100).map(|_| t(d1, &a)).collect();
+        assert_eq!(g(&many, 64), (64, Some(100)));
+        let big = vec![0u8; 20_000];
+        let bigs: Vec<Transmit<'_>> = (0..5).map(|_| t(d1, &big)).collect();
+        assert_eq!(g(&bigs, 64), (3, Some(20_000)), "65507-byte payload cap");
+        let huge = vec![0u8; 70_000];
+        assert_eq!(g(&[t(d1, &huge), t(d1, &a)], 64), (1, None));
+    }
+
+    #[test]
+    fn gso_run_arrives_as_individual_datagrams_at_a_plain_receiver() {
+        let mut tx = offload(&["127.0.0.1:0"], true, false);
+        if !gso_supported(&tx) {
+            return;
+        }
+        let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let p = run_payloads(40, 1000, Some(300));
+        let stats = tx.send(&to(rx.local_addr().expect("local_addr"), &p));
+        assert_eq!(
+            stats,
+            SendStats {
+                sent: 41,
+                failed: 0
+            }
+        );
+        assert_eq!(plain_recv(&rx, 41), p);
+    }
+
+    #[test]
+    fn gso_splits_mixed_destinations_into_groups() {
+        let mut tx = offload(&["127.0.0.1:0"], true, false);
+        if !gso_supported(&tx) {
+            return;
+        }
+        let (ra, rb) = (
+            UdpSocket::bind("127.0.0.1:0").expect("bind"),
+            UdpSocket::bind("127.0.0.1:0").expect("bind"),
+        );
+        let (da, db) = (
+            ra.local_addr().expect("local_addr"),
+            rb.local_addr().expect("local_addr"),
+        );
+        let p = run_payloads(30, 200, None);
+        // a a a b b a a(short) a b(short) b, ...
+        let dests = [da, da, da, db, db, da, da, da, db, db];
+        let mut lens = vec![200; 30];
+        lens[6] = 90;
+        lens[9] = 10;
+        let t: Vec<Transmit<'_>> = p
+            .iter()
+            .enumerate()
+            .map(|(i, q)| Transmit {
+                listener: 0,
+                destination: dests[i % dests.len()],
+                contents: &q[..lens[i]],
+            })
+            .collect();
+        assert_eq!(
+            tx.send(&t),
+            SendStats {
+                sent: 30,
+                failed: 0
+            }
+        );
+        let want = |d: SocketAddr| -> Vec<Vec<u8>> {
+            t.iter()
+                .filter(|x| x.destination == d)
+                .map(|x| x.contents.to_vec())
+                .collect()
+        };
+        let (wa, wb) = (want(da), want(db));
+        assert_eq!(plain_recv(&ra, wa.len()), wa);
+        assert_eq!(plain_recv(&rb, wb.len()), wb);
+    }
+
+    #[test]
+    fn gro_splits_a_gso_burst_back_in_order() {
+        let mut tx = offload(&["127.0.0.1:0"], true, false);
+        let mut rx = offload(&["127.0.0.1:0"], false, true);
+        if !gso_supported(&tx) || !gro_supported(&rx) {
+            return;
+        }
+        let p = run_payloads(40, 1000, Some(300));
+        let src = local(&tx, 0);
+        assert_eq!(tx.send(&to(local(&rx, 0), &p)).sent, 41);
+        let got = recv_n(&mut rx, 41);
+        assert_eq!(got.len(), 41);
+        for (i, ((meta, bytes), want)) in got.iter().zip(&p).enumerate() {
+            assert_eq!(bytes, want, "datagram {i}");
+            assert_eq!(meta.len, want.len());
+            assert!(!meta.truncated);
+            assert_eq!(meta.addr, src);
+            assert_eq!(meta.listener, 0);
+        }
+        assert!(rx.gro_runs > 0, "the burst was not coalesced");
+    }
+
+    #[test]
+    fn gro_carries_over_what_does_not_fit_the_batch() {
+        let mut tx = offload(&["127.0.0.1:0"], true, false);
+        let mut rx = offload(&["127.0.0.1:0"], false, true);
+        if !gso_supported(&tx) || !gro_supported(&rx) {
+            return;
+        }
+        // Three runs of 60 (the last one ends shorter): 181 datagrams, 3 batches and a bit.
+        let mut p = run_payloads(180, 100, Some(7));
+        p[59].truncate(50);
+        let dest = local(&rx, 0);
+        assert_eq!(tx.send(&to(dest, &p)).sent, 181);
+        let mut batch = RecvBatch::new();
+        let first = rx.recv(&mut batch, Duration::from_secs(5)).expect("recv");
+        assert_eq!(first, BATCH_SIZE, "the batch is filled from the runs");
+        let mut got: Vec<Vec<u8>> = batch.iter().map(|(_, d)| d.to_vec()).collect();
+        got.extend(recv_n(&mut rx, 181 - first).into_iter().map(|(_, d)| d));
+        assert_eq!(got.len(), 181, "datagrams lost or duplicated");
+        assert_eq!(got, p);
+        assert!(rx.gro_runs > 0);
+        // Nothing left behind.
+        assert_eq!(
+            rx.recv(&mut batch, Duration::from_millis(50))
+                .expect("recv"),
+            0
+        );
+    }
+
+    #[test]
+    fn gro_keeps_truncation_per_datagram() {
+        let mut tx = offload(&["127.0.0.1:0"], true, false);
+        let mut rx = offload(&["127.0.0.1:0"], false, true);
+        if !gso_supported(&tx) || !gro_supported(&rx) {
+            return;
+        }
+        // Segments longer than a slot: each is cut to MAX_DATAGRAM_LEN and flagged.
+        let p = run_payloads(3, 9300, Some(20));
+        assert_eq!(tx.send(&to(local(&rx, 0), &p)).sent, 4);
+        let got = recv_n(&mut rx, 4);
+        assert_eq!(got.len(), 4);
+        for (meta, bytes) in &got[..3] {
+            assert!(meta.truncated);
+            assert_eq!(meta.len, MAX_DATAGRAM_LEN);
+            assert_eq!(bytes.len(), MAX_DATAGRAM_LEN);
+        }
+        assert_eq!(got[1].1, &p[1][..MAX_DATAGRAM_LEN]);
+        assert!(!got[3].0.truncated);
+        assert_eq!(got[3].1, p[3]);
+    }
+
+    fn fallback_after(errno: i32) {
+        let mut tx = offload(&["127.0.0.1:0"], true, false);
+        if !gso_supported(&tx) {
+            return;
+        }
+        let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let dest = rx.local_addr().expect("local_addr");
+        // Two GSO groups with single datagrams between them; the first group is refused.
+        let mut p = vec![b"single-0".to_vec()];
+        p.extend(run_payloads(20, 500, Some(30)));
+        p.push(b"single-1".to_vec());
+        p.extend(run_payloads(10, 700, None));
+        tx.fail_next_gso = Some(errno);
+        let n = p.len() as u64;
+        assert_eq!(tx.send(&to(dest, &p)), SendStats { sent: n, failed: 0 });
+        assert_eq!(tx.fail_next_gso, None, "the hook fired");
+        assert_eq!(
+            plain_recv(&rx, p.len()),
+            p,
+            "each datagram exactly once, in order"
+        );
+        assert_eq!(tx.capabilities().max_gso_segments, 1, "GSO is off for good");
+        // Later sends keep working, one datagram per message.
+        let q = run_payloads(5, 100, None);
+        assert_eq!(tx.send(&to(dest, &q)).sent, 5);
+        assert_eq!(plain_recv(&rx, 5), q);
+        assert!(rx.set_read_timeout(Some(Duration::from_millis(50))).is_ok());
+        let mut buf = [0u8; 2048];
+        assert!(rx.recv(&mut buf).is_err(), "no duplicate arrived late");
+    }
+
+    #[test]
+    fn gso_eio_falls_back_without_loss_or_duplicates() {
+        fallback_after(libc::EIO);
+    }
+
+    #[test]
+    fn gso_einval_falls_back_without_loss_or_duplicates() {
+        fallback_after(libc::EINVAL);
+    }
+
+    #[test]
+    fn other_errors_on_a_gso_message_count_its_datagrams_and_keep_gso() {
+        let mut tx = offload(&["127.0.0.1:0"], true, false);
+        if !gso_supported(&tx) {
+            return;
+        }
+        let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let p = run_payloads(8, 100, None);
+        tx.fail_next_gso = Some(libc::ENOBUFS);
+        // One group of 8, refused for a reason that is not GSO's: all 8 count as failed.
+        let stats = tx.send(&to(rx.local_addr().expect("local_addr"), &p));
+        assert_eq!(stats, SendStats { sent: 0, failed: 8 });
+        assert!(tx.capabilities().max_gso_segments > 1);
+    }
+
+    #[test]
+    fn capabilities_follow_the_switches() {
+        let b = offload(&["127.0.0.1:0", "127.0.0.1:0"], false, false);
+        let caps = b.capabilities();
+        assert_eq!((caps.max_gso_segments, caps.gro_segments), (1, 1));
+        let b = offload(&["127.0.0.1:0"], true, true);
+        let caps = b.capabilities();
+        println!("gso {} gro {}", caps.max_gso_segments, caps.gro_segments);
+        assert!([1, GSO_MAX_SEGMENTS].contains(&caps.max_gso_segments));
+        assert!([1, GRO_MAX_SEGMENTS].contains(&caps.gro_segments));
+        let none = MmsgBackend::with_offload(Vec::new(), Offload::ON);
+        assert_eq!(none.capabilities().max_gso_segments, 1);
+        assert_eq!(none.capabilities().gro_segments, 1);
+    }
 
     #[test]
     fn timeout_ms_rounds_up_and_caps() {

@@ -20,7 +20,10 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 pub use mmsg::MmsgBackend;
-pub use socket::{bind_udp, buffer_sizes, SocketOptions};
+pub use socket::{
+    bind_udp, buffer_sizes, enable_gro, probe_gso, SocketOptions, GRO_MAX_SEGMENTS,
+    GSO_MAX_SEGMENTS,
+};
 pub use uring::UringBackend;
 
 /// Largest datagram a receive slot holds; longer ones are reported truncated.
@@ -149,6 +152,27 @@ impl RecvBatch {
         self.len += 1;
     }
 
+    /// Copies `bytes` into the next free slot (at most [`MAX_DATAGRAM_LEN`] of them; longer is
+    /// reported truncated) and records it. For backends that receive into their own buffers.
+    pub(crate) fn push_datagram(
+        &mut self,
+        listener: usize,
+        addr: SocketAddr,
+        bytes: &[u8],
+        truncated: bool,
+    ) {
+        debug_assert!(self.len < self.meta.len());
+        let len = bytes.len().min(MAX_DATAGRAM_LEN);
+        let start = self.len * MAX_DATAGRAM_LEN;
+        self.buf[start..start + len].copy_from_slice(&bytes[..len]);
+        self.push_meta(RecvMeta {
+            listener,
+            addr,
+            len,
+            truncated: truncated || bytes.len() > MAX_DATAGRAM_LEN,
+        });
+    }
+
     /// Moves the bytes of slot `from` to slot `to` (`to < from`). Used to close a gap when a
     /// slot in the middle of a received run has to be dropped.
     pub(crate) fn move_slot(&mut self, from: usize, to: usize, len: usize) {
@@ -190,6 +214,30 @@ pub struct SendStats {
     pub sent: u64,
     /// Datagrams dropped because the kernel refused them (or the listener index was invalid).
     pub failed: u64,
+}
+
+/// Which UDP offloads a backend should use, where the kernel supports them. Each one that is
+/// on is probed per socket and dropped (for good) at runtime if the kernel refuses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offload {
+    /// Send consecutive datagrams to one destination as one UDP GSO (UDP_SEGMENT) send.
+    pub gso: bool,
+    /// Let the kernel coalesce received datagrams of one flow (UDP_GRO); the backend splits
+    /// them again, so callers still see one datagram per slot.
+    pub gro: bool,
+}
+
+impl Offload {
+    /// Neither offload: one system-call message per datagram both ways.
+    pub const OFF: Offload = Offload {
+        gso: false,
+        gro: false,
+    };
+    /// Both offloads, where supported.
+    pub const ON: Offload = Offload {
+        gso: true,
+        gro: true,
+    };
 }
 
 /// What a backend can do, for sizing the datapath's batches.

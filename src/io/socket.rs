@@ -95,6 +95,66 @@ pub fn buffer_sizes(sock: &UdpSocket) -> io::Result<(usize, usize)> {
     Ok((s.recv_buffer_size()?, s.send_buffer_size()?))
 }
 
+/// Segments one UDP GSO send may carry: the kernel's `UDP_MAX_SEGMENTS`, which is 64 before
+/// Linux 6.9 and 128 since. 64 works on every kernel, and a shard never has more datagrams of
+/// one run than a receive batch (64) anyway.
+pub const GSO_MAX_SEGMENTS: usize = 64;
+
+/// Segments the kernel coalesces into one UDP GRO receive at most (`UDP_GRO_CNT_MAX`).
+pub const GRO_MAX_SEGMENTS: usize = 64;
+
+/// Whether `sock` can send UDP GSO (UDP_SEGMENT, Linux 4.18): [`GSO_MAX_SEGMENTS`] or 1.
+///
+/// Probed as quinn-udp does: set UDP_SEGMENT as a socket default, then reset it to 0 so that
+/// segmentation only happens where a send asks for it with a control message.
+/// `ENOPROTOOPT`/`EOPNOTSUPP` (older kernel, other protocol) mean unsupported; any other error
+/// is logged at debug and also taken as unsupported.
+pub fn probe_gso(sock: &UdpSocket) -> usize {
+    // Any valid size works for the test; 1500 is quinn-udp's.
+    match set_supported(sock, libc::SOL_UDP, libc::UDP_SEGMENT, 1500) {
+        Ok(true) => match set_supported(sock, libc::SOL_UDP, libc::UDP_SEGMENT, 0) {
+            Ok(true) => GSO_MAX_SEGMENTS,
+            // A socket stuck with a default segment size would split every send: no GSO.
+            _ => 1,
+        },
+        Ok(false) => 1,
+        Err(e) => {
+            log::debug!("UDP_SEGMENT probe failed: {e}");
+            1
+        }
+    }
+}
+
+/// Turns UDP GRO (UDP_GRO, Linux 5.0) on for `sock`: [`GRO_MAX_SEGMENTS`] when the kernel took
+/// it, 1 when unsupported (same error mapping as [`probe_gso`]).
+pub fn enable_gro(sock: &UdpSocket) -> usize {
+    match set_supported(sock, libc::SOL_UDP, libc::UDP_GRO, 1) {
+        Ok(true) => GRO_MAX_SEGMENTS,
+        Ok(false) => 1,
+        Err(e) => {
+            log::debug!("UDP_GRO unavailable: {e}");
+            1
+        }
+    }
+}
+
+/// `setsockopt` with an int value: `Ok(false)` when the option is unknown or not supported here
+/// (`ENOPROTOOPT`/`EOPNOTSUPP`), as quinn-udp's `set_socket_option_supported`.
+fn set_supported(
+    sock: &UdpSocket,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<bool> {
+    match setsockopt_int(&SockRef::from(sock), level, name, value) {
+        Ok(()) => Ok(true),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOPROTOOPT | libc::EOPNOTSUPP)) => {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 #[derive(Clone, Copy)]
 enum Direction {
     Recv,
@@ -196,6 +256,24 @@ mod tests {
         let (rcv0, snd0) = buffer_sizes(&sock).expect("buffer_sizes");
         println!("default SO_RCVBUF={rcv0} SO_SNDBUF={snd0}");
         assert!(rcv0 > 0 && snd0 > 0);
+    }
+
+    #[test]
+    fn offload_probes_answer_one_or_the_kernel_cap() {
+        let sock = bind_udp(loopback_any_port(), &SocketOptions::default()).expect("bind");
+        let gso = probe_gso(&sock);
+        let gro = enable_gro(&sock);
+        println!("gso segments {gso}, gro segments {gro}");
+        assert!(gso == 1 || gso == GSO_MAX_SEGMENTS);
+        assert!(gro == 1 || gro == GRO_MAX_SEGMENTS);
+        // The probe leaves no default segment size behind: a plain send stays one datagram.
+        let rx = UdpSocket::bind(loopback_any_port()).expect("bind");
+        sock.send_to(&[7u8; 3000], rx.local_addr().expect("local_addr"))
+            .expect("send");
+        let mut buf = [0u8; 4000];
+        rx.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .expect("timeout");
+        assert_eq!(rx.recv(&mut buf).expect("recv"), 3000);
     }
 
     #[test]

@@ -151,6 +151,21 @@ pub(super) fn std_to_sockaddr(
 /// The SO_RXQ_OVFL drop count in a received message's control data (the `msg_controllen` bytes
 /// the kernel wrote), if present. Bytes beyond [`CMSG_BUF_LEN`] are ignored.
 pub(super) fn rxq_ovfl(control: &[u8]) -> Option<u32> {
+    cmsg_u32(control, libc::SOL_SOCKET, libc::SO_RXQ_OVFL)
+}
+
+/// The UDP_GRO segment size in a received message's control data: the length of every
+/// coalesced datagram but the last (which may be shorter). `None` when the message is one
+/// datagram (no such control message, or a size of 0).
+pub(super) fn udp_gro_segment(control: &[u8]) -> Option<usize> {
+    // The kernel stores the gso_size as an int (udp_cmsg_recv).
+    cmsg_u32(control, libc::SOL_UDP, libc::UDP_GRO)
+        .and_then(|v| usize::try_from(v).ok())
+        .filter(|&v| v > 0)
+}
+
+/// The first 4-byte payload of a `(level, ty)` control message in `control`, if any.
+fn cmsg_u32(control: &[u8], level: libc::c_int, ty: libc::c_int) -> Option<u32> {
     if control.is_empty() {
         return None;
     }
@@ -164,13 +179,14 @@ pub(super) fn rxq_ovfl(control: &[u8]) -> Option<u32> {
     let mut found = None;
     // SAFETY: `hdr` describes `len` bytes of the live, aligned `buf`; the CMSG_* macros stay
     // within msg_controllen. The payload is read unaligned because CMSG_DATA gives no alignment
-    // guarantee.
+    // guarantee, and only when cmsg_len says the 4 bytes are there.
     unsafe {
         let mut cmsg = libc::CMSG_FIRSTHDR(&hdr);
         while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET
-                && (*cmsg).cmsg_type == libc::SO_RXQ_OVFL
+            if (*cmsg).cmsg_level == level
+                && (*cmsg).cmsg_type == ty
                 && (*cmsg).cmsg_len as usize >= libc::CMSG_LEN(4) as usize
+                && found.is_none()
             {
                 found = Some(ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<u32>()));
             }
@@ -178,6 +194,30 @@ pub(super) fn rxq_ovfl(control: &[u8]) -> Option<u32> {
         }
     }
     found
+}
+
+/// Writes a UDP_SEGMENT control message (segment size `segment`, a `u16` as the kernel's
+/// udp_cmsg_send requires) at the start of `buf`; returns the `msg_controllen` to pass.
+pub(super) fn put_udp_segment(buf: &mut CmsgBuf, segment: u16) -> usize {
+    let size = mem::size_of::<u16>() as u32;
+    // SAFETY: CMSG_SPACE/CMSG_LEN are arithmetic on their argument only.
+    let (space, len) = unsafe { (libc::CMSG_SPACE(size) as usize, libc::CMSG_LEN(size)) };
+    debug_assert!(space <= CMSG_BUF_LEN);
+    buf.0 = [0; CMSG_BUF_LEN];
+    let mut hdr: libc::msghdr = zeroed();
+    hdr.msg_control = buf.0.as_mut_ptr().cast();
+    hdr.msg_controllen = space as _;
+    // SAFETY: `hdr` describes `space` bytes of the live, aligned, exclusively borrowed `buf`,
+    // enough for one cmsghdr and a u16 payload, so CMSG_FIRSTHDR is non-null and every write
+    // stays inside it; the payload is written unaligned (CMSG_DATA promises no alignment).
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&hdr);
+        (*cmsg).cmsg_level = libc::SOL_UDP;
+        (*cmsg).cmsg_type = libc::UDP_SEGMENT;
+        (*cmsg).cmsg_len = len as _;
+        ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), segment);
+    }
+    space
 }
 
 /// C structs for which all-zero bytes are a valid value.
@@ -276,6 +316,43 @@ mod tests {
         // Another message type in the same place is not mistaken for it.
         buf[12..16].copy_from_slice(&libc::SO_TIMESTAMP.to_ne_bytes());
         assert_eq!(rxq_ovfl(&buf), None);
+        assert_eq!(udp_gro_segment(&buf), None);
+    }
+
+    #[test]
+    fn udp_segment_round_trips_through_the_gro_parser() {
+        // What we write for UDP_SEGMENT has the layout the kernel reports UDP_GRO in, except
+        // for the type and the payload width; check the header and then parse a GRO message.
+        let mut buf = CmsgBuf::ZERO;
+        let len = put_udp_segment(&mut buf, 1420);
+        // SAFETY: CMSG_SPACE is arithmetic on its argument only.
+        assert_eq!(len, unsafe { libc::CMSG_SPACE(2) } as usize);
+        let cmsg_len = usize::from_ne_bytes(buf.0[..8].try_into().expect("8 bytes"));
+        // SAFETY: as above.
+        assert_eq!(cmsg_len, unsafe { libc::CMSG_LEN(2) } as usize);
+        assert_eq!(&buf.0[8..12], &libc::SOL_UDP.to_ne_bytes());
+        assert_eq!(&buf.0[12..16], &libc::UDP_SEGMENT.to_ne_bytes());
+        assert_eq!(&buf.0[16..18], &1420u16.to_ne_bytes());
+
+        let mut gro = [0u8; 48];
+        // SAFETY: as above.
+        let l4 = unsafe { libc::CMSG_LEN(4) } as usize;
+        gro[..8].copy_from_slice(&l4.to_ne_bytes());
+        gro[8..12].copy_from_slice(&libc::SOL_UDP.to_ne_bytes());
+        gro[12..16].copy_from_slice(&libc::UDP_GRO.to_ne_bytes());
+        gro[16..20].copy_from_slice(&1420i32.to_ne_bytes());
+        assert_eq!(udp_gro_segment(&gro), Some(1420));
+        assert_eq!(rxq_ovfl(&gro), None);
+        // A second message (SO_RXQ_OVFL) after it is found too.
+        gro[24..32].copy_from_slice(&l4.to_ne_bytes());
+        gro[32..36].copy_from_slice(&libc::SOL_SOCKET.to_ne_bytes());
+        gro[36..40].copy_from_slice(&libc::SO_RXQ_OVFL.to_ne_bytes());
+        gro[40..44].copy_from_slice(&3u32.to_ne_bytes());
+        assert_eq!(rxq_ovfl(&gro), Some(3));
+        assert_eq!(udp_gro_segment(&gro), Some(1420));
+        // A size of 0 means "not coalesced".
+        gro[16..20].copy_from_slice(&0i32.to_ne_bytes());
+        assert_eq!(udp_gro_segment(&gro), None);
     }
 
     #[test]
