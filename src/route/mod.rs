@@ -11,9 +11,11 @@
 
 mod fanout;
 mod handshake;
+mod persist;
 mod transport;
 
 pub use fanout::ParkingLot;
+pub use persist::Restored;
 
 use std::fmt;
 use std::hash::BuildHasher;

@@ -645,6 +645,102 @@ fn parked_hand_over_is_not_starved_by_an_exhausted_fanout_budget() {
     );
 }
 
+fn listeners() -> Vec<SocketAddr> {
+    vec!["127.0.0.1:51820".parse().unwrap()]
+}
+
+#[test]
+fn sessions_survive_a_restart() {
+    let (a, b) = (device(1, 1001), device(2, 1002));
+    let mut relay = Relay::allow(&[&a, &b]);
+    let (mut ta, mut tb) = establish(&mut relay, &a, &b, 1, 2);
+    relay.route(a.ep, &data(&mut ta, 64));
+    let wall = std::time::SystemTime::now();
+    let saved = relay.state.save(relay.now, wall, &listeners());
+    assert_eq!(
+        saved.lines().filter(|l| l.starts_with("s ")).count(),
+        2,
+        "{saved}"
+    );
+
+    // A new relay, started 3 s later.
+    let mut fresh = Relay::allow(&[&a, &b]);
+    fresh.advance(Duration::from_secs(1));
+    let r = fresh.state.restore(
+        &saved,
+        fresh.now,
+        wall + Duration::from_secs(3),
+        &listeners(),
+    );
+    assert_eq!((r.sessions, r.skipped), (1, 0), "{r:?}");
+    // Traffic flows both ways at once, with no handshake.
+    let p = data(&mut ta, 100);
+    assert_eq!(fresh.route(a.ep, &p).0, Decision::Forward);
+    assert_eq!(fresh.targets(), vec![b.ep]);
+    assert!(received(&mut tb, &p));
+    let q = data(&mut tb, 100);
+    assert_eq!(fresh.route(b.ep, &q).0, Decision::Forward);
+    assert_eq!(fresh.targets(), vec![a.ep]);
+    // The counters came along: a replay of an old packet from elsewhere is still refused.
+    assert_eq!(
+        fresh.route(ep(6666), &p).0,
+        Decision::Drop(DropReason::RoamRejected)
+    );
+    // And the identities: A's next initiation for B goes to B alone.
+    let kb = fresh.state.keys().id_of(&b.public).unwrap();
+    assert_eq!(
+        fresh
+            .state
+            .endpoints()
+            .holder_of(kb, fresh.state.tick(fresh.now)),
+        Some(b.ep)
+    );
+}
+
+#[test]
+fn restore_drops_what_no_longer_fits() {
+    let (a, b) = (device(1, 1001), device(2, 1002));
+    let mut relay = Relay::allow(&[&a, &b]);
+    establish(&mut relay, &a, &b, 1, 2);
+    let wall = std::time::SystemTime::now();
+    let saved = relay.state.save(relay.now, wall, &listeners());
+    // B's key is no longer allowed: the whole pair goes.
+    let mut fewer = Relay::allow(&[&a]);
+    let r = fewer.state.restore(&saved, fewer.now, wall, &listeners());
+    assert_eq!(r.sessions, 0);
+    assert!(fewer.state.indices().is_empty());
+    // Another listener address: nothing fits.
+    let mut other = Relay::allow(&[&a, &b]);
+    let r = other
+        .state
+        .restore(&saved, other.now, wall, &["127.0.0.1:9".parse().unwrap()]);
+    assert_eq!(r.sessions, 0);
+    // Too old: keys that old are dead at the peers too.
+    let mut late = Relay::allow(&[&a, &b]);
+    let r = late
+        .state
+        .restore(&saved, late.now, wall + REJECT_AFTER_TIME, &listeners());
+    assert_eq!(r.sessions, 0);
+    // Not a state file at all.
+    let mut junk = Relay::allow(&[&a, &b]);
+    let r = junk
+        .state
+        .restore("hello\nworld\n", junk.now, wall, &listeners());
+    assert_eq!((r.sessions, r.skipped), (0, 2));
+}
+
+proptest! {
+    // Whatever the file says, restoring never panics and restores only whole pairs.
+    #[test]
+    fn restore_never_panics(lines in proptest::collection::vec("[ -~]{0,120}", 0..12)) {
+        let (a, b) = (device(1, 1001), device(2, 1002));
+        let mut relay = Relay::allow(&[&a, &b]);
+        let text = format!("wgrelay-state 1 0\n{}", lines.join("\n"));
+        let _ = relay.state.restore(&text, relay.now, std::time::SystemTime::now(), &listeners());
+        prop_assert_eq!(relay.state.indices().len() % 2, 0);
+    }
+}
+
 #[test]
 fn counters_add_up() {
     let mut total = Counters::default();

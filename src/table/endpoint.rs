@@ -93,6 +93,10 @@ impl EndpointTable {
         self.map.is_empty()
     }
 
+    pub fn iter(&self) -> impl Iterator<Item = (&Endpoint, &EndpointInfo)> {
+        self.map.iter()
+    }
+
     pub fn bindings_len(&self) -> usize {
         self.bindings.len()
     }
