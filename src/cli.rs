@@ -148,6 +148,11 @@ pub struct RunArgs {
     #[arg(long, value_enum, value_name = "on|off", env = "WGRELAY_GRO")]
     pub gro: Option<Switch>,
 
+    /// Keep confirmed sessions across a restart: written here on a clean stop (SIGINT or
+    /// SIGTERM) and read back at start, so peers need no new handshake. [default: none]
+    #[arg(long, value_name = "FILE", env = "WGRELAY_STATE_FILE")]
+    pub state_file: Option<std::path::PathBuf>,
+
     /// TOML configuration file; flags and environment variables override
     /// its settings.
     #[arg(long, value_name = "FILE", env = "WGRELAY_CONFIG")]

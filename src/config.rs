@@ -26,6 +26,7 @@
 //! threads = 2
 //! backend = "auto"             # auto | uring | mmsg
 //! gso = "on"                   # on | off: UDP GSO sends (mmsg backend)
+//! state_file = "/var/lib/wgrelay/state"  # keep confirmed sessions across a restart
 //! gro = "on"                   # on | off: UDP GRO receives (mmsg backend)
 //! log_level = "info"           # error | warn | info | debug | trace
 //! stats_interval = 60          # seconds, 0 = off
@@ -83,6 +84,7 @@ pub const FILE_KEYS: &[&str] = &[
     "backend",
     "gso",
     "gro",
+    "state_file",
     "log_level",
     "stats_interval",
     "bind",
@@ -188,6 +190,8 @@ pub struct Config {
     pub gso: bool,
     /// Let the kernel coalesce received datagrams with UDP GRO where it can (mmsg backend).
     pub gro: bool,
+    /// Where confirmed sessions are kept across a restart; `None` = nowhere.
+    pub state_file: Option<std::path::PathBuf>,
     pub log_level: log::LevelFilter,
     /// Period of statistics log lines; `None` = off.
     pub stats_interval: Option<Duration>,
@@ -205,6 +209,7 @@ impl Default for Config {
             backend: BackendChoice::default(),
             gso: true,
             gro: true,
+            state_file: None,
             log_level: log::LevelFilter::Info,
             stats_interval: Some(Duration::from_secs(DEFAULT_STATS_INTERVAL_SECS)),
         }
@@ -275,7 +280,7 @@ impl Config {
             None => "off".to_string(),
         };
         format!(
-            "listen: {}\nmode: {}\ncookie replies: {}\nbroadcast rate: {}\nthreads: {}\nbackend: {}\noffload: gso {}, gro {}\nlog level: {}\nstats: {}",
+            "listen: {}\nmode: {}\ncookie replies: {}\nbroadcast rate: {}\nthreads: {}\nbackend: {}\noffload: gso {}, gro {}\nstate file: {}\nlog level: {}\nstats: {}",
             listen.join(", "),
             mode,
             self.cookie,
@@ -284,6 +289,9 @@ impl Config {
             self.backend,
             on_off(self.gso),
             on_off(self.gro),
+            self.state_file
+                .as_ref()
+                .map_or("none".into(), |p| p.display().to_string()),
             self.log_level.as_str().to_ascii_lowercase(),
             stats,
         )
@@ -313,6 +321,7 @@ impl Config {
             backend: cli.backend.or(file.backend).unwrap_or(defaults.backend),
             gso: cli.gso.or(file.gso).map_or(defaults.gso, Switch::is_on),
             gro: cli.gro.or(file.gro).map_or(defaults.gro, Switch::is_on),
+            state_file: cli.state_file.or(file.state_file),
             log_level,
             stats_interval: match cli.stats_interval.or(file.stats_interval) {
                 Some(0) => None,
@@ -361,6 +370,7 @@ struct Layer {
     backend: Option<BackendChoice>,
     gso: Option<Switch>,
     gro: Option<Switch>,
+    state_file: Option<std::path::PathBuf>,
     log_level: Option<LogLevel>,
     stats_interval: Option<u64>,
 }
@@ -415,6 +425,7 @@ impl Layer {
             backend: a.backend,
             gso: a.gso,
             gro: a.gro,
+            state_file: a.state_file.clone(),
             log_level: a.log_level,
             stats_interval: a.stats_interval,
         })
@@ -505,6 +516,7 @@ impl Layer {
             backend: f.backend,
             gso: f.gso,
             gro: f.gro,
+            state_file: f.state_file,
             log_level: f.log_level,
             stats_interval: f.stats_interval,
         })
@@ -525,6 +537,7 @@ struct FileConfig {
     backend: Option<BackendChoice>,
     gso: Option<Switch>,
     gro: Option<Switch>,
+    state_file: Option<std::path::PathBuf>,
     log_level: Option<LogLevel>,
     stats_interval: Option<u64>,
     bind: Option<Spanned<String>>,
@@ -1615,9 +1628,23 @@ stats_interval = 9
              threads: 4\n\
              backend: auto\n\
              offload: gso on, gro on\n\
+             state file: none\n\
              log level: info\n\
              stats: every 60s"
         );
+    }
+
+    #[test]
+    fn state_file_from_flag_and_file() {
+        assert_eq!(parse(&[]).state_file, None);
+        let c = parse(&["--state-file", "/var/lib/wgrelay/state"]);
+        assert_eq!(
+            c.state_file.as_deref(),
+            Some(std::path::Path::new("/var/lib/wgrelay/state"))
+        );
+        assert!(c.summary().contains("\nstate file: /var/lib/wgrelay/state\n"));
+        let c = Config::from_toml_str("state_file = \"/tmp/s\"").unwrap();
+        assert_eq!(c.state_file.as_deref(), Some(std::path::Path::new("/tmp/s")));
     }
 
     #[test]

@@ -3,10 +3,11 @@
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use crate::admit::{Entropy, OsEntropy};
 use crate::config::{BackendChoice, Config};
@@ -71,6 +72,8 @@ pub struct Relay {
     io: Arc<IoCounters>,
     shutdown: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
+    /// Where confirmed sessions are saved on `stop`.
+    state_file: Option<PathBuf>,
 }
 
 /// Counters of a running relay: the routing core's and the I/O layer's.
@@ -108,19 +111,69 @@ impl Settings {
 /// other process holds the port (a second reuseport group member would silently take a share
 /// of the traffic) and resolves port 0 to one port for all shards.
 fn bind_listener(addr: SocketAddr, threads: usize) -> io::Result<Vec<UdpSocket>> {
-    let probe = bind_udp(
-        addr,
-        &SocketOptions {
-            reuse_port: false,
-            recv_buffer: 0,
-            send_buffer: 0,
-        },
-    )?;
-    let actual = probe.local_addr()?;
-    drop(probe);
-    (0..threads)
-        .map(|_| bind_udp(actual, &SocketOptions::default()))
-        .collect()
+    let first = if addr.port() == 0 {
+        // The kernel picks a free port for the group's first member; nobody else holds it,
+        // and there is no window in which another process could take it.
+        bind_udp(addr, &SocketOptions::default())?
+    } else {
+        let probe = bind_udp(
+            addr,
+            &SocketOptions {
+                reuse_port: false,
+                recv_buffer: 0,
+                send_buffer: 0,
+            },
+        )?;
+        drop(probe);
+        bind_udp(addr, &SocketOptions::default())?
+    };
+    let actual = first.local_addr()?;
+    let mut sockets = vec![first];
+    for _ in 1..threads {
+        sockets.push(bind_udp(actual, &SocketOptions::default())?);
+    }
+    Ok(sockets)
+}
+
+/// Reads a state file written by an earlier run into `state`. A missing file is a first
+/// start; anything else that goes wrong is logged and the relay starts empty.
+fn restore_state(path: &Path, state: &mut State, listeners: &[SocketAddr]) {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let r = state.restore(&text, Instant::now(), SystemTime::now(), listeners);
+            log::info!(
+                "restored {} sessions and {} proven sources from {} ({} lines skipped)",
+                r.sessions,
+                r.proven,
+                path.display(),
+                r.skipped
+            );
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            log::info!("no state file at {} yet", path.display());
+        }
+        Err(e) => log::warn!(
+            "cannot read state file {}: {e}; starting empty",
+            path.display()
+        ),
+    }
+}
+
+/// Writes `text` to `path` atomically (a temporary file renamed over it), readable by the
+/// owner only: it names peers' addresses and keys.
+fn write_state(path: &Path, text: &str) -> io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 impl Relay {
@@ -185,11 +238,11 @@ impl Relay {
                 log::info!("socket buffers: receive {rcv} bytes, send {snd} bytes");
             }
         }
-        let state = Arc::new(Mutex::new(State::new(
-            &Settings::from_config(config),
-            entropy,
-            Instant::now(),
-        )));
+        let mut initial = State::new(&Settings::from_config(config), entropy, Instant::now());
+        if let Some(path) = &config.state_file {
+            restore_state(path, &mut initial, &local_addrs);
+        }
+        let state = Arc::new(Mutex::new(initial));
         let io = Arc::new(IoCounters::default());
         let shutdown = Arc::new(AtomicBool::new(false));
         let next_expire = Arc::new(Mutex::new(Instant::now()));
@@ -200,6 +253,7 @@ impl Relay {
             io,
             shutdown,
             threads: Vec::new(),
+            state_file: config.state_file.clone(),
         };
         for t in 0..threads {
             let sockets: Vec<UdpSocket> = per_listener.iter_mut().map(|l| l.remove(0)).collect();
@@ -271,9 +325,24 @@ impl Relay {
         }
     }
 
-    /// Stops the shards and waits for them.
+    /// Stops the shards, waits for them, and saves the sessions to the state file if one is
+    /// configured.
     pub fn stop(mut self) -> Stats {
         self.halt();
+        if let Some(path) = &self.state_file {
+            let text = {
+                let state = self
+                    .state
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                state.save(Instant::now(), SystemTime::now(), &self.local_addrs)
+            };
+            let sessions = text.lines().filter(|l| l.starts_with("s ")).count() / 2;
+            match write_state(path, &text) {
+                Ok(()) => log::info!("saved {sessions} sessions to {}", path.display()),
+                Err(e) => log::warn!("cannot write state file {}: {e}", path.display()),
+            }
+        }
         self.stats()
     }
 

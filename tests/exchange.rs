@@ -397,3 +397,44 @@ fn a_dual_stack_listener_serves_both_families() {
     ));
     relay.stop();
 }
+
+#[test]
+fn sessions_survive_a_relay_restart_with_a_state_file() {
+    let (ia, ib) = (Identity::from_seed(95), Identity::from_seed(96));
+    let path = std::env::temp_dir().join(format!("wgrelay-state-{}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let cfg = Config {
+        state_file: Some(path.clone()),
+        ..config(&[&ia, &ib])
+    };
+    let (relay, addr) = start(&cfg);
+    let (mut a, mut b) = pair(&ia, &ib, localhost(0, 10, 1), localhost(0, 10, 2), addr, 104);
+    a.initiate();
+    b.initiate();
+    assert!(pump_until(&mut [&mut a, &mut b], HANDSHAKE_LIMIT, |p| p[0].established()
+        && p[1].established()));
+    pump_for(&mut [&mut a, &mut b], Duration::from_millis(200));
+    assert!(a.send_data(100, 1) && b.send_data(100, 2));
+    assert!(pump_until(&mut [&mut a, &mut b], Duration::from_secs(2), |p| p[0].delivered
+        >= 1
+        && p[1].delivered >= 1));
+    relay.stop();
+    assert!(path.exists(), "state written on stop");
+
+    // The same address, a new process state: the session carries on without a handshake.
+    let again = Config {
+        listen: vec![addr],
+        ..cfg.clone()
+    };
+    let (relay, _) = start(&again);
+    let (da, db) = (a.delivered, b.delivered);
+    assert!(a.send_data(100, 3) && b.send_data(100, 4));
+    assert!(
+        pump_until(&mut [&mut a, &mut b], Duration::from_secs(2), |p| p[0].delivered > da
+            && p[1].delivered > db),
+        "traffic flows right after the restart"
+    );
+    let stats = relay.stop();
+    assert_eq!(stats.route.handshakes_paired, 0, "no new handshake: {stats}");
+    let _ = std::fs::remove_file(&path);
+}
