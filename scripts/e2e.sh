@@ -238,7 +238,7 @@ start_relay() {
     RELAY_LOG="$LOG/relay.$1.log"
     ip netns exec "$NS_RELAY" "$RELAY_BIN" run --listen "$RELAY_IP:$RELAY_PORT" \
         --allow "$PUB_A" --allow "$PUB_B" --cookie "$COOKIE" --log-level info --stats-interval 1 \
-        2>"$RELAY_LOG" &
+        --state-file "$LOG/relay.state" 2>"$RELAY_LOG" &
     RELAY_PID=$!
     PIDS+=("$RELAY_PID")
     wait_for 10 grep -q "relaying on" "$RELAY_LOG" || {
@@ -528,8 +528,15 @@ case_rebind() {
 }
 
 # ---- case 4: relay restart mid-stream -------------------------------------------------------------
+# case_restart keep|cold: with the state file the new relay carries on with the sessions;
+# without it (deleted before the start), the peers must handshake again.
 case_restart() {
-    local name="relay restart"
+    local mode=$1 n=$2 name
+    if [ "$mode" = keep ]; then
+        name="relay restart, state file kept"
+    else
+        name="relay restart, no state"
+    fi
     [ "$TUNNEL_OK" = 1 ] || {
         fail "$name" "no tunnel (exchange failed)"
         return
@@ -542,9 +549,12 @@ case_restart() {
     sleep 1.5
     hs0=$(handshake_at "$NS_A" "$WG_A" "$PUB_B")
     t0=$(now)
+    local old_log=$RELAY_LOG
     stop_relay
-    start_relay 2
-    info "relay restarted in $(elapsed "$t0") s; old relay's $(grep -o 'final stats:.*' "$LOG/relay.1.log" |
+    [ "$mode" = keep ] || rm -f "$LOG/relay.state"
+    start_relay "$n"
+    info "relay restarted in $(elapsed "$t0") s; $(grep -o 'restored .*\|no state file.*' "$RELAY_LOG" | head -1)"
+    info "old relay's $(grep -o 'final stats:.*' "$old_log" |
         sed -E 's/ (fanout_copies|parked|confirmed|send_failed|recv_errors|indices|endpoints)=[0-9]+//g')"
     sleep 3
     wait_for 45 both_recovered "$fa" "$fb" "$t0" || true
@@ -650,7 +660,8 @@ case_exchange
 case_iperf_relay
 case_rebind
 case_not_allowed
-case_restart
+case_restart keep 2
+case_restart cold 3
 case_direct
 
 stop_relay
