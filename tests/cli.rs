@@ -180,12 +180,8 @@ fn traffic(
     secs: u64,
 ) -> [(u64, u64); 2] {
     let (mut pa, mut pb) = pair(a, b, localhost(0, 9, 1), localhost(0, 9, 2), addr, 90);
-    pa.initiate();
-    pb.initiate();
     assert!(
-        pump_until(&mut [&mut pa, &mut pb], Duration::from_secs(10), |p| p[0]
-            .established()
-            && p[1].established()),
+        handshake(&mut pa, &mut pb, Duration::from_secs(10)),
         "handshake through the relay process"
     );
     pump_for(&mut [&mut pa, &mut pb], Duration::from_millis(200));

@@ -15,12 +15,8 @@ fn handshake_and_data_both_ways() {
     let (ia, ib) = (Identity::from_seed(1), Identity::from_seed(2));
     let (relay, addr) = start(&config(&[&ia, &ib]));
     let (mut a, mut b) = pair(&ia, &ib, localhost(0, 0, 2), localhost(0, 0, 3), addr, 1);
-    a.initiate();
-    b.initiate();
     assert!(
-        pump_until(&mut [&mut a, &mut b], HANDSHAKE_LIMIT, |p| p[0]
-            .established()
-            && p[1].established()),
+        handshake(&mut a, &mut b, HANDSHAKE_LIMIT),
         "handshake through the relay"
     );
     let sizes = [28usize, 64, 200, 576, 1000, 1420];
@@ -133,11 +129,7 @@ fn cookie_challenge_then_mac2_verified_and_zeroed() {
     assert!(relay.stats().route.cookie_replies >= 2);
     // boringtun consumed the cookie; its next initiation carries mac2 (a real peer retries
     // after REKEY_TIMEOUT; force it to keep the test short).
-    a.initiate();
-    b.initiate();
-    assert!(pump_until(&mut [&mut a, &mut b], HANDSHAKE_LIMIT, |p| p[0]
-        .established()
-        && p[1].established()));
+    assert!(handshake(&mut a, &mut b, HANDSHAKE_LIMIT));
     let a_init_with_mac2 = a
         .sent
         .iter()
@@ -159,11 +151,7 @@ fn replayed_initiation_from_a_new_address_creates_no_state() {
     let (relay, addr) = start(&config(&[&ia, &ib]));
     let (mut a, mut b) = pair(&ia, &ib, localhost(0, 4, 1), localhost(0, 4, 2), addr, 6);
     a.keep_raw = true;
-    a.initiate();
-    b.initiate();
-    assert!(pump_until(&mut [&mut a, &mut b], HANDSHAKE_LIMIT, |p| p[0]
-        .established()
-        && p[1].established()));
+    assert!(handshake(&mut a, &mut b, HANDSHAKE_LIMIT));
     let captured = a
         .sent
         .iter()
@@ -191,11 +179,7 @@ fn spoofed_transport_from_a_new_address_does_not_move_the_endpoint() {
     let (relay, addr) = start(&config(&[&ia, &ib]));
     let (mut a, mut b) = pair(&ia, &ib, localhost(0, 5, 1), localhost(0, 5, 2), addr, 7);
     a.keep_raw = true;
-    a.initiate();
-    b.initiate();
-    assert!(pump_until(&mut [&mut a, &mut b], HANDSHAKE_LIMIT, |p| p[0]
-        .established()
-        && p[1].established()));
+    assert!(handshake(&mut a, &mut b, HANDSHAKE_LIMIT));
     assert!(a.send_data(100, 1));
     assert!(pump_until(
         &mut [&mut a, &mut b],
@@ -230,11 +214,7 @@ fn a_real_roam_is_followed_without_a_new_handshake() {
     let (ia, ib) = (Identity::from_seed(61), Identity::from_seed(62));
     let (relay, addr) = start(&config(&[&ia, &ib]));
     let (mut a, mut b) = pair(&ia, &ib, localhost(0, 6, 1), localhost(0, 6, 2), addr, 8);
-    a.initiate();
-    b.initiate();
-    assert!(pump_until(&mut [&mut a, &mut b], HANDSHAKE_LIMIT, |p| p[0]
-        .established()
-        && p[1].established()));
+    assert!(handshake(&mut a, &mut b, HANDSHAKE_LIMIT));
     // Both peers initiated, so there are two sessions; let each peer settle on its current
     // one before A sends on it (the roaming rule needs a counter to continue).
     pump_for(&mut [&mut a, &mut b], Duration::from_millis(200));
@@ -342,11 +322,7 @@ fn an_ipv4_peer_and_an_ipv6_peer_reach_each_other() {
     let (v4, v6) = (relay.local_addrs()[0], relay.local_addrs()[1]);
     let mut a = Peer::new(&ia, &ib.public, localhost(0, 8, 1), v4, 100);
     let mut b = Peer::new(&ib, &ia.public, "::1".parse().expect("ip"), v6, 101);
-    a.initiate();
-    b.initiate();
-    assert!(pump_until(&mut [&mut a, &mut b], HANDSHAKE_LIMIT, |p| p[0]
-        .established()
-        && p[1].established()));
+    assert!(handshake(&mut a, &mut b, HANDSHAKE_LIMIT));
     assert!(a.send_data(500, 1) && b.send_data(500, 2));
     assert!(pump_until(
         &mut [&mut a, &mut b],
@@ -384,11 +360,7 @@ fn a_dual_stack_listener_serves_both_families() {
         format!("[::1]:{port}").parse().expect("addr"),
         103,
     );
-    a.initiate();
-    b.initiate();
-    assert!(pump_until(&mut [&mut a, &mut b], HANDSHAKE_LIMIT, |p| p[0]
-        .established()
-        && p[1].established()));
+    assert!(handshake(&mut a, &mut b, HANDSHAKE_LIMIT));
     assert!(a.send_data(500, 1) && b.send_data(500, 2));
     assert!(pump_until(
         &mut [&mut a, &mut b],
@@ -408,16 +380,22 @@ fn sessions_survive_a_relay_restart_with_a_state_file() {
         ..config(&[&ia, &ib])
     };
     let (relay, addr) = start(&cfg);
-    let (mut a, mut b) = pair(&ia, &ib, localhost(0, 10, 1), localhost(0, 10, 2), addr, 104);
-    a.initiate();
-    b.initiate();
-    assert!(pump_until(&mut [&mut a, &mut b], HANDSHAKE_LIMIT, |p| p[0].established()
-        && p[1].established()));
+    let (mut a, mut b) = pair(
+        &ia,
+        &ib,
+        localhost(0, 10, 1),
+        localhost(0, 10, 2),
+        addr,
+        104,
+    );
+    assert!(handshake(&mut a, &mut b, HANDSHAKE_LIMIT));
     pump_for(&mut [&mut a, &mut b], Duration::from_millis(200));
     assert!(a.send_data(100, 1) && b.send_data(100, 2));
-    assert!(pump_until(&mut [&mut a, &mut b], Duration::from_secs(2), |p| p[0].delivered
-        >= 1
-        && p[1].delivered >= 1));
+    assert!(pump_until(
+        &mut [&mut a, &mut b],
+        Duration::from_secs(2),
+        |p| p[0].delivered >= 1 && p[1].delivered >= 1
+    ));
     relay.stop();
     assert!(path.exists(), "state written on stop");
 
@@ -430,11 +408,16 @@ fn sessions_survive_a_relay_restart_with_a_state_file() {
     let (da, db) = (a.delivered, b.delivered);
     assert!(a.send_data(100, 3) && b.send_data(100, 4));
     assert!(
-        pump_until(&mut [&mut a, &mut b], Duration::from_secs(2), |p| p[0].delivered > da
+        pump_until(&mut [&mut a, &mut b], Duration::from_secs(2), |p| p[0]
+            .delivered
+            > da
             && p[1].delivered > db),
         "traffic flows right after the restart"
     );
     let stats = relay.stop();
-    assert_eq!(stats.route.handshakes_paired, 0, "no new handshake: {stats}");
+    assert_eq!(
+        stats.route.handshakes_paired, 0,
+        "no new handshake: {stats}"
+    );
     let _ = std::fs::remove_file(&path);
 }

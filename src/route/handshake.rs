@@ -6,10 +6,22 @@ use super::{Actions, Datagram, Decision, DropReason, State};
 use crate::admit::KeyId;
 use crate::config::CookieMode;
 use crate::constants::{MAX_INDICES, REKEY_TIMEOUT};
-use crate::table::{Endpoint, IndexEntry};
-use crate::wire::{CookieReplyPacket, InitiationPacket, ResponsePacket};
+use crate::table::{Endpoint, IndexEntry, Tick};
+use crate::wire::{CookieReplyPacket, Index, InitiationPacket, ResponsePacket};
 
 impl State {
+    /// Why a new sender index cannot be recorded, if it cannot: taken by a live entry, or the
+    /// table is full.
+    fn index_unavailable(&self, sender: Index, t: Tick) -> Option<DropReason> {
+        if self.indices.contains(sender, t) {
+            Some(DropReason::IndexCollision)
+        } else if self.indices.len() >= MAX_INDICES {
+            Some(DropReason::TableFull)
+        } else {
+            None
+        }
+    }
+
     pub(super) fn on_initiation(
         &mut self,
         now: Instant,
@@ -94,11 +106,8 @@ impl State {
         }
 
         // the sender index must be free
-        if self.indices.contains(sender, t) {
-            return self.drop(DropReason::IndexCollision);
-        }
-        if self.indices.len() >= MAX_INDICES {
-            return self.drop(DropReason::TableFull);
+        if let Some(reason) = self.index_unavailable(sender, t) {
+            return self.drop(reason);
         }
 
         // admitted: update tables
@@ -209,11 +218,8 @@ impl State {
         if self.replay.contains(&mac1) {
             return self.drop(DropReason::Mac1Replayed);
         }
-        if self.indices.contains(sender, t) {
-            return self.drop(DropReason::IndexCollision);
-        }
-        if self.indices.len() >= MAX_INDICES {
-            return self.drop(DropReason::TableFull);
+        if let Some(reason) = self.index_unavailable(sender, t) {
+            return self.drop(reason);
         }
 
         // pair the two indices; unconfirmed until the initiator's first transport message

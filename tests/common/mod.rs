@@ -254,6 +254,16 @@ pub fn pump_until(
     done(peers)
 }
 
+/// Both peers initiate (as `PersistentKeepalive` makes real peers do, so the relay learns
+/// both), then pump until both have a session, at most `limit`.
+pub fn handshake(a: &mut Peer, b: &mut Peer, limit: Duration) -> bool {
+    a.initiate();
+    b.initiate();
+    pump_until(&mut [a, b], limit, |p| {
+        p[0].established() && p[1].established()
+    })
+}
+
 /// Pumps for a fixed time (to show that something does NOT happen).
 pub fn pump_for(peers: &mut [&mut Peer], time: Duration) {
     pump_until(peers, time, |_| false);
