@@ -1642,9 +1642,14 @@ stats_interval = 9
             c.state_file.as_deref(),
             Some(std::path::Path::new("/var/lib/wgrelay/state"))
         );
-        assert!(c.summary().contains("\nstate file: /var/lib/wgrelay/state\n"));
+        assert!(c
+            .summary()
+            .contains("\nstate file: /var/lib/wgrelay/state\n"));
         let c = Config::from_toml_str("state_file = \"/tmp/s\"").unwrap();
-        assert_eq!(c.state_file.as_deref(), Some(std::path::Path::new("/tmp/s")));
+        assert_eq!(
+            c.state_file.as_deref(),
+            Some(std::path::Path::new("/tmp/s"))
+        );
     }
 
     #[test]
