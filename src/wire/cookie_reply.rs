@@ -20,41 +20,12 @@ pub const NONCE_LEN: usize = field::NONCE.end - field::NONCE.start;
 /// Encrypted cookie: 16 bytes of cookie and a 16-byte tag.
 pub const ENCRYPTED_COOKIE_LEN: usize = field::COOKIE.end - field::COOKIE.start;
 
-/// A read/write view of a cookie reply.
-#[derive(Debug, Clone)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
-}
+packet_view!(
+    /// A read/write view of a cookie reply.
+    accepts |len| len == LEN
+);
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    pub const fn new_unchecked(buffer: T) -> Packet<T> {
-        Packet { buffer }
-    }
-
-    pub fn new_checked(buffer: T) -> Result<Packet<T>> {
-        let packet = Self::new_unchecked(buffer);
-        packet.check_len()?;
-        Ok(packet)
-    }
-
-    /// A cookie reply has exactly `LEN` bytes.
-    pub fn check_len(&self) -> Result<()> {
-        if self.buffer.as_ref().len() == LEN {
-            Ok(())
-        } else {
-            Err(Error)
-        }
-    }
-
-    pub fn into_inner(self) -> T {
-        self.buffer
-    }
-
-    #[inline]
-    pub fn message_type(&self) -> u32 {
-        read_u32(self.buffer.as_ref(), field::TYPE)
-    }
-
     /// The sender index of the handshake message this reply answers.
     #[inline]
     pub fn receiver(&self) -> Index {
@@ -73,11 +44,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
-    #[inline]
-    pub fn set_message_type(&mut self, value: u32) {
-        self.buffer.as_mut()[field::TYPE].copy_from_slice(&value.to_le_bytes());
-    }
-
     #[inline]
     pub fn set_receiver(&mut self, value: Index) {
         self.buffer.as_mut()[field::RECEIVER].copy_from_slice(&value.0.to_le_bytes());

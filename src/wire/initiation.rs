@@ -16,43 +16,12 @@ mod field {
 /// Exact length of an initiation.
 pub const LEN: usize = field::MAC2.end;
 
-/// A read/write view of an initiation.
-#[derive(Debug, Clone)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
-}
+packet_view!(
+    /// A read/write view of an initiation.
+    accepts |len| len == LEN
+);
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// Wraps a buffer without checking it.
-    pub const fn new_unchecked(buffer: T) -> Packet<T> {
-        Packet { buffer }
-    }
-
-    /// Wraps a buffer after `check_len`.
-    pub fn new_checked(buffer: T) -> Result<Packet<T>> {
-        let packet = Self::new_unchecked(buffer);
-        packet.check_len()?;
-        Ok(packet)
-    }
-
-    /// An initiation has exactly `LEN` bytes (wireguard-go `unmarshal` demands the exact size).
-    pub fn check_len(&self) -> Result<()> {
-        if self.buffer.as_ref().len() == LEN {
-            Ok(())
-        } else {
-            Err(Error)
-        }
-    }
-
-    pub fn into_inner(self) -> T {
-        self.buffer
-    }
-
-    #[inline]
-    pub fn message_type(&self) -> u32 {
-        read_u32(self.buffer.as_ref(), field::TYPE)
-    }
-
     #[inline]
     pub fn sender(&self) -> Index {
         Index(read_u32(self.buffer.as_ref(), field::SENDER))
@@ -90,12 +59,6 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     #[inline]
     pub fn set_mac2(&mut self, value: [u8; 16]) {
         self.buffer.as_mut()[field::MAC2].copy_from_slice(&value);
-    }
-
-    /// Overwrites the type field (AmneziaWG replaces it with an H value).
-    #[inline]
-    pub fn set_message_type(&mut self, value: u32) {
-        self.buffer.as_mut()[field::TYPE].copy_from_slice(&value.to_le_bytes());
     }
 }
 

@@ -8,6 +8,60 @@
 //!
 //! The parsing layer only says "malformed"; why a packet is dropped is `route::DropReason`.
 
+/// The parts every message view shares, in smoltcp's shape: the wrapper, `new_unchecked`,
+/// `new_checked`, `check_len`, `into_inner` and the type field. `$len_ok` decides which lengths
+/// receivers accept; each file adds its own fields.
+macro_rules! packet_view {
+    ($(#[$doc:meta])* accepts $len_ok:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone)]
+        pub struct Packet<T: AsRef<[u8]>> {
+            buffer: T,
+        }
+
+        impl<T: AsRef<[u8]>> Packet<T> {
+            /// Wraps a buffer without checking it.
+            pub const fn new_unchecked(buffer: T) -> Packet<T> {
+                Packet { buffer }
+            }
+
+            /// Wraps a buffer after `check_len`.
+            pub fn new_checked(buffer: T) -> Result<Packet<T>> {
+                let packet = Self::new_unchecked(buffer);
+                packet.check_len()?;
+                Ok(packet)
+            }
+
+            /// Whether the length is one WireGuard receivers accept (see the module docs).
+            pub fn check_len(&self) -> Result<()> {
+                let accepts: fn(usize) -> bool = $len_ok;
+                if accepts(self.buffer.as_ref().len()) {
+                    Ok(())
+                } else {
+                    Err(Error)
+                }
+            }
+
+            pub fn into_inner(self) -> T {
+                self.buffer
+            }
+
+            #[inline]
+            pub fn message_type(&self) -> u32 {
+                read_u32(self.buffer.as_ref(), field::TYPE)
+            }
+        }
+
+        impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
+            /// Overwrites the type field (AmneziaWG replaces it with an H value).
+            #[inline]
+            pub fn set_message_type(&mut self, value: u32) {
+                self.buffer.as_mut()[field::TYPE].copy_from_slice(&value.to_le_bytes());
+            }
+        }
+    };
+}
+
 pub mod cookie_reply;
 pub mod initiation;
 pub mod mac;

@@ -20,42 +20,13 @@ pub const TAG_LEN: usize = 16;
 /// Smallest transport message: a keepalive (empty plaintext, header plus tag).
 pub const MIN_LEN: usize = HEADER_LEN + TAG_LEN;
 
-/// A read/write view of a transport message.
-#[derive(Debug, Clone)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
-}
+packet_view!(
+    /// A read/write view of a transport message; any length of at least `MIN_LEN` (no
+    /// multiple-of-16 rule, since WireGuard's padding stops at the MTU).
+    accepts |len| len >= MIN_LEN
+);
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    pub const fn new_unchecked(buffer: T) -> Packet<T> {
-        Packet { buffer }
-    }
-
-    pub fn new_checked(buffer: T) -> Result<Packet<T>> {
-        let packet = Self::new_unchecked(buffer);
-        packet.check_len()?;
-        Ok(packet)
-    }
-
-    /// At least `MIN_LEN` bytes; any longer length is accepted (no multiple-of-16 rule, since
-    /// WireGuard's padding stops at the MTU).
-    pub fn check_len(&self) -> Result<()> {
-        if self.buffer.as_ref().len() >= MIN_LEN {
-            Ok(())
-        } else {
-            Err(Error)
-        }
-    }
-
-    pub fn into_inner(self) -> T {
-        self.buffer
-    }
-
-    #[inline]
-    pub fn message_type(&self) -> u32 {
-        read_u32(self.buffer.as_ref(), field::TYPE)
-    }
-
     #[inline]
     pub fn receiver(&self) -> Index {
         Index(read_u32(self.buffer.as_ref(), field::RECEIVER))
@@ -74,13 +45,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
     pub fn payload(&self) -> &[u8] {
         let len = self.buffer.as_ref().len();
         &self.buffer.as_ref()[field::PAYLOAD(len)]
-    }
-}
-
-impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
-    #[inline]
-    pub fn set_message_type(&mut self, value: u32) {
-        self.buffer.as_mut()[field::TYPE].copy_from_slice(&value.to_le_bytes());
     }
 }
 
