@@ -82,6 +82,10 @@ pub struct Stats {
     pub route: Counters,
     pub send_failed: u64,
     pub recv_errors: u64,
+    /// Datagrams the kernel dropped for full receive queues (`SO_RXQ_OVFL`).
+    pub kernel_drops: u64,
+    /// io_uring buffer-ring exhaustions (each re-armed).
+    pub enobufs: u64,
     pub indices: usize,
     pub endpoints: usize,
 }
@@ -90,8 +94,14 @@ impl std::fmt::Display for Stats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} send_failed={} recv_errors={} indices={} endpoints={}",
-            self.route, self.send_failed, self.recv_errors, self.indices, self.endpoints
+            "{} send_failed={} recv_errors={} kernel_drops={} enobufs={} indices={} endpoints={}",
+            self.route,
+            self.send_failed,
+            self.recv_errors,
+            self.kernel_drops,
+            self.enobufs,
+            self.indices,
+            self.endpoints
         )
     }
 }
@@ -255,6 +265,16 @@ impl Relay {
             threads: Vec::new(),
             state_file: config.state_file.clone(),
         };
+        // Pin shard t to the t-th core this process may run on, when there are enough of them
+        // (sched_getaffinity, so a container's cpuset is respected).
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let pin = threads <= cores.len();
+        if pin {
+            let ids: Vec<String> = cores[..threads].iter().map(|c| c.id.to_string()).collect();
+            log::info!("shards pinned to cores {}", ids.join(", "));
+        } else {
+            log::info!("{threads} shards on {} cores: not pinned", cores.len());
+        }
         for t in 0..threads {
             let sockets: Vec<UdpSocket> = per_listener.iter_mut().map(|l| l.remove(0)).collect();
             // On error, dropping `relay` stops the shards already started and closes every
@@ -289,9 +309,18 @@ impl Relay {
                 shutdown: relay.shutdown.clone(),
                 next_expire: next_expire.clone(),
             };
+            let core = cores.get(t).copied().filter(|_| pin);
             let spawned = std::thread::Builder::new()
                 .name(format!("wgrelay-shard-{t}"))
-                .spawn(move || shard.run());
+                .spawn(move || {
+                    // One shard per core, each on its own: no migrations, warm caches.
+                    if let Some(core) = core {
+                        if !core_affinity::set_for_current(core) {
+                            log::debug!("could not pin a shard to core {}", core.id);
+                        }
+                    }
+                    shard.run()
+                });
             match spawned {
                 Ok(handle) => relay.threads.push(handle),
                 // Dropping `relay` stops the shards already started.
@@ -320,6 +349,8 @@ impl Relay {
             route: state.counters().clone(),
             send_failed: self.io.send_failed.load(Ordering::Relaxed),
             recv_errors: self.io.recv_errors.load(Ordering::Relaxed),
+            kernel_drops: self.io.kernel_drops.load(Ordering::Relaxed),
+            enobufs: self.io.enobufs.load(Ordering::Relaxed),
             indices: state.indices().len(),
             endpoints: state.endpoints().len(),
         }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::io::{Backend, RecvBatch, Transmit};
+use crate::io::{Backend, Drops, RecvBatch, Transmit};
 use crate::route::{Actions, Datagram, Decision, DropReason, State};
 use crate::table::{Endpoint, ListenerId};
 
@@ -22,6 +22,10 @@ pub const EXPIRE_INTERVAL: Duration = Duration::from_secs(1);
 pub struct IoCounters {
     pub send_failed: AtomicU64,
     pub recv_errors: AtomicU64,
+    /// Datagrams the kernel dropped for a full receive queue, all shards.
+    pub kernel_drops: AtomicU64,
+    /// io_uring buffer-ring exhaustions, all shards.
+    pub enobufs: AtomicU64,
 }
 
 /// Where a routed packet's copies go, recorded per batch.
@@ -55,6 +59,7 @@ impl<B: Backend> Shard<B> {
         let mut actions = Actions::new();
         let mut outs: Vec<Out> = Vec::with_capacity(batch.capacity() * 2);
         let mut extras: Vec<Datagram> = Vec::new();
+        let mut drops = Drops::default();
         while !self.shutdown.load(Ordering::Relaxed) {
             let n = match self.backend.recv(&mut batch, POLL_INTERVAL) {
                 Ok(n) => n,
@@ -65,6 +70,7 @@ impl<B: Backend> Shard<B> {
                     continue;
                 }
             };
+            self.publish_drops(&mut drops);
             outs.clear();
             extras.clear();
             {
@@ -118,6 +124,19 @@ impl<B: Backend> Shard<B> {
                     .fetch_add(stats.failed, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Adds what the backend lost since the last call to the relay's counters.
+    fn publish_drops(&self, last: &mut Drops) {
+        let now = self.backend.drops();
+        let add = |counter: &AtomicU64, was: u64, is: u64| {
+            if is > was {
+                counter.fetch_add(is - was, Ordering::Relaxed);
+            }
+        };
+        add(&self.io.kernel_drops, last.kernel, now.kernel);
+        add(&self.io.enobufs, last.enobufs, now.enobufs);
+        *last = now;
     }
 
     fn maybe_expire(&self, state: &mut State, now: Instant) {

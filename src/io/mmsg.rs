@@ -620,6 +620,13 @@ impl std::fmt::Debug for MmsgBackend {
 }
 
 impl Backend for MmsgBackend {
+    fn drops(&self) -> super::Drops {
+        super::Drops {
+            kernel: self.kernel_drops(),
+            enobufs: 0,
+        }
+    }
+
     fn recv(&mut self, batch: &mut RecvBatch, timeout: Duration) -> io::Result<usize> {
         batch.clear();
         // Datagrams left over from a GRO run are ready now: check the sockets without waiting.

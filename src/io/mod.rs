@@ -272,4 +272,18 @@ pub trait Backend {
 
     /// Short name for logs ("mmsg", "uring").
     fn name(&self) -> &'static str;
+
+    /// Datagrams lost below the backend so far (cumulative), for the relay's counters.
+    fn drops(&self) -> Drops {
+        Drops::default()
+    }
+}
+
+/// Datagrams lost below a backend, cumulative since it started.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Drops {
+    /// The kernel dropped them for a full receive queue (`SO_RXQ_OVFL`).
+    pub kernel: u64,
+    /// io_uring's buffer ring ran dry (`ENOBUFS`); the receive was re-armed.
+    pub enobufs: u64,
 }

@@ -967,6 +967,13 @@ impl std::fmt::Debug for UringBackend {
 }
 
 impl Backend for UringBackend {
+    fn drops(&self) -> super::Drops {
+        super::Drops {
+            kernel: self.kernel_drops(),
+            enobufs: self.enobufs(),
+        }
+    }
+
     fn recv(&mut self, batch: &mut RecvBatch, timeout: Duration) -> io::Result<usize> {
         batch.clear();
         self.ensure_enabled()?;
