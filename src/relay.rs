@@ -12,7 +12,8 @@ use std::time::{Instant, SystemTime};
 use crate::admit::{Entropy, OsEntropy};
 use crate::config::{BackendChoice, Config};
 use crate::io::{
-    bind_udp, buffer_sizes, uring, Backend, MmsgBackend, Offload, SocketOptions, UringBackend,
+    bind_udp, buffer_sizes, steer, uring, Backend, MmsgBackend, Offload, SocketOptions,
+    UringBackend,
 };
 use crate::route::{Counters, Settings, State};
 use crate::shard::{IoCounters, Shard};
@@ -86,6 +87,8 @@ pub struct Stats {
     pub kernel_drops: u64,
     /// io_uring buffer-ring exhaustions (each re-armed).
     pub enobufs: u64,
+    /// Packets that arrived at a shard other than the owner of their receiver index.
+    pub off_owner: u64,
     pub indices: usize,
     pub endpoints: usize,
 }
@@ -94,12 +97,13 @@ impl std::fmt::Display for Stats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} send_failed={} recv_errors={} kernel_drops={} enobufs={} indices={} endpoints={}",
+            "{} send_failed={} recv_errors={} kernel_drops={} enobufs={} off_owner={} indices={} endpoints={}",
             self.route,
             self.send_failed,
             self.recv_errors,
             self.kernel_drops,
             self.enobufs,
+            self.off_owner,
             self.indices,
             self.endpoints
         )
@@ -241,6 +245,16 @@ impl Relay {
                 Err(e) => return Err(e),
             };
             local_addrs.push(sockets[0].local_addr()?);
+            if threads > 1 {
+                // Every packet of a session to one shard, whatever its source address.
+                match steer::attach(&sockets[0], threads) {
+                    Ok(()) => log::info!(
+                        "{}: steering by receiver index over {threads} shards",
+                        local_addrs[local_addrs.len() - 1]
+                    ),
+                    Err(e) => log::info!("reuseport steering unavailable ({e}); kernel hash only"),
+                }
+            }
             per_listener.push(sockets);
         }
         if let Some(first) = per_listener.first().and_then(|s| s.first()) {
@@ -303,6 +317,8 @@ impl Relay {
                 );
             }
             let shard = Shard {
+                id: t,
+                shards: threads,
                 backend,
                 state: relay.state.clone(),
                 io: relay.io.clone(),
@@ -351,6 +367,7 @@ impl Relay {
             recv_errors: self.io.recv_errors.load(Ordering::Relaxed),
             kernel_drops: self.io.kernel_drops.load(Ordering::Relaxed),
             enobufs: self.io.enobufs.load(Ordering::Relaxed),
+            off_owner: self.io.off_owner.load(Ordering::Relaxed),
             indices: state.indices().len(),
             endpoints: state.endpoints().len(),
         }

@@ -8,9 +8,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::io::steer::owner_shard;
 use crate::io::{Backend, Drops, RecvBatch, Transmit};
 use crate::route::{Actions, Datagram, Decision, DropReason, State};
 use crate::table::{Endpoint, ListenerId};
+use crate::wire;
 
 /// How long a shard waits for packets before checking for shutdown and expiry.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
@@ -26,6 +28,9 @@ pub struct IoCounters {
     pub kernel_drops: AtomicU64,
     /// io_uring buffer-ring exhaustions, all shards.
     pub enobufs: AtomicU64,
+    /// Packets with a receiver index that arrived at a shard other than its owner
+    /// (`io::steer::owner_shard`): what kernel steering did not place, all shards.
+    pub off_owner: AtomicU64,
 }
 
 /// Where a routed packet's copies go, recorded per batch.
@@ -37,6 +42,9 @@ enum Out {
 }
 
 pub struct Shard<B: Backend> {
+    /// This shard's number, and how many there are (for ownership by receiver index).
+    pub id: usize,
+    pub shards: usize,
     pub backend: B,
     pub state: Arc<Mutex<State>>,
     pub io: Arc<IoCounters>,
@@ -73,6 +81,7 @@ impl<B: Backend> Shard<B> {
             self.publish_drops(&mut drops);
             outs.clear();
             extras.clear();
+            let mut off_owner = 0u64;
             {
                 let mut state = lock(&self.state);
                 let now = Instant::now();
@@ -87,6 +96,11 @@ impl<B: Backend> Shard<B> {
                         continue;
                     };
                     let from = Endpoint::new(ListenerId(listener), meta.addr);
+                    if let Some(index) = wire::receiver_of(batch.datagram(i)) {
+                        if owner_shard(index, self.shards) != self.id {
+                            off_owner += 1;
+                        }
+                    }
                     let decision = state.route(now, from, batch.datagram_mut(i), &mut actions);
                     if decision == Decision::Forward {
                         outs.extend(actions.targets.iter().map(|t| Out::Packet(i, *t)));
@@ -96,6 +110,9 @@ impl<B: Backend> Shard<B> {
                         extras.push(x);
                     }
                 }
+            }
+            if off_owner > 0 {
+                self.io.off_owner.fetch_add(off_owner, Ordering::Relaxed);
             }
             if outs.is_empty() {
                 continue;

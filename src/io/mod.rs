@@ -11,6 +11,7 @@
 
 pub mod mmsg;
 pub mod socket;
+pub mod steer;
 mod sys;
 #[cfg(test)]
 mod testkit;

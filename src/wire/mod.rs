@@ -151,6 +151,19 @@ pub fn message_type(buf: &[u8]) -> Result<MessageType> {
     }
 }
 
+/// The receiver index of a response, cookie reply or transport message: what the reuseport
+/// steering program keys on. `None` for an initiation or anything malformed.
+#[inline]
+pub fn receiver_of(buf: &[u8]) -> Option<Index> {
+    let at = match (message_type(buf).ok()?, buf.len()) {
+        (MessageType::Response, response::LEN) => 8,
+        (MessageType::CookieReply, cookie_reply::LEN) => 4,
+        (MessageType::Transport, len) if len >= transport::MIN_LEN => 4,
+        _ => return None,
+    };
+    Some(Index(read_u32(buf, at..at + 4)))
+}
+
 #[inline]
 pub(crate) fn read_u32(buf: &[u8], field: Field) -> u32 {
     let mut b = [0u8; 4];
@@ -181,6 +194,25 @@ mod tests {
             message_type(&[1, 0, 0, 1]),
             Ok(MessageType::Unknown(0x0100_0001))
         );
+    }
+
+    #[test]
+    fn receiver_of_each_message() {
+        use crate::wire::testvec::{
+            INITIATION_BYTES, RESPONSE_BYTES, RESPONSE_SENDER, TRANSPORT_BYTES,
+        };
+        assert_eq!(receiver_of(&INITIATION_BYTES), None);
+        assert_eq!(
+            receiver_of(&RESPONSE_BYTES),
+            Some(testvec::INITIATION_SENDER)
+        );
+        assert_eq!(receiver_of(&TRANSPORT_BYTES), Some(RESPONSE_SENDER));
+        let mut cookie = [0u8; 64];
+        cookie[0] = 3;
+        cookie[4..8].copy_from_slice(&7u32.to_le_bytes());
+        assert_eq!(receiver_of(&cookie), Some(Index(7)));
+        assert_eq!(receiver_of(&TRANSPORT_BYTES[..31]), None);
+        assert_eq!(receiver_of(&RESPONSE_BYTES[..91]), None);
     }
 
     #[test]

@@ -1,0 +1,200 @@
+//! Kernel steering: a classic BPF program on a `SO_REUSEPORT` group that picks the socket (so
+//! the shard) from a packet's WireGuard receiver index, so that every packet of a session
+//! lands on the same shard, whichever address it comes from.
+//!
+//! For a UDP reuseport group the program sees the UDP payload at offset 0, and cBPF loads are
+//! big-endian. The index is little-endian on the wire, so the shard is
+//! `u32::from_be_bytes(index bytes) % shards`, computed the same way here by [`owner_shard`].
+//! Transport (4) and cookie reply (3) carry the receiver at bytes 4..8, a response (2) at 8..12.
+//! An initiation has no receiver: the program returns an out-of-range value, and the kernel
+//! falls back to its usual hash of the 4-tuple. A packet too short for the load aborts the
+//! program, which the kernel treats as socket 0.
+
+use std::io;
+use std::os::fd::AsRawFd;
+
+use crate::wire::Index;
+
+/// `SO_ATTACH_REUSEPORT_CBPF` (asm-generic/socket.h; the libc crate does not export it for
+/// Linux). The value differs on mips, sparc and parisc, which the relay does not target.
+const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
+
+/// The shard that owns `index` in a group of `shards` sockets: what the steering program
+/// computes. Shared by the datapath and by anything that reasons about ownership.
+pub fn owner_shard(index: Index, shards: usize) -> usize {
+    let shards = u32::try_from(shards.max(1)).unwrap_or(u32::MAX);
+    // The program reads the four index bytes as a big-endian number.
+    (u32::from_be_bytes(index.0.to_le_bytes()) % shards) as usize
+}
+
+fn stmt(code: u32, k: u32) -> libc::sock_filter {
+    libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    }
+}
+
+fn jump(code: u32, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
+    libc::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    }
+}
+
+/// The steering program for `shards` sockets.
+pub fn program(shards: usize) -> Vec<libc::sock_filter> {
+    use libc::{
+        BPF_ABS, BPF_ALU, BPF_B, BPF_JA, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_MOD, BPF_RET, BPF_W,
+    };
+    let n = u32::try_from(shards.max(1)).unwrap_or(u32::MAX);
+    vec![
+        // 0: A = message type (the first byte; the other three are zero in valid messages)
+        stmt(BPF_LD | BPF_B | BPF_ABS, 0),
+        // 1: response? receiver at 8
+        jump(BPF_JMP | BPF_JEQ | BPF_K, 2, 4, 0),
+        // 2: cookie reply? receiver at 4
+        jump(BPF_JMP | BPF_JEQ | BPF_K, 3, 1, 0),
+        // 3: transport? receiver at 4; anything else: let the kernel hash
+        jump(BPF_JMP | BPF_JEQ | BPF_K, 4, 0, 5),
+        // 4: A = receiver (type 3 and 4)
+        stmt(BPF_LD | BPF_W | BPF_ABS, 4),
+        // 5: skip the response load
+        stmt(BPF_JMP | BPF_JA, 1),
+        // 6: A = receiver (type 2)
+        stmt(BPF_LD | BPF_W | BPF_ABS, 8),
+        // 7: A %= shards
+        stmt(BPF_ALU | BPF_MOD | BPF_K, n),
+        // 8: the socket
+        stmt(BPF_RET | libc::BPF_A, 0),
+        // 9: out of range: the kernel's own selection
+        stmt(BPF_RET | BPF_K, u32::MAX),
+    ]
+}
+
+/// Attaches the steering program to the reuseport group `socket` belongs to (once per group:
+/// the program is shared). The group's sockets are numbered in the order they were bound.
+pub fn attach(socket: &impl AsRawFd, shards: usize) -> io::Result<()> {
+    let mut filter = program(shards);
+    let prog = libc::sock_fprog {
+        len: u16::try_from(filter.len())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?,
+        filter: filter.as_mut_ptr(),
+    };
+    // SAFETY: `prog` points at `filter`, which lives until the call returns; the kernel copies
+    // the program and only reads the struct of the size we pass.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_ATTACH_REUSEPORT_CBPF,
+            (&prog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::{bind_udp, SocketOptions};
+    use std::net::{SocketAddr, UdpSocket};
+    use std::time::{Duration, Instant};
+
+    fn group(n: usize) -> Vec<UdpSocket> {
+        let first = bind_udp("127.0.0.1:0".parse().unwrap(), &SocketOptions::default()).unwrap();
+        let addr = first.local_addr().unwrap();
+        let mut v = vec![first];
+        for _ in 1..n {
+            v.push(bind_udp(addr, &SocketOptions::default()).unwrap());
+        }
+        for s in &v {
+            s.set_nonblocking(true).unwrap();
+        }
+        v
+    }
+
+    fn message(ty: u8, index: u32) -> Vec<u8> {
+        let mut m = vec![0u8; if ty == 2 { 92 } else { 32 }];
+        m[0] = ty;
+        let at = if ty == 2 { 8 } else { 4 };
+        m[at..at + 4].copy_from_slice(&index.to_le_bytes());
+        m
+    }
+
+    /// Which socket of the group got each datagram, by its first 12 bytes.
+    fn receive_all(sockets: &[UdpSocket], expected: usize) -> Vec<(usize, Vec<u8>)> {
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut buf = [0u8; 256];
+        while got.len() < expected && Instant::now() < deadline {
+            for (i, s) in sockets.iter().enumerate() {
+                while let Ok(n) = s.recv(&mut buf) {
+                    got.push((i, buf[..n].to_vec()));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        got
+    }
+
+    #[test]
+    fn owner_matches_the_programs_big_endian_modulo() {
+        assert_eq!(owner_shard(Index(0x0000_0001), 1), 0);
+        // Index 1 is bytes 01 00 00 00; read big-endian that is 0x0100_0000.
+        assert_eq!(owner_shard(Index(1), 3), (0x0100_0000u32 % 3) as usize);
+        assert_eq!(
+            owner_shard(Index(0x0403_0201), 7),
+            (0x0102_0304u32 % 7) as usize
+        );
+        assert_eq!(owner_shard(Index(5), 0), 0, "no shards counts as one");
+    }
+
+    #[test]
+    fn packets_land_on_the_owner_of_their_receiver_index() {
+        for shards in [2usize, 3, 4] {
+            let sockets = group(shards);
+            attach(&sockets[0], shards).expect("attach the steering program");
+            let to: SocketAddr = sockets[0].local_addr().unwrap();
+            // Many source ports, so the kernel's own hash alone would scatter them.
+            let mut sent = Vec::new();
+            for k in 0..40u32 {
+                let index = k.wrapping_mul(0x9e37_79b9);
+                let ty = [4u8, 3, 2][(k % 3) as usize];
+                let m = message(ty, index);
+                let src = UdpSocket::bind("127.0.0.1:0").unwrap();
+                src.send_to(&m, to).unwrap();
+                sent.push((index, m));
+            }
+            let got = receive_all(&sockets, sent.len());
+            assert_eq!(got.len(), sent.len(), "{shards} shards");
+            for (socket, bytes) in got {
+                let (index, _) = sent.iter().find(|(_, m)| *m == bytes).unwrap();
+                assert_eq!(
+                    socket,
+                    owner_shard(Index(*index), shards),
+                    "{shards} shards"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn initiations_and_short_packets_still_arrive() {
+        let sockets = group(2);
+        attach(&sockets[0], 2).unwrap();
+        let to = sockets[0].local_addr().unwrap();
+        let src = UdpSocket::bind("127.0.0.1:0").unwrap();
+        src.send_to(&[1u8; 148], to).unwrap();
+        src.send_to(&[4u8, 0], to).unwrap();
+        assert_eq!(receive_all(&sockets, 2).len(), 2);
+    }
+}
