@@ -189,15 +189,25 @@ fn setsockopt_int(
     name: libc::c_int,
     value: libc::c_int,
 ) -> io::Result<()> {
-    // SAFETY: the fd is open for the lifetime of `socket`; the value pointer and length describe
-    // a live c_int the kernel only reads.
+    setsockopt(socket, level, name, &value)
+}
+
+/// `setsockopt` with any plain C value (an int, a `sock_fprog`, ...).
+pub(super) fn setsockopt<T>(
+    socket: &impl AsRawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
+    // SAFETY: the fd is open for the lifetime of `socket`; the pointer and length describe a
+    // live `T` the kernel only reads (and copies) during the call.
     let rc = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
             level,
             name,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
         )
     };
     if rc == 0 {

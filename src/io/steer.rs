@@ -84,22 +84,8 @@ pub fn attach(socket: &impl AsRawFd, shards: usize) -> io::Result<()> {
             .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?,
         filter: filter.as_mut_ptr(),
     };
-    // SAFETY: `prog` points at `filter`, which lives until the call returns; the kernel copies
-    // the program and only reads the struct of the size we pass.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_ATTACH_REUSEPORT_CBPF,
-            (&prog as *const libc::sock_fprog).cast(),
-            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    // The kernel copies the program during the call; `filter` outlives it.
+    super::socket::setsockopt(socket, libc::SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &prog)
 }
 
 #[cfg(test)]
