@@ -281,3 +281,15 @@ fn the_readme_toml_example_is_valid() {
     assert_eq!(config.groups.len(), 2);
     assert_eq!(config.cookie, wgrelay::config::CookieMode::Always);
 }
+
+#[test]
+fn the_packaged_config_and_unit_agree() {
+    let toml = include_str!("../packaging/wgrelay.toml");
+    let config = wgrelay::config::Config::from_toml_str(toml).expect("packaged config parses");
+    assert_eq!(config.listen, vec!["[::]:51820".parse().expect("addr")]);
+    // The unit checks the same file before starting, and keeps sessions in its state dir.
+    let unit = include_str!("../packaging/wgrelay.service");
+    assert!(unit.contains("check-config --config /etc/wgrelay/wgrelay.toml"));
+    assert!(unit.contains("--state-file /var/lib/wgrelay/state"));
+    assert!(unit.contains("StateDirectory=wgrelay"));
+}
