@@ -6,9 +6,12 @@
 //! big-endian. The index is little-endian on the wire, so the shard is
 //! `u32::from_be_bytes(index bytes) % shards`, computed the same way here by [`owner_shard`].
 //! Transport (4) and cookie reply (3) carry the receiver at bytes 4..8, a response (2) at 8..12.
-//! An initiation has no receiver: the program returns an out-of-range value, and the kernel
-//! falls back to its usual hash of the 4-tuple. A packet too short for the load aborts the
-//! program, which the kernel treats as socket 0.
+//! An initiation (1) has no receiver: all initiations go to shard 0, so they are routed in the
+//! order they arrived (the parked hand-over pairs the initiations of two fresh peers by their
+//! order; spread over shards, the two could be routed the other way round). Handshakes are rare
+//! and take the shared routing state's lock anyway, so one shard loses nothing. Anything else
+//! gets the kernel's usual hash of the 4-tuple (an out-of-range return). A packet too short for
+//! a load aborts the program, which the kernel treats as socket 0.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -27,6 +30,7 @@ pub fn owner_shard(index: Index, shards: usize) -> usize {
     (u32::from_be_bytes(index.0.to_le_bytes()) % shards) as usize
 }
 
+// Jump offsets count instructions after the next one (cBPF).
 fn stmt(code: u32, k: u32) -> libc::sock_filter {
     libc::sock_filter {
         code: code as u16,
@@ -54,24 +58,28 @@ pub fn program(shards: usize) -> Vec<libc::sock_filter> {
     vec![
         // 0: A = message type (the first byte; the other three are zero in valid messages)
         stmt(BPF_LD | BPF_B | BPF_ABS, 0),
-        // 1: response? receiver at 8
+        // 1: initiation? shard 0
+        jump(BPF_JMP | BPF_JEQ | BPF_K, 1, 9, 0),
+        // 2: response? receiver at 8
         jump(BPF_JMP | BPF_JEQ | BPF_K, 2, 4, 0),
-        // 2: cookie reply? receiver at 4
+        // 3: cookie reply? receiver at 4
         jump(BPF_JMP | BPF_JEQ | BPF_K, 3, 1, 0),
-        // 3: transport? receiver at 4; anything else: let the kernel hash
+        // 4: transport? receiver at 4; anything else: let the kernel hash
         jump(BPF_JMP | BPF_JEQ | BPF_K, 4, 0, 5),
-        // 4: A = receiver (type 3 and 4)
+        // 5: A = receiver (type 3 and 4)
         stmt(BPF_LD | BPF_W | BPF_ABS, 4),
-        // 5: skip the response load
+        // 6: skip the response load
         stmt(BPF_JMP | BPF_JA, 1),
-        // 6: A = receiver (type 2)
+        // 7: A = receiver (type 2)
         stmt(BPF_LD | BPF_W | BPF_ABS, 8),
-        // 7: A %= shards
+        // 8: A %= shards
         stmt(BPF_ALU | BPF_MOD | BPF_K, n),
-        // 8: the socket
+        // 9: the socket
         stmt(BPF_RET | libc::BPF_A, 0),
-        // 9: out of range: the kernel's own selection
+        // 10: out of range: the kernel's own selection
         stmt(BPF_RET | BPF_K, u32::MAX),
+        // 11: initiations: shard 0
+        stmt(BPF_RET | BPF_K, 0),
     ]
 }
 
@@ -132,6 +140,21 @@ mod tests {
         got
     }
 
+    /// Where each conditional jump of the program lands, checked against the comments.
+    #[test]
+    fn jumps_land_where_the_comments_say() {
+        let p = program(2);
+        let target = |at: usize, off: u8| at + 1 + usize::from(off);
+        assert_eq!(target(1, p[1].jt), 11, "initiation -> ret 0");
+        assert_eq!(target(2, p[2].jt), 7, "response -> load at 8");
+        assert_eq!(target(3, p[3].jt), 5, "cookie reply -> load at 4");
+        assert_eq!(target(4, p[4].jt), 5, "transport -> load at 4");
+        assert_eq!(target(4, p[4].jf), 10, "anything else -> kernel hash");
+        assert_eq!(6 + 1 + p[6].k as usize, 8, "skip to the modulo");
+        assert_eq!(p[10].k, u32::MAX);
+        assert_eq!(p[11].k, 0);
+    }
+
     #[test]
     fn owner_matches_the_programs_big_endian_modulo() {
         assert_eq!(owner_shard(Index(0x0000_0001), 1), 0);
@@ -174,13 +197,27 @@ mod tests {
     }
 
     #[test]
-    fn initiations_and_short_packets_still_arrive() {
-        let sockets = group(2);
-        attach(&sockets[0], 2).unwrap();
+    fn initiations_go_to_shard_zero_and_the_rest_still_arrive() {
+        let sockets = group(3);
+        attach(&sockets[0], 3).unwrap();
         let to = sockets[0].local_addr().unwrap();
+        // Initiations from many source ports: all on socket 0, in order.
+        for k in 0..20u8 {
+            let src = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let mut init = [0u8; 148];
+            init[0] = 1;
+            init[4] = k;
+            src.send_to(&init, to).unwrap();
+        }
+        let got = receive_all(&sockets, 20);
+        assert_eq!(got.len(), 20);
+        assert!(got.iter().all(|(socket, _)| *socket == 0));
+        let order: Vec<u8> = got.iter().map(|(_, m)| m[4]).collect();
+        assert_eq!(order, (0..20).collect::<Vec<u8>>());
+        // Short packets and unknown types are not lost.
         let src = UdpSocket::bind("127.0.0.1:0").unwrap();
-        src.send_to(&[1u8; 148], to).unwrap();
         src.send_to(&[4u8, 0], to).unwrap();
+        src.send_to(&[9u8; 40], to).unwrap();
         assert_eq!(receive_all(&sockets, 2).len(), 2);
     }
 }
