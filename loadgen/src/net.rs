@@ -248,50 +248,71 @@ impl SendBatch {
             };
             self.names[i] = to_sockaddr(p.to);
             let clen = encode_cmsgs(&mut self.ctrl[i], p.src, p.segment);
-            let h = &mut self.hdrs[i];
-            h.msg_len = 0;
-            h.msg_hdr.msg_name = names.wrapping_add(i).cast();
-            h.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            h.msg_hdr.msg_iov = iovs.wrapping_add(i);
-            h.msg_hdr.msg_iovlen = 1;
-            h.msg_hdr.msg_control = if clen > 0 {
-                ctrl.wrapping_add(i).cast()
-            } else {
-                ptr::null_mut()
-            };
-            h.msg_hdr.msg_controllen = clen as _;
-            h.msg_hdr.msg_flags = 0;
+            point_header(
+                &mut self.hdrs[i],
+                names.wrapping_add(i),
+                iovs.wrapping_add(i),
+                ctrl.wrapping_add(i),
+                clen,
+            );
         }
-        let mut at = 0;
-        while at < n {
-            // SAFETY: headers `at..n` were filled above and point into `self.data`,
-            // `self.iovs`, `self.names` and `self.ctrl`, which are not touched until the call
-            // returns; the lengths match the buffers.
-            let rc = unsafe {
-                libc::sendmmsg(
-                    fd,
-                    self.hdrs[at..].as_mut_ptr(),
-                    (n - at) as libc::c_uint,
-                    0,
-                )
-            };
-            if rc > 0 {
-                out.messages += rc as u64;
-                at += rc as usize;
-                continue;
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            // The first message of the remainder was refused: count it, go on with the rest.
-            out.failed += 1;
-            out.last_errno = err.raw_os_error().unwrap_or(0);
-            at += 1;
-        }
+        // SAFETY: headers `..n` were filled above and point into `self.data`,
+        // `self.iovs`, `self.names` and `self.ctrl`, which are not touched until the call
+        // returns; the lengths match the buffers.
+        unsafe { send_all(fd, &mut self.hdrs[..n], &mut out) };
         self.pending.clear();
         self.data.clear();
         out
+    }
+}
+
+/// Points a send header at its name, its one iovec and, when `clen > 0`, its control buffer.
+fn point_header(
+    h: &mut libc::mmsghdr,
+    name: *mut libc::sockaddr_in,
+    iov: *mut libc::iovec,
+    ctrl: *mut Cmsg,
+    clen: usize,
+) {
+    h.msg_len = 0;
+    h.msg_hdr.msg_name = name.cast();
+    h.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    h.msg_hdr.msg_iov = iov;
+    h.msg_hdr.msg_iovlen = 1;
+    h.msg_hdr.msg_control = if clen > 0 {
+        ctrl.cast()
+    } else {
+        ptr::null_mut()
+    };
+    h.msg_hdr.msg_controllen = clen as _;
+    h.msg_hdr.msg_flags = 0;
+}
+
+/// `sendmmsg` of every header, past refusals: a refused message (always the first of the
+/// remainder) is counted and skipped, and the rest go on.
+///
+/// # Safety
+/// Every header's name, iovec and control pointers must point at live buffers of the lengths
+/// they give, untouched until this returns.
+unsafe fn send_all(fd: RawFd, hdrs: &mut [libc::mmsghdr], out: &mut Sent) {
+    let n = hdrs.len();
+    let mut at = 0;
+    while at < n {
+        // SAFETY: the caller vouches for the headers' pointers; `at..n` is in bounds.
+        let rc =
+            unsafe { libc::sendmmsg(fd, hdrs[at..].as_mut_ptr(), (n - at) as libc::c_uint, 0) };
+        if rc > 0 {
+            out.messages += rc as u64;
+            at += rc as usize;
+            continue;
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        out.failed += 1;
+        out.last_errno = err.raw_os_error().unwrap_or(0);
+        at += 1;
     }
 }
 
@@ -628,45 +649,17 @@ impl Forwarder {
                 0
             };
             let clen = encode_cmsgs(&mut self.ctrl[k], None, seg);
-            let h = &mut self.hdrs[k];
-            h.msg_len = 0;
-            h.msg_hdr.msg_name = names.wrapping_add(k).cast();
-            h.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            h.msg_hdr.msg_iov = iovs.wrapping_add(k);
-            h.msg_hdr.msg_iovlen = 1;
-            h.msg_hdr.msg_control = if clen > 0 {
-                ctrl.wrapping_add(k).cast()
-            } else {
-                ptr::null_mut()
-            };
-            h.msg_hdr.msg_controllen = clen as _;
-            h.msg_hdr.msg_flags = 0;
+            point_header(
+                &mut self.hdrs[k],
+                names.wrapping_add(k),
+                iovs.wrapping_add(k),
+                ctrl.wrapping_add(k),
+                clen,
+            );
         }
-        let mut at = 0;
-        while at < n {
-            // SAFETY: headers `at..n` point into `rx.buf` (slots in bounds, lengths at most
-            // the slot size) and into our own arrays; nothing else touches them during the call.
-            let rc = unsafe {
-                libc::sendmmsg(
-                    fd,
-                    self.hdrs[at..].as_mut_ptr(),
-                    (n - at) as libc::c_uint,
-                    0,
-                )
-            };
-            if rc > 0 {
-                out.messages += rc as u64;
-                at += rc as usize;
-                continue;
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            out.failed += 1;
-            out.last_errno = err.raw_os_error().unwrap_or(0);
-            at += 1;
-        }
+        // SAFETY: headers `..n` point into `rx.buf` (slots in bounds, lengths at most
+        // the slot size) and into our own arrays; nothing else touches them during the call.
+        unsafe { send_all(fd, &mut self.hdrs[..n], &mut out) };
         out
     }
 }
