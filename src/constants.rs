@@ -43,6 +43,8 @@ pub const SOURCE_PROVEN_TIME: Duration = COOKIE_REFRESH_TIME;
 /// packets a peer sends into a dead NAT mapping before it rebinds (about 1 s at 1 Gbit/s of
 /// full-size packets), narrow enough that a blind guess succeeds with probability ~2^-47.
 pub const ROAM_COUNTER_WINDOW: u64 = 1 << 17;
+/// How often the routing state sweeps out what has expired (linear in the tables).
+pub const EXPIRE_INTERVAL: Duration = Duration::from_secs(1);
 /// Parked initiations (cold initiations waiting for their holder to show up) kept at most.
 pub const MAX_PARKED_INITIATIONS: usize = 4096;
 /// Sessions (index pairs, half-open included) per relay state; beyond it new ones are dropped.

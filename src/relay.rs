@@ -269,7 +269,6 @@ impl Relay {
         let state = Arc::new(Mutex::new(initial));
         let io = Arc::new(IoCounters::default());
         let shutdown = Arc::new(AtomicBool::new(false));
-        let next_expire = Arc::new(Mutex::new(Instant::now()));
         let mut relay = Relay {
             local_addrs,
             backend: kind,
@@ -323,7 +322,6 @@ impl Relay {
                 state: relay.state.clone(),
                 io: relay.io.clone(),
                 shutdown: relay.shutdown.clone(),
-                next_expire: next_expire.clone(),
             };
             let core = cores.get(t).copied().filter(|_| pin);
             let spawned = std::thread::Builder::new()

@@ -16,8 +16,6 @@ use crate::wire;
 
 /// How long a shard waits for packets before checking for shutdown and expiry.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
-/// How often expired state is swept.
-pub const EXPIRE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Counters of the I/O layer, shared by all shards.
 #[derive(Debug, Default)]
@@ -49,7 +47,6 @@ pub struct Shard<B: Backend> {
     pub state: Arc<Mutex<State>>,
     pub io: Arc<IoCounters>,
     pub shutdown: Arc<AtomicBool>,
-    pub next_expire: Arc<Mutex<Instant>>,
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -85,7 +82,7 @@ impl<B: Backend> Shard<B> {
             {
                 let mut state = lock(&self.state);
                 let now = Instant::now();
-                self.maybe_expire(&mut state, now);
+                state.expire_if_due(now);
                 for i in 0..n {
                     let meta = *batch.meta(i);
                     if meta.truncated {
@@ -154,16 +151,5 @@ impl<B: Backend> Shard<B> {
         add(&self.io.kernel_drops, last.kernel, now.kernel);
         add(&self.io.enobufs, last.enobufs, now.enobufs);
         *last = now;
-    }
-
-    fn maybe_expire(&self, state: &mut State, now: Instant) {
-        let mut next = self
-            .next_expire
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if now >= *next {
-            state.expire(now);
-            *next = now + EXPIRE_INTERVAL;
-        }
     }
 }

@@ -285,6 +285,8 @@ pub struct State {
     fanout: Option<TokenBucket>,
     fanout_cursor: usize,
     clock: Clock,
+    /// When `expire_if_due` sweeps next.
+    next_expire: Instant,
     indices: IndexTable,
     endpoints: EndpointTable,
     parked: ParkingLot,
@@ -310,6 +312,7 @@ impl State {
                 .map(|rate| TokenBucket::new(rate, rate.saturating_mul(FANOUT_BURST_SECONDS), now)),
             fanout_cursor: 0,
             clock: Clock::new(now),
+            next_expire: now,
             indices: IndexTable::new(),
             endpoints: EndpointTable::new(),
             parked: ParkingLot::new(MAX_PARKED_INITIATIONS),
@@ -377,6 +380,15 @@ impl State {
         }
         self.counters.forwarded += out.extra.len() as u64;
         decision
+    }
+
+    /// Runs `expire` if EXPIRE_INTERVAL has passed since it last ran. Every shard calls this
+    /// once per batch; the state itself remembers when the sweep is due.
+    pub fn expire_if_due(&mut self, now: Instant) {
+        if now >= self.next_expire {
+            self.expire(now);
+            self.next_expire = now + EXPIRE_INTERVAL;
+        }
     }
 
     /// Removes what has expired. Call about once a second; cost is linear in the tables.
