@@ -278,6 +278,16 @@ pub trait Backend {
     fn drops(&self) -> Drops {
         Drops::default()
     }
+
+    /// Makes `recv` also return (early, possibly with `Ok(0)`) when `waker` becomes readable.
+    /// `waker` is a non-blocking eventfd that other shards write to when they hand this shard
+    /// work; the backend only waits on it and never reads it (the caller drains it after
+    /// `recv` returns). The fd outlives the backend. Without a waker, handed-over work waits for
+    /// the next datagram or the `recv` timeout.
+    fn set_waker(&mut self, waker: std::os::fd::RawFd) -> std::io::Result<()> {
+        let _ = waker;
+        Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
+    }
 }
 
 /// Datagrams lost below a backend, cumulative since it started.
