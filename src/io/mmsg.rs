@@ -17,7 +17,7 @@
 use std::io;
 use std::mem;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::ptr;
 use std::time::Duration;
 
@@ -46,7 +46,10 @@ const SEND_IOVS: usize = BATCH_SIZE * GSO_MAX_SEGMENTS;
 pub struct MmsgBackend {
     sockets: Vec<UdpSocket>,
     families: Vec<Family>,
+    /// One entry per listener (entry `i` is socket `i`), then the waker, if one is set.
     pollfds: Vec<libc::pollfd>,
+    /// The waker's fd (see [`Backend::set_waker`]): its entry is the last of `pollfds`.
+    waker: Option<libc::c_int>,
     /// Listener served first by the next `recv`, rotated so a busy one cannot starve the rest.
     next_first: usize,
     /// Last SO_RXQ_OVFL value per listener (the kernel reports a cumulative count).
@@ -206,6 +209,7 @@ impl MmsgBackend {
             sockets,
             families,
             pollfds,
+            waker: None,
             next_first: 0,
             drops,
             gso,
@@ -656,6 +660,19 @@ impl Backend for MmsgBackend {
         } else if rc == 0 && !pending {
             return Ok(0);
         }
+        // A readable waker only ends the wait (the caller drains it); the sockets that are
+        // ready are still read below. POLLNVAL would make every later poll return at once: a
+        // closed waker is a caller bug, so say so instead of spinning.
+        if self.waker.is_some() {
+            if let Some(w) = self.pollfds.last() {
+                if w.revents & libc::POLLNVAL != 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("waker fd {} is not open (POLLNVAL)", w.fd),
+                    ));
+                }
+            }
+        }
 
         let n = self.sockets.len();
         if n == 0 {
@@ -720,6 +737,26 @@ impl Backend for MmsgBackend {
     fn name(&self) -> &'static str {
         "mmsg"
     }
+
+    fn set_waker(&mut self, waker: RawFd) -> io::Result<()> {
+        if waker < 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("waker fd {waker}"),
+            ));
+        }
+        let entry = libc::pollfd {
+            fd: waker,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        if self.waker.is_some() {
+            self.pollfds.pop();
+        }
+        self.pollfds.push(entry);
+        self.waker = Some(waker);
+        Ok(())
+    }
 }
 
 /// Errors that mean the socket itself is unusable (a bug, not the network): worth surfacing.
@@ -775,6 +812,9 @@ mod tests {
         }
         fn name(&self) -> &'static str {
             self.0.name()
+        }
+        fn set_waker(&mut self, waker: RawFd) -> io::Result<()> {
+            self.0.set_waker(waker)
         }
     }
 

@@ -3,6 +3,7 @@
 //! behaviour by the same code.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use crate::io::socket::{bind_udp, SocketOptions};
@@ -156,11 +157,49 @@ pub(in crate::io) fn payloads(count: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// A non-blocking eventfd, as a shard's waker.
+pub(in crate::io) struct EventFd(OwnedFd);
+
+impl EventFd {
+    pub(in crate::io) fn new() -> EventFd {
+        // SAFETY: eventfd takes integer arguments only.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        assert!(fd >= 0, "eventfd: {}", std::io::Error::last_os_error());
+        // SAFETY: a fresh descriptor that nothing else owns.
+        EventFd(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    pub(in crate::io) fn fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+
+    /// Adds 1 to the counter (what another shard does to wake this one).
+    pub(in crate::io) fn wake(&self) {
+        wake_fd(self.fd());
+    }
+
+    /// Reads the counter back to 0 (what the woken shard does); false if it was 0 already.
+    pub(in crate::io) fn drain(&self) -> bool {
+        let mut v = 0u64;
+        // SAFETY: reads 8 bytes into a live u64 from an open, non-blocking eventfd.
+        let rc = unsafe { libc::read(self.fd(), (&mut v as *mut u64).cast(), 8) };
+        rc == 8
+    }
+}
+
+/// Writes 1 to the eventfd `fd` (usable from another thread, which only gets the number).
+pub(in crate::io) fn wake_fd(fd: RawFd) {
+    let one = 1u64;
+    // SAFETY: writes 8 bytes from a live u64 to an eventfd the caller keeps open.
+    let rc = unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+    assert_eq!(rc, 8, "eventfd write: {}", std::io::Error::last_os_error());
+}
+
 /// The conformance suite as `#[test]` functions for backend type `$backend`, each skipped where
 /// [`TestBackend::unavailable`] says so. Invoke inside a backend's test module.
 macro_rules! conformance_tests {
     ($backend:ty) => {
-        $crate::io::testkit::conformance_tests!(@each $backend; basic_v4, larger_than_batch_arrives_in_order, ipv6_loopback, dual_stack_receives_v4_mapped, dual_stack_replies_reach_v4_peer, two_listeners_tag_and_reply, busy_listener_does_not_starve_another, timeout_returns_zero, backend_without_sockets_just_times_out, oversized_datagram_is_truncated, failed_destination_is_counted_and_others_still_go, unknown_listener_is_counted_failed, kernel_drops_are_reported);
+        $crate::io::testkit::conformance_tests!(@each $backend; basic_v4, larger_than_batch_arrives_in_order, ipv6_loopback, dual_stack_receives_v4_mapped, dual_stack_replies_reach_v4_peer, two_listeners_tag_and_reply, busy_listener_does_not_starve_another, timeout_returns_zero, backend_without_sockets_just_times_out, oversized_datagram_is_truncated, failed_destination_is_counted_and_others_still_go, unknown_listener_is_counted_failed, kernel_drops_are_reported, waker_ends_a_long_wait, drained_waker_does_not_spin, waker_written_between_calls_is_not_lost, datagrams_and_waker_together, replaced_waker_is_ignored, waker_without_sockets);
     };
     (@each $backend:ty; $($name:ident),*) => {
         $(
@@ -479,5 +518,221 @@ pub(in crate::io) mod conformance {
         assert_eq!(got.len(), 1);
         println!("kernel_drops = {}", rx.kernel_drops());
         assert!(rx.kernel_drops() > 0);
+    }
+
+    /// How long a woken `recv` may take to return (the bound the shards rely on).
+    const WAKE_BOUND: Duration = Duration::from_millis(500);
+    /// The `recv` timeout in the waker tests: long, so only the waker can end it early.
+    const LONG: Duration = Duration::from_secs(5);
+
+    /// Calls `recv(timeout)` for `window` and returns how many calls returned (each bounded
+    /// by `timeout`, so the loop ends shortly after the window).
+    fn returns_within<B: Backend>(b: &mut B, timeout: Duration, window: Duration) -> usize {
+        let mut batch = RecvBatch::new();
+        let start = Instant::now();
+        let mut calls = 0;
+        while start.elapsed() < window && calls < 10_000 {
+            b.recv(&mut batch, timeout).expect("recv");
+            calls += 1;
+        }
+        calls
+    }
+
+    /// Another thread writes the waker while `recv` waits with a 5 s timeout: it returns
+    /// within [`WAKE_BOUND`] of the write.
+    pub(in crate::io) fn waker_ends_a_long_wait<B: TestBackend>() {
+        let mut b = bind::<B>(&["127.0.0.1:0"]);
+        let waker = EventFd::new();
+        b.set_waker(waker.fd()).expect("set_waker");
+        let mut batch = RecvBatch::new();
+        // Armed and settled first (uring arms on first use).
+        assert_eq!(b.recv(&mut batch, Duration::ZERO).expect("recv"), 0);
+        for round in 0..3 {
+            let fd = waker.fd();
+            let writer = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                let at = Instant::now();
+                wake_fd(fd);
+                at
+            });
+            let n = b.recv(&mut batch, LONG).expect("recv");
+            let returned = Instant::now();
+            let written = writer.join().expect("writer");
+            assert_eq!(n, 0, "round {round}: nothing was sent");
+            let late = returned.saturating_duration_since(written);
+            assert!(
+                late < WAKE_BOUND,
+                "round {round}: returned {late:?} after the write"
+            );
+            assert!(
+                waker.drain(),
+                "round {round}: the backend must not read the waker"
+            );
+        }
+    }
+
+    /// Once the caller drained the waker, `recv` waits for its timeout again: a handful of
+    /// returns in a window, not thousands.
+    pub(in crate::io) fn drained_waker_does_not_spin<B: TestBackend>() {
+        let mut b = bind::<B>(&["127.0.0.1:0"]);
+        let waker = EventFd::new();
+        b.set_waker(waker.fd()).expect("set_waker");
+        waker.wake();
+        let mut batch = RecvBatch::new();
+        let start = Instant::now();
+        assert_eq!(b.recv(&mut batch, LONG).expect("recv"), 0);
+        assert!(start.elapsed() < WAKE_BOUND, "already readable: no wait");
+        assert!(waker.drain());
+        // 100 ms timeouts over 400 ms: about 4 returns; a spin would be thousands.
+        let calls = returns_within(
+            &mut b,
+            Duration::from_millis(100),
+            Duration::from_millis(400),
+        );
+        assert!(
+            calls <= 8,
+            "{calls} returns in 400 ms: recv spins on a drained waker"
+        );
+        // And a long wait is really long again (cut short by a late write, bounded).
+        let fd = waker.fd();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            wake_fd(fd);
+        });
+        let start = Instant::now();
+        assert_eq!(b.recv(&mut batch, LONG).expect("recv"), 0);
+        let waited = start.elapsed();
+        writer.join().expect("writer");
+        assert!(
+            waited >= Duration::from_millis(250),
+            "returned early: {waited:?}"
+        );
+        assert!(
+            waited < Duration::from_millis(300) + WAKE_BOUND,
+            "{waited:?}"
+        );
+    }
+
+    /// A write while the caller is busy (between two `recv` calls) ends the next wait at once.
+    pub(in crate::io) fn waker_written_between_calls_is_not_lost<B: TestBackend>() {
+        let mut b = bind::<B>(&["127.0.0.1:0"]);
+        let mut tx = bind::<B>(&["127.0.0.1:0"]);
+        let waker = EventFd::new();
+        b.set_waker(waker.fd()).expect("set_waker");
+        let mut batch = RecvBatch::new();
+        assert_eq!(b.recv(&mut batch, Duration::ZERO).expect("recv"), 0);
+        // The backend's own sends enter the kernel (uring) while the write is pending.
+        waker.wake();
+        let t = Transmit {
+            listener: 0,
+            destination: local(&tx, 0),
+            contents: b"busy",
+        };
+        assert_eq!(b.send(&[t]).sent, 1);
+        let start = Instant::now();
+        assert_eq!(b.recv(&mut batch, LONG).expect("recv"), 0);
+        assert!(start.elapsed() < WAKE_BOUND, "{:?}", start.elapsed());
+        assert!(waker.drain());
+        assert_eq!(recv_n(&mut tx, 1).len(), 1);
+    }
+
+    /// Datagrams that are ready when the waker fires are returned, not left for later; and a
+    /// waker firing with datagrams queued behind it loses none of them.
+    pub(in crate::io) fn datagrams_and_waker_together<B: TestBackend>() {
+        let mut tx = bind::<B>(&["127.0.0.1:0"]);
+        let mut rx = bind::<B>(&["127.0.0.1:0", "127.0.0.1:0"]);
+        let waker = EventFd::new();
+        rx.set_waker(waker.fd()).expect("set_waker");
+        let mut batch = RecvBatch::new();
+        assert_eq!(rx.recv(&mut batch, Duration::ZERO).expect("recv"), 0);
+        let p = payloads(10);
+        let dests = [local(&rx, 0), local(&rx, 1)];
+        let t: Vec<Transmit<'_>> = p
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Transmit {
+                listener: 0,
+                destination: dests[i % 2],
+                contents: c,
+            })
+            .collect();
+        assert_eq!(tx.send(&t).sent, 10);
+        waker.wake();
+        // Give loopback a moment so the datagrams are queued before the wait starts.
+        std::thread::sleep(Duration::from_millis(20));
+        let start = Instant::now();
+        let n = rx.recv(&mut batch, LONG).expect("recv");
+        assert!(start.elapsed() < WAKE_BOUND);
+        assert!(n > 0, "woken with datagrams ready, but none returned");
+        let mut got: Vec<Vec<u8>> = batch.iter().map(|(_, d)| d.to_vec()).collect();
+        assert!(waker.drain());
+        got.extend(recv_n(&mut rx, 10 - got.len()).into_iter().map(|(_, d)| d));
+        got.sort();
+        let mut want = p.clone();
+        want.sort();
+        assert_eq!(got, want, "every datagram exactly once");
+
+        // Datagrams and wakes interleaved over several rounds: nothing lost, no long waits.
+        let mut total = 0;
+        for round in 0..5u8 {
+            let q = [vec![round; 100], vec![round; 200]];
+            assert_eq!(tx.send(&transmits(dests[0], &q)).sent, 2);
+            waker.wake();
+            let start = Instant::now();
+            for _ in 0..20 {
+                total += rx.recv(&mut batch, LONG).expect("recv");
+                waker.drain();
+                if total == 2 * (usize::from(round) + 1) {
+                    break;
+                }
+            }
+            assert!(start.elapsed() < 2 * WAKE_BOUND, "round {round}");
+        }
+        assert_eq!(total, 10);
+    }
+
+    /// After `set_waker` with a new fd, only the new one wakes `recv`.
+    pub(in crate::io) fn replaced_waker_is_ignored<B: TestBackend>() {
+        let mut b = bind::<B>(&["127.0.0.1:0"]);
+        let (old, new) = (EventFd::new(), EventFd::new());
+        b.set_waker(old.fd()).expect("set_waker");
+        let mut batch = RecvBatch::new();
+        assert_eq!(b.recv(&mut batch, Duration::ZERO).expect("recv"), 0);
+        b.set_waker(new.fd()).expect("set_waker again");
+        assert_eq!(b.recv(&mut batch, Duration::ZERO).expect("recv"), 0);
+        old.wake();
+        let start = Instant::now();
+        assert_eq!(
+            b.recv(&mut batch, Duration::from_millis(300))
+                .expect("recv"),
+            0
+        );
+        assert!(
+            start.elapsed() >= Duration::from_millis(200),
+            "woken by the replaced waker"
+        );
+        new.wake();
+        let start = Instant::now();
+        assert_eq!(b.recv(&mut batch, LONG).expect("recv"), 0);
+        assert!(start.elapsed() < WAKE_BOUND);
+        assert!(new.drain());
+        assert!(b.set_waker(-1).is_err(), "a negative fd is refused");
+    }
+
+    /// A backend with no sockets still waits on its waker.
+    pub(in crate::io) fn waker_without_sockets<B: TestBackend>() {
+        let mut b = B::from_sockets(Vec::new());
+        let waker = EventFd::new();
+        b.set_waker(waker.fd()).expect("set_waker");
+        let fd = waker.fd();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            wake_fd(fd);
+        });
+        let mut batch = RecvBatch::new();
+        let start = Instant::now();
+        assert_eq!(b.recv(&mut batch, LONG).expect("recv"), 0);
+        writer.join().expect("writer");
+        assert!(start.elapsed() < Duration::from_millis(50) + WAKE_BOUND);
     }
 }

@@ -12,6 +12,9 @@
 //!   returns (the iovecs point into the caller's buffers, which only live for the call).
 //! - **Waits** are `io_uring_enter` with `IORING_ENTER_EXT_ARG` and a timespec: bounded, one
 //!   system call per batch, never a spin.
+//! - **Waker** ([`Backend::set_waker`]): a multishot `POLL_ADD` on the eventfd, with its own
+//!   token; each write posts one completion, which ends the current (or next) wait. Re-armed
+//!   like the receives when the kernel ends it.
 //!
 //! The ring is created with `SINGLE_ISSUER | DEFER_TASKRUN` (completions run only when the owning
 //! thread enters the kernel: no interrupts from task work) and `R_DISABLED`, and enabled on the
@@ -93,6 +96,9 @@ enum Token {
     Send(usize),
     /// An AsyncCancel request (its own result is not needed).
     Cancel,
+    /// The multishot poll on the waker fd, generation `gen` (a replaced waker's late
+    /// completions carry an older one and are ignored).
+    Waker(usize),
 }
 
 impl Token {
@@ -104,6 +110,7 @@ impl Token {
             Token::Recv(i) => (1 << Self::SHIFT) | (i as u64 & Self::INDEX_MASK),
             Token::Send(i) => (2 << Self::SHIFT) | (i as u64 & Self::INDEX_MASK),
             Token::Cancel => 3 << Self::SHIFT,
+            Token::Waker(g) => (4 << Self::SHIFT) | (g as u64 & Self::INDEX_MASK),
         }
     }
 
@@ -113,6 +120,7 @@ impl Token {
             1 => Some(Token::Recv(idx)),
             2 => Some(Token::Send(idx)),
             3 => Some(Token::Cancel),
+            4 => Some(Token::Waker(idx)),
             _ => None,
         }
     }
@@ -350,6 +358,17 @@ pub struct UringBackend {
     /// SENDMSG entries submitted and not yet completed.
     send_outstanding: usize,
 
+    /// The waker (see [`Backend::set_waker`]) and the generation of its poll request.
+    waker: Option<RawFd>,
+    waker_gen: usize,
+    /// A multishot poll on the current waker is in flight.
+    waker_armed: bool,
+    /// The waker fired since the last `recv` returned: the next (or current) `recv` returns
+    /// without waiting.
+    woken: bool,
+    /// The waker's poll failed for good (e.g. EBADF): reported by the next `recv`.
+    waker_error: Option<i32>,
+
     enobufs: u64,
     rearms: u64,
     send_warn: RateLimit,
@@ -440,6 +459,11 @@ impl UringBackend {
             send_names: zeroed_slice(SEND_SLOTS),
             send_state: vec![SlotState::Idle; SEND_SLOTS].into_boxed_slice(),
             send_outstanding: 0,
+            waker: None,
+            waker_gen: 0,
+            waker_armed: false,
+            woken: false,
+            waker_error: None,
             enobufs: 0,
             rearms: 0,
             send_warn: RateLimit::default(),
@@ -499,7 +523,29 @@ impl UringBackend {
         for idx in 0..self.sockets.len() {
             self.arm(idx);
         }
+        self.arm_waker();
         Ok(())
+    }
+
+    /// Queues a multishot POLL_ADD (POLLIN) on the waker, if one is set and not armed. Each
+    /// write to the eventfd wakes its wait queue and posts one completion; a waker that stays
+    /// readable posts nothing more, so a caller that drains it late does not make `recv` spin.
+    fn arm_waker(&mut self) {
+        let Some(fd) = self.waker else {
+            return;
+        };
+        if self.waker_armed || self.waker_error.is_some() {
+            return;
+        }
+        let entry = opcode::PollAdd::new(Fd(fd), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(Token::Waker(self.waker_gen).encode());
+        // SAFETY: a poll request carries no pointers; the fd outlives the backend (the
+        // `set_waker` contract), and a closed one only fails the request.
+        if unsafe { push(&mut self.ring, &entry) } {
+            self.waker_armed = true;
+        }
     }
 
     /// Queues a multishot recvmsg for listener `idx` (submitted by the next enter).
@@ -519,7 +565,7 @@ impl UringBackend {
         }
     }
 
-    /// Re-arms listeners whose multishot ended.
+    /// Re-arms listeners whose multishot ended, and the waker's poll.
     fn rearm(&mut self) {
         for idx in 0..self.sockets.len() {
             if !self.armed[idx] && !self.dead[idx] {
@@ -527,6 +573,7 @@ impl UringBackend {
                 self.arm(idx);
             }
         }
+        self.arm_waker();
     }
 
     /// Submits queued entries and runs completions: waits up to `wait` for at least `want`
@@ -583,7 +630,17 @@ impl UringBackend {
                         self.send_outstanding -= 1;
                     }
                 }
-                Some(Token::Cancel) | None => {}
+                Some(Token::Waker(gen)) if gen == self.waker_gen => {
+                    if !cqueue::more(cqe.flags) {
+                        self.waker_armed = false;
+                    }
+                    // Any completion ends the wait: a spurious early return is harmless.
+                    self.woken = true;
+                    if matches!(-cqe.result, libc::EBADF | libc::EINVAL | libc::EOPNOTSUPP) {
+                        self.waker_error = Some(-cqe.result);
+                    }
+                }
+                Some(Token::Waker(_) | Token::Cancel) | None => {}
             }
         }
     }
@@ -895,6 +952,41 @@ impl UringBackend {
         }
     }
 
+    /// The body of `recv`: harvest, then wait in rounds until something arrives, the waker
+    /// fires or the timeout passes.
+    fn recv_rounds(
+        &mut self,
+        batch: &mut RecvBatch,
+        start: Instant,
+        timeout: Duration,
+    ) -> io::Result<usize> {
+        self.harvest(batch)?;
+        for _ in 0..MAX_WAIT_ROUNDS {
+            if batch.len() == batch.capacity() {
+                break;
+            }
+            self.rearm();
+            // Something in hand (or woken): only collect what is ready. Nothing: wait for the
+            // rest of the timeout.
+            let wait = if batch.is_empty() && !self.woken {
+                timeout.saturating_sub(start.elapsed())
+            } else {
+                Duration::ZERO
+            };
+            let completed = self.enter(1, wait)?;
+            self.harvest(batch)?;
+            if !batch.is_empty()
+                || self.woken
+                || !completed
+                || wait.is_zero()
+                || start.elapsed() >= timeout
+            {
+                break;
+            }
+        }
+        Ok(batch.len())
+    }
+
     /// Cancels the armed multishots and waits (bounded) until each has reported its end, so
     /// the buffer pool can be unmapped. Returns false if some may still be armed.
     fn quiesce(&mut self) -> bool {
@@ -977,27 +1069,15 @@ impl Backend for UringBackend {
     fn recv(&mut self, batch: &mut RecvBatch, timeout: Duration) -> io::Result<usize> {
         batch.clear();
         self.ensure_enabled()?;
-        let start = Instant::now();
-        self.harvest(batch)?;
-        for _ in 0..MAX_WAIT_ROUNDS {
-            if batch.len() == batch.capacity() {
-                break;
-            }
-            self.rearm();
-            // Something in hand: only collect what is ready. Nothing: wait for the rest of the
-            // timeout.
-            let wait = if batch.is_empty() {
-                timeout.saturating_sub(start.elapsed())
-            } else {
-                Duration::ZERO
-            };
-            let completed = self.enter(1, wait)?;
-            self.harvest(batch)?;
-            if !batch.is_empty() || !completed || wait.is_zero() || start.elapsed() >= timeout {
-                break;
-            }
+        if let Some(errno) = self.waker_error {
+            let e = io::Error::from_raw_os_error(errno);
+            return Err(io::Error::new(e.kind(), format!("poll on the waker: {e}")));
         }
-        Ok(batch.len())
+        let start = Instant::now();
+        let result = self.recv_rounds(batch, start, timeout);
+        // The caller drains the waker now; a later write posts a new completion.
+        self.woken = false;
+        result
     }
 
     fn send(&mut self, transmits: &[Transmit<'_>]) -> SendStats {
@@ -1029,6 +1109,36 @@ impl Backend for UringBackend {
 
     fn name(&self) -> &'static str {
         "uring"
+    }
+
+    fn set_waker(&mut self, waker: RawFd) -> io::Result<()> {
+        if waker < 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("waker fd {waker}"),
+            ));
+        }
+        if self.waker_armed {
+            // The old poll's completions carry the old generation and are ignored.
+            let entry = opcode::AsyncCancel::new(Token::Waker(self.waker_gen).encode())
+                .build()
+                .user_data(Token::Cancel.encode());
+            // SAFETY: a cancel request carries no pointers.
+            if !unsafe { push(&mut self.ring, &entry) } {
+                let _ = self.ring.submit();
+                // SAFETY: as above.
+                let _ = unsafe { push(&mut self.ring, &entry) };
+            }
+        }
+        self.waker = Some(waker);
+        self.waker_gen = (self.waker_gen + 1) & Token::INDEX_MASK as usize;
+        self.waker_armed = false;
+        self.waker_error = None;
+        // Before the ring is enabled, `ensure_enabled` arms it.
+        if self.enabled {
+            self.arm_waker();
+        }
+        Ok(())
     }
 }
 
