@@ -62,6 +62,7 @@ macro_rules! packet_view {
     };
 }
 
+pub mod awg;
 pub mod cookie_reply;
 pub mod initiation;
 pub mod mac;
