@@ -23,21 +23,11 @@ use std::time::Duration;
 
 use super::socket::{enable_gro, probe_gso, GSO_MAX_SEGMENTS};
 use super::sys::{
-    adapt_destination, put_udp_segment, rxq_ovfl, sockaddr_to_std, std_to_sockaddr,
-    udp_gro_segment, zeroed_slice, CmsgBuf, Family, RateLimit, CMSG_BUF_LEN,
+    adapt_destination, gso_group, put_udp_segment, rxq_ovfl, sockaddr_to_std, std_to_sockaddr,
+    udp_gro_segment, zeroed_slice, CmsgBuf, Family, RateLimit, CMSG_BUF_LEN, GRO_BUF_LEN,
 };
 use super::{Backend, Capabilities, Offload, RecvBatch, RecvMeta, SendStats, Transmit};
 use super::{BATCH_SIZE, GRO_MAX_SEGMENTS, MAX_DATAGRAM_LEN};
-
-/// Bytes one UDP GRO receive buffer holds: the kernel's default `gro_max_size`
-/// (`GRO_LEGACY_MAX_SIZE`, 65536) bounds a coalesced run, and a GSO send over loopback (at most
-/// one 65507-byte UDP payload) also fits. A longer run (a device with a raised `gro_max_size`)
-/// arrives truncated: the segments that fit are kept, the cut one is reported truncated.
-const GRO_BUF_LEN: usize = 1 << 16;
-
-/// Largest payload of one GSO send: IPv4's 65535-byte `IP_MAX_MTU` minus the IPv4 (20) and UDP
-/// (8) headers. IPv6 allows a little more; one limit for both keeps it simple.
-const MAX_GSO_PAYLOAD: usize = 65535 - 20 - 8;
 
 /// Iovecs of one `sendmmsg`: one per datagram, up to [`GSO_MAX_SEGMENTS`] per message.
 const SEND_IOVS: usize = BATCH_SIZE * GSO_MAX_SEGMENTS;
@@ -82,7 +72,7 @@ pub struct MmsgBackend {
 
     /// Test hook: the next GSO message fails with this errno without reaching the kernel.
     #[cfg(test)]
-    fail_next_gso: Option<i32>,
+    fail_next_gso: super::testkit::GsoHook,
     /// Test counter: coalesced runs (more than one datagram) received with GRO.
     #[cfg(test)]
     gro_runs: usize,
@@ -571,43 +561,6 @@ impl MmsgBackend {
     }
 }
 
-/// How many transmits from the start of `run` (all through one listener) go as one GSO
-/// message, and its segment size when that is more than one.
-///
-/// The kernel's rule: one destination, every segment the same length except the last, which
-/// may be shorter (not empty: it would vanish), at most `max_segments` (`UDP_MAX_SEGMENTS`) and
-/// [`MAX_GSO_PAYLOAD`] bytes in all. A group of one gets no UDP_SEGMENT, because some drivers
-/// reject single-segment GSO (as quinn-udp notes).
-fn gso_group(run: &[Transmit<'_>], max_segments: usize) -> (usize, Option<u16>) {
-    let Some(first) = run.first() else {
-        return (0, None);
-    };
-    let seg = first.contents.len();
-    let Ok(segment) = u16::try_from(seg) else {
-        return (1, None);
-    };
-    if max_segments <= 1 || seg == 0 {
-        return (1, None);
-    }
-    let (mut count, mut total) = (1, seg);
-    for t in &run[1..run.len().min(max_segments)] {
-        let len = t.contents.len();
-        if t.destination != first.destination
-            || len == 0
-            || len > seg
-            || total + len > MAX_GSO_PAYLOAD
-        {
-            break;
-        }
-        count += 1;
-        total += len;
-        if len < seg {
-            break; // a shorter datagram ends the group
-        }
-    }
-    (count, (count > 1).then_some(segment))
-}
-
 impl std::fmt::Debug for MmsgBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MmsgBackend")
@@ -777,7 +730,7 @@ fn timeout_ms(timeout: Duration) -> libc::c_int {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::io::testkit::{bind, conformance_tests, local, recv_n, sockets, TestBackend};
+    use crate::io::testkit::{bind, conformance_tests, offload_tests, Combo, GsoHook, TestBackend};
 
     impl TestBackend for MmsgBackend {
         fn unavailable() -> Option<String> {
@@ -786,380 +739,44 @@ mod tests {
         fn from_sockets(sockets: Vec<UdpSocket>) -> Self {
             MmsgBackend::new(sockets)
         }
+        fn with_offload(sockets: Vec<UdpSocket>, offload: Offload) -> Self {
+            MmsgBackend::with_offload(sockets, offload)
+        }
         fn sockets(&self) -> &[UdpSocket] {
             MmsgBackend::sockets(self)
         }
         fn kernel_drops(&self) -> u64 {
             MmsgBackend::kernel_drops(self)
         }
+        fn gro_runs(&self) -> usize {
+            self.gro_runs
+        }
+        fn gso_hook(&mut self) -> &mut GsoHook {
+            &mut self.fail_next_gso
+        }
     }
 
     // Offloads off: exactly the plain recvmmsg/sendmmsg behaviour.
     conformance_tests!(MmsgBackend);
 
-    /// The mmsg backend with GSO and GRO as given, for the conformance suite.
-    struct Combo<const GSO: bool, const GRO: bool>(MmsgBackend);
-
-    impl<const GSO: bool, const GRO: bool> Backend for Combo<GSO, GRO> {
-        fn recv(&mut self, batch: &mut RecvBatch, timeout: Duration) -> io::Result<usize> {
-            self.0.recv(batch, timeout)
-        }
-        fn send(&mut self, transmits: &[Transmit<'_>]) -> SendStats {
-            self.0.send(transmits)
-        }
-        fn capabilities(&self) -> Capabilities {
-            self.0.capabilities()
-        }
-        fn name(&self) -> &'static str {
-            self.0.name()
-        }
-        fn set_waker(&mut self, waker: RawFd) -> io::Result<()> {
-            self.0.set_waker(waker)
-        }
-    }
-
-    impl<const GSO: bool, const GRO: bool> TestBackend for Combo<GSO, GRO> {
-        fn unavailable() -> Option<String> {
-            None
-        }
-        fn from_sockets(sockets: Vec<UdpSocket>) -> Self {
-            Combo(MmsgBackend::with_offload(
-                sockets,
-                Offload { gso: GSO, gro: GRO },
-            ))
-        }
-        fn sockets(&self) -> &[UdpSocket] {
-            self.0.sockets()
-        }
-        fn kernel_drops(&self) -> u64 {
-            self.0.kernel_drops()
-        }
-    }
-
     mod gso_on_gro_off {
         use super::*;
-        conformance_tests!(Combo<true, false>);
+        conformance_tests!(Combo<MmsgBackend, true, false>);
     }
 
     mod gso_off_gro_on {
         use super::*;
-        conformance_tests!(Combo<false, true>);
+        conformance_tests!(Combo<MmsgBackend, false, true>);
     }
 
     mod gso_on_gro_on {
         use super::*;
-        conformance_tests!(Combo<true, true>);
+        conformance_tests!(Combo<MmsgBackend, true, true>);
     }
 
-    fn offload(addrs: &[&str], gso: bool, gro: bool) -> MmsgBackend {
-        MmsgBackend::with_offload(sockets(addrs), Offload { gso, gro })
-    }
-
-    /// `count` datagrams of `len` bytes, each starting with its index, then `tail` (if any).
-    fn run_payloads(count: usize, len: usize, tail: Option<usize>) -> Vec<Vec<u8>> {
-        let mut out: Vec<Vec<u8>> = (0..count)
-            .map(|i| {
-                let mut p = (i as u32).to_be_bytes().to_vec();
-                p.resize(len, i as u8);
-                p
-            })
-            .collect();
-        if let Some(t) = tail {
-            let mut p = (count as u32).to_be_bytes().to_vec();
-            p.resize(t, 0xEE);
-            out.push(p);
-        }
-        out
-    }
-
-    fn to(destination: SocketAddr, payloads: &[Vec<u8>]) -> Vec<Transmit<'_>> {
-        payloads
-            .iter()
-            .map(|p| Transmit {
-                listener: 0,
-                destination,
-                contents: p,
-            })
-            .collect()
-    }
-
-    /// Reads up to `want` datagrams from a plain socket (bounded by a 5 s read timeout).
-    fn plain_recv(sock: &UdpSocket, want: usize) -> Vec<Vec<u8>> {
-        sock.set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
-        let mut buf = vec![0u8; 65536];
-        let mut out = Vec::new();
-        while out.len() < want {
-            match sock.recv(&mut buf) {
-                Ok(n) => out.push(buf[..n].to_vec()),
-                Err(_) => break,
-            }
-        }
-        out
-    }
-
-    fn gso_supported(b: &MmsgBackend) -> bool {
-        let ok = b.capabilities().max_gso_segments > 1;
-        if !ok {
-            println!("skipping: no UDP GSO on this host");
-        }
-        ok
-    }
-
-    fn gro_supported(b: &MmsgBackend) -> bool {
-        let ok = b.capabilities().gro_segments > 1;
-        if !ok {
-            println!("skipping: no UDP GRO on this host");
-        }
-        ok
-    }
-
-    #[test]
-    fn gso_group_follows_the_kernel_rule() {
-        let d1: SocketAddr = "127.0.0.1:1".parse().expect("literal");
-        let d2: SocketAddr = "127.0.0.1:2".parse().expect("literal");
-        let (a, b, c) = (vec![1u8; 100], vec![2u8; 50], vec![3u8; 150]);
-        fn t(destination: SocketAddr, contents: &[u8]) -> Transmit<'_> {
-            Transmit {
-                listener: 0,
-                destination,
-                contents,
-            }
-        }
-        let g = |run: &[Transmit<'_>], max| gso_group(run, max);
-        assert_eq!(g(&[], 64), (0, None));
-        assert_eq!(g(&[t(d1, &a)], 64), (1, None), "one segment: no GSO");
-        assert_eq!(g(&[t(d1, &a), t(d1, &a)], 64), (2, Some(100)));
-        assert_eq!(g(&[t(d1, &a), t(d1, &a)], 1), (1, None), "GSO off");
-        // A shorter datagram ends the group; a longer one starts the next.
-        assert_eq!(g(&[t(d1, &a), t(d1, &b), t(d1, &b)], 64), (2, Some(100)));
-        assert_eq!(g(&[t(d1, &a), t(d1, &c)], 64), (1, None));
-        assert_eq!(
-            g(&[t(d1, &a), t(d2, &a)], 64),
-            (1, None),
-            "other destination"
-        );
-        // Empty datagrams never join a group (the kernel would drop them).
-        let e = Vec::new();
-        assert_eq!(g(&[t(d1, &a), t(d1, &e)], 64), (1, None));
-        assert_eq!(g(&[t(d1, &e), t(d1, &e)], 64), (1, None));
-        // Segment cap and payload cap.
-        let many: Vec<Transmit<'_>> = (0..100).map(|_| t(d1, &a)).collect();
-        assert_eq!(g(&many, 64), (64, Some(100)));
-        let big = vec![0u8; 20_000];
-        let bigs: Vec<Transmit<'_>> = (0..5).map(|_| t(d1, &big)).collect();
-        assert_eq!(g(&bigs, 64), (3, Some(20_000)), "65507-byte payload cap");
-        let huge = vec![0u8; 70_000];
-        assert_eq!(g(&[t(d1, &huge), t(d1, &a)], 64), (1, None));
-    }
-
-    #[test]
-    fn gso_run_arrives_as_individual_datagrams_at_a_plain_receiver() {
-        let mut tx = offload(&["127.0.0.1:0"], true, false);
-        if !gso_supported(&tx) {
-            return;
-        }
-        let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        let p = run_payloads(40, 1000, Some(300));
-        let stats = tx.send(&to(rx.local_addr().expect("local_addr"), &p));
-        assert_eq!(
-            stats,
-            SendStats {
-                sent: 41,
-                failed: 0
-            }
-        );
-        assert_eq!(plain_recv(&rx, 41), p);
-    }
-
-    #[test]
-    fn gso_splits_mixed_destinations_into_groups() {
-        let mut tx = offload(&["127.0.0.1:0"], true, false);
-        if !gso_supported(&tx) {
-            return;
-        }
-        let (ra, rb) = (
-            UdpSocket::bind("127.0.0.1:0").expect("bind"),
-            UdpSocket::bind("127.0.0.1:0").expect("bind"),
-        );
-        let (da, db) = (
-            ra.local_addr().expect("local_addr"),
-            rb.local_addr().expect("local_addr"),
-        );
-        let p = run_payloads(30, 200, None);
-        // a a a b b a a(short) a b(short) b, ...
-        let dests = [da, da, da, db, db, da, da, da, db, db];
-        let mut lens = vec![200; 30];
-        lens[6] = 90;
-        lens[9] = 10;
-        let t: Vec<Transmit<'_>> = p
-            .iter()
-            .enumerate()
-            .map(|(i, q)| Transmit {
-                listener: 0,
-                destination: dests[i % dests.len()],
-                contents: &q[..lens[i]],
-            })
-            .collect();
-        assert_eq!(
-            tx.send(&t),
-            SendStats {
-                sent: 30,
-                failed: 0
-            }
-        );
-        let want = |d: SocketAddr| -> Vec<Vec<u8>> {
-            t.iter()
-                .filter(|x| x.destination == d)
-                .map(|x| x.contents.to_vec())
-                .collect()
-        };
-        let (wa, wb) = (want(da), want(db));
-        assert_eq!(plain_recv(&ra, wa.len()), wa);
-        assert_eq!(plain_recv(&rb, wb.len()), wb);
-    }
-
-    #[test]
-    fn gro_splits_a_gso_burst_back_in_order() {
-        let mut tx = offload(&["127.0.0.1:0"], true, false);
-        let mut rx = offload(&["127.0.0.1:0"], false, true);
-        if !gso_supported(&tx) || !gro_supported(&rx) {
-            return;
-        }
-        let p = run_payloads(40, 1000, Some(300));
-        let src = local(&tx, 0);
-        assert_eq!(tx.send(&to(local(&rx, 0), &p)).sent, 41);
-        let got = recv_n(&mut rx, 41);
-        assert_eq!(got.len(), 41);
-        for (i, ((meta, bytes), want)) in got.iter().zip(&p).enumerate() {
-            assert_eq!(bytes, want, "datagram {i}");
-            assert_eq!(meta.len, want.len());
-            assert!(!meta.truncated);
-            assert_eq!(meta.addr, src);
-            assert_eq!(meta.listener, 0);
-        }
-        assert!(rx.gro_runs > 0, "the burst was not coalesced");
-    }
-
-    #[test]
-    fn gro_carries_over_what_does_not_fit_the_batch() {
-        let mut tx = offload(&["127.0.0.1:0"], true, false);
-        let mut rx = offload(&["127.0.0.1:0"], false, true);
-        if !gso_supported(&tx) || !gro_supported(&rx) {
-            return;
-        }
-        // Three runs of 60 (the last one ends shorter): 181 datagrams, 3 batches and a bit.
-        let mut p = run_payloads(180, 100, Some(7));
-        p[59].truncate(50);
-        let dest = local(&rx, 0);
-        assert_eq!(tx.send(&to(dest, &p)).sent, 181);
-        let mut batch = RecvBatch::new();
-        let first = rx.recv(&mut batch, Duration::from_secs(5)).expect("recv");
-        assert_eq!(first, BATCH_SIZE, "the batch is filled from the runs");
-        let mut got: Vec<Vec<u8>> = batch.iter().map(|(_, d)| d.to_vec()).collect();
-        got.extend(recv_n(&mut rx, 181 - first).into_iter().map(|(_, d)| d));
-        assert_eq!(got.len(), 181, "datagrams lost or duplicated");
-        assert_eq!(got, p);
-        assert!(rx.gro_runs > 0);
-        // Nothing left behind.
-        assert_eq!(
-            rx.recv(&mut batch, Duration::from_millis(50))
-                .expect("recv"),
-            0
-        );
-    }
-
-    #[test]
-    fn gro_keeps_truncation_per_datagram() {
-        let mut tx = offload(&["127.0.0.1:0"], true, false);
-        let mut rx = offload(&["127.0.0.1:0"], false, true);
-        if !gso_supported(&tx) || !gro_supported(&rx) {
-            return;
-        }
-        // Segments longer than a slot: each is cut to MAX_DATAGRAM_LEN and flagged.
-        let p = run_payloads(3, 9300, Some(20));
-        assert_eq!(tx.send(&to(local(&rx, 0), &p)).sent, 4);
-        let got = recv_n(&mut rx, 4);
-        assert_eq!(got.len(), 4);
-        for (meta, bytes) in &got[..3] {
-            assert!(meta.truncated);
-            assert_eq!(meta.len, MAX_DATAGRAM_LEN);
-            assert_eq!(bytes.len(), MAX_DATAGRAM_LEN);
-        }
-        assert_eq!(got[1].1, &p[1][..MAX_DATAGRAM_LEN]);
-        assert!(!got[3].0.truncated);
-        assert_eq!(got[3].1, p[3]);
-    }
-
-    fn fallback_after(errno: i32) {
-        let mut tx = offload(&["127.0.0.1:0"], true, false);
-        if !gso_supported(&tx) {
-            return;
-        }
-        let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        let dest = rx.local_addr().expect("local_addr");
-        // Two GSO groups with single datagrams between them; the first group is refused.
-        let mut p = vec![b"single-0".to_vec()];
-        p.extend(run_payloads(20, 500, Some(30)));
-        p.push(b"single-1".to_vec());
-        p.extend(run_payloads(10, 700, None));
-        tx.fail_next_gso = Some(errno);
-        let n = p.len() as u64;
-        assert_eq!(tx.send(&to(dest, &p)), SendStats { sent: n, failed: 0 });
-        assert_eq!(tx.fail_next_gso, None, "the hook fired");
-        assert_eq!(
-            plain_recv(&rx, p.len()),
-            p,
-            "each datagram exactly once, in order"
-        );
-        assert_eq!(tx.capabilities().max_gso_segments, 1, "GSO is off for good");
-        // Later sends keep working, one datagram per message.
-        let q = run_payloads(5, 100, None);
-        assert_eq!(tx.send(&to(dest, &q)).sent, 5);
-        assert_eq!(plain_recv(&rx, 5), q);
-        assert!(rx.set_read_timeout(Some(Duration::from_millis(50))).is_ok());
-        let mut buf = [0u8; 2048];
-        assert!(rx.recv(&mut buf).is_err(), "no duplicate arrived late");
-    }
-
-    #[test]
-    fn gso_eio_falls_back_without_loss_or_duplicates() {
-        fallback_after(libc::EIO);
-    }
-
-    #[test]
-    fn gso_einval_falls_back_without_loss_or_duplicates() {
-        fallback_after(libc::EINVAL);
-    }
-
-    #[test]
-    fn other_errors_on_a_gso_message_count_its_datagrams_and_keep_gso() {
-        let mut tx = offload(&["127.0.0.1:0"], true, false);
-        if !gso_supported(&tx) {
-            return;
-        }
-        let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        let p = run_payloads(8, 100, None);
-        tx.fail_next_gso = Some(libc::ENOBUFS);
-        // One group of 8, refused for a reason that is not GSO's: all 8 count as failed.
-        let stats = tx.send(&to(rx.local_addr().expect("local_addr"), &p));
-        assert_eq!(stats, SendStats { sent: 0, failed: 8 });
-        assert!(tx.capabilities().max_gso_segments > 1);
-    }
-
-    #[test]
-    fn capabilities_follow_the_switches() {
-        let b = offload(&["127.0.0.1:0", "127.0.0.1:0"], false, false);
-        let caps = b.capabilities();
-        assert_eq!((caps.max_gso_segments, caps.gro_segments), (1, 1));
-        let b = offload(&["127.0.0.1:0"], true, true);
-        let caps = b.capabilities();
-        println!("gso {} gro {}", caps.max_gso_segments, caps.gro_segments);
-        assert!([1, GSO_MAX_SEGMENTS].contains(&caps.max_gso_segments));
-        assert!([1, GRO_MAX_SEGMENTS].contains(&caps.gro_segments));
-        let none = MmsgBackend::with_offload(Vec::new(), Offload::ON);
-        assert_eq!(none.capabilities().max_gso_segments, 1);
-        assert_eq!(none.capabilities().gro_segments, 1);
+    mod offload {
+        use super::*;
+        offload_tests!(MmsgBackend);
     }
 
     #[test]

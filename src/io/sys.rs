@@ -1,14 +1,27 @@
 //! Low-level helpers shared by the system-call backends ([`super::mmsg`], [`super::uring`]):
-//! socket address conversion, destination-family adaptation, the SO_RXQ_OVFL control-message
-//! parser, zeroed C structs and a log rate limiter.
+//! socket address conversion, destination-family adaptation, the control-message helpers
+//! (SO_RXQ_OVFL, UDP_GRO, UDP_SEGMENT), the GSO grouping rule, zeroed C structs and a log rate
+//! limiter.
 
 use std::mem;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::ptr;
 use std::time::{Duration, Instant};
 
+use super::Transmit;
+
 /// Room for the SO_RXQ_OVFL control message (CMSG_SPACE(4) is 24 on 64-bit) with slack.
 pub(super) const CMSG_BUF_LEN: usize = 64;
+
+/// Bytes one UDP GRO receive buffer holds: the kernel's default `gro_max_size`
+/// (`GRO_LEGACY_MAX_SIZE`, 65536) bounds a coalesced run, and a GSO send over loopback (at most
+/// one 65507-byte UDP payload) also fits. A longer run (a device with a raised `gro_max_size`)
+/// arrives truncated: the segments that fit are kept, the cut one is reported truncated.
+pub(super) const GRO_BUF_LEN: usize = 1 << 16;
+
+/// Largest payload of one GSO send: IPv4's 65535-byte `IP_MAX_MTU` minus the IPv4 (20) and UDP
+/// (8) headers. IPv6 allows a little more; one limit for both keeps it simple.
+pub(super) const MAX_GSO_PAYLOAD: usize = 65535 - 20 - 8;
 
 /// Errors on the datapath can come per packet; one line per interval is enough to diagnose.
 pub(super) const WARN_INTERVAL: Duration = Duration::from_secs(10);
@@ -220,6 +233,43 @@ pub(super) fn put_udp_segment(buf: &mut CmsgBuf, segment: u16) -> usize {
     space
 }
 
+/// How many transmits from the start of `run` (all through one listener) go as one GSO
+/// message, and its segment size when that is more than one.
+///
+/// The kernel's rule: one destination, every segment the same length except the last, which
+/// may be shorter (not empty: it would vanish), at most `max_segments` (`UDP_MAX_SEGMENTS`) and
+/// [`MAX_GSO_PAYLOAD`] bytes in all. A group of one gets no UDP_SEGMENT, because some drivers
+/// reject single-segment GSO (as quinn-udp notes).
+pub(super) fn gso_group(run: &[Transmit<'_>], max_segments: usize) -> (usize, Option<u16>) {
+    let Some(first) = run.first() else {
+        return (0, None);
+    };
+    let seg = first.contents.len();
+    let Ok(segment) = u16::try_from(seg) else {
+        return (1, None);
+    };
+    if max_segments <= 1 || seg == 0 {
+        return (1, None);
+    }
+    let (mut count, mut total) = (1, seg);
+    for t in &run[1..run.len().min(max_segments)] {
+        let len = t.contents.len();
+        if t.destination != first.destination
+            || len == 0
+            || len > seg
+            || total + len > MAX_GSO_PAYLOAD
+        {
+            break;
+        }
+        count += 1;
+        total += len;
+        if len < seg {
+            break; // a shorter datagram ends the group
+        }
+    }
+    (count, (count > 1).then_some(segment))
+}
+
 /// C structs for which all-zero bytes are a valid value.
 ///
 /// # Safety
@@ -353,6 +403,45 @@ mod tests {
         // A size of 0 means "not coalesced".
         gro[16..20].copy_from_slice(&0i32.to_ne_bytes());
         assert_eq!(udp_gro_segment(&gro), None);
+    }
+
+    #[test]
+    fn gso_group_follows_the_kernel_rule() {
+        let d1: SocketAddr = "127.0.0.1:1".parse().expect("literal");
+        let d2: SocketAddr = "127.0.0.1:2".parse().expect("literal");
+        let (a, b, c) = (vec![1u8; 100], vec![2u8; 50], vec![3u8; 150]);
+        fn t(destination: SocketAddr, contents: &[u8]) -> Transmit<'_> {
+            Transmit {
+                listener: 0,
+                destination,
+                contents,
+            }
+        }
+        let g = |run: &[Transmit<'_>], max| gso_group(run, max);
+        assert_eq!(g(&[], 64), (0, None));
+        assert_eq!(g(&[t(d1, &a)], 64), (1, None), "one segment: no GSO");
+        assert_eq!(g(&[t(d1, &a), t(d1, &a)], 64), (2, Some(100)));
+        assert_eq!(g(&[t(d1, &a), t(d1, &a)], 1), (1, None), "GSO off");
+        // A shorter datagram ends the group; a longer one starts the next.
+        assert_eq!(g(&[t(d1, &a), t(d1, &b), t(d1, &b)], 64), (2, Some(100)));
+        assert_eq!(g(&[t(d1, &a), t(d1, &c)], 64), (1, None));
+        assert_eq!(
+            g(&[t(d1, &a), t(d2, &a)], 64),
+            (1, None),
+            "other destination"
+        );
+        // Empty datagrams never join a group (the kernel would drop them).
+        let e = Vec::new();
+        assert_eq!(g(&[t(d1, &a), t(d1, &e)], 64), (1, None));
+        assert_eq!(g(&[t(d1, &e), t(d1, &e)], 64), (1, None));
+        // Segment cap and payload cap.
+        let many: Vec<Transmit<'_>> = (0..100).map(|_| t(d1, &a)).collect();
+        assert_eq!(g(&many, 64), (64, Some(100)));
+        let big = vec![0u8; 20_000];
+        let bigs: Vec<Transmit<'_>> = (0..5).map(|_| t(d1, &big)).collect();
+        assert_eq!(g(&bigs, 64), (3, Some(20_000)), "65507-byte payload cap");
+        let huge = vec![0u8; 70_000];
+        assert_eq!(g(&[t(d1, &huge), t(d1, &a)], 64), (1, None));
     }
 
     #[test]

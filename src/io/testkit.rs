@@ -7,7 +7,10 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use crate::io::socket::{bind_udp, SocketOptions};
-use crate::io::{Backend, RecvBatch, RecvMeta, SendStats, Transmit, BATCH_SIZE, MAX_DATAGRAM_LEN};
+use crate::io::{
+    Backend, Capabilities, Drops, Offload, RecvBatch, RecvMeta, SendStats, Transmit, BATCH_SIZE,
+    MAX_DATAGRAM_LEN,
+};
 
 /// What the conformance suite needs from a backend beyond [`Backend`].
 pub(in crate::io) trait TestBackend: Backend + Sized {
@@ -15,10 +18,16 @@ pub(in crate::io) trait TestBackend: Backend + Sized {
     fn unavailable() -> Option<String>;
     /// Wraps `sockets`; socket `i` becomes listener `i`.
     fn from_sockets(sockets: Vec<UdpSocket>) -> Self;
+    /// Wraps `sockets` with the offloads `offload` asks for (where the kernel has them).
+    fn with_offload(sockets: Vec<UdpSocket>, offload: Offload) -> Self;
     /// The sockets, indexed by listener.
     fn sockets(&self) -> &[UdpSocket];
     /// Datagrams the kernel reported dropped (SO_RXQ_OVFL).
     fn kernel_drops(&self) -> u64;
+    /// Coalesced runs (more than one datagram) received with GRO so far.
+    fn gro_runs(&self) -> usize;
+    /// The backend's [`GsoHook`].
+    fn gso_hook(&mut self) -> &mut GsoHook;
 }
 
 /// True (after saying why) when `B` cannot run here.
@@ -157,6 +166,38 @@ pub(in crate::io) fn payloads(count: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// `count` datagrams of `len` bytes, each starting with its index, then `tail` (if any).
+pub(in crate::io) fn run_payloads(count: usize, len: usize, tail: Option<usize>) -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = (0..count)
+        .map(|i| {
+            let mut p = (i as u32).to_be_bytes().to_vec();
+            p.resize(len, i as u8);
+            p
+        })
+        .collect();
+    if let Some(t) = tail {
+        let mut p = (count as u32).to_be_bytes().to_vec();
+        p.resize(t, 0xEE);
+        out.push(p);
+    }
+    out
+}
+
+/// Reads up to `want` datagrams from a plain socket (bounded by a 5 s read timeout).
+pub(in crate::io) fn plain_recv(sock: &UdpSocket, want: usize) -> Vec<Vec<u8>> {
+    sock.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut buf = vec![0u8; 65536];
+    let mut out = Vec::new();
+    while out.len() < want {
+        match sock.recv(&mut buf) {
+            Ok(n) => out.push(buf[..n].to_vec()),
+            Err(_) => break,
+        }
+    }
+    out
+}
+
 /// A non-blocking eventfd, as a shard's waker.
 pub(in crate::io) struct EventFd(OwnedFd);
 
@@ -202,11 +243,14 @@ macro_rules! conformance_tests {
         $crate::io::testkit::conformance_tests!(@each $backend; basic_v4, larger_than_batch_arrives_in_order, ipv6_loopback, dual_stack_receives_v4_mapped, dual_stack_replies_reach_v4_peer, two_listeners_tag_and_reply, busy_listener_does_not_starve_another, timeout_returns_zero, backend_without_sockets_just_times_out, oversized_datagram_is_truncated, failed_destination_is_counted_and_others_still_go, unknown_listener_is_counted_failed, kernel_drops_are_reported, waker_ends_a_long_wait, drained_waker_does_not_spin, waker_written_between_calls_is_not_lost, datagrams_and_waker_together, replaced_waker_is_ignored, waker_without_sockets);
     };
     (@each $backend:ty; $($name:ident),*) => {
+        $crate::io::testkit::conformance_tests!(@each_in conformance $backend; $($name),*);
+    };
+    (@each_in $suite:ident $backend:ty; $($name:ident),*) => {
         $(
             #[test]
             fn $name() {
                 if !$crate::io::testkit::skip::<$backend>() {
-                    $crate::io::testkit::conformance::$name::<$backend>();
+                    $crate::io::testkit::$suite::$name::<$backend>();
                 }
             }
         )*
@@ -734,5 +778,300 @@ pub(in crate::io) mod conformance {
         assert_eq!(b.recv(&mut batch, LONG).expect("recv"), 0);
         writer.join().expect("writer");
         assert!(start.elapsed() < Duration::from_millis(50) + WAKE_BOUND);
+    }
+}
+
+/// Transmit-side hook of the offload tests: `Some(errno)` makes the backend's next GSO message
+/// fail with `errno` without reaching the kernel (then it is reset to `None`).
+pub(in crate::io) type GsoHook = Option<i32>;
+
+/// Backend `B` with GSO and GRO as given, for running the conformance suite per combination.
+pub(in crate::io) struct Combo<B, const GSO: bool, const GRO: bool>(pub(in crate::io) B);
+
+impl<B: Backend, const GSO: bool, const GRO: bool> Backend for Combo<B, GSO, GRO> {
+    fn recv(&mut self, batch: &mut RecvBatch, timeout: Duration) -> std::io::Result<usize> {
+        self.0.recv(batch, timeout)
+    }
+    fn send(&mut self, transmits: &[Transmit<'_>]) -> SendStats {
+        self.0.send(transmits)
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.0.capabilities()
+    }
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+    fn drops(&self) -> Drops {
+        self.0.drops()
+    }
+    fn set_waker(&mut self, waker: RawFd) -> std::io::Result<()> {
+        self.0.set_waker(waker)
+    }
+}
+
+impl<B: TestBackend, const GSO: bool, const GRO: bool> TestBackend for Combo<B, GSO, GRO> {
+    fn unavailable() -> Option<String> {
+        B::unavailable()
+    }
+    fn from_sockets(sockets: Vec<UdpSocket>) -> Self {
+        Combo(B::with_offload(sockets, Offload { gso: GSO, gro: GRO }))
+    }
+    fn with_offload(sockets: Vec<UdpSocket>, offload: Offload) -> Self {
+        Combo(B::with_offload(sockets, offload))
+    }
+    fn sockets(&self) -> &[UdpSocket] {
+        self.0.sockets()
+    }
+    fn kernel_drops(&self) -> u64 {
+        self.0.kernel_drops()
+    }
+    fn gro_runs(&self) -> usize {
+        self.0.gro_runs()
+    }
+    fn gso_hook(&mut self) -> &mut GsoHook {
+        self.0.gso_hook()
+    }
+}
+
+/// The offload tests (GSO grouping, GRO splitting and carry-over, the EIO/EINVAL fallback) as
+/// `#[test]` functions for backend type `$backend`, each skipped where the backend or the
+/// offload is unavailable. Invoke inside a backend's test module.
+macro_rules! offload_tests {
+    ($backend:ty) => {
+        $crate::io::testkit::conformance_tests!(@each_in offload_suite $backend; gso_run_arrives_as_individual_datagrams_at_a_plain_receiver, gso_splits_mixed_destinations_into_groups, gro_splits_a_gso_burst_back_in_order, gro_carries_over_what_does_not_fit_the_batch, gro_keeps_truncation_per_datagram, gso_eio_falls_back_without_loss_or_duplicates, gso_einval_falls_back_without_loss_or_duplicates, other_errors_on_a_gso_message_count_its_datagrams_and_keep_gso, capabilities_follow_the_switches);
+    };
+}
+pub(in crate::io) use offload_tests;
+
+/// The offload tests every backend passes.
+pub(in crate::io) mod offload_suite {
+    use super::*;
+    use crate::io::{GRO_MAX_SEGMENTS, GSO_MAX_SEGMENTS};
+
+    fn offload<B: TestBackend>(addrs: &[&str], gso: bool, gro: bool) -> B {
+        B::with_offload(sockets(addrs), Offload { gso, gro })
+    }
+
+    fn gso_supported<B: TestBackend>(b: &B) -> bool {
+        let ok = b.capabilities().max_gso_segments > 1;
+        if !ok {
+            println!("skipping: no UDP GSO on this host");
+        }
+        ok
+    }
+
+    fn gro_supported<B: TestBackend>(b: &B) -> bool {
+        let ok = b.capabilities().gro_segments > 1;
+        if !ok {
+            println!("skipping: no UDP GRO on this host");
+        }
+        ok
+    }
+
+    pub(in crate::io) fn gso_run_arrives_as_individual_datagrams_at_a_plain_receiver<
+        B: TestBackend,
+    >() {
+        let mut tx = offload::<B>(&["127.0.0.1:0"], true, false);
+        if !gso_supported(&tx) {
+            return;
+        }
+        let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let p = run_payloads(40, 1000, Some(300));
+        let stats = tx.send(&transmits(rx.local_addr().expect("local_addr"), &p));
+        assert_eq!(
+            stats,
+            SendStats {
+                sent: 41,
+                failed: 0
+            }
+        );
+        assert_eq!(plain_recv(&rx, 41), p);
+    }
+
+    pub(in crate::io) fn gso_splits_mixed_destinations_into_groups<B: TestBackend>() {
+        let mut tx = offload::<B>(&["127.0.0.1:0"], true, false);
+        if !gso_supported(&tx) {
+            return;
+        }
+        let (ra, rb) = (
+            UdpSocket::bind("127.0.0.1:0").expect("bind"),
+            UdpSocket::bind("127.0.0.1:0").expect("bind"),
+        );
+        let (da, db) = (
+            ra.local_addr().expect("local_addr"),
+            rb.local_addr().expect("local_addr"),
+        );
+        let p = run_payloads(30, 200, None);
+        // a a a b b a a(short) a b(short) b, ...
+        let dests = [da, da, da, db, db, da, da, da, db, db];
+        let mut lens = vec![200; 30];
+        lens[6] = 90;
+        lens[9] = 10;
+        let t: Vec<Transmit<'_>> = p
+            .iter()
+            .enumerate()
+            .map(|(i, q)| Transmit {
+                listener: 0,
+                destination: dests[i % dests.len()],
+                contents: &q[..lens[i]],
+            })
+            .collect();
+        assert_eq!(
+            tx.send(&t),
+            SendStats {
+                sent: 30,
+                failed: 0
+            }
+        );
+        let want = |d: SocketAddr| -> Vec<Vec<u8>> {
+            t.iter()
+                .filter(|x| x.destination == d)
+                .map(|x| x.contents.to_vec())
+                .collect()
+        };
+        let (wa, wb) = (want(da), want(db));
+        assert_eq!(plain_recv(&ra, wa.len()), wa);
+        assert_eq!(plain_recv(&rb, wb.len()), wb);
+    }
+
+    pub(in crate::io) fn gro_splits_a_gso_burst_back_in_order<B: TestBackend>() {
+        let mut tx = offload::<B>(&["127.0.0.1:0"], true, false);
+        let mut rx = offload::<B>(&["127.0.0.1:0"], false, true);
+        if !gso_supported(&tx) || !gro_supported(&rx) {
+            return;
+        }
+        let p = run_payloads(40, 1000, Some(300));
+        let src = local(&tx, 0);
+        assert_eq!(tx.send(&transmits(local(&rx, 0), &p)).sent, 41);
+        let got = recv_n(&mut rx, 41);
+        assert_eq!(got.len(), 41);
+        for (i, ((meta, bytes), want)) in got.iter().zip(&p).enumerate() {
+            assert_eq!(bytes, want, "datagram {i}");
+            assert_eq!(meta.len, want.len());
+            assert!(!meta.truncated);
+            assert_eq!(meta.addr, src);
+            assert_eq!(meta.listener, 0);
+        }
+        assert!(rx.gro_runs() > 0, "the burst was not coalesced");
+    }
+
+    pub(in crate::io) fn gro_carries_over_what_does_not_fit_the_batch<B: TestBackend>() {
+        let mut tx = offload::<B>(&["127.0.0.1:0"], true, false);
+        let mut rx = offload::<B>(&["127.0.0.1:0"], false, true);
+        if !gso_supported(&tx) || !gro_supported(&rx) {
+            return;
+        }
+        // Three runs of 60 (the last one ends shorter): 181 datagrams, 3 batches and a bit.
+        let mut p = run_payloads(180, 100, Some(7));
+        p[59].truncate(50);
+        let dest = local(&rx, 0);
+        assert_eq!(tx.send(&transmits(dest, &p)).sent, 181);
+        let mut batch = RecvBatch::new();
+        let first = rx.recv(&mut batch, Duration::from_secs(5)).expect("recv");
+        assert_eq!(first, BATCH_SIZE, "the batch is filled from the runs");
+        let mut got: Vec<Vec<u8>> = batch.iter().map(|(_, d)| d.to_vec()).collect();
+        got.extend(recv_n(&mut rx, 181 - first).into_iter().map(|(_, d)| d));
+        assert_eq!(got.len(), 181, "datagrams lost or duplicated");
+        assert_eq!(got, p);
+        assert!(rx.gro_runs() > 0);
+        // Nothing left behind.
+        assert_eq!(
+            rx.recv(&mut batch, Duration::from_millis(50))
+                .expect("recv"),
+            0
+        );
+    }
+
+    pub(in crate::io) fn gro_keeps_truncation_per_datagram<B: TestBackend>() {
+        let mut tx = offload::<B>(&["127.0.0.1:0"], true, false);
+        let mut rx = offload::<B>(&["127.0.0.1:0"], false, true);
+        if !gso_supported(&tx) || !gro_supported(&rx) {
+            return;
+        }
+        // Segments longer than a slot: each is cut to MAX_DATAGRAM_LEN and flagged.
+        let p = run_payloads(3, 9300, Some(20));
+        assert_eq!(tx.send(&transmits(local(&rx, 0), &p)).sent, 4);
+        let got = recv_n(&mut rx, 4);
+        assert_eq!(got.len(), 4);
+        for (meta, bytes) in &got[..3] {
+            assert!(meta.truncated);
+            assert_eq!(meta.len, MAX_DATAGRAM_LEN);
+            assert_eq!(bytes.len(), MAX_DATAGRAM_LEN);
+        }
+        assert_eq!(got[1].1, &p[1][..MAX_DATAGRAM_LEN]);
+        assert!(!got[3].0.truncated);
+        assert_eq!(got[3].1, p[3]);
+    }
+
+    fn fallback_after<B: TestBackend>(errno: i32) {
+        let mut tx = offload::<B>(&["127.0.0.1:0"], true, false);
+        if !gso_supported(&tx) {
+            return;
+        }
+        let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let dest = rx.local_addr().expect("local_addr");
+        // Two GSO groups with single datagrams between them; the first group is refused.
+        let mut p = vec![b"single-0".to_vec()];
+        p.extend(run_payloads(20, 500, Some(30)));
+        p.push(b"single-1".to_vec());
+        p.extend(run_payloads(10, 700, None));
+        *tx.gso_hook() = Some(errno);
+        let n = p.len() as u64;
+        assert_eq!(
+            tx.send(&transmits(dest, &p)),
+            SendStats { sent: n, failed: 0 }
+        );
+        assert_eq!(*tx.gso_hook(), None, "the hook fired");
+        assert_eq!(
+            plain_recv(&rx, p.len()),
+            p,
+            "each datagram exactly once, in order"
+        );
+        assert_eq!(tx.capabilities().max_gso_segments, 1, "GSO is off for good");
+        // Later sends keep working, one datagram per message.
+        let q = run_payloads(5, 100, None);
+        assert_eq!(tx.send(&transmits(dest, &q)).sent, 5);
+        assert_eq!(plain_recv(&rx, 5), q);
+        assert!(rx.set_read_timeout(Some(Duration::from_millis(50))).is_ok());
+        let mut buf = [0u8; 2048];
+        assert!(rx.recv(&mut buf).is_err(), "no duplicate arrived late");
+    }
+
+    pub(in crate::io) fn gso_eio_falls_back_without_loss_or_duplicates<B: TestBackend>() {
+        fallback_after::<B>(libc::EIO);
+    }
+
+    pub(in crate::io) fn gso_einval_falls_back_without_loss_or_duplicates<B: TestBackend>() {
+        fallback_after::<B>(libc::EINVAL);
+    }
+
+    pub(in crate::io) fn other_errors_on_a_gso_message_count_its_datagrams_and_keep_gso<
+        B: TestBackend,
+    >() {
+        let mut tx = offload::<B>(&["127.0.0.1:0"], true, false);
+        if !gso_supported(&tx) {
+            return;
+        }
+        let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let p = run_payloads(8, 100, None);
+        *tx.gso_hook() = Some(libc::ENOBUFS);
+        // One group of 8, refused for a reason that is not GSO's: all 8 count as failed.
+        let stats = tx.send(&transmits(rx.local_addr().expect("local_addr"), &p));
+        assert_eq!(stats, SendStats { sent: 0, failed: 8 });
+        assert!(tx.capabilities().max_gso_segments > 1);
+    }
+
+    pub(in crate::io) fn capabilities_follow_the_switches<B: TestBackend>() {
+        let b = offload::<B>(&["127.0.0.1:0", "127.0.0.1:0"], false, false);
+        let caps = b.capabilities();
+        assert_eq!((caps.max_gso_segments, caps.gro_segments), (1, 1));
+        let b = offload::<B>(&["127.0.0.1:0"], true, true);
+        let caps = b.capabilities();
+        println!("gso {} gro {}", caps.max_gso_segments, caps.gro_segments);
+        assert!([1, GSO_MAX_SEGMENTS].contains(&caps.max_gso_segments));
+        assert!([1, GRO_MAX_SEGMENTS].contains(&caps.gro_segments));
+        let none = B::with_offload(Vec::new(), Offload::ON);
+        assert_eq!(none.capabilities().max_gso_segments, 1);
+        assert_eq!(none.capabilities().gro_segments, 1);
     }
 }
