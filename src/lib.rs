@@ -14,4 +14,5 @@ pub mod relay;
 pub mod route;
 pub mod shard;
 pub mod table;
+pub mod upstream;
 pub mod wire;
