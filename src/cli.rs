@@ -148,6 +148,12 @@ pub struct RunArgs {
     #[arg(long, value_enum, value_name = "on|off", env = "WGRELAY_GRO")]
     pub gro: Option<Switch>,
 
+    /// Kernel steering: with several threads, a reuseport BPF program hands each packet to
+    /// the shard that owns its receiver index. off leaves it to the kernel's hash, and shards
+    /// hand packets to their owner themselves. [default: on]
+    #[arg(long, value_enum, value_name = "on|off", env = "WGRELAY_STEERING")]
+    pub steering: Option<Switch>,
+
     /// Keep confirmed sessions across a restart: written here on a clean stop (SIGINT or
     /// SIGTERM) and read back at start, so peers need no new handshake. [default: none]
     #[arg(long, value_name = "FILE", env = "WGRELAY_STATE_FILE")]

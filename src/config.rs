@@ -28,6 +28,7 @@
 //! gso = "on"                   # on | off: UDP GSO sends (mmsg backend)
 //! state_file = "/var/lib/wgrelay/state"  # keep confirmed sessions across a restart
 //! gro = "on"                   # on | off: UDP GRO receives (mmsg backend)
+//! steering = "on"              # on | off: steer packets to their owner shard in the kernel
 //! log_level = "info"           # error | warn | info | debug | trace
 //! stats_interval = 60          # seconds, 0 = off
 //! bind = "0.0.0.0"             # wpex style, same rule as the flags
@@ -84,6 +85,7 @@ pub const FILE_KEYS: &[&str] = &[
     "backend",
     "gso",
     "gro",
+    "steering",
     "state_file",
     "log_level",
     "stats_interval",
@@ -190,6 +192,9 @@ pub struct Config {
     pub gso: bool,
     /// Let the kernel coalesce received datagrams with UDP GRO where it can (mmsg backend).
     pub gro: bool,
+    /// With several threads, steer each packet to the shard that owns its receiver index in
+    /// the kernel (SO_ATTACH_REUSEPORT_CBPF); off leaves the hand-off to the shards.
+    pub steering: bool,
     /// Where confirmed sessions are kept across a restart; `None` = nowhere.
     pub state_file: Option<std::path::PathBuf>,
     pub log_level: log::LevelFilter,
@@ -209,6 +214,7 @@ impl Default for Config {
             backend: BackendChoice::default(),
             gso: true,
             gro: true,
+            steering: true,
             state_file: None,
             log_level: log::LevelFilter::Info,
             stats_interval: Some(Duration::from_secs(DEFAULT_STATS_INTERVAL_SECS)),
@@ -280,7 +286,7 @@ impl Config {
             None => "off".to_string(),
         };
         format!(
-            "listen: {}\nmode: {}\ncookie replies: {}\nbroadcast rate: {}\nthreads: {}\nbackend: {}\noffload: gso {}, gro {}\nstate file: {}\nlog level: {}\nstats: {}",
+            "listen: {}\nmode: {}\ncookie replies: {}\nbroadcast rate: {}\nthreads: {}\nbackend: {}\noffload: gso {}, gro {}\nsteering: {}\nstate file: {}\nlog level: {}\nstats: {}",
             listen.join(", "),
             mode,
             self.cookie,
@@ -289,6 +295,7 @@ impl Config {
             self.backend,
             on_off(self.gso),
             on_off(self.gro),
+            on_off(self.steering),
             self.state_file
                 .as_ref()
                 .map_or("none".into(), |p| p.display().to_string()),
@@ -321,6 +328,10 @@ impl Config {
             backend: cli.backend.or(file.backend).unwrap_or(defaults.backend),
             gso: cli.gso.or(file.gso).map_or(defaults.gso, Switch::is_on),
             gro: cli.gro.or(file.gro).map_or(defaults.gro, Switch::is_on),
+            steering: cli
+                .steering
+                .or(file.steering)
+                .map_or(defaults.steering, Switch::is_on),
             state_file: cli.state_file.or(file.state_file),
             log_level,
             stats_interval: match cli.stats_interval.or(file.stats_interval) {
@@ -370,6 +381,7 @@ struct Layer {
     backend: Option<BackendChoice>,
     gso: Option<Switch>,
     gro: Option<Switch>,
+    steering: Option<Switch>,
     state_file: Option<std::path::PathBuf>,
     log_level: Option<LogLevel>,
     stats_interval: Option<u64>,
@@ -425,6 +437,7 @@ impl Layer {
             backend: a.backend,
             gso: a.gso,
             gro: a.gro,
+            steering: a.steering,
             state_file: a.state_file.clone(),
             log_level: a.log_level,
             stats_interval: a.stats_interval,
@@ -516,6 +529,7 @@ impl Layer {
             backend: f.backend,
             gso: f.gso,
             gro: f.gro,
+            steering: f.steering,
             state_file: f.state_file,
             log_level: f.log_level,
             stats_interval: f.stats_interval,
@@ -537,6 +551,7 @@ struct FileConfig {
     backend: Option<BackendChoice>,
     gso: Option<Switch>,
     gro: Option<Switch>,
+    steering: Option<Switch>,
     state_file: Option<std::path::PathBuf>,
     log_level: Option<LogLevel>,
     stats_interval: Option<u64>,
@@ -1628,6 +1643,7 @@ stats_interval = 9
              threads: 4\n\
              backend: auto\n\
              offload: gso on, gro on\n\
+             steering: on\n\
              state file: none\n\
              log level: info\n\
              stats: every 60s"

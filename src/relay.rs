@@ -11,12 +11,13 @@ use std::time::{Instant, SystemTime};
 
 use crate::admit::{Entropy, OsEntropy};
 use crate::config::{BackendChoice, Config};
+use crate::io::steer::owner_shard;
 use crate::io::{
     bind_udp, buffer_sizes, steer, uring, Backend, MmsgBackend, Offload, SocketOptions,
     UringBackend,
 };
-use crate::route::{Counters, Settings, State};
-use crate::shard::{IoCounters, Shard};
+use crate::route::{Counters, SessionTable, Settings, State};
+use crate::shard::{FastCounters, IoCounters, Mesh, Shard};
 
 /// The datagram I/O backend a relay runs on, once `--backend auto` is resolved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,8 +72,10 @@ pub struct Relay {
     backend: BackendKind,
     state: Arc<Mutex<State>>,
     io: Arc<IoCounters>,
+    /// Each shard's fast-path counters.
+    fast: Vec<Arc<FastCounters>>,
     shutdown: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+    threads: Vec<JoinHandle<SessionTable>>,
     /// Where confirmed sessions are saved on `stop`.
     state_file: Option<PathBuf>,
 }
@@ -89,6 +92,11 @@ pub struct Stats {
     pub enobufs: u64,
     /// Packets that arrived at a shard other than the owner of their receiver index.
     pub off_owner: u64,
+    /// Transport packets handed to their owner shard, and hand-offs dropped (queue full).
+    pub handoffs: u64,
+    pub handoff_drops: u64,
+    /// Packets the shards forwarded from their own session tables, without the shared state.
+    pub fast_forwarded: u64,
     pub indices: usize,
     pub endpoints: usize,
 }
@@ -97,13 +105,16 @@ impl std::fmt::Display for Stats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} send_failed={} recv_errors={} kernel_drops={} enobufs={} off_owner={} indices={} endpoints={}",
+            "{} send_failed={} recv_errors={} kernel_drops={} enobufs={} off_owner={} handoffs={} handoff_drops={} fast_forwarded={} indices={} endpoints={}",
             self.route,
             self.send_failed,
             self.recv_errors,
             self.kernel_drops,
             self.enobufs,
             self.off_owner,
+            self.handoffs,
+            self.handoff_drops,
+            self.fast_forwarded,
             self.indices,
             self.endpoints
         )
@@ -245,7 +256,7 @@ impl Relay {
                 Err(e) => return Err(e),
             };
             local_addrs.push(sockets[0].local_addr()?);
-            if threads > 1 {
+            if threads > 1 && config.steering {
                 // Every packet of a session to one shard, whatever its source address.
                 match steer::attach(&sockets[0], threads) {
                     Ok(()) => log::info!(
@@ -263,9 +274,21 @@ impl Relay {
             }
         }
         let mut initial = State::new(&Settings::from_config(config), entropy, Instant::now());
+        initial.track_changes();
         if let Some(path) = &config.state_file {
             restore_state(path, &mut initial, &local_addrs);
         }
+        // Restored sessions go straight into their owners' tables, before any packet arrives.
+        let mut tables: Vec<SessionTable> = (0..threads).map(|_| SessionTable::new()).collect();
+        let mut restored = Vec::new();
+        let now = initial.tick(Instant::now());
+        initial.take_changes(now, &mut Vec::new(), &mut restored);
+        for change in restored {
+            if let Some(table) = tables.get_mut(owner_shard(change.0, threads)) {
+                table.apply(change);
+            }
+        }
+        let (mesh, mut mailboxes) = Mesh::new(threads)?;
         let state = Arc::new(Mutex::new(initial));
         let io = Arc::new(IoCounters::default());
         let shutdown = Arc::new(AtomicBool::new(false));
@@ -274,6 +297,7 @@ impl Relay {
             backend: kind,
             state,
             io,
+            fast: Vec::new(),
             shutdown,
             threads: Vec::new(),
             state_file: config.state_file.clone(),
@@ -288,7 +312,7 @@ impl Relay {
         } else {
             log::info!("{threads} shards on {} cores: not pinned", cores.len());
         }
-        for t in 0..threads {
+        for (t, sessions) in tables.into_iter().enumerate() {
             let sockets: Vec<UdpSocket> = per_listener.iter_mut().map(|l| l.remove(0)).collect();
             // On error, dropping `relay` stops the shards already started and closes every
             // socket.
@@ -315,13 +339,19 @@ impl Relay {
                     if config.gro { "on" } else { "off" },
                 );
             }
+            let fast = Arc::new(FastCounters::default());
+            relay.fast.push(fast.clone());
             let shard = Shard {
                 id: t,
                 shards: threads,
                 backend,
                 state: relay.state.clone(),
                 io: relay.io.clone(),
+                fast,
                 shutdown: relay.shutdown.clone(),
+                mesh: mesh.clone(),
+                mailbox: mailboxes.remove(0),
+                sessions,
             };
             let core = cores.get(t).copied().filter(|_| pin);
             let spawned = std::thread::Builder::new()
@@ -359,13 +389,23 @@ impl Relay {
             .state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut route = state.counters().clone();
+        let mut fast_forwarded = 0;
+        for fast in &self.fast {
+            let c = fast.snapshot();
+            fast_forwarded += c.forwarded;
+            route.add(&c);
+        }
         Stats {
-            route: state.counters().clone(),
+            route,
             send_failed: self.io.send_failed.load(Ordering::Relaxed),
             recv_errors: self.io.recv_errors.load(Ordering::Relaxed),
             kernel_drops: self.io.kernel_drops.load(Ordering::Relaxed),
             enobufs: self.io.enobufs.load(Ordering::Relaxed),
             off_owner: self.io.off_owner.load(Ordering::Relaxed),
+            handoffs: self.io.handoffs.load(Ordering::Relaxed),
+            handoff_drops: self.io.handoff_drops.load(Ordering::Relaxed),
+            fast_forwarded,
             indices: state.indices().len(),
             endpoints: state.endpoints().len(),
         }
@@ -394,8 +434,22 @@ impl Relay {
 
     fn halt(&mut self) {
         self.shutdown.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
+        let tables: Vec<SessionTable> = self
+            .threads
+            .drain(..)
+            .filter_map(|t| t.join().ok())
+            .collect();
+        // The shards forwarded packets the State never saw: their highest counters go back,
+        // so a saved and restored session keeps the bar a roam must clear.
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = state.tick(Instant::now());
+        for table in &tables {
+            for (index, counter) in table.counters() {
+                state.note_counter(index, counter, now);
+            }
         }
     }
 }

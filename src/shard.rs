@@ -1,21 +1,40 @@
 //! The per-thread datapath loop: receive a batch → route each packet → send the batch.
 //!
-//! Each shard owns its sockets (one per listener, all bound with SO_REUSEPORT) and its
-//! backend. For now the routing state is shared behind one mutex taken once per batch, not
-//! per packet; per-shard ownership of indices replaces it with the io_uring datapath.
+//! Each shard owns its sockets (one per listener, all bound with SO_REUSEPORT), its backend,
+//! and the paired sessions whose receiver index it owns ([`owner_shard`], the same function
+//! the kernel steering program computes). Transport packets, nearly all of the traffic, are
+//! routed from that [`SessionTable`] without a lock. Handshake messages and the few transport
+//! packets that change shared state (a confirmation, a roam) go through the shared routing
+//! [`State`], locked at most once per batch and only by batches that need it.
+//!
+//! Shards talk over lock-free channels ([`Mesh`]): the State's changes to another shard's
+//! sessions, and transport packets that arrived at a shard other than their owner (when the
+//! kernel could not steer them). A shard that sends either writes the owner's eventfd, which
+//! its backend waits on next to its sockets: no spinning, one wake-up per batch.
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+use crate::constants::EXPIRE_INTERVAL;
 use crate::io::steer::owner_shard;
 use crate::io::{Backend, Drops, RecvBatch, Transmit};
-use crate::route::{Actions, Datagram, Decision, DropReason, State};
-use crate::table::{Endpoint, ListenerId};
-use crate::wire;
+use crate::route::{
+    Actions, Change, Counters, Datagram, Decision, DropReason, Fast, SessionTable, State,
+};
+use crate::table::{Endpoint, ListenerId, Tick};
+use crate::wire::{self, Index, MessageType};
 
 /// How long a shard waits for packets before checking for shutdown and expiry.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Transport packets one shard may have waiting for it from the others. A full queue drops
+/// (counted): the kernel steers nearly every packet to its owner, so only a burst of
+/// unsteerable traffic can fill it, and dropping beats blocking the sender's datapath.
+pub const HANDOFF_QUEUE: usize = 4096;
 
 /// Counters of the I/O layer, shared by all shards.
 #[derive(Debug, Default)]
@@ -29,14 +48,160 @@ pub struct IoCounters {
     /// Packets with a receiver index that arrived at a shard other than its owner
     /// (`io::steer::owner_shard`): what kernel steering did not place, all shards.
     pub off_owner: AtomicU64,
+    /// Transport packets handed to their owner shard over its channel.
+    pub handoffs: AtomicU64,
+    /// Hand-offs dropped because the owner's queue was full.
+    pub handoff_drops: AtomicU64,
+}
+
+/// Routing counters of one shard's fast path, published once per batch. The shared State
+/// counts what it routes itself; the relay's totals are the sum.
+#[derive(Debug, Default)]
+pub struct FastCounters {
+    received: AtomicU64,
+    forwarded: AtomicU64,
+    drops: [AtomicU64; DropReason::ALL.len()],
+}
+
+impl FastCounters {
+    /// Adds `c` and zeroes it.
+    fn publish(&self, c: &mut Counters) {
+        if c.received == 0 {
+            return;
+        }
+        self.received.fetch_add(c.received, Ordering::Relaxed);
+        self.forwarded.fetch_add(c.forwarded, Ordering::Relaxed);
+        for (a, n) in self.drops.iter().zip(c.drops.iter()) {
+            if *n > 0 {
+                a.fetch_add(*n, Ordering::Relaxed);
+            }
+        }
+        *c = Counters::default();
+    }
+
+    /// What was published so far.
+    pub fn snapshot(&self) -> Counters {
+        let mut c = Counters {
+            received: self.received.load(Ordering::Relaxed),
+            forwarded: self.forwarded.load(Ordering::Relaxed),
+            ..Counters::default()
+        };
+        for (n, a) in c.drops.iter_mut().zip(self.drops.iter()) {
+            *n = a.load(Ordering::Relaxed);
+        }
+        c
+    }
+}
+
+/// A transport packet that arrived at the wrong shard, on its way to the owner.
+#[derive(Debug)]
+pub struct Handoff {
+    from: Endpoint,
+    packet: Box<[u8]>,
+}
+
+/// A shard's wake-up: an eventfd its backend waits on (`Backend::set_waker`).
+#[derive(Debug)]
+pub struct Waker(OwnedFd);
+
+impl Waker {
+    pub fn new() -> std::io::Result<Waker> {
+        // SAFETY: eventfd takes no pointers; a non-negative result is a new fd we own.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just created and is owned by nobody else.
+        Ok(Waker(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    pub fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to an eventfd. A full counter (EAGAIN) is
+        // already a pending wake-up, so the result does not matter.
+        unsafe {
+            libc::write(
+                self.0.as_raw_fd(),
+                (&one as *const u64).cast(),
+                std::mem::size_of::<u64>(),
+            )
+        };
+    }
+
+    /// Resets the counter, so the backend waits again.
+    fn drain(&self) {
+        let mut n: u64 = 0;
+        // SAFETY: reads 8 bytes into a live u64; EAGAIN (nothing pending) is fine.
+        unsafe {
+            libc::read(
+                self.0.as_raw_fd(),
+                (&mut n as *mut u64).cast(),
+                std::mem::size_of::<u64>(),
+            )
+        };
+    }
+}
+
+/// The sending ends of every shard's channels, shared by all shards.
+#[derive(Debug)]
+pub struct Mesh {
+    changes: Vec<Sender<Change>>,
+    handoffs: Vec<Sender<Handoff>>,
+    wakers: Vec<Arc<Waker>>,
+}
+
+/// The receiving ends of one shard's channels.
+#[derive(Debug)]
+pub struct Mailbox {
+    changes: Receiver<Change>,
+    handoffs: Receiver<Handoff>,
+    waker: Arc<Waker>,
+}
+
+impl Mesh {
+    /// Channels for `shards` shards: the shared mesh and one mailbox per shard.
+    pub fn new(shards: usize) -> std::io::Result<(Arc<Mesh>, Vec<Mailbox>)> {
+        let mut mesh = Mesh {
+            changes: Vec::new(),
+            handoffs: Vec::new(),
+            wakers: Vec::new(),
+        };
+        let mut mailboxes = Vec::new();
+        for _ in 0..shards {
+            // Changes are never dropped (a lost install would lose a session), and there is
+            // at most one per handshake message, so this channel is unbounded.
+            let (ctx, crx) = crossbeam_channel::unbounded();
+            let (htx, hrx) = crossbeam_channel::bounded(HANDOFF_QUEUE);
+            let waker = Arc::new(Waker::new()?);
+            mesh.changes.push(ctx);
+            mesh.handoffs.push(htx);
+            mesh.wakers.push(waker.clone());
+            mailboxes.push(Mailbox {
+                changes: crx,
+                handoffs: hrx,
+                waker,
+            });
+        }
+        Ok((Arc::new(mesh), mailboxes))
+    }
 }
 
 /// Where a routed packet's copies go, recorded per batch.
+#[derive(Debug, Clone, Copy)]
 enum Out {
     /// Copy of received datagram `i`.
     Packet(usize, Endpoint),
+    /// Copy of handed-over datagram `i`.
+    Handed(usize, Endpoint),
     /// Extra datagram `i` in the batch's extras.
     Extra(usize),
+}
+
+/// Which datagram is being routed.
+#[derive(Debug, Clone, Copy)]
+enum Src {
+    Batch(usize),
+    Handed(usize),
 }
 
 pub struct Shard<B: Backend> {
@@ -46,7 +211,12 @@ pub struct Shard<B: Backend> {
     pub backend: B,
     pub state: Arc<Mutex<State>>,
     pub io: Arc<IoCounters>,
+    pub fast: Arc<FastCounters>,
     pub shutdown: Arc<AtomicBool>,
+    pub mesh: Arc<Mesh>,
+    pub mailbox: Mailbox,
+    /// The sessions this shard owns (restored ones already installed).
+    pub sessions: SessionTable,
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -57,14 +227,139 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// The shared State, locked on first use and held until the batch is routed.
+struct Control<'a> {
+    state: &'a Mutex<State>,
+    guard: Option<MutexGuard<'a, State>>,
+}
+
+impl<'a> Control<'a> {
+    fn get(&mut self) -> &mut State {
+        self.guard.get_or_insert_with(|| lock(self.state))
+    }
+}
+
+/// A shard's routing work for one batch, apart from the backend and the received bytes.
+struct Router {
+    id: usize,
+    shards: usize,
+    sessions: SessionTable,
+    /// Fast-path counters not yet published.
+    local: Counters,
+    actions: Actions,
+    outs: Vec<Out>,
+    extras: Vec<Datagram>,
+    /// The State's changes, per owner shard, not yet sent.
+    remote: Vec<Vec<Change>>,
+    changes: Vec<Change>,
+    scratch: Vec<Index>,
+}
+
+impl Router {
+    fn count(&mut self, reason: DropReason) {
+        self.local.received += 1;
+        self.local.drops[reason as usize] += 1;
+    }
+
+    /// Routes a transport packet this shard owns: fast path, or the State when it must.
+    fn transport(
+        &mut self,
+        ctl: &mut Control<'_>,
+        now: Instant,
+        t: Tick,
+        from: Endpoint,
+        src: Src,
+        packet: &mut [u8],
+    ) {
+        match self.sessions.route(t, from, packet) {
+            Fast::Forward(to) => {
+                self.local.received += 1;
+                self.local.forwarded += 1;
+                self.outs.push(match src {
+                    Src::Batch(i) => Out::Packet(i, to),
+                    Src::Handed(j) => Out::Handed(j, to),
+                });
+            }
+            Fast::Drop(reason) => self.count(reason),
+            Fast::Control => {
+                if let Some(receiver) = wire::receiver_of(packet) {
+                    if let Some(c) = self.sessions.get(receiver).and_then(|s| s.max_counter) {
+                        ctl.get().note_counter(receiver, c, t);
+                    }
+                }
+                self.control(ctl, now, t, from, src, packet);
+            }
+        }
+    }
+
+    /// Routes through the shared State, and takes its changes: this shard's own are applied
+    /// at once (the next packet of the batch may need them), the others' queued.
+    fn control(
+        &mut self,
+        ctl: &mut Control<'_>,
+        now: Instant,
+        t: Tick,
+        from: Endpoint,
+        src: Src,
+        packet: &mut [u8],
+    ) {
+        let state = ctl.get();
+        let decision = state.route(now, from, packet, &mut self.actions);
+        state.take_changes(t, &mut self.scratch, &mut self.changes);
+        if decision == Decision::Forward {
+            self.outs
+                .extend(self.actions.targets.iter().map(|&to| match src {
+                    Src::Batch(i) => Out::Packet(i, to),
+                    Src::Handed(j) => Out::Handed(j, to),
+                }));
+        }
+        for x in self.actions.extra.drain(..) {
+            self.outs.push(Out::Extra(self.extras.len()));
+            self.extras.push(x);
+        }
+        for change in self.changes.drain(..) {
+            let owner = owner_shard(change.0, self.shards);
+            if owner == self.id {
+                self.sessions.apply(change);
+            } else if let Some(q) = self.remote.get_mut(owner) {
+                q.push(change);
+            }
+        }
+    }
+}
+
 impl<B: Backend> Shard<B> {
-    /// Runs until `shutdown` is set.
-    pub fn run(mut self) {
+    /// Runs until `shutdown` is set. Returns the shard's sessions (their highest counters go
+    /// back into the State before it is saved).
+    pub fn run(mut self) -> SessionTable {
+        let clock = lock(&self.state).clock();
+        if self.shards > 1 {
+            if let Err(e) = self.backend.set_waker(self.mailbox.waker.0.as_raw_fd()) {
+                log::warn!(
+                    "shard {}: {} backend cannot wait on a waker ({e}); hand-offs wait for \
+                     the next packet or {POLL_INTERVAL:?}",
+                    self.id,
+                    self.backend.name()
+                );
+            }
+        }
         let mut batch = RecvBatch::new();
-        let mut actions = Actions::new();
-        let mut outs: Vec<Out> = Vec::with_capacity(batch.capacity() * 2);
-        let mut extras: Vec<Datagram> = Vec::new();
+        let mut router = Router {
+            id: self.id,
+            shards: self.shards,
+            sessions: std::mem::take(&mut self.sessions),
+            local: Counters::default(),
+            actions: Actions::new(),
+            outs: Vec::with_capacity(batch.capacity() * 2),
+            extras: Vec::new(),
+            remote: vec![Vec::new(); self.shards],
+            changes: Vec::new(),
+            scratch: Vec::new(),
+        };
+        let mut handed: Vec<Handoff> = Vec::new();
+        let mut wake = vec![false; self.shards];
         let mut drops = Drops::default();
+        let mut next_expire = Instant::now() + EXPIRE_INTERVAL;
         while !self.shutdown.load(Ordering::Relaxed) {
             let n = match self.backend.recv(&mut batch, POLL_INTERVAL) {
                 Ok(n) => n,
@@ -76,53 +371,118 @@ impl<B: Backend> Shard<B> {
                 }
             };
             self.publish_drops(&mut drops);
-            outs.clear();
-            extras.clear();
+            // mail: changes first, then hand-offs, then changes again, so every change sent
+            // before a hand-off is installed before that hand-off is routed
+            handed.clear();
+            if self.shards > 1 {
+                self.mailbox.waker.drain();
+                self.mailbox
+                    .changes
+                    .try_iter()
+                    .for_each(|c| router.sessions.apply(c));
+                handed.extend(self.mailbox.handoffs.try_iter().take(HANDOFF_QUEUE));
+                self.mailbox
+                    .changes
+                    .try_iter()
+                    .for_each(|c| router.sessions.apply(c));
+            }
+            if n == 0 && handed.is_empty() && Instant::now() < next_expire {
+                continue;
+            }
+            router.outs.clear();
+            router.extras.clear();
+            let now = Instant::now();
+            let t = clock.tick(now);
+            let mut ctl = Control {
+                state: &self.state,
+                guard: None,
+            };
+            if now >= next_expire {
+                router.sessions.expire(t);
+                ctl.get().expire_if_due(now);
+                next_expire = now + EXPIRE_INTERVAL;
+            }
             let mut off_owner = 0u64;
-            {
-                let mut state = lock(&self.state);
-                let now = Instant::now();
-                state.expire_if_due(now);
-                for i in 0..n {
-                    let meta = *batch.meta(i);
-                    if meta.truncated {
-                        state.count_drop(DropReason::Truncated);
-                        continue;
-                    }
-                    let Ok(listener) = u16::try_from(meta.listener) else {
-                        continue;
-                    };
-                    let from = Endpoint::new(ListenerId(listener), meta.addr);
-                    if let Some(index) = wire::receiver_of(batch.datagram(i)) {
-                        if owner_shard(index, self.shards) != self.id {
+            for i in 0..n {
+                let meta = *batch.meta(i);
+                if meta.truncated {
+                    router.count(DropReason::Truncated);
+                    continue;
+                }
+                let Ok(listener) = u16::try_from(meta.listener) else {
+                    continue;
+                };
+                let from = Endpoint::new(ListenerId(listener), meta.addr);
+                let packet = batch.datagram_mut(i);
+                // type
+                match wire::message_type(packet) {
+                    Err(_) => router.count(DropReason::TooShort),
+                    Ok(MessageType::Unknown(_)) => router.count(DropReason::UnknownType),
+                    Ok(MessageType::Transport) => {
+                        let Some(receiver) = wire::receiver_of(packet) else {
+                            router.count(DropReason::BadLength);
+                            continue;
+                        };
+                        let owner = owner_shard(receiver, self.shards);
+                        if owner == self.id {
+                            router.transport(&mut ctl, now, t, from, Src::Batch(i), packet);
+                        } else {
                             off_owner += 1;
+                            self.hand_off(owner, from, packet, &mut wake);
                         }
                     }
-                    let decision = state.route(now, from, batch.datagram_mut(i), &mut actions);
-                    if decision == Decision::Forward {
-                        outs.extend(actions.targets.iter().map(|t| Out::Packet(i, *t)));
+                    Ok(_) => {
+                        if let Some(receiver) = wire::receiver_of(packet) {
+                            if owner_shard(receiver, self.shards) != self.id {
+                                off_owner += 1;
+                            }
+                        }
+                        router.control(&mut ctl, now, t, from, Src::Batch(i), packet);
                     }
-                    for x in actions.extra.drain(..) {
-                        outs.push(Out::Extra(extras.len()));
-                        extras.push(x);
+                }
+            }
+            for (j, h) in handed.iter_mut().enumerate() {
+                router.transport(&mut ctl, now, t, h.from, Src::Handed(j), &mut h.packet[..]);
+            }
+            drop(ctl);
+            // changes out before any packet that depends on them
+            for (owner, queue) in router.remote.iter_mut().enumerate() {
+                if queue.is_empty() {
+                    continue;
+                }
+                if let Some(tx) = self.mesh.changes.get(owner) {
+                    for change in queue.drain(..) {
+                        // Only fails when the owner has exited (shutdown).
+                        let _ = tx.send(change);
+                    }
+                }
+                wake[owner] = true;
+            }
+            for (owner, w) in wake.iter_mut().enumerate() {
+                if std::mem::take(w) {
+                    if let Some(waker) = self.mesh.wakers.get(owner) {
+                        waker.wake();
                     }
                 }
             }
             if off_owner > 0 {
                 self.io.off_owner.fetch_add(off_owner, Ordering::Relaxed);
             }
-            if outs.is_empty() {
+            self.fast.publish(&mut router.local);
+            if router.outs.is_empty() {
                 continue;
             }
             // In receive order, never reordered: the datagrams of one GRO run (one flow, so one
             // destination) stay adjacent, which is what lets the backend send them as one GSO
             // message.
-            let transmits: Vec<Transmit<'_>> = outs
+            let transmits: Vec<Transmit<'_>> = router
+                .outs
                 .iter()
                 .map(|o| {
-                    let (to, contents) = match o {
-                        Out::Packet(i, to) => (*to, batch.datagram(*i)),
-                        Out::Extra(j) => (extras[*j].to, extras[*j].contents()),
+                    let (to, contents) = match *o {
+                        Out::Packet(i, to) => (to, batch.datagram(i)),
+                        Out::Handed(j, to) => (to, &*handed[j].packet),
+                        Out::Extra(j) => (router.extras[j].to, router.extras[j].contents()),
                     };
                     Transmit {
                         listener: usize::from(to.listener.0),
@@ -136,6 +496,27 @@ impl<B: Backend> Shard<B> {
                 self.io
                     .send_failed
                     .fetch_add(stats.failed, Ordering::Relaxed);
+            }
+        }
+        router.sessions
+    }
+
+    /// Queues a transport packet for the shard that owns its receiver index.
+    fn hand_off(&self, owner: usize, from: Endpoint, packet: &[u8], wake: &mut [bool]) {
+        let Some(tx) = self.mesh.handoffs.get(owner) else {
+            return;
+        };
+        let handoff = Handoff {
+            from,
+            packet: packet.into(),
+        };
+        match tx.try_send(handoff) {
+            Ok(()) => {
+                self.io.handoffs.fetch_add(1, Ordering::Relaxed);
+                wake[owner] = true;
+            }
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.io.handoff_drops.fetch_add(1, Ordering::Relaxed);
             }
         }
     }

@@ -423,3 +423,95 @@ fn sessions_survive_a_relay_restart_with_a_state_file() {
     );
     let _ = std::fs::remove_file(&path);
 }
+
+/// Two shards without kernel steering: the kernel's hash spreads the peers' packets over the
+/// shards whatever their receiver index, so about half arrive at the shard that does not own
+/// the session. Those are handed to the owner; every datagram still arrives, both ways, and a
+/// roam whose two indices may live on different shards is followed.
+#[test]
+fn sessions_owned_by_other_shards_are_handed_over() {
+    const PAIRS: usize = 24;
+    const ROUNDS: u64 = 5;
+    let ids: Vec<Identity> = (0..2 * PAIRS as u64)
+        .map(|i| Identity::from_seed(700 + i))
+        .collect();
+    let refs: Vec<&Identity> = ids.iter().collect();
+    let cfg = Config {
+        steering: false,
+        ..config(&refs)
+    };
+    let (relay, addr) = start(&cfg);
+    let mut peers: Vec<Peer> = Vec::new();
+    for i in 0..PAIRS {
+        let (a, b) = pair(
+            &ids[2 * i],
+            &ids[2 * i + 1],
+            localhost(0, 9, 2 * i as u8 + 1),
+            localhost(0, 9, 2 * i as u8 + 2),
+            addr,
+            // spread the indices' owner bits (index byte 3) over both shards
+            900 + (i as u32) * 0x8001,
+        );
+        peers.push(a);
+        peers.push(b);
+    }
+    for p in peers.iter_mut() {
+        p.initiate();
+    }
+    let mut all: Vec<&mut Peer> = peers.iter_mut().collect();
+    assert!(
+        pump_until(&mut all, HANDSHAKE_LIMIT, |p| p
+            .iter()
+            .all(|p| p.established())),
+        "every pair established: {}",
+        relay.stats()
+    );
+    // Let simultaneous handshakes settle on one session per pair before sending.
+    pump_for(&mut all, Duration::from_millis(300));
+    for round in 0..ROUNDS {
+        for p in all.iter_mut() {
+            assert!(p.send_data(200, round));
+        }
+        let want = round + 1;
+        assert!(
+            pump_until(&mut all, Duration::from_secs(5), |p| p
+                .iter()
+                .all(|p| p.delivered >= want)),
+            "round {round}: delivered {:?}: {}",
+            all.iter().map(|p| p.delivered).collect::<Vec<_>>(),
+            relay.stats()
+        );
+    }
+    // Every initiator's NAT rebinds; replies follow each to its new port.
+    let roams_before = relay.stats().route.roams;
+    for i in 0..PAIRS {
+        let ip = all[2 * i].addr().ip();
+        all[2 * i].sock = peer_socket(ip);
+        assert!(all[2 * i].send_data(100, 100));
+    }
+    let want: Vec<u64> = all.iter().map(|p| p.delivered + 1).collect();
+    assert!(
+        pump_until(&mut all, Duration::from_secs(5), |p| (0..PAIRS)
+            .all(|i| p[2 * i + 1].delivered >= want[2 * i + 1])),
+        "after the roam, B sides: {}",
+        relay.stats()
+    );
+    for i in 0..PAIRS {
+        assert!(all[2 * i + 1].send_data(100, 101));
+    }
+    assert!(
+        pump_until(&mut all, Duration::from_secs(5), |p| (0..PAIRS)
+            .all(|i| p[2 * i].delivered >= want[2 * i])),
+        "replies reach the roamed A sides: {}",
+        relay.stats()
+    );
+    let stats = relay.stop();
+    assert!(stats.route.roams >= roams_before + PAIRS as u64, "{stats}");
+    // Both shards received packets of sessions the other owns, and handed them over.
+    assert!(stats.handoffs > 0, "{stats}");
+    assert_eq!(stats.handoff_drops, 0, "{stats}");
+    assert!(stats.off_owner >= stats.handoffs, "{stats}");
+    // Data went by the shards' own tables, not through the shared state.
+    let data = 2 * PAIRS as u64 * ROUNDS;
+    assert!(stats.fast_forwarded >= data, "{stats}");
+}

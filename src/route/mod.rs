@@ -12,10 +12,12 @@
 mod fanout;
 mod handshake;
 mod persist;
+mod session;
 mod transport;
 
 pub use fanout::ParkingLot;
 pub use persist::Restored;
+pub use session::{Change, Fast, Session, SessionTable};
 
 use std::fmt;
 use std::hash::BuildHasher;

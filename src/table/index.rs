@@ -47,6 +47,9 @@ type Map = HashMap<Index, IndexEntry, foldhash::fast::RandomState>;
 #[derive(Debug, Default)]
 pub struct IndexTable {
     entries: Map,
+    /// Indices whose entries may have changed since `take_changed`, when tracking is on (the
+    /// shards keep copies of paired sessions and must hear of every change).
+    changed: Option<Vec<Index>>,
 }
 
 impl IndexTable {
@@ -60,9 +63,29 @@ impl IndexTable {
         self.entries.get(&index).filter(|e| e.is_live(now))
     }
 
+    /// The live entry for an index, to change it (recorded as changed when tracking is on).
     #[inline]
     pub fn lookup_mut(&mut self, index: Index, now: Tick) -> Option<&mut IndexEntry> {
-        self.entries.get_mut(&index).filter(|e| e.is_live(now))
+        let entry = self.entries.get_mut(&index).filter(|e| e.is_live(now))?;
+        if let Some(changed) = &mut self.changed {
+            changed.push(index);
+        }
+        Some(entry)
+    }
+
+    /// Starts recording which indices change (every `insert`, `remove` and `lookup_mut`).
+    /// Whoever turns it on must drain it with `take_changed`.
+    pub fn track_changes(&mut self) {
+        self.changed.get_or_insert_with(Vec::new);
+    }
+
+    /// Moves the indices changed since the last call into `out` (sorted, no duplicates).
+    pub fn take_changed(&mut self, out: &mut Vec<Index>) {
+        if let Some(changed) = &mut self.changed {
+            out.append(changed);
+            out.sort_unstable();
+            out.dedup();
+        }
     }
 
     /// Whether the index is taken by a live entry.
@@ -72,10 +95,16 @@ impl IndexTable {
 
     /// Inserts or replaces (an expired entry may be replaced).
     pub fn insert(&mut self, index: Index, entry: IndexEntry) {
+        if let Some(changed) = &mut self.changed {
+            changed.push(index);
+        }
         self.entries.insert(index, entry);
     }
 
     pub fn remove(&mut self, index: Index) -> Option<IndexEntry> {
+        if let Some(changed) = &mut self.changed {
+            changed.push(index);
+        }
         self.entries.remove(&index)
     }
 
