@@ -293,12 +293,15 @@ pub struct State {
     endpoints: EndpointTable,
     parked: ParkingLot,
     entropy: Box<dyn Entropy>,
-    mask_hasher: std::collections::hash_map::RandomState,
+    /// Seeded from the injected entropy: unpredictable to peers, reproducible in tests.
+    mask_hasher: foldhash::fast::FixedState,
     counters: Counters,
 }
 
 impl State {
-    pub fn new(settings: &Settings, entropy: Box<dyn Entropy>, now: Instant) -> Self {
+    pub fn new(settings: &Settings, mut entropy: Box<dyn Entropy>, now: Instant) -> Self {
+        let mut seed = [0u8; 8];
+        entropy.fill(&mut seed);
         State {
             keys: KeyDirectory::new(&settings.allow, &settings.groups),
             cookie_mode: settings.cookie,
@@ -319,7 +322,7 @@ impl State {
             endpoints: EndpointTable::new(),
             parked: ParkingLot::new(MAX_PARKED_INITIATIONS),
             entropy,
-            mask_hasher: Default::default(),
+            mask_hasher: foldhash::fast::FixedState::with_seed(u64::from_le_bytes(seed)),
             counters: Counters::default(),
         }
     }
