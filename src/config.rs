@@ -168,6 +168,31 @@ impl Switch {
     }
 }
 
+/// A WireGuard server behind the relay (proxy mode): initiations whose mac1 names `key` go to
+/// `addr`, re-resolved when it is a name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    pub addr: crate::upstream::resolve::HostPort,
+    pub key: PublicKey,
+}
+
+/// A responder with its own relay port (port-per-peer mode): initiations arriving on `listen`
+/// go to the holder of `key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortPeer {
+    /// The dedicated relay address: `port = N` binds N on the host of the first `listen`
+    /// address; `listen = "ADDR:PORT"` gives it whole.
+    pub listen: SocketAddr,
+    pub key: PublicKey,
+    /// Where the responder is, when it is fixed (else learned from its own traffic or `uapi`).
+    pub endpoint: Option<SocketAddr>,
+    /// A local WireGuard device (name, e.g. `wg0`, or a UAPI socket path) whose peer list
+    /// gives the responder's endpoint.
+    pub uapi: Option<String>,
+    /// AmneziaWG framing of this port; `None` = the relay-wide `awg`.
+    pub awg: Option<crate::wire::awg::Params>,
+}
+
 /// The complete, validated relay configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -197,6 +222,12 @@ pub struct Config {
     pub steering: bool,
     /// Where confirmed sessions are kept across a restart; `None` = nowhere.
     pub state_file: Option<std::path::PathBuf>,
+    /// Proxy mode: servers chosen by the key mac1 names. Their keys are allowed implicitly.
+    pub servers: Vec<Server>,
+    /// Port-per-peer mode: one relay port per responder. Their keys are allowed implicitly.
+    pub peers: Vec<PortPeer>,
+    /// AmneziaWG framing of every listener without its own (plain WireGuard by default).
+    pub awg: crate::wire::awg::Params,
     pub log_level: log::LevelFilter,
     /// Period of statistics log lines; `None` = off.
     pub stats_interval: Option<Duration>,
@@ -216,6 +247,9 @@ impl Default for Config {
             gro: true,
             steering: true,
             state_file: None,
+            servers: Vec::new(),
+            peers: Vec::new(),
+            awg: crate::wire::awg::Params::plain(),
             log_level: log::LevelFilter::Info,
             stats_interval: Some(Duration::from_secs(DEFAULT_STATS_INTERVAL_SECS)),
         }
@@ -333,6 +367,11 @@ impl Config {
                 .or(file.steering)
                 .map_or(defaults.steering, Switch::is_on),
             state_file: cli.state_file.or(file.state_file),
+            // Parsed from flags, env and file by the mode settings (proxy, port-per-peer,
+            // AmneziaWG).
+            servers: defaults.servers,
+            peers: defaults.peers,
+            awg: defaults.awg,
             log_level,
             stats_interval: match cli.stats_interval.or(file.stats_interval) {
                 Some(0) => None,
