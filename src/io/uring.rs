@@ -39,7 +39,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::thread::{self, ThreadId};
 use std::time::{Duration, Instant};
 
-use io_uring::types::{BufRingEntry, Fd, Fixed, RecvMsgOut, SubmitArgs, Timespec};
+use io_uring::types::{BufRingEntry, Fd, RecvMsgOut, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, EnterFlags, IoUring, Probe};
 
 use super::socket::{enable_gro, probe_gso, GRO_MAX_SEGMENTS, GSO_MAX_SEGMENTS};
@@ -375,9 +375,6 @@ pub struct UringBackend {
     gso_confirmed: Vec<bool>,
     /// UDP_GRO is on for this listener: its completions may hold coalesced runs.
     gro: Vec<bool>,
-    /// The sockets are registered with the ring (fixed file `i` is listener `i`), which spares
-    /// the kernel a file lookup and reference count per request.
-    fixed_files: bool,
 
     pool: BufPool,
     /// The msghdr template of every multishot recvmsg: only `msg_namelen` and `msg_controllen`
@@ -525,16 +522,6 @@ impl UringBackend {
 
         let families = Family::of_sockets(&sockets);
         let count = sockets.len();
-        let fds: Vec<RawFd> = sockets.iter().map(AsRawFd::as_raw_fd).collect();
-        // Optional (Linux 5.1); without it requests name the fds.
-        let fixed_files = !fds.is_empty()
-            && match ring.submitter().register_files(&fds) {
-                Ok(()) => true,
-                Err(e) => {
-                    log::debug!("io_uring fixed files unavailable: {e}");
-                    false
-                }
-            };
         let mut recv_hdr: Box<libc::msghdr> = Box::new(zeroed());
         recv_hdr.msg_namelen = NAME_LEN as libc::socklen_t;
         recv_hdr.msg_controllen = CMSG_BUF_LEN as _;
@@ -556,7 +543,6 @@ impl UringBackend {
             gso_confirmed: vec![false; count],
             gso,
             gro,
-            fixed_files,
             pool,
             recv_hdr,
             backlog: (0..count)
@@ -665,12 +651,12 @@ impl UringBackend {
 
     /// Queues a multishot recvmsg for listener `idx` (submitted by the next enter).
     fn arm(&mut self, idx: usize) {
-        let hdr = &*self.recv_hdr as *const libc::msghdr;
-        let entry = if self.fixed_files {
-            opcode::RecvMsgMulti::new(Fixed(idx as u32), hdr, BGID).build()
-        } else {
-            opcode::RecvMsgMulti::new(Fd(self.sockets[idx].as_raw_fd()), hdr, BGID).build()
-        }
+        let entry = opcode::RecvMsgMulti::new(
+            Fd(self.sockets[idx].as_raw_fd()),
+            &*self.recv_hdr as *const libc::msghdr,
+            BGID,
+        )
+        .build()
         .user_data(Token::Recv(idx).encode());
         // SAFETY: the msghdr is boxed and lives as long as the ring (both are fields; the ring
         // is dropped first). The kernel reads only its name/control lengths. The buffers it
@@ -1080,13 +1066,9 @@ impl UringBackend {
                     continue;
                 }
             }
-            let hdr = hdrs.wrapping_add(j).cast_const();
-            let entry = if self.fixed_files {
-                opcode::SendMsg::new(Fixed(m.listener as u32), hdr).build()
-            } else {
-                opcode::SendMsg::new(Fd(m.fd), hdr).build()
-            }
-            .user_data(Token::Send(j).encode());
+            let entry = opcode::SendMsg::new(Fd(m.fd), hdrs.wrapping_add(j).cast_const())
+                .build()
+                .user_data(Token::Send(j).encode());
             // SAFETY: the msghdr, its name, control message and iovecs live in backend-owned
             // boxes that are not written until this entry completes; the iovecs point into the
             // contents of `transmits`, borrowed for this whole call. `reap_sends` below does not
@@ -1329,9 +1311,6 @@ impl std::fmt::Debug for UringBackend {
             .field("sockets", &self.sockets)
             .field("mode", &self.mode)
             .field("recv_buffers", &self.pool.entries)
-            .field("fixed_files", &self.fixed_files)
-            .field("gso", &self.gso)
-            .field("gro", &self.gro)
             .field("enobufs", &self.enobufs)
             .field("rearms", &self.rearms)
             .finish_non_exhaustive()
