@@ -135,6 +135,30 @@ impl State {
         true
     }
 
+    /// Fills `out.targets` with a pinned key's recent clients, for a handshake it starts with
+    /// a client the relay cannot name: newest first, never the sender, each copy under the
+    /// fan-out rate limit.
+    pub(super) fn pin_clients(
+        &mut self,
+        now: Instant,
+        pin: KeyId,
+        from: &Endpoint,
+        out: &mut Actions,
+    ) {
+        let clients: Vec<Endpoint> = self
+            .pins
+            .recent_clients(pin)
+            .filter(|c| c != from)
+            .take(MAX_FANOUT_PER_INITIATION)
+            .collect();
+        for c in clients {
+            if !self.fanout_token(now) {
+                break;
+            }
+            out.targets.push(c);
+        }
+    }
+
     /// Whether `to` has an unanswered initiation of its own out with `from` (sent or handed
     /// to it in the last REKEY_TIMEOUT). Sending `from`'s initiation to `to` as well would
     /// cross them: each WireGuard peer answers the other's initiation, which replaces its own

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use super::{Actions, Datagram, Decision, DropReason, State};
+use super::{Actions, Datagram, Decision, DropReason, PinRoute, State};
 use crate::admit::KeyId;
 use crate::config::CookieMode;
 use crate::constants::{MAX_INDICES, REKEY_TIMEOUT};
@@ -39,19 +39,36 @@ impl State {
         let has_mac2 = init.mac2() != [0; 16];
 
         // mac1 against the key directory (open mode: any key, unknown)
+        let dedicated = self.pins.dedicated(from.listener);
+        let bound = self.endpoints.bound_key(&from);
+        // The pinned key (server, port peer) whose endpoint sends this, if any.
+        let from_pin = self.pins.key_at(&from, bound);
+        // A handshake a pinned key starts for a client the relay does not know.
+        let mut started_by_pin = None;
         let key: Option<KeyId> = if self.keys.is_open() {
             None
         } else {
-            let hint = self
-                .endpoints
-                .get(&from)
-                .and_then(|i| i.pending)
-                .and_then(|p| p.key);
+            let hint = dedicated.or_else(|| {
+                self.endpoints
+                    .get(&from)
+                    .and_then(|i| i.pending)
+                    .and_then(|p| p.key)
+            });
             match self.keys.match_mac1_hinted(packet, hint) {
                 Some(k) => Some(k),
+                None if from_pin.is_some() => {
+                    started_by_pin = from_pin;
+                    None
+                }
                 None => return self.drop(DropReason::BadMac1),
             }
         };
+        // a dedicated port takes initiations for its responder only (and the responder's own)
+        if let Some(d) = dedicated {
+            if key != Some(d) && from_pin != Some(d) {
+                return self.drop(DropReason::BadMac1);
+            }
+        }
 
         // mac1 replay filter
         if self.replay.contains(&mac1) {
@@ -99,7 +116,7 @@ impl State {
         }
 
         // both keys must share a group, when the sender's key is known
-        if let Some(own) = self.endpoints.bound_key(&from) {
+        if let Some(own) = bound.filter(|_| started_by_pin.is_none()) {
             if !self.keys.share_group(Some(own), key) {
                 return self.drop(DropReason::NotInGroup);
             }
@@ -108,6 +125,15 @@ impl State {
         // the sender index must be free
         if let Some(reason) = self.index_unavailable(sender, t) {
             return self.drop(reason);
+        }
+
+        // a pinned key goes where it is pinned, and nowhere else
+        let learned = key.and_then(|k| self.endpoints.holder_of(k, t));
+        let pin_route = self.pins.route(key, learned);
+        match pin_route {
+            PinRoute::Unknown => return self.drop(DropReason::NoUpstream),
+            PinRoute::To(e) if e == from => return self.drop(DropReason::Loop),
+            _ => {}
         }
 
         // admitted: update tables
@@ -133,8 +159,22 @@ impl State {
         // holds (see `crossing`).
         self.deliver_parked(now, from, key, out);
 
-        // forward: unicast to the confirmed holder, or fan out and park
-        let fanned_out = self.initiation_targets(now, &from, key, retry, out);
+        // forward: to a pinned key's place; a pinned key's own handshake to its recent
+        // clients; else unicast to the confirmed holder, or fan out and park
+        let (fanned_out, park) = match (pin_route, started_by_pin) {
+            (PinRoute::To(e), _) => {
+                out.targets.push(e);
+                (false, false)
+            }
+            (_, Some(p)) => {
+                self.pin_clients(now, p, &from, out);
+                (true, false)
+            }
+            _ => {
+                let fanned_out = self.initiation_targets(now, &from, key, retry, out);
+                (fanned_out, fanned_out)
+            }
+        };
         let mut sent_to = 0;
         for t in &out.targets {
             sent_to |= self.mask_bit(t);
@@ -158,12 +198,12 @@ impl State {
                 confirmed: false,
             },
         );
-        if fanned_out {
+        if park {
             self.park(now, sender, from, key, packet);
         }
         if !out.targets.is_empty() {
             Decision::Forward
-        } else if fanned_out {
+        } else if park {
             Decision::Parked
         } else {
             self.drop(DropReason::FanOutLimited)
@@ -212,6 +252,10 @@ impl State {
                 None if self.keys.match_mac1(packet).is_some() => {
                     return self.drop(DropReason::NotInGroup)
                 }
+                // A pinned key answering a client the relay does not know: it comes from the
+                // endpoint the initiation was sent to (checked above), the trust a proxy
+                // gives its server.
+                None if self.pins.is_pinned(Some(kb)) => None,
                 None => return self.drop(DropReason::BadMac1),
             },
         };
@@ -258,6 +302,16 @@ impl State {
             if info.pending.is_some() {
                 self.endpoints.touch(initiator, t).pending = None;
             }
+        }
+        // remember a pinned key's clients, for the handshakes it starts itself
+        if let Some(kb) = responder_key.filter(|k| self.pins.is_pinned(Some(*k))) {
+            self.pins.note_client(kb, initiator);
+        }
+        if let Some(p) = self
+            .pins
+            .key_at(&initiator, self.endpoints.bound_key(&initiator))
+        {
+            self.pins.note_client(p, from);
         }
         self.counters.handshakes_paired += 1;
         out.targets.push(initiator);

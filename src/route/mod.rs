@@ -12,11 +12,13 @@
 mod fanout;
 mod handshake;
 mod persist;
+mod pinned;
 mod session;
 mod transport;
 
 pub use fanout::ParkingLot;
 pub use persist::Restored;
+pub use pinned::{PinKind, PinRoute, MAX_RECENT_CLIENTS};
 pub use session::{Change, Fast, Session, SessionTable};
 
 use std::fmt;
@@ -29,7 +31,7 @@ use crate::admit::{
 use crate::config::CookieMode;
 use crate::constants::*;
 use crate::key::PublicKey;
-use crate::table::{Clock, Endpoint, EndpointTable, IndexTable, Tick};
+use crate::table::{Clock, Endpoint, EndpointTable, IndexTable, ListenerId, Tick};
 use crate::wire::{self, MessageType};
 
 /// What to do with a packet. Targets and extra datagrams are in the caller's `Actions`.
@@ -81,10 +83,13 @@ pub enum DropReason {
     TableFull,
     /// The destination is the sender itself.
     Loop,
+    /// An initiation for a pinned key (a proxy server, a port peer) whose address is not known
+    /// yet (unresolved name, device not read, responder never seen).
+    NoUpstream,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 17] = [
+    pub const ALL: [DropReason; 18] = [
         DropReason::TooShort,
         DropReason::UnknownType,
         DropReason::BadLength,
@@ -102,6 +107,7 @@ impl DropReason {
         DropReason::RoamRejected,
         DropReason::TableFull,
         DropReason::Loop,
+        DropReason::NoUpstream,
     ];
 
     pub const fn label(self) -> &'static str {
@@ -123,6 +129,7 @@ impl DropReason {
             DropReason::RoamRejected => "roam_rejected",
             DropReason::TableFull => "table_full",
             DropReason::Loop => "loop",
+            DropReason::NoUpstream => "no_upstream",
         }
     }
 
@@ -263,6 +270,11 @@ pub struct Settings {
     pub cookie: CookieMode,
     /// Fan-out copies per second; `None` = unlimited.
     pub broadcast_rate: Option<u32>,
+    /// Proxy mode: server keys (allowed implicitly); their endpoints are set at runtime.
+    pub servers: Vec<PublicKey>,
+    /// Port-per-peer mode: each dedicated listener's responder key (allowed implicitly), and
+    /// its configured endpoint if it has one.
+    pub port_peers: Vec<(ListenerId, PublicKey, Option<Endpoint>)>,
 }
 
 impl Default for Settings {
@@ -272,6 +284,8 @@ impl Default for Settings {
             groups: Vec::new(),
             cookie: CookieMode::UnderLoad,
             broadcast_rate: Some(1000),
+            servers: Vec::new(),
+            port_peers: Vec::new(),
         }
     }
 }
@@ -295,6 +309,7 @@ pub struct State {
     entropy: Box<dyn Entropy>,
     /// Seeded from the injected entropy: unpredictable to peers, reproducible in tests.
     mask_hasher: foldhash::fast::FixedState,
+    pins: pinned::Pins,
     counters: Counters,
 }
 
@@ -302,8 +317,23 @@ impl State {
     pub fn new(settings: &Settings, mut entropy: Box<dyn Entropy>, now: Instant) -> Self {
         let mut seed = [0u8; 8];
         entropy.fill(&mut seed);
+        let mut allow = settings.allow.clone();
+        allow.extend(settings.servers.iter().copied());
+        allow.extend(settings.port_peers.iter().map(|p| p.1));
+        let keys = KeyDirectory::new(&allow, &settings.groups);
+        let mut pins = pinned::Pins::default();
+        for server in &settings.servers {
+            if let Some(k) = keys.id_of(server) {
+                pins.add(k, PinKind::Server, None);
+            }
+        }
+        for (listener, key, endpoint) in &settings.port_peers {
+            if let Some(k) = keys.id_of(key) {
+                pins.add(k, PinKind::PortPeer(*listener), *endpoint);
+            }
+        }
         State {
-            keys: KeyDirectory::new(&settings.allow, &settings.groups),
+            keys,
             cookie_mode: settings.cookie,
             cookies: CookieChecker::new(),
             replay: ReplayFilter::new(REPLAY_HISTORY),
@@ -323,6 +353,7 @@ impl State {
             parked: ParkingLot::new(MAX_PARKED_INITIATIONS),
             entropy,
             mask_hasher: foldhash::fast::FixedState::with_seed(u64::from_le_bytes(seed)),
+            pins,
             counters: Counters::default(),
         }
     }
@@ -346,6 +377,24 @@ impl State {
 
     pub fn endpoints(&self) -> &EndpointTable {
         &self.endpoints
+    }
+
+    /// Sets where a pinned key (proxy server, port peer) is now: its resolved address, or the
+    /// endpoint a local device reports. `None` = unknown. Returns false for a key that is not
+    /// pinned.
+    pub fn set_pinned_endpoint(&mut self, key: &PublicKey, endpoint: Option<Endpoint>) -> bool {
+        match self.keys.id_of(key) {
+            Some(k) => self.pins.set_endpoint(k, endpoint),
+            None => false,
+        }
+    }
+
+    /// The responder key a listener is dedicated to (port-per-peer), if any.
+    pub fn dedicated_key(&self, listener: ListenerId) -> Option<PublicKey> {
+        self.pins
+            .dedicated(listener)
+            .and_then(|k| self.keys.get(k))
+            .map(|i| i.public)
     }
 
     /// Counts a packet the backend dropped before routing (e.g. truncated).

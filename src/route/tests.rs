@@ -980,3 +980,210 @@ proptest! {
         }
     }
 }
+
+// ---- pinned keys: proxy servers and port peers ----
+
+/// A relay in proxy mode: only the servers' keys are configured (clients are unknown, as
+/// with wgproxy), each server's address set as the control plane would.
+fn proxy(servers: &[&Device]) -> Relay {
+    let mut relay = Relay::new(Settings {
+        servers: servers.iter().map(|d| d.public).collect(),
+        cookie: CookieMode::Never,
+        ..Settings::default()
+    });
+    for s in servers {
+        assert!(relay.state.set_pinned_endpoint(&s.public, Some(s.ep)));
+    }
+    relay
+}
+
+/// Client `c` initiates to server `s` through the relay; the server answers; the client
+/// confirms. Returns both tunnels.
+fn through_proxy(relay: &mut Relay, c: &Device, s: &Device, ic: u32, is: u32) -> (Tunn, Tunn) {
+    let mut tc = tunn(c, s, ic);
+    let mut ts = tunn(s, c, is);
+    let init = initiation(&mut tc);
+    assert_eq!(relay.route(c.ep, &init).0, Decision::Forward);
+    assert_eq!(relay.targets(), vec![s.ep], "chosen by the key mac1 names");
+    let resp = feed(&mut ts, &init).expect("server answers");
+    assert_eq!(relay.route(s.ep, &resp).0, Decision::Forward);
+    assert_eq!(relay.targets(), vec![c.ep], "back by index");
+    let keepalive = feed(&mut tc, &resp).expect("client confirms");
+    assert_eq!(relay.route(c.ep, &keepalive).0, Decision::Forward);
+    assert_eq!(relay.targets(), vec![s.ep]);
+    assert!(feed(&mut ts, &keepalive).is_none());
+    (tc, ts)
+}
+
+#[test]
+fn proxy_serves_unknown_clients_of_two_servers_on_one_port() {
+    let (s1, s2) = (device(101, 2001), device(102, 2002));
+    let clients: Vec<Device> = (0..4).map(|i| device(110 + i, 3000 + u16::from(i))).collect();
+    let mut relay = proxy(&[&s1, &s2]);
+    for (i, c) in clients.iter().enumerate() {
+        let server = if i % 2 == 0 { &s1 } else { &s2 };
+        let (mut tc, mut ts) = through_proxy(&mut relay, c, server, 10 + i as u32, 50 + i as u32);
+        let p = data(&mut tc, 100);
+        assert_eq!(relay.route(c.ep, &p).0, Decision::Forward);
+        assert_eq!(relay.targets(), vec![server.ep]);
+        assert!(received(&mut ts, &p));
+        let p = data(&mut ts, 1400);
+        assert_eq!(relay.route(server.ep, &p).0, Decision::Forward);
+        assert_eq!(relay.targets(), vec![c.ep]);
+        assert!(received(&mut tc, &p));
+    }
+    let c = relay.state.counters();
+    assert_eq!(c.sessions_confirmed, 4);
+    assert_eq!(c.total_dropped(), 0, "{c}");
+    assert_eq!(c.fanout_copies, 0);
+}
+
+#[test]
+fn proxy_refuses_keys_it_does_not_serve_and_waits_for_an_address() {
+    let (s1, s2, other) = (device(101, 2001), device(102, 2002), device(103, 2003));
+    let c = device(110, 3000);
+    let mut relay = proxy(&[&s1]);
+    let mut tc = tunn(&c, &other, 1);
+    let (d, _) = relay.route(c.ep, &initiation(&mut tc));
+    assert_eq!(d, Decision::Drop(DropReason::BadMac1));
+    // A server whose name has not resolved yet: a counted drop, and no state.
+    let mut relay = Relay::new(Settings {
+        servers: vec![s2.public],
+        cookie: CookieMode::Never,
+        ..Settings::default()
+    });
+    let mut tc = tunn(&c, &s2, 2);
+    let (d, _) = relay.route(c.ep, &initiation(&mut tc));
+    assert_eq!(d, Decision::Drop(DropReason::NoUpstream));
+    assert!(relay.state.indices().is_empty());
+    // Resolved: the client's retry goes through.
+    assert!(relay.state.set_pinned_endpoint(&s2.public, Some(s2.ep)));
+    assert!(!relay.state.set_pinned_endpoint(&c.public, Some(c.ep)), "not pinned");
+    let (d, _) = relay.route(c.ep, &initiation(&mut tc));
+    assert_eq!(d, Decision::Forward);
+    assert_eq!(relay.targets(), vec![s2.ep]);
+}
+
+#[test]
+fn a_server_started_handshake_reaches_its_unknown_client() {
+    let s = device(101, 2001);
+    let (c1, c2) = (device(110, 3000), device(111, 3001));
+    let mut relay = proxy(&[&s]);
+    let (_tc1, _ts1) = through_proxy(&mut relay, &c1, &s, 10, 50);
+    let (mut tc2, mut ts2) = through_proxy(&mut relay, &c2, &s, 11, 51);
+    // The server rekeys with client 2: its initiation names client 2's key, unknown here.
+    let init = initiation(&mut ts2);
+    let (d, _) = relay.route(s.ep, &init);
+    assert_eq!(d, Decision::Forward);
+    let targets = relay.targets();
+    assert!(targets.contains(&c2.ep) && targets.contains(&c1.ep), "{targets:?}");
+    assert!(!targets.contains(&s.ep));
+    // Client 1 cannot answer it; client 2 does, and the new session works.
+    let mut tc1_fresh = tunn(&c1, &s, 99);
+    assert!(feed(&mut tc1_fresh, &init).is_none());
+    let resp = feed(&mut tc2, &init).expect("client 2 answers");
+    assert_eq!(relay.route(c2.ep, &resp).0, Decision::Forward);
+    assert_eq!(relay.targets(), vec![s.ep]);
+    let keepalive = feed(&mut ts2, &resp).expect("server confirms");
+    assert_eq!(relay.route(s.ep, &keepalive).0, Decision::Forward);
+    assert_eq!(relay.targets(), vec![c2.ep]);
+    // A spoofed answer from client 1's address to the same initiation is refused.
+    assert_eq!(
+        relay.route(c1.ep, &resp).0,
+        Decision::Drop(DropReason::AlreadyPaired)
+    );
+    // An unknown key from anyone else is still refused.
+    let stranger = device(120, 4000);
+    let mut tx = tunn(&stranger, &c2, 7);
+    assert_eq!(
+        relay.route(stranger.ep, &initiation(&mut tx)).0,
+        Decision::Drop(DropReason::BadMac1)
+    );
+}
+
+fn on(listener: u16, port: u16) -> Endpoint {
+    Endpoint::new(ListenerId(listener), SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+#[test]
+fn a_dedicated_port_goes_to_its_responder_only() {
+    // Responder B owns listener 1 and sits at a configured endpoint, reached through that
+    // listener (the port its NAT pinhole expects).
+    let mut b = device(2, 0);
+    b.ep = on(1, 5002);
+    let mut a = device(1, 0);
+    a.ep = on(1, 5001);
+    let c = device(3, 0);
+    let mut relay = Relay::new(Settings {
+        port_peers: vec![(ListenerId(1), b.public, Some(b.ep))],
+        allow: vec![a.public, c.public],
+        cookie: CookieMode::Never,
+        ..Settings::default()
+    });
+    assert_eq!(relay.state.dedicated_key(ListenerId(1)), Some(b.public));
+    // An initiation for C arriving on B's port is refused: the port is B's.
+    let mut tac = tunn(&a, &c, 5);
+    assert_eq!(
+        relay.route(a.ep, &initiation(&mut tac)).0,
+        Decision::Drop(DropReason::BadMac1)
+    );
+    let mut ta = tunn(&a, &b, 1);
+    let mut tb = tunn(&b, &a, 2);
+    let init = initiation(&mut ta);
+    assert_eq!(relay.route(a.ep, &init).0, Decision::Forward);
+    assert_eq!(relay.targets(), vec![b.ep]);
+    let resp = feed(&mut tb, &init).expect("B answers");
+    assert_eq!(relay.route(b.ep, &resp).0, Decision::Forward);
+    assert_eq!(relay.targets(), vec![a.ep]);
+    let keepalive = feed(&mut ta, &resp).expect("A confirms");
+    assert_eq!(relay.route(a.ep, &keepalive).0, Decision::Forward);
+    assert_eq!(relay.targets(), vec![b.ep]);
+    assert_eq!(relay.state.counters().total_dropped(), 1);
+}
+
+/// Two port peers: A (listener 2) at a configured endpoint, B (listener 1) unknown. B's own
+/// handshake with A reaches A through A's port; once it is confirmed, B's key is bound to the
+/// endpoint it used, on A's listener (the pinhole B keeps open), and B's port routes there.
+#[test]
+fn a_port_peer_without_an_endpoint_is_learned_from_its_own_handshakes() {
+    let mut a = device(1, 0);
+    a.ep = on(2, 5001);
+    let mut b = device(2, 0);
+    b.ep = on(2, 5002);
+    let mut c = device(3, 0);
+    c.ep = on(1, 5003);
+    let mut relay = Relay::new(Settings {
+        port_peers: vec![
+            (ListenerId(2), a.public, Some(a.ep)),
+            (ListenerId(1), b.public, None),
+        ],
+        allow: vec![c.public],
+        cookie: CookieMode::Never,
+        ..Settings::default()
+    });
+    // Nobody knows where B is yet.
+    let mut tc = tunn(&c, &b, 1);
+    assert_eq!(
+        relay.route(c.ep, &initiation(&mut tc)).0,
+        Decision::Drop(DropReason::NoUpstream)
+    );
+    // B talks to A through A's port.
+    let mut tb = tunn(&b, &a, 2);
+    let mut ta = tunn(&a, &b, 3);
+    let init_b = initiation(&mut tb);
+    assert_eq!(relay.route(b.ep, &init_b).0, Decision::Forward);
+    assert_eq!(relay.targets(), vec![a.ep]);
+    let resp = feed(&mut ta, &init_b).expect("A answers");
+    assert_eq!(relay.route(a.ep, &resp).0, Decision::Forward);
+    let keepalive = feed(&mut tb, &resp).expect("B confirms");
+    assert_eq!(relay.route(b.ep, &keepalive).0, Decision::Forward);
+    // Now C's retry on B's port goes to B, through A's listener.
+    let mut tc = tunn(&c, &b, 4);
+    let init_c = initiation(&mut tc);
+    assert_eq!(relay.route(c.ep, &init_c).0, Decision::Forward);
+    assert_eq!(relay.targets(), vec![b.ep]);
+    let mut tb_c = tunn(&b, &c, 5);
+    let resp = feed(&mut tb_c, &init_c).expect("B answers C");
+    assert_eq!(relay.route(b.ep, &resp).0, Decision::Forward);
+    assert_eq!(relay.targets(), vec![c.ep]);
+}
