@@ -2,12 +2,14 @@
 //!
 //! Layers, each a folder: `wire` (typed views of the four messages, mac1/mac2, cookie crypto),
 //! `admit` (who may start a handshake), `table` (index and identity state), `route` (the pure
-//! routing decision), `io` (backends that only move bytes) and `shard` (the datapath loop).
+//! routing decision), `io` (backends that only move bytes) and `shard` (the datapath loop);
+//! `upstream` and `control` keep the proxy and port-per-peer modes' addresses current.
 
 pub mod admit;
 pub mod cli;
 pub mod config;
 pub mod constants;
+pub mod control;
 pub mod io;
 pub mod key;
 pub mod relay;

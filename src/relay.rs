@@ -11,6 +11,7 @@ use std::time::{Instant, SystemTime};
 
 use crate::admit::{Entropy, OsEntropy};
 use crate::config::{BackendChoice, Config};
+use crate::control::{Control, DevicePeer, ServerUpstream};
 use crate::io::steer::owner_shard;
 use crate::io::{
     bind_udp, buffer_sizes, steer, uring, Backend, MmsgBackend, Offload, SocketOptions,
@@ -18,6 +19,7 @@ use crate::io::{
 };
 use crate::route::{Counters, SessionTable, Settings, State};
 use crate::shard::{FastCounters, IoCounters, Mesh, Shard};
+use crate::table::{Endpoint, ListenerId};
 
 /// The datagram I/O backend a relay runs on, once `--backend auto` is resolved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +80,8 @@ pub struct Relay {
     io: Arc<IoCounters>,
     /// Each shard's fast-path counters.
     fast: Vec<Arc<FastCounters>>,
+    /// Keeps proxy servers resolved and port peers' device endpoints read.
+    control: Option<Control>,
     shutdown: Arc<AtomicBool>,
     threads: Vec<JoinHandle<SessionTable>>,
     /// Where confirmed sessions are saved on `stop`.
@@ -251,7 +255,14 @@ impl Relay {
         let threads = config.threads.max(1);
         let mut per_listener: Vec<Vec<UdpSocket>> = Vec::new();
         let mut local_addrs = Vec::new();
-        for addr in &config.listen {
+        // The main listeners, then one per port peer (listener ids in this order).
+        let all_listen: Vec<SocketAddr> = config
+            .listen
+            .iter()
+            .copied()
+            .chain(config.peers.iter().map(|p| p.listen))
+            .collect();
+        for addr in &all_listen {
             let sockets = match bind_listener(*addr, threads) {
                 Ok(s) => s,
                 // A host without IPv6: the default [::] falls back to IPv4 with a warning.
@@ -280,7 +291,20 @@ impl Relay {
                 log::info!("socket buffers: receive {rcv} bytes, send {snd} bytes");
             }
         }
-        let mut initial = State::new(&Settings::from_config(config), entropy, Instant::now());
+        let mut settings = Settings::from_config(config);
+        let first_peer = config.listen.len();
+        for (i, p) in config.peers.iter().enumerate() {
+            let Ok(id) = u16::try_from(first_peer + i) else {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "too many listeners",
+                ));
+            };
+            let listener = ListenerId(id);
+            let endpoint = p.endpoint.map(|e| Endpoint::new(listener, e));
+            settings.port_peers.push((listener, p.key, endpoint));
+        }
+        let mut initial = State::new(&settings, entropy, Instant::now());
         initial.track_changes();
         if let Some(path) = &config.state_file {
             restore_state(path, &mut initial, &local_addrs);
@@ -298,6 +322,35 @@ impl Relay {
         let (mesh, mut mailboxes) = Mesh::new(threads)?;
         let state = Arc::new(Mutex::new(initial));
         let io = Arc::new(IoCounters::default());
+        let servers = config
+            .servers
+            .iter()
+            .map(|s| ServerUpstream {
+                key: s.key,
+                addr: s.addr.clone(),
+            })
+            .collect();
+        let devices = config
+            .peers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| {
+                let device = p.uapi.clone()?;
+                let listener = ListenerId(u16::try_from(first_peer + i).ok()?);
+                Some(DevicePeer {
+                    key: p.key,
+                    device,
+                    listener,
+                })
+            })
+            .collect();
+        let control = Control::start(
+            servers,
+            devices,
+            local_addrs.clone(),
+            state.clone(),
+            io.clone(),
+        )?;
         let shutdown = Arc::new(AtomicBool::new(false));
         let mut relay = Relay {
             local_addrs,
@@ -305,6 +358,7 @@ impl Relay {
             state,
             io,
             fast: Vec::new(),
+            control,
             shutdown,
             threads: Vec::new(),
             state_file: config.state_file.clone(),
@@ -434,6 +488,7 @@ impl Relay {
 
     fn halt(&mut self) {
         self.shutdown.store(true, Ordering::Relaxed);
+        self.control = None;
         let tables: Vec<SessionTable> = self
             .threads
             .drain(..)
@@ -489,7 +544,10 @@ mod tests {
             choose(BackendChoice::Mmsg, never_probed),
             Ok(BackendKind::Mmsg)
         );
-        assert_eq!(choose(BackendChoice::Auto, || Ok(())), Ok(BackendKind::Uring));
+        assert_eq!(
+            choose(BackendChoice::Auto, || Ok(())),
+            Ok(BackendKind::Uring)
+        );
         assert_eq!(
             choose(BackendChoice::Auto, || Err("seccomp: EPERM".into())),
             Ok(BackendKind::Mmsg),

@@ -159,14 +159,22 @@ mod tests {
         p.add(r, PinKind::PortPeer(ListenerId(3)), None);
         assert_eq!(p.route(Some(x), None), PinRoute::NotPinned);
         assert_eq!(p.route(None, None), PinRoute::NotPinned);
-        assert_eq!(p.route(Some(s), Some(ep(9))), PinRoute::Unknown, "servers never learn");
+        assert_eq!(
+            p.route(Some(s), Some(ep(9))),
+            PinRoute::Unknown,
+            "servers never learn"
+        );
         assert_eq!(p.route(Some(r), None), PinRoute::Unknown);
         assert_eq!(p.route(Some(r), Some(ep(9))), PinRoute::To(ep(9)));
         assert!(p.set_endpoint(s, Some(ep(1))));
         assert!(p.set_endpoint(r, Some(ep(2))));
         assert!(!p.set_endpoint(x, Some(ep(2))));
         assert_eq!(p.route(Some(s), None), PinRoute::To(ep(1)));
-        assert_eq!(p.route(Some(r), Some(ep(9))), PinRoute::To(ep(2)), "configured wins");
+        assert_eq!(
+            p.route(Some(r), Some(ep(9))),
+            PinRoute::To(ep(2)),
+            "configured wins"
+        );
         assert_eq!(p.dedicated(ListenerId(3)), Some(r));
         assert_eq!(p.dedicated(ListenerId(0)), None);
         assert_eq!(p.key_at(&ep(1), None), Some(s));

@@ -1018,7 +1018,9 @@ fn through_proxy(relay: &mut Relay, c: &Device, s: &Device, ic: u32, is: u32) ->
 #[test]
 fn proxy_serves_unknown_clients_of_two_servers_on_one_port() {
     let (s1, s2) = (device(101, 2001), device(102, 2002));
-    let clients: Vec<Device> = (0..4).map(|i| device(110 + i, 3000 + u16::from(i))).collect();
+    let clients: Vec<Device> = (0..4)
+        .map(|i| device(110 + i, 3000 + u16::from(i)))
+        .collect();
     let mut relay = proxy(&[&s1, &s2]);
     for (i, c) in clients.iter().enumerate() {
         let server = if i % 2 == 0 { &s1 } else { &s2 };
@@ -1058,7 +1060,10 @@ fn proxy_refuses_keys_it_does_not_serve_and_waits_for_an_address() {
     assert!(relay.state.indices().is_empty());
     // Resolved: the client's retry goes through.
     assert!(relay.state.set_pinned_endpoint(&s2.public, Some(s2.ep)));
-    assert!(!relay.state.set_pinned_endpoint(&c.public, Some(c.ep)), "not pinned");
+    assert!(
+        !relay.state.set_pinned_endpoint(&c.public, Some(c.ep)),
+        "not pinned"
+    );
     let (d, _) = relay.route(c.ep, &initiation(&mut tc));
     assert_eq!(d, Decision::Forward);
     assert_eq!(relay.targets(), vec![s2.ep]);
@@ -1076,7 +1081,10 @@ fn a_server_started_handshake_reaches_its_unknown_client() {
     let (d, _) = relay.route(s.ep, &init);
     assert_eq!(d, Decision::Forward);
     let targets = relay.targets();
-    assert!(targets.contains(&c2.ep) && targets.contains(&c1.ep), "{targets:?}");
+    assert!(
+        targets.contains(&c2.ep) && targets.contains(&c1.ep),
+        "{targets:?}"
+    );
     assert!(!targets.contains(&s.ep));
     // Client 1 cannot answer it; client 2 does, and the new session works.
     let mut tc1_fresh = tunn(&c1, &s, 99);
@@ -1102,7 +1110,10 @@ fn a_server_started_handshake_reaches_its_unknown_client() {
 }
 
 fn on(listener: u16, port: u16) -> Endpoint {
-    Endpoint::new(ListenerId(listener), SocketAddr::from(([127, 0, 0, 1], port)))
+    Endpoint::new(
+        ListenerId(listener),
+        SocketAddr::from(([127, 0, 0, 1], port)),
+    )
 }
 
 #[test]

@@ -166,12 +166,15 @@ impl Peer {
             if self.keep_raw {
                 self.raw.push(datagram.clone());
             }
-            self.process(&datagram);
+            let _ = self.process(&datagram);
         }
         count
     }
 
-    fn process(&mut self, datagram: &[u8]) {
+    /// Hands one received datagram to boringtun (sending what it answers). Returns whether
+    /// boringtun accepted it (answered or delivered something).
+    pub fn process(&mut self, datagram: &[u8]) -> bool {
+        let mut accepted = false;
         let mut input: &[u8] = datagram;
         // boringtun: repeat with an empty datagram until Done to flush queued packets.
         for _ in 0..64 {
@@ -188,15 +191,18 @@ impl Peer {
             if let Some(n) = delivered {
                 self.delivered += 1;
                 self.delivered_bytes += n as u64;
+                accepted = true;
             }
             match send {
                 Some(n) => {
                     self.transmit(n);
+                    accepted = true;
                     input = &[];
                 }
                 None => break,
             }
         }
+        accepted
     }
 
     /// Runs boringtun's timers (handshake retries, keepalives).
