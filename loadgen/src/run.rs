@@ -100,6 +100,12 @@ pub fn execute(cfg: &RunConfig) -> Result<Value, String> {
         .map(|(k, n)| (k, json!(n)))
         .collect();
     v["relay_final"] = Value::Object(relay_final);
+    // wgrelay says at start which backend runs and whether GSO/GRO are really on
+    // ("backend mmsg: 1 shard(s), batch 64, gso segments 64 (--gso on), ..."): keep it.
+    if let Some(l) = log.iter().find(|l| l.contains(" shard(s), batch ")) {
+        let words = l.find("] ").map_or(l.as_str(), |i| &l[i + 2..]);
+        v["relay_backend"] = json!(words);
+    }
     if v["relay_final"].as_object().is_some_and(|m| m.is_empty()) && !log.is_empty() {
         v["relay_log_tail"] = json!(log.iter().rev().take(5).collect::<Vec<_>>());
     }
