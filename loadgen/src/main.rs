@@ -23,7 +23,8 @@ struct Cli {
 enum Cmd {
     /// One run against one relay: set-up, then one traffic phase per (size, rate).
     Run(RunArgs),
-    /// The benchmark matrix (wgrelay vs the null relay); writes docs/benchmarks.md and an SVG.
+    /// The benchmark matrix (wgrelay vs the null relay: datapath, GSO/GRO, shards); writes
+    /// docs/benchmarks.md and an SVG.
     Matrix(MatrixArgs),
 }
 
@@ -141,9 +142,22 @@ struct MatrixArgs {
     /// CPU for the relay; the generator takes the next one.
     #[arg(long, default_value_t = 0)]
     relay_cpu: usize,
-    /// Session counts, comma separated.
+    /// Sections to run, comma separated: datapath (per-datagram traffic, backends x sessions,
+    /// and the set-up/memory table), gso (GSO/GRO traffic vs the coalescing and per-datagram
+    /// null relays), shards (--threads 1 vs 2). Default: all; with --from-raw, those in the file.
+    #[arg(long, value_delimiter = ',')]
+    sections: Option<Vec<String>>,
+    /// Session counts of the datapath section, comma separated [default: 1,1000,10000;
+    /// --quick: 1,1000].
     #[arg(long, value_delimiter = ',')]
     sessions: Option<Vec<usize>>,
+    /// GSO segments per send of the gso section, comma separated [default: 16,64].
+    #[arg(long, value_delimiter = ',')]
+    gso_segments: Option<Vec<usize>>,
+    /// Sessions of the shards section [default: 1000].
+    #[arg(long)]
+    shard_sessions: Option<usize>,
+    /// Repetitions of every point [default: 3; --quick: 1].
     #[arg(long)]
     reps: Option<usize>,
     /// The exact command line, recorded in the report (bench.sh passes it).
@@ -169,6 +183,9 @@ fn main() -> ExitCode {
                 sessions: a.sessions,
                 reps: a.reps,
                 command: a.command,
+                sections: a.sections,
+                gso_segments: a.gso_segments,
+                shard_sessions: a.shard_sessions,
             };
             match matrix::run(&cfg) {
                 Ok(()) => ExitCode::SUCCESS,
