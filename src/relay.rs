@@ -20,6 +20,7 @@ use crate::io::{
 use crate::route::{Counters, SessionTable, Settings, State};
 use crate::shard::{FastCounters, IoCounters, Mesh, Shard};
 use crate::table::{Endpoint, ListenerId};
+use crate::wire::awg::Framing;
 
 /// The datagram I/O backend a relay runs on, once `--backend auto` is resolved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -255,6 +256,21 @@ impl Relay {
         let threads = config.threads.max(1);
         let mut per_listener: Vec<Vec<UdpSocket>> = Vec::new();
         let mut local_addrs = Vec::new();
+        // Each listener's framing: a port peer's own AmneziaWG parameters, else the relay's.
+        let mut framings: Vec<Framing> = Vec::new();
+        for params in std::iter::repeat_n(&config.awg, config.listen.len()).chain(
+            config
+                .peers
+                .iter()
+                .map(|p| p.awg.as_ref().unwrap_or(&config.awg)),
+        ) {
+            framings.push(
+                Framing::new(params).map_err(|e| {
+                    io::Error::new(io::ErrorKind::InvalidInput, format!("awg: {e}"))
+                })?,
+            );
+        }
+        let framings: Arc<[Framing]> = framings.into();
         // The main listeners, then one per port peer (listener ids in this order).
         let all_listen: Vec<SocketAddr> = config
             .listen
@@ -262,7 +278,7 @@ impl Relay {
             .copied()
             .chain(config.peers.iter().map(|p| p.listen))
             .collect();
-        for addr in &all_listen {
+        for (n, addr) in all_listen.iter().enumerate() {
             let sockets = match bind_listener(*addr, threads) {
                 Ok(s) => s,
                 // A host without IPv6: the default [::] falls back to IPv4 with a warning.
@@ -274,7 +290,10 @@ impl Relay {
                 Err(e) => return Err(e),
             };
             local_addrs.push(sockets[0].local_addr()?);
-            if threads > 1 && config.steering {
+            // The steering program reads plain WireGuard offsets; an AmneziaWG listener's
+            // prefixes move them, so its shards hand packets over instead.
+            let plain = framings.get(n).is_none_or(|f| f.is_plain());
+            if threads > 1 && config.steering && plain {
                 // Every packet of a session to one shard, whatever its source address.
                 match steer::attach(&sockets[0], threads) {
                     Ok(()) => log::info!(
@@ -406,6 +425,7 @@ impl Relay {
                 mesh: mesh.clone(),
                 mailbox: mailboxes.remove(0),
                 sessions,
+                framings: framings.clone(),
             };
             let core = cores.get(t).copied().filter(|_| pin);
             let spawned = std::thread::Builder::new()

@@ -26,6 +26,7 @@ use crate::route::{
     Actions, Change, Counters, Datagram, Decision, DropReason, Fast, SessionTable, State,
 };
 use crate::table::{Endpoint, ListenerId, Tick};
+use crate::wire::awg::{Classified, Framing};
 use crate::wire::{self, Index, MessageType};
 
 /// How long a shard waits for packets before checking for shutdown and expiry.
@@ -195,6 +196,8 @@ enum Out {
     Handed(usize, Endpoint),
     /// Extra datagram `i` in the batch's extras.
     Extra(usize),
+    /// Framed datagram `i` (an extra framed for an AmneziaWG listener).
+    Framed(usize),
 }
 
 /// Which datagram is being routed.
@@ -217,6 +220,8 @@ pub struct Shard<B: Backend> {
     pub mailbox: Mailbox,
     /// The sessions this shard owns (restored ones already installed).
     pub sessions: SessionTable,
+    /// Each listener's framing (plain WireGuard, or AmneziaWG parameters).
+    pub framings: Arc<[Framing]>,
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -253,9 +258,93 @@ struct Router {
     remote: Vec<Vec<Change>>,
     changes: Vec<Change>,
     scratch: Vec<Index>,
+    framings: Arc<[Framing]>,
+    /// Extras framed for AmneziaWG listeners, this batch.
+    framed: Vec<(Endpoint, Vec<u8>)>,
+}
+
+/// Where the message sits in a datagram, and what it is, per the listener's framing.
+enum Parsed {
+    Message(MessageType, usize),
+    Drop(DropReason),
+}
+
+fn parse(framing: &Framing, datagram: &[u8]) -> Parsed {
+    if framing.is_plain() {
+        return match wire::message_type(datagram) {
+            Err(_) => Parsed::Drop(DropReason::TooShort),
+            Ok(MessageType::Unknown(_)) => Parsed::Drop(DropReason::UnknownType),
+            Ok(kind) => Parsed::Message(kind, 0),
+        };
+    }
+    match framing.classify(datagram) {
+        Classified::Message { kind, offset } => Parsed::Message(kind, offset),
+        Classified::Junk => Parsed::Drop(DropReason::Junk),
+        Classified::Unknown => Parsed::Drop(DropReason::UnknownType),
+    }
 }
 
 impl Router {
+    fn framing(&self, listener: ListenerId) -> Framing {
+        self.framings
+            .get(usize::from(listener.0))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Records a copy of the datagram being routed for `to`, unless `to`'s listener frames
+    /// packets differently from the one it came in on.
+    fn push_out(&mut self, src: Src, from: Endpoint, to: Endpoint) {
+        if from.listener != to.listener && self.framing(from.listener) != self.framing(to.listener)
+        {
+            self.local.drops[DropReason::FramingMismatch as usize] += 1;
+            return;
+        }
+        self.outs.push(match src {
+            Src::Batch(i) => Out::Packet(i, to),
+            Src::Handed(j) => Out::Handed(j, to),
+        });
+    }
+
+    /// Records one of the relay's own datagrams, framed for its listener.
+    fn push_extra(&mut self, x: Datagram) {
+        let framing = self.framing(x.to.listener);
+        if framing.is_plain() {
+            self.outs.push(Out::Extra(self.extras.len()));
+            self.extras.push(x);
+            return;
+        }
+        let contents = x.contents();
+        let prefix = framing
+            .prefix_len(MessageType::Initiation)
+            .max(framing.prefix_len(MessageType::CookieReply));
+        let mut buf = vec![0u8; contents.len() + prefix];
+        let fill = |b: &mut [u8]| {
+            // The prefix is meant to look random; if the OS cannot say, zeros still frame.
+            let _ = getrandom::getrandom(b);
+        };
+        let framed = match <&[u8; wire::cookie_reply::LEN]>::try_from(contents) {
+            // The relay's own cookie reply: plain type 3, framed with S3 and an H3 value.
+            Ok(reply) => framing.frame_cookie_reply(reply, &mut buf, fill),
+            // A parked initiation from this framing: its type field already holds an H1 value
+            // (mac1 covers it); only the prefix is new.
+            Err(_) => {
+                let at = framing.prefix_len(MessageType::Initiation);
+                fill(&mut buf[..at]);
+                buf[at..at + contents.len()].copy_from_slice(contents);
+                Ok(at + contents.len())
+            }
+        };
+        match framed {
+            Ok(n) => {
+                buf.truncate(n);
+                self.outs.push(Out::Framed(self.framed.len()));
+                self.framed.push((x.to, buf));
+            }
+            Err(_) => self.local.drops[DropReason::FramingMismatch as usize] += 1,
+        }
+    }
+
     fn count(&mut self, reason: DropReason) {
         self.local.received += 1;
         self.local.drops[reason as usize] += 1;
@@ -275,25 +364,26 @@ impl Router {
             Fast::Forward(to) => {
                 self.local.received += 1;
                 self.local.forwarded += 1;
-                self.outs.push(match src {
-                    Src::Batch(i) => Out::Packet(i, to),
-                    Src::Handed(j) => Out::Handed(j, to),
-                });
+                self.push_out(src, from, to);
             }
             Fast::Drop(reason) => self.count(reason),
             Fast::Control => {
-                if let Some(receiver) = wire::receiver_of(packet) {
+                let receiver = wire::TransportPacket::new_checked(&*packet)
+                    .ok()
+                    .map(|p| p.receiver());
+                if let Some(receiver) = receiver {
                     if let Some(c) = self.sessions.get(receiver).and_then(|s| s.max_counter) {
                         ctl.get().note_counter(receiver, c, t);
                     }
                 }
-                self.control(ctl, now, t, from, src, packet);
+                self.control(ctl, now, t, from, src, MessageType::Transport, packet);
             }
         }
     }
 
     /// Routes through the shared State, and takes its changes: this shard's own are applied
     /// at once (the next packet of the batch may need them), the others' queued.
+    #[allow(clippy::too_many_arguments)]
     fn control(
         &mut self,
         ctl: &mut Control<'_>,
@@ -301,21 +391,21 @@ impl Router {
         t: Tick,
         from: Endpoint,
         src: Src,
+        kind: MessageType,
         packet: &mut [u8],
     ) {
         let state = ctl.get();
-        let decision = state.route(now, from, packet, &mut self.actions);
+        let decision = state.route_as(now, from, Ok(kind), packet, &mut self.actions);
         state.take_changes(t, &mut self.scratch, &mut self.changes);
         if decision == Decision::Forward {
-            self.outs
-                .extend(self.actions.targets.iter().map(|&to| match src {
-                    Src::Batch(i) => Out::Packet(i, to),
-                    Src::Handed(j) => Out::Handed(j, to),
-                }));
+            for i in 0..self.actions.targets.len() {
+                let to = self.actions.targets[i];
+                self.push_out(src, from, to);
+            }
         }
-        for x in self.actions.extra.drain(..) {
-            self.outs.push(Out::Extra(self.extras.len()));
-            self.extras.push(x);
+        let extras: Vec<Datagram> = self.actions.extra.drain(..).collect();
+        for x in extras {
+            self.push_extra(x);
         }
         for change in self.changes.drain(..) {
             let owner = owner_shard(change.0, self.shards);
@@ -355,6 +445,8 @@ impl<B: Backend> Shard<B> {
             remote: vec![Vec::new(); self.shards],
             changes: Vec::new(),
             scratch: Vec::new(),
+            framings: self.framings.clone(),
+            framed: Vec::new(),
         };
         let mut handed: Vec<Handoff> = Vec::new();
         let mut wake = vec![false; self.shards];
@@ -391,6 +483,7 @@ impl<B: Backend> Shard<B> {
             }
             router.outs.clear();
             router.extras.clear();
+            router.framed.clear();
             let now = Instant::now();
             let t = clock.tick(now);
             let mut ctl = Control {
@@ -413,36 +506,55 @@ impl<B: Backend> Shard<B> {
                     continue;
                 };
                 let from = Endpoint::new(ListenerId(listener), meta.addr);
-                let packet = batch.datagram_mut(i);
-                // type
-                match wire::message_type(packet) {
-                    Err(_) => router.count(DropReason::TooShort),
-                    Ok(MessageType::Unknown(_)) => router.count(DropReason::UnknownType),
-                    Ok(MessageType::Transport) => {
-                        let Some(receiver) = wire::receiver_of(packet) else {
-                            router.count(DropReason::BadLength);
-                            continue;
-                        };
-                        let owner = owner_shard(receiver, self.shards);
-                        if owner == self.id {
-                            router.transport(&mut ctl, now, t, from, Src::Batch(i), packet);
-                        } else {
+                let framing = router.framing(from.listener);
+                let datagram = batch.datagram_mut(i);
+                // type (after the listener's AmneziaWG prefix, if any)
+                let (kind, offset) = match parse(&framing, datagram) {
+                    Parsed::Message(kind, offset) => (kind, offset),
+                    Parsed::Drop(reason) => {
+                        router.count(reason);
+                        continue;
+                    }
+                };
+                let Some(packet) = datagram.get_mut(offset..) else {
+                    router.count(DropReason::BadLength);
+                    continue;
+                };
+                if kind == MessageType::Transport {
+                    // (the type field may hold an AmneziaWG H4 value: read the view, not the type)
+                    let Some(receiver) = wire::TransportPacket::new_checked(&*packet)
+                        .ok()
+                        .map(|p| p.receiver())
+                    else {
+                        router.count(DropReason::BadLength);
+                        continue;
+                    };
+                    let owner = owner_shard(receiver, self.shards);
+                    if owner == self.id {
+                        router.transport(&mut ctl, now, t, from, Src::Batch(i), packet);
+                    } else {
+                        off_owner += 1;
+                        self.hand_off(owner, from, batch.datagram(i), &mut wake);
+                    }
+                } else {
+                    if let Some(receiver) = framing.receiver_of(datagram) {
+                        if owner_shard(receiver, self.shards) != self.id {
                             off_owner += 1;
-                            self.hand_off(owner, from, packet, &mut wake);
                         }
                     }
-                    Ok(_) => {
-                        if let Some(receiver) = wire::receiver_of(packet) {
-                            if owner_shard(receiver, self.shards) != self.id {
-                                off_owner += 1;
-                            }
-                        }
-                        router.control(&mut ctl, now, t, from, Src::Batch(i), packet);
-                    }
+                    let packet = &mut batch.datagram_mut(i)[offset..];
+                    router.control(&mut ctl, now, t, from, Src::Batch(i), kind, packet);
                 }
             }
             for (j, h) in handed.iter_mut().enumerate() {
-                router.transport(&mut ctl, now, t, h.from, Src::Handed(j), &mut h.packet[..]);
+                let framing = router.framing(h.from.listener);
+                let offset = match parse(&framing, &h.packet) {
+                    Parsed::Message(MessageType::Transport, offset) => offset,
+                    _ => continue,
+                };
+                if let Some(packet) = h.packet.get_mut(offset..) {
+                    router.transport(&mut ctl, now, t, h.from, Src::Handed(j), packet);
+                }
             }
             drop(ctl);
             // changes out before any packet that depends on them
@@ -483,6 +595,7 @@ impl<B: Backend> Shard<B> {
                         Out::Packet(i, to) => (to, batch.datagram(i)),
                         Out::Handed(j, to) => (to, &*handed[j].packet),
                         Out::Extra(j) => (router.extras[j].to, router.extras[j].contents()),
+                        Out::Framed(j) => (router.framed[j].0, &router.framed[j].1[..]),
                     };
                     Transmit {
                         listener: usize::from(to.listener.0),

@@ -86,10 +86,15 @@ pub enum DropReason {
     /// An initiation for a pinned key (a proxy server, a port peer) whose address is not known
     /// yet (unresolved name, device not read, responder never seen).
     NoUpstream,
+    /// An AmneziaWG junk datagram (sent before initiations; never parsed).
+    Junk,
+    /// The destination's listener frames packets differently (AmneziaWG parameters), so the
+    /// datagram would be meaningless there.
+    FramingMismatch,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 18] = [
+    pub const ALL: [DropReason; 20] = [
         DropReason::TooShort,
         DropReason::UnknownType,
         DropReason::BadLength,
@@ -108,6 +113,8 @@ impl DropReason {
         DropReason::TableFull,
         DropReason::Loop,
         DropReason::NoUpstream,
+        DropReason::Junk,
+        DropReason::FramingMismatch,
     ];
 
     pub const fn label(self) -> &'static str {
@@ -130,6 +137,8 @@ impl DropReason {
             DropReason::TableFull => "table_full",
             DropReason::Loop => "loop",
             DropReason::NoUpstream => "no_upstream",
+            DropReason::Junk => "awg_junk",
+            DropReason::FramingMismatch => "framing_mismatch",
         }
     }
 
@@ -418,10 +427,25 @@ impl State {
         packet: &mut [u8],
         out: &mut Actions,
     ) -> Decision {
+        let kind = wire::message_type(packet);
+        self.route_as(now, from, kind, packet, out)
+    }
+
+    /// [`State::route`] for a message whose type the caller already knows: an AmneziaWG
+    /// listener's framing says it (`wire::awg`), and `packet` is the message without its
+    /// prefix, its type field holding the listener's H value, which mac1 covers as it is.
+    pub fn route_as(
+        &mut self,
+        now: Instant,
+        from: Endpoint,
+        kind: wire::Result<MessageType>,
+        packet: &mut [u8],
+        out: &mut Actions,
+    ) -> Decision {
         out.clear();
         self.counters.received += 1;
         // type
-        let decision = match wire::message_type(packet) {
+        let decision = match kind {
             Err(_) => self.drop(DropReason::TooShort),
             Ok(MessageType::Transport) => self.on_transport(now, from, packet, out),
             Ok(MessageType::Initiation) => self.on_initiation(now, from, packet, out),

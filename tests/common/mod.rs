@@ -71,6 +71,41 @@ pub struct Peer {
     pub sent: Vec<Vec<u8>>,
     buf: Vec<u8>,
     out: Vec<u8>,
+    /// Speak AmneziaWG on the wire: what boringtun sends is framed, what arrives unframed.
+    pub awg: Option<Awg>,
+}
+
+/// What an AmneziaWG peer does to plain WireGuard messages: a prefix, its H type values with
+/// mac1 recomputed over them, and junk datagrams before every initiation.
+pub struct Awg {
+    pub params: wgrelay::wire::awg::Params,
+    pub framing: wgrelay::wire::awg::Framing,
+    /// mac1 key of the other side (recipient of what this peer sends).
+    pub theirs: wgrelay::wire::mac::Mac1Key,
+    /// mac1 key of this peer (recipient of what arrives).
+    pub ours: wgrelay::wire::mac::Mac1Key,
+    seed: u64,
+}
+
+impl Awg {
+    pub fn new(params: wgrelay::wire::awg::Params, ours: &PublicKey, theirs: &PublicKey) -> Self {
+        Awg {
+            framing: params.framing().expect("valid awg params"),
+            params,
+            theirs: wgrelay::wire::mac::Mac1Key::new(&theirs.0),
+            ours: wgrelay::wire::mac::Mac1Key::new(&ours.0),
+            seed: 0x9e37_79b9_7f4a_7c15,
+        }
+    }
+
+    fn fill(&mut self, b: &mut [u8]) {
+        for x in b.iter_mut() {
+            self.seed ^= self.seed << 13;
+            self.seed ^= self.seed >> 7;
+            self.seed ^= self.seed << 17;
+            *x = self.seed as u8;
+        }
+    }
 }
 
 impl Peer {
@@ -105,6 +140,7 @@ impl Peer {
             sent: Vec::new(),
             buf: vec![0u8; 65536],
             out: vec![0u8; 65536],
+            awg: None,
         }
     }
 
@@ -113,6 +149,37 @@ impl Peer {
     }
 
     fn transmit(&mut self, len: usize) {
+        if let Some(mut awg) = self.awg.take() {
+            let msg = self.out[..len].to_vec();
+            if msg.first() == Some(&1) {
+                // Jc junk datagrams of [Jmin, Jmax] bytes before each initiation.
+                for j in 0..awg.params.jc {
+                    let span = awg.params.jmax - awg.params.jmin + 1;
+                    let mut junk = vec![0u8; (awg.params.jmin + j % span) as usize];
+                    awg.fill(&mut junk);
+                    let _ = self.sock.send_to(&junk, self.relay);
+                }
+            }
+            let mut framed = vec![0u8; msg.len() + 2048];
+            let mut seed = awg.seed;
+            let theirs = awg.theirs;
+            let n = awg
+                .framing
+                .reframe(&msg, Some(&theirs), &mut framed, |b| {
+                    for x in b.iter_mut() {
+                        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+                        *x = (seed >> 33) as u8;
+                    }
+                })
+                .expect("frame");
+            awg.seed = seed;
+            if self.keep_raw {
+                self.sent.push(framed[..n].to_vec());
+            }
+            let _ = self.sock.send_to(&framed[..n], self.relay);
+            self.awg = Some(awg);
+            return;
+        }
         let datagram = &self.out[..len];
         if self.keep_raw {
             self.sent.push(datagram.to_vec());
@@ -162,8 +229,23 @@ impl Peer {
                 Err(_) => break,
             };
             count += 1;
-            let datagram = self.buf[..n].to_vec();
-            if self.keep_raw {
+            let mut datagram = self.buf[..n].to_vec();
+            if self.keep_raw && self.awg.is_some() {
+                // as it came off the wire
+                self.raw.push(datagram.clone());
+            }
+            if let Some(awg) = &self.awg {
+                let mut plain = vec![0u8; n];
+                match awg.framing.unframe(&datagram, Some(&awg.ours), &mut plain) {
+                    Ok(m) => {
+                        plain.truncate(m);
+                        datagram = plain;
+                    }
+                    // Not a message of this framing: an AmneziaWG peer drops it.
+                    Err(_) => continue,
+                }
+            }
+            if self.keep_raw && self.awg.is_none() {
                 self.raw.push(datagram.clone());
             }
             let _ = self.process(&datagram);

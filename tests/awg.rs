@@ -1,0 +1,181 @@
+//! AmneziaWG framing through the relay: boringtun peers whose every datagram is framed as an
+//! AmneziaWG peer frames it (prefix, H type values with mac1 over them, junk before each
+//! initiation), in both directions, on loopback.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use wgrelay::config::{Config, PortPeer};
+use wgrelay::route::DropReason;
+use wgrelay::wire::awg::Params;
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+fn params(kv: &[(&str, &str)]) -> Params {
+    Params::from_kv(kv).expect("valid params")
+}
+
+fn awg1() -> Params {
+    params(&[
+        ("jc", "3"),
+        ("jmin", "40"),
+        ("jmax", "70"),
+        ("s1", "15"),
+        ("s2", "68"),
+        ("h1", "1020325451"),
+        ("h2", "3288052141"),
+        ("h3", "1766607858"),
+        ("h4", "2528465083"),
+    ])
+}
+
+fn awg2() -> Params {
+    params(&[
+        ("jc", "2"),
+        ("jmin", "10"),
+        ("jmax", "50"),
+        ("s1", "20"),
+        ("s2", "30"),
+        ("s3", "12"),
+        ("s4", "8"),
+        ("h1", "100000-100800"),
+        ("h2", "200000-200800"),
+        ("h3", "300000-300800"),
+        ("h4", "400000-400800"),
+    ])
+}
+
+/// Exchange mode on an AmneziaWG listener: handshake and data both ways, junk counted.
+fn exchange_with(p: Params, seeds: (u64, u64), net: u8) {
+    let (ia, ib) = (Identity::from_seed(seeds.0), Identity::from_seed(seeds.1));
+    let cfg = Config {
+        awg: p,
+        ..config(&[&ia, &ib])
+    };
+    let (relay, addr) = start(&cfg);
+    let (mut a, mut b) = pair(
+        &ia,
+        &ib,
+        localhost(0, net, 1),
+        localhost(0, net, 2),
+        addr,
+        3,
+    );
+    a.awg = Some(Awg::new(p, &ia.public, &ib.public));
+    b.awg = Some(Awg::new(p, &ib.public, &ia.public));
+    a.keep_raw = true;
+    assert!(handshake(&mut a, &mut b, LIMIT), "{}", relay.stats());
+    for i in 0..5u64 {
+        assert!(a.send_data(200, i));
+        assert!(b.send_data(1000, i));
+    }
+    assert!(
+        pump_until(&mut [&mut a, &mut b], LIMIT, |p| p[0].delivered >= 5
+            && p[1].delivered >= 5),
+        "{}",
+        relay.stats()
+    );
+    // What B received from the relay is framed exactly as A sent it: the relay forwards
+    // AmneziaWG datagrams unchanged.
+    let framing = p.framing().expect("framing");
+    assert!(a.sent.iter().all(|d| framing.classify(d).kind().is_some()
+        || d.len() >= p.jmin as usize && d.len() <= p.jmax as usize));
+    let stats = relay.stop();
+    assert!(stats.route.sessions_confirmed >= 1, "{stats}");
+    assert!(
+        stats.route.dropped(DropReason::Junk) >= u64::from(p.jc),
+        "junk is counted and dropped: {stats}"
+    );
+    assert_eq!(stats.route.dropped(DropReason::BadMac1), 0, "{stats}");
+}
+
+#[test]
+fn awg_1x_framing_both_directions() {
+    exchange_with(awg1(), (500, 501), 50);
+}
+
+#[test]
+fn awg_2_ranges_and_s3_s4_both_directions() {
+    exchange_with(awg2(), (502, 503), 51);
+}
+
+#[test]
+fn a_plain_peer_gets_nothing_through_an_awg_listener() {
+    let (ia, ib) = (Identity::from_seed(504), Identity::from_seed(505));
+    let cfg = Config {
+        awg: awg1(),
+        ..config(&[&ia, &ib])
+    };
+    let (relay, addr) = start(&cfg);
+    let (mut a, mut b) = pair(&ia, &ib, localhost(0, 52, 1), localhost(0, 52, 2), addr, 4);
+    assert!(!handshake(&mut a, &mut b, Duration::from_millis(800)));
+    let stats = relay.stop();
+    assert_eq!(stats.route.handshakes_paired, 0, "{stats}");
+    assert!(stats.route.total_dropped() >= 2, "{stats}");
+}
+
+/// Port-per-peer with its own AmneziaWG parameters on the dedicated port; the main
+/// listener stays plain.
+#[test]
+fn port_per_peer_with_its_own_framing() {
+    let (ia, ib) = (Identity::from_seed(506), Identity::from_seed(507));
+    let b_sock = peer_socket(localhost(0, 53, 2));
+    let b_addr = b_sock.local_addr().expect("addr");
+    let cfg = Config {
+        peers: vec![PortPeer {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            key: ib.public,
+            endpoint: Some(b_addr),
+            uapi: None,
+            awg: Some(awg2()),
+        }],
+        ..config(&[&ia])
+    };
+    let (relay, _) = start(&cfg);
+    let port = relay.local_addrs()[1];
+    let mut a = Peer::new(&ia, &ib.public, localhost(0, 53, 1), port, 0x60);
+    let mut b = Peer::with_socket(&ib, &ia.public, b_sock, port, 0x70);
+    a.awg = Some(Awg::new(awg2(), &ia.public, &ib.public));
+    b.awg = Some(Awg::new(awg2(), &ib.public, &ia.public));
+    a.initiate();
+    assert!(
+        pump_until(&mut [&mut a, &mut b], LIMIT, |p| p[0].established()),
+        "{}",
+        relay.stats()
+    );
+    assert!(a.send_data(300, 1));
+    assert!(pump_until(&mut [&mut a, &mut b], LIMIT, |p| p[1].delivered >= 1));
+    assert!(b.send_data(300, 2));
+    assert!(pump_until(&mut [&mut a, &mut b], LIMIT, |p| p[0].delivered >= 1));
+    relay.stop();
+}
+
+/// The relay's own cookie reply on an AmneziaWG listener is framed like one from a peer
+/// (S3 prefix, an H3 value), so the AmneziaWG initiator takes it.
+#[test]
+fn the_relays_cookie_reply_is_framed_for_the_listener() {
+    let (ia, ib) = (Identity::from_seed(508), Identity::from_seed(509));
+    let p = awg2();
+    let cfg = Config {
+        awg: p,
+        cookie: wgrelay::config::CookieMode::Always,
+        ..config(&[&ia, &ib])
+    };
+    let (relay, addr) = start(&cfg);
+    let (mut a, _b) = pair(&ia, &ib, localhost(0, 54, 1), localhost(0, 54, 2), addr, 5);
+    a.awg = Some(Awg::new(p, &ia.public, &ib.public));
+    a.keep_raw = true;
+    a.initiate();
+    assert!(pump_until(&mut [&mut a], LIMIT, |p| !p[0].raw.is_empty()));
+    let framing = p.framing().expect("framing");
+    let reply = &a.raw[0];
+    assert_eq!(reply.len(), framing.cookie_reply_len());
+    assert_eq!(
+        framing.classify(reply).kind(),
+        Some(wgrelay::wire::MessageType::CookieReply)
+    );
+    let stats = relay.stop();
+    assert_eq!(stats.route.cookie_replies, 1, "{stats}");
+}
