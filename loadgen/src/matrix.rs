@@ -286,13 +286,12 @@ fn jobs(p: &Plan, section: &str) -> Vec<Job> {
     out
 }
 
-/// An `index_base` for the generator that gives each of 2 shards half the sessions.
+/// An `index_base` for the generator in the shards section, distinct per run (`salt`).
 ///
 /// Peer p's boringtun index is `base + p + 1` (24 bits) and goes on the wire as
-/// `index << 8 | n`; wgrelay's steering reads the four index bytes as a big-endian number
-/// modulo the shard count (`src/io/steer.rs`), so with 2 shards the owner is bit 16 of the
-/// boringtun index. Consecutive peers share that bit unless they cross a multiple of 65 536:
-/// put the crossing in the middle. (Real peers pick random indices and spread by themselves.)
+/// `index << 8 | n`. wgrelay's steering hashes all four index bytes (`src/io/steer.rs`), so
+/// consecutive peers spread over the shards by themselves (an earlier steering function read
+/// one byte only, and this base had to straddle a 65 536 boundary to split them).
 fn two_shard_base(sessions: usize, salt: u16) -> u32 {
     let half = u32::try_from(sessions.min(1 << 15)).unwrap_or(1 << 15);
     let k = u32::from(salt & 0x7f) + 1;
@@ -1236,13 +1235,14 @@ fn plot(path: &str, results: &[Value], sessions: &[usize]) -> Result<(), String>
 mod tests {
     use super::*;
 
-    /// The generator's indices for the shards section split the peers evenly between the 2
-    /// shards the relay's own steering function picks (as boringtun puts them on the wire).
+    /// The generator's indices for the shards section split the peers about evenly between
+    /// the 2 shards the relay's own steering function picks (as boringtun puts them on the
+    /// wire).
     #[test]
     fn two_shard_base_splits_sessions_evenly() {
         use wgrelay::io::steer::owner_shard;
         use wgrelay::wire::Index;
-        for sessions in [2usize, 999, 1000, 10_000] {
+        for sessions in [999usize, 1000, 10_000] {
             for port in [52_200u16, 52_217, 52_218, 65_535] {
                 let base = two_shard_base(sessions, port);
                 let mut per_shard = [0usize; 2];
@@ -1251,10 +1251,9 @@ mod tests {
                     assert_ne!(idx, 0);
                     per_shard[owner_shard(Index(idx << 8), 2)] += 1;
                 }
-                assert_eq!(
-                    per_shard,
-                    [sessions, sessions],
-                    "{sessions} sessions, {port}"
+                assert!(
+                    per_shard.iter().all(|&n| n * 10 >= sessions * 2 * 4),
+                    "{sessions} sessions, {port}: {per_shard:?}"
                 );
             }
         }

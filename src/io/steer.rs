@@ -3,8 +3,10 @@
 //! lands on the same shard, whichever address it comes from.
 //!
 //! For a UDP reuseport group the program sees the UDP payload at offset 0, and cBPF loads are
-//! big-endian. The index is little-endian on the wire, so the shard is
-//! `u32::from_be_bytes(index bytes) % shards`, computed the same way here by [`owner_shard`].
+//! big-endian. The index is little-endian on the wire, so the shard is a hash of
+//! `v = u32::from_be_bytes(index bytes)`: fold (`w = v ^ v >> 16; w ^= w >> 8`), multiply
+//! by a Fibonacci constant, keep the upper half, modulo the shards; [`owner_shard`] computes
+//! the same.
 //! Transport (4) and cookie reply (3) carry the receiver at bytes 4..8, a response (2) at 8..12.
 //! An initiation (1) has no receiver: all initiations go to shard 0, so they are routed in the
 //! order they arrived (the parked hand-over pairs the initiations of two fresh peers by their
@@ -22,12 +24,21 @@ use crate::wire::Index;
 /// Linux). The value differs on mips, sparc and parisc, which the relay does not target.
 const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
 
+/// Fibonacci hashing's multiplier (2^32 / golden ratio, odd).
+const STEER_MULTIPLIER: u32 = 0x9e37_79b1;
+
 /// The shard that owns `index` in a group of `shards` sockets: what the steering program
 /// computes. Shared by the datapath and by anything that reasons about ownership.
 pub fn owner_shard(index: Index, shards: usize) -> usize {
     let shards = u32::try_from(shards.max(1)).unwrap_or(u32::MAX);
-    // The program reads the four index bytes as a big-endian number.
-    (u32::from_be_bytes(index.0.to_le_bytes()) % shards) as usize
+    // The program reads the four index bytes as a big-endian number and folds them, so every
+    // byte counts: some implementations number their indices (boringtun: a peer counter in
+    // the upper bytes), and a plain modulo of the loaded word would then use one byte only.
+    let v = u32::from_be_bytes(index.0.to_le_bytes());
+    let w = v ^ (v >> 16);
+    let w = w ^ (w >> 8);
+    // then a multiplicative hash, whose upper half mixes every bit of the fold
+    ((w.wrapping_mul(STEER_MULTIPLIER) >> 16) % shards) as usize
 }
 
 // Jump offsets count instructions after the next one (cBPF).
@@ -52,33 +63,44 @@ fn jump(code: u32, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
 /// The steering program for `shards` sockets.
 pub fn program(shards: usize) -> Vec<libc::sock_filter> {
     use libc::{
-        BPF_ABS, BPF_ALU, BPF_B, BPF_JA, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_MOD, BPF_RET, BPF_W,
+        BPF_ABS, BPF_ALU, BPF_B, BPF_JA, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_MISC, BPF_MOD,
+        BPF_MUL, BPF_RET, BPF_RSH, BPF_TAX, BPF_W, BPF_X, BPF_XOR,
     };
     let n = u32::try_from(shards.max(1)).unwrap_or(u32::MAX);
     vec![
         // 0: A = message type (the first byte; the other three are zero in valid messages)
         stmt(BPF_LD | BPF_B | BPF_ABS, 0),
         // 1: initiation? shard 0
-        jump(BPF_JMP | BPF_JEQ | BPF_K, 1, 9, 0),
+        jump(BPF_JMP | BPF_JEQ | BPF_K, 1, 17, 0),
         // 2: response? receiver at 8
         jump(BPF_JMP | BPF_JEQ | BPF_K, 2, 4, 0),
         // 3: cookie reply? receiver at 4
         jump(BPF_JMP | BPF_JEQ | BPF_K, 3, 1, 0),
         // 4: transport? receiver at 4; anything else: let the kernel hash
-        jump(BPF_JMP | BPF_JEQ | BPF_K, 4, 0, 5),
+        jump(BPF_JMP | BPF_JEQ | BPF_K, 4, 0, 13),
         // 5: A = receiver (type 3 and 4)
         stmt(BPF_LD | BPF_W | BPF_ABS, 4),
         // 6: skip the response load
         stmt(BPF_JMP | BPF_JA, 1),
         // 7: A = receiver (type 2)
         stmt(BPF_LD | BPF_W | BPF_ABS, 8),
-        // 8: A %= shards
+        // 8..13: fold: A ^= A >> 16; A ^= A >> 8
+        stmt(BPF_MISC | BPF_TAX, 0),
+        stmt(BPF_ALU | BPF_RSH | BPF_K, 16),
+        stmt(BPF_ALU | BPF_XOR | BPF_X, 0),
+        stmt(BPF_MISC | BPF_TAX, 0),
+        stmt(BPF_ALU | BPF_RSH | BPF_K, 8),
+        stmt(BPF_ALU | BPF_XOR | BPF_X, 0),
+        // 14, 15: A = (A * multiplier) >> 16
+        stmt(BPF_ALU | BPF_MUL | BPF_K, STEER_MULTIPLIER),
+        stmt(BPF_ALU | BPF_RSH | BPF_K, 16),
+        // 16: A %= shards
         stmt(BPF_ALU | BPF_MOD | BPF_K, n),
-        // 9: the socket
+        // 17: the socket
         stmt(BPF_RET | libc::BPF_A, 0),
-        // 10: out of range: the kernel's own selection
+        // 18: out of range: the kernel's own selection
         stmt(BPF_RET | BPF_K, u32::MAX),
-        // 11: initiations: shard 0
+        // 19: initiations: shard 0
         stmt(BPF_RET | BPF_K, 0),
     ]
 }
@@ -145,26 +167,45 @@ mod tests {
     fn jumps_land_where_the_comments_say() {
         let p = program(2);
         let target = |at: usize, off: u8| at + 1 + usize::from(off);
-        assert_eq!(target(1, p[1].jt), 11, "initiation -> ret 0");
+        assert_eq!(target(1, p[1].jt), 19, "initiation -> ret 0");
         assert_eq!(target(2, p[2].jt), 7, "response -> load at 8");
         assert_eq!(target(3, p[3].jt), 5, "cookie reply -> load at 4");
         assert_eq!(target(4, p[4].jt), 5, "transport -> load at 4");
-        assert_eq!(target(4, p[4].jf), 10, "anything else -> kernel hash");
-        assert_eq!(6 + 1 + p[6].k as usize, 8, "skip to the modulo");
-        assert_eq!(p[10].k, u32::MAX);
-        assert_eq!(p[11].k, 0);
+        assert_eq!(target(4, p[4].jf), 18, "anything else -> kernel hash");
+        assert_eq!(6 + 1 + p[6].k as usize, 8, "skip to the fold");
+        assert_eq!(p[16].k, 2, "modulo");
+        assert_eq!(p[18].k, u32::MAX);
+        assert_eq!(p[19].k, 0);
+        assert_eq!(p.len(), 20);
     }
 
     #[test]
-    fn owner_matches_the_programs_big_endian_modulo() {
+    fn owner_matches_the_programs_big_endian_hash() {
+        let h = |w: u32| ((w.wrapping_mul(0x9e37_79b1) >> 16) % 7) as usize;
         assert_eq!(owner_shard(Index(0x0000_0001), 1), 0);
-        // Index 1 is bytes 01 00 00 00; read big-endian that is 0x0100_0000.
-        assert_eq!(owner_shard(Index(1), 3), (0x0100_0000u32 % 3) as usize);
-        assert_eq!(
-            owner_shard(Index(0x0403_0201), 7),
-            (0x0102_0304u32 % 7) as usize
-        );
+        // Index 1 is bytes 01 00 00 00; read big-endian that is 0x0100_0000, folded
+        // 0x0100_0100 then 0x0101_0101.
+        assert_eq!(owner_shard(Index(1), 7), h(0x0101_0101));
+        // 0x0102_0304 -> ^ 0x0102 = 0x0102_0206 -> ^ 0x0001_0202 = 0x0103_0004
+        assert_eq!(owner_shard(Index(0x0403_0201), 7), h(0x0103_0004));
         assert_eq!(owner_shard(Index(5), 0), 0, "no shards counts as one");
+    }
+
+    /// Numbered indices (boringtun puts a peer counter above an 8-bit rolling one) spread
+    /// over the shards instead of all landing on one.
+    #[test]
+    fn numbered_indices_spread_over_shards() {
+        for shards in [2usize, 3, 4] {
+            let mut per = vec![0usize; shards];
+            let mut seq = vec![0usize; shards];
+            for peer in 0..256u32 {
+                per[owner_shard(Index(peer << 8), shards)] += 1;
+                seq[owner_shard(Index(peer), shards)] += 1;
+            }
+            let fair = 256 / shards;
+            assert!(per.iter().all(|&n| n * 2 >= fair), "{shards}: {per:?}");
+            assert!(seq.iter().all(|&n| n * 2 >= fair), "{shards}: {seq:?}");
+        }
     }
 
     #[test]
