@@ -10,6 +10,8 @@
 //! a flag on the command line wins over its variable. Keys and addresses are
 //! kept as plain strings here: [`crate::config::Config::from_args`]
 //! validates them and produces messages that name the offending value.
+//! wgproxy's `WGPROXY_*` variables are not flags: the configuration reads them
+//! itself, below every other source (see [`crate::config`]).
 
 use std::path::PathBuf;
 
@@ -116,6 +118,54 @@ pub struct RunArgs {
         value_delimiter = ';'
     )]
     pub group: Vec<String>,
+
+    /// Proxy mode: a WireGuard server behind the relay, as HOST:PORT (an IP address, IPv6 in
+    /// brackets, or a DNS name, re-resolved while running). Initiations whose mac1 names its
+    /// --server-key go there. Repeatable; comma-separated lists accepted. Each --server pairs
+    /// with the --server-key at the same position.
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        env = "WGRELAY_SERVER",
+        value_delimiter = ','
+    )]
+    pub server: Vec<String>,
+
+    /// Public key (base64) of the --server at the same position; a key chooses one server.
+    /// Repeatable; comma-separated lists accepted.
+    #[arg(
+        long,
+        value_name = "PUBKEY",
+        env = "WGRELAY_SERVER_KEY",
+        value_delimiter = ','
+    )]
+    pub server_key: Vec<String>,
+
+    /// Port-per-peer mode: initiations arriving on relay port PORT (bound on the host of the
+    /// first --listen address) or on ADDR:PORT go to the holder of PUBKEY. Its endpoint is
+    /// learned from its own traffic, or fixed with @IP:PORT, or read from a local WireGuard
+    /// device with @uapi:DEVICE (a name such as wg0, or an absolute UAPI socket path).
+    /// Repeatable; comma-separated lists accepted. Examples: 10001=PUBKEY,
+    /// 10002=PUBKEY@192.0.2.7:51820, [::1]:10003=PUBKEY@uapi:wg0.
+    #[arg(
+        long,
+        value_name = "[ADDR:]PORT=PUBKEY[@ENDPOINT]",
+        env = "WGRELAY_PEER",
+        value_delimiter = ','
+    )]
+    pub peer: Vec<String>,
+
+    /// AmneziaWG framing of every listener (and every --peer port): one parameter as
+    /// KEY=VALUE, KEY one of jc, jmin, jmax, s1, s2, s3, s4 (integers), h1, h2, h3, h4 (N or
+    /// N-M). Repeatable; comma-separated lists accepted (WGRELAY_AWG="jc=4,s1=20,..."). Keys
+    /// not given keep plain WireGuard values. [default: plain WireGuard]
+    #[arg(
+        long,
+        value_name = "KEY=VALUE",
+        env = "WGRELAY_AWG",
+        value_delimiter = ','
+    )]
+    pub awg: Vec<String>,
 
     /// When to answer handshake initiations with cookie replies (DoS
     /// protection). [default: under-load]

@@ -2,9 +2,13 @@
 //! the command line.
 //!
 //! Precedence for every setting: command-line flag > `WGRELAY_*` environment
-//! variable (clap merges these two) > configuration file > built-in default.
-//! List settings (`listen`, `allow`, `group`) are taken whole from the first
-//! source that gives any value: flags/env replace the file's list entirely.
+//! variable (clap merges these two) > configuration file > wgproxy's
+//! `WGPROXY_*` variables (see below) > built-in default.
+//! List settings (`listen`, `allow`, `group`, `server`, `peer`) are taken whole
+//! from the first source that gives any value: flags/env replace the file's list
+//! entirely. The AmneziaWG parameters (`awg`) are one setting too: `--awg` (or
+//! `WGRELAY_AWG`) replaces the file's `[awg]` table whole, keys it does not give
+//! are plain WireGuard values, not the file's.
 //!
 //! The wpex-style `bind`/`port` pair belongs to the `listen` setting: if
 //! either is given, they define one address `bind:port` (bind absent or `""`
@@ -14,6 +18,60 @@
 //!
 //! Every value from every source is validated, even one that a higher
 //! precedence source overrides, so `check-config` reports all mistakes.
+//! Checks that relate values to each other (a peer port against the listen
+//! addresses) apply to the effective configuration.
+//!
+//! # Proxy servers
+//!
+//! `--server HOST:PORT` with `--server-key PUBKEY`, repeatable and paired in
+//! order (`WGRELAY_SERVER` / `WGRELAY_SERVER_KEY`: comma-separated lists, paired
+//! the same way), or `[[server]]` tables with `address` and `public_key`. HOST
+//! is an IP address (IPv6 in brackets) or a DNS name. Each key chooses one
+//! server: a key given twice is an error.
+//!
+//! # Port-per-peer responders
+//!
+//! `--peer [ADDR:]PORT=PUBKEY[@ENDPOINT]` (repeatable, comma-separated lists
+//! accepted, `WGRELAY_PEER`), ENDPOINT being `IP:PORT` or `uapi:DEVICE`; or
+//! `[[peer]]` tables. A bare PORT (`port = N`) is bound on the host of the first
+//! effective `listen` address; `ADDR:PORT` (`listen = "ADDR:PORT"`) is taken
+//! whole. A peer port may not be 0, nor overlap a relay listen address or
+//! another peer's port (same port on the same address, or on a wildcard address
+//! covering it), and two peers may not share a key. Per-peer AmneziaWG
+//! parameters exist only in the file, as an `awg` sub-table of the `[[peer]]`
+//! (the same keys as `[awg]`); without one a peer port uses the relay-wide
+//! `awg`.
+//!
+//! # AmneziaWG
+//!
+//! `[awg]` (and a peer's `awg`) takes `jc`, `jmin`, `jmax`, `s1`..`s4`
+//! (integers) and `h1`..`h4` (an integer or a `"N-M"` range string); awg-quick
+//! spellings (`Jc`, `H1`) are accepted too. `--awg KEY=VALUE` (repeatable,
+//! comma-separated lists accepted) and `WGRELAY_AWG="jc=4,s1=20,..."` take the
+//! same keys. The set is validated as [`crate::wire::awg::Params::validate`]
+//! says and must fit the relay's datagram buffers; AWG 3 header protection
+//! (`header_protection_key`) cannot be relayed and is an error.
+//!
+//! # wgproxy compatibility
+//!
+//! wgproxy is configured by the environment alone, and so `wgrelay` with no
+//! arguments behaves as wgproxy when its variables are set:
+//!
+//! - `WGPROXY_SERVER` (`HOST:PORT`) and `WGPROXY_PUBKEY` (base64) add one proxy
+//!   server. Both or neither: one without the other is an error, and so is any
+//!   other `WGPROXY_*` variable below without them.
+//! - `WGPROXY_LISTEN` (default `[::]:51820`) is the listen address.
+//! - `WGPROXY_TIMEOUT` (seconds, a positive integer, default 60) was wgproxy's
+//!   idle expiry of a NAT mapping. wgrelay expires sessions by WireGuard's own
+//!   timers instead; the value is validated, kept in
+//!   [`Config::wgproxy_timeout`] and reported as superseded.
+//! - `WGPROXY_LOGLEVEL`: 0 error, 1 warn (wgproxy's default, and ours when
+//!   wgproxy's variables are used), 2 info, 3 debug.
+//!
+//! They form the lowest-precedence source: anything the command line, the
+//! `WGRELAY_*` variables or the configuration file set wins (`--listen`
+//! replaces `WGPROXY_LISTEN`, `--server` replaces the `WGPROXY_SERVER` server,
+//! `--log-level` replaces `WGPROXY_LOGLEVEL`).
 //!
 //! # Configuration file (TOML, every key optional, unknown keys are errors)
 //!
@@ -33,6 +91,32 @@
 //! stats_interval = 60          # seconds, 0 = off
 //! bind = "0.0.0.0"             # wpex style, same rule as the flags
 //! port = 40000
+//!
+//! # Proxy mode: one table per WireGuard server behind the relay.
+//! # [[server]]
+//! # address = "vpn.example.net:51820"   # HOST:PORT, IPv6 as [ADDR]:PORT
+//! # public_key = "base64key="
+//!
+//! # Port-per-peer mode: one table per responder with its own relay port.
+//! # [[peer]]
+//! # port = 10001                        # on the host of the first listen address,
+//! # # listen = "192.0.2.1:10001"        # or a whole address (exactly one of the two)
+//! # public_key = "base64key="
+//! # endpoint = "198.51.100.7:51820"     # optional fixed IP:PORT, or:
+//! # # uapi = "wg0"                      # optional device name or absolute socket path
+//! # awg = { jc = 4, jmin = 40, jmax = 70, s1 = 20, s2 = 30, h1 = 123456, h2 = 234567, h3 = 345678, h4 = 456789 }
+//!
+//! # AmneziaWG framing of every listener without its own (default: plain WireGuard).
+//! # [awg]
+//! # jc = 4
+//! # jmin = 40
+//! # jmax = 70
+//! # s1 = 20
+//! # s2 = 30
+//! # h1 = "100000-100099"                # an integer, or a "N-M" range
+//! # h2 = 200000
+//! # h3 = 300000
+//! # h4 = 400000
 //! ```
 
 use std::collections::HashSet;
@@ -48,6 +132,8 @@ use toml::Spanned;
 
 use crate::cli::{LogLevel, RunArgs};
 use crate::key::PublicKey;
+use crate::upstream::resolve::HostPort;
+use crate::wire::awg::Params as AwgParams;
 
 /// Listen address when no source gives one.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 51820);
@@ -91,7 +177,24 @@ pub const FILE_KEYS: &[&str] = &[
     "stats_interval",
     "bind",
     "port",
+    "server",
+    "peer",
+    "awg",
 ];
+
+/// Keys of a `[[server]]` table.
+pub const SERVER_KEYS: &[&str] = &["address", "public_key"];
+
+/// Keys of a `[[peer]]` table.
+pub const PEER_KEYS: &[&str] = &["port", "listen", "public_key", "endpoint", "uapi", "awg"];
+
+/// The AmneziaWG parameters of `[awg]`, a peer's `awg` and `--awg`.
+pub const AWG_KEYS: &[&str] = &[
+    "jc", "jmin", "jmax", "s1", "s2", "s3", "s4", "h1", "h2", "h3", "h4",
+];
+
+/// wgproxy's listen address when `WGPROXY_LISTEN` is not set.
+pub const WGPROXY_DEFAULT_LISTEN: SocketAddr = DEFAULT_LISTEN;
 
 /// When the relay answers handshake initiations with cookie replies instead
 /// of forwarding them (WireGuard's DoS protection).
@@ -228,6 +331,10 @@ pub struct Config {
     pub peers: Vec<PortPeer>,
     /// AmneziaWG framing of every listener without its own (plain WireGuard by default).
     pub awg: crate::wire::awg::Params,
+    /// `WGPROXY_TIMEOUT`, when wgproxy's variables configure the relay and it is set: wgproxy's
+    /// idle expiry of a NAT mapping. Superseded (sessions expire by WireGuard's own timers);
+    /// kept to be reported.
+    pub wgproxy_timeout: Option<Duration>,
     pub log_level: log::LevelFilter,
     /// Period of statistics log lines; `None` = off.
     pub stats_interval: Option<Duration>,
@@ -250,6 +357,7 @@ impl Default for Config {
             servers: Vec::new(),
             peers: Vec::new(),
             awg: crate::wire::awg::Params::plain(),
+            wgproxy_timeout: None,
             log_level: log::LevelFilter::Info,
             stats_interval: Some(Duration::from_secs(DEFAULT_STATS_INTERVAL_SECS)),
         }
@@ -268,20 +376,32 @@ pub fn default_threads() -> usize {
 impl Config {
     /// Builds the configuration from parsed flags/env, reading the `--config`
     /// file if one is given.
+    ///
+    /// Also reads wgproxy's `WGPROXY_*` variables from the process environment
+    /// (the lowest-precedence source, see the module docs).
     pub fn from_args(args: &RunArgs) -> Result<Config, ConfigError> {
+        Config::from_args_and_env(args, |name| std::env::var_os(name))
+    }
+
+    /// [`Config::from_args`] with the `WGPROXY_*` variables looked up by `env`.
+    pub fn from_args_and_env(
+        args: &RunArgs,
+        env: impl Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Result<Config, ConfigError> {
         let file = match &args.config {
             Some(path) => Layer::from_file(path)?,
             None => Layer::default(),
         };
         let cli = Layer::from_args(args)?;
-        Ok(Config::merge(cli, file, args.debug))
+        let wgproxy = Layer::from_wgproxy_env(env)?;
+        Config::merge(cli, file, wgproxy, args.debug)
     }
 
     /// Builds the configuration from TOML text alone (defaults elsewhere).
     /// Error messages start with `config: line N:`.
     pub fn from_toml_str(s: &str) -> Result<Config, ConfigError> {
         let file = Layer::from_toml(s, "config")?;
-        Ok(Config::merge(Layer::default(), file, false))
+        Config::merge(Layer::default(), file, Layer::default(), false)
     }
 
     /// True when there is neither an allow-list nor groups: any key is
@@ -319,10 +439,50 @@ impl Config {
             Some(d) => format!("every {}s", d.as_secs()),
             None => "off".to_string(),
         };
+        let servers = if self.servers.is_empty() {
+            "none".to_string()
+        } else {
+            let parts: Vec<String> = self
+                .servers
+                .iter()
+                .map(|s| format!("{} -> {}", abbrev(&s.key), s.addr))
+                .collect();
+            parts.join(", ")
+        };
+        let peers = if self.peers.is_empty() {
+            "none".to_string()
+        } else {
+            let parts: Vec<String> = self
+                .peers
+                .iter()
+                .map(|p| {
+                    let mut how = match (&p.endpoint, &p.uapi) {
+                        (Some(e), _) => format!("endpoint {e}"),
+                        (None, Some(dev)) => format!("uapi {dev}"),
+                        (None, None) => "learned".to_string(),
+                    };
+                    if let Some(awg) = &p.awg {
+                        how.push_str(&format!(", awg {}", awg_text(awg)));
+                    }
+                    format!("{} -> {} ({how})", p.listen, abbrev(&p.key))
+                })
+                .collect();
+            parts.join(", ")
+        };
+        let wgproxy = match self.wgproxy_timeout {
+            Some(t) => format!(
+                "\nwgproxy timeout: {}s (WGPROXY_TIMEOUT, superseded: sessions expire by WireGuard's own timers)",
+                t.as_secs()
+            ),
+            None => String::new(),
+        };
         format!(
-            "listen: {}\nmode: {}\ncookie replies: {}\nbroadcast rate: {}\nthreads: {}\nbackend: {}\noffload: gso {}, gro {}\nsteering: {}\nstate file: {}\nlog level: {}\nstats: {}",
+            "listen: {}\nmode: {}\nservers: {}\npeers: {}\nawg: {}\ncookie replies: {}\nbroadcast rate: {}\nthreads: {}\nbackend: {}\noffload: gso {}, gro {}\nsteering: {}\nstate file: {}\nlog level: {}\nstats: {}{}",
             listen.join(", "),
             mode,
+            servers,
+            peers,
+            awg_text(&self.awg),
             self.cookie,
             rate,
             self.threads,
@@ -335,21 +495,32 @@ impl Config {
                 .map_or("none".into(), |p| p.display().to_string()),
             self.log_level.as_str().to_ascii_lowercase(),
             stats,
+            wgproxy,
         )
     }
 
-    fn merge(cli: Layer, file: Layer, debug: bool) -> Config {
+    /// Merges the sources (`cli` > `file` > `wgproxy` > defaults) and checks what relates
+    /// values to each other.
+    fn merge(cli: Layer, file: Layer, wgproxy: Layer, debug: bool) -> Result<Config, ConfigError> {
         let defaults = Config::default();
         let mut log_level = cli
             .log_level
             .or(file.log_level)
+            .or(wgproxy.log_level)
             .map(log::LevelFilter::from)
             .unwrap_or(defaults.log_level);
         if debug {
             log_level = log_level.max(log::LevelFilter::Debug);
         }
-        Config {
-            listen: dedup(cli.listen.or(file.listen).unwrap_or(defaults.listen)),
+        let listen = dedup(
+            cli.listen
+                .or(file.listen)
+                .or(wgproxy.listen)
+                .unwrap_or(defaults.listen),
+        );
+        let peers = resolve_peers(cli.peers.or(file.peers).unwrap_or_default(), &listen)?;
+        Ok(Config {
+            listen,
             allow: dedup(cli.allow.or(file.allow).unwrap_or_default()),
             groups: cli.groups.or(file.groups).unwrap_or_default(),
             cookie: cli.cookie.or(file.cookie).unwrap_or(defaults.cookie),
@@ -367,18 +538,21 @@ impl Config {
                 .or(file.steering)
                 .map_or(defaults.steering, Switch::is_on),
             state_file: cli.state_file.or(file.state_file),
-            // Parsed from flags, env and file by the mode settings (proxy, port-per-peer,
-            // AmneziaWG).
-            servers: defaults.servers,
-            peers: defaults.peers,
-            awg: defaults.awg,
+            servers: cli
+                .servers
+                .or(file.servers)
+                .or(wgproxy.servers)
+                .unwrap_or_default(),
+            peers,
+            awg: cli.awg.or(file.awg).unwrap_or(defaults.awg),
+            wgproxy_timeout: wgproxy.wgproxy_timeout,
             log_level,
             stats_interval: match cli.stats_interval.or(file.stats_interval) {
                 Some(0) => None,
                 Some(secs) => Some(Duration::from_secs(secs)),
                 None => defaults.stats_interval,
             },
-        }
+        })
     }
 }
 
@@ -422,8 +596,36 @@ struct Layer {
     gro: Option<Switch>,
     steering: Option<Switch>,
     state_file: Option<std::path::PathBuf>,
+    servers: Option<Vec<Server>>,
+    peers: Option<Vec<PeerSpec>>,
+    awg: Option<AwgParams>,
+    wgproxy_timeout: Option<Duration>,
     log_level: Option<LogLevel>,
     stats_interval: Option<u64>,
+}
+
+/// A port-per-peer responder as one source gives it, before its port is placed on the
+/// effective listen host.
+#[derive(Debug)]
+struct PeerSpec {
+    /// Starts this peer's errors: `--peer "10001=K..."` or `config file x: line 7: peer port 10001`.
+    at: String,
+    /// How another peer's error names this one: `--peer "10001=K..."` or `the peer on line 7`.
+    name: String,
+    listen: PeerListen,
+    key: PublicKey,
+    endpoint: Option<SocketAddr>,
+    uapi: Option<String>,
+    awg: Option<AwgParams>,
+}
+
+/// Where a peer's relay port is.
+#[derive(Debug, Clone, Copy)]
+enum PeerListen {
+    /// This port on the host of the first effective listen address.
+    Port(u16),
+    /// This whole address.
+    Addr(SocketAddr),
 }
 
 impl Layer {
@@ -466,6 +668,16 @@ impl Layer {
             None => None,
         };
 
+        let servers = servers_from_args(&a.server, &a.server_key).map_err(ConfigError::new)?;
+        let peers = a
+            .peer
+            .iter()
+            .map(|s| parse_peer_flag(s))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ConfigError::new)?;
+        check_peer_keys(&peers).map_err(ConfigError::new)?;
+        let awg = awg_from_args(&a.awg).map_err(ConfigError::new)?;
+
         Ok(Layer {
             listen: non_empty(listen),
             allow: non_empty(allow),
@@ -478,8 +690,95 @@ impl Layer {
             gro: a.gro,
             steering: a.steering,
             state_file: a.state_file.clone(),
+            servers: non_empty(servers),
+            peers: non_empty(peers),
+            awg,
+            wgproxy_timeout: None,
             log_level: a.log_level,
             stats_interval: a.stats_interval,
+        })
+    }
+
+    /// wgproxy's variables (see the module docs), looked up by `env`.
+    fn from_wgproxy_env(
+        env: impl Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Result<Layer, ConfigError> {
+        let var = |name: &str| -> Result<Option<String>, ConfigError> {
+            match env(name) {
+                None => Ok(None),
+                Some(v) => v
+                    .into_string()
+                    .map(Some)
+                    .map_err(|v| ConfigError::new(format!("{name} {v:?}: not valid UTF-8"))),
+            }
+        };
+        let server = var("WGPROXY_SERVER")?;
+        let pubkey = var("WGPROXY_PUBKEY")?;
+        let listen = var("WGPROXY_LISTEN")?;
+        let timeout = var("WGPROXY_TIMEOUT")?;
+        let loglevel = var("WGPROXY_LOGLEVEL")?;
+
+        // Every value is checked before whether they belong together.
+        let addr = match &server {
+            Some(s) => Some(
+                s.parse::<HostPort>()
+                    .map_err(|e| ConfigError::new(format!("WGPROXY_SERVER: {e}")))?,
+            ),
+            None => None,
+        };
+        let key = match &pubkey {
+            Some(s) => Some(parse_key("WGPROXY_PUBKEY", s).map_err(ConfigError::new)?),
+            None => None,
+        };
+        let listen = match &listen {
+            Some(s) => Some(parse_listen("WGPROXY_LISTEN", s).map_err(ConfigError::new)?),
+            None => None,
+        };
+        let timeout = match &timeout {
+            Some(s) => Some(parse_wgproxy_timeout(s).map_err(ConfigError::new)?),
+            None => None,
+        };
+        let log_level = match &loglevel {
+            Some(s) => Some(parse_wgproxy_loglevel(s).map_err(ConfigError::new)?),
+            None => None,
+        };
+
+        let server = match (addr, key) {
+            (Some(addr), Some(key)) => Server { addr, key },
+            (Some(_), None) => {
+                return Err(ConfigError::new(
+                    "WGPROXY_SERVER is set but WGPROXY_PUBKEY is not: wgproxy compatibility needs both (the server's HOST:PORT and its base64 public key)",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    "WGPROXY_PUBKEY is set but WGPROXY_SERVER is not: wgproxy compatibility needs both (the server's HOST:PORT and its base64 public key)",
+                ))
+            }
+            (None, None) => {
+                let set: Vec<&str> = [
+                    ("WGPROXY_LISTEN", listen.is_some()),
+                    ("WGPROXY_TIMEOUT", timeout.is_some()),
+                    ("WGPROXY_LOGLEVEL", log_level.is_some()),
+                ]
+                .iter()
+                .filter(|(_, set)| *set)
+                .map(|(name, _)| *name)
+                .collect();
+                if let Some(first) = set.first() {
+                    return Err(ConfigError::new(format!(
+                        "{first} is set but WGPROXY_SERVER and WGPROXY_PUBKEY are not: wgproxy compatibility needs both"
+                    )));
+                }
+                return Ok(Layer::default());
+            }
+        };
+        Ok(Layer {
+            listen: Some(vec![listen.unwrap_or(WGPROXY_DEFAULT_LISTEN)]),
+            servers: Some(vec![server]),
+            wgproxy_timeout: timeout,
+            log_level: Some(log_level.unwrap_or(LogLevel::Warn)),
+            ..Layer::default()
         })
     }
 
@@ -558,6 +857,49 @@ impl Layer {
             None => None,
         };
 
+        let mut servers = Vec::new();
+        let mut server_lines: Vec<(PublicKey, usize)> = Vec::new();
+        for entry in f.server.iter().flatten() {
+            let e = entry.get_ref();
+            let missing = |what: &str| ctx.at(entry.span(), format!("server: missing {what}"));
+            let address = e
+                .address
+                .as_ref()
+                .ok_or_else(|| missing("address = \"HOST:PORT\""))?;
+            let addr = address
+                .get_ref()
+                .parse::<HostPort>()
+                .map_err(|err| ctx.at(address.span(), format!("server address: {err}")))?;
+            let public_key = e
+                .public_key
+                .as_ref()
+                .ok_or_else(|| missing("public_key = \"...\" (the server's base64 public key)"))?;
+            let key = parse_key("server public_key", public_key.get_ref())
+                .map_err(|m| ctx.at(public_key.span(), m))?;
+            let line = ctx.line(&public_key.span());
+            if let Some((_, first)) = server_lines.iter().find(|(k, _)| *k == key) {
+                return Err(ctx.at(
+                    public_key.span(),
+                    format!(
+                        "server public_key {key}: already the key of the server on line {first} (a key chooses one server)"
+                    ),
+                ));
+            }
+            server_lines.push((key, line));
+            servers.push(Server { addr, key });
+        }
+
+        let mut peers = Vec::new();
+        for entry in f.peer.iter().flatten() {
+            peers.push(peer_from_file(&ctx, entry)?);
+        }
+        check_peer_keys(&peers).map_err(ConfigError::new)?;
+
+        let awg = match &f.awg {
+            Some(table) => awg_from_file(&ctx, table, "")?,
+            None => None,
+        };
+
         Ok(Layer {
             listen: listen.and_then(non_empty),
             allow: allow.and_then(non_empty),
@@ -570,6 +912,10 @@ impl Layer {
             gro: f.gro,
             steering: f.steering,
             state_file: f.state_file,
+            servers: non_empty(servers),
+            peers: non_empty(peers),
+            awg,
+            wgproxy_timeout: None,
             log_level: f.log_level,
             stats_interval: f.stats_interval,
         })
@@ -596,7 +942,33 @@ struct FileConfig {
     stats_interval: Option<u64>,
     bind: Option<Spanned<String>>,
     port: Option<Spanned<u16>>,
+    server: Option<Vec<Spanned<FileServer>>>,
+    peer: Option<Vec<Spanned<FilePeer>>>,
+    awg: Option<Spanned<AwgTable>>,
 }
+
+/// A `[[server]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileServer {
+    address: Option<Spanned<String>>,
+    public_key: Option<Spanned<String>>,
+}
+
+/// A `[[peer]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePeer {
+    port: Option<Spanned<u16>>,
+    listen: Option<Spanned<String>>,
+    public_key: Option<Spanned<String>>,
+    endpoint: Option<Spanned<String>>,
+    uapi: Option<Spanned<String>>,
+    awg: Option<Spanned<AwgTable>>,
+}
+
+/// An `[awg]` table: parameter name → value, checked by [`AwgParams::set`].
+type AwgTable = std::collections::BTreeMap<String, Spanned<toml::Value>>;
 
 /// Where file errors come from, to prefix them with `origin: line N:`.
 struct FileCtx<'a> {
@@ -623,10 +995,23 @@ impl FileCtx<'_> {
     }
 
     fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
-        let message = humanize_types(&rewrite_unknown_field(e.message()));
+        let mut message = humanize_types(&rewrite_unknown_field(e.message()));
+        // An unknown key is named by the message; say which table it is in.
+        let name = |pos: usize| {
+            if message.starts_with("unknown key") {
+                self.table_before(pos).map(str::to_string)
+            } else {
+                self.key_before(pos)
+            }
+        };
         match e.span() {
-            Some(span) => match self.key_before(span.start) {
-                Some(key) => self.at(span, format!("{key}: {message}")),
+            Some(span) => match name(span.start) {
+                Some(key) => {
+                    if (key == "server" || key == "peer") && message.contains("invalid type") {
+                        message.push_str(&format!(" (write one [[{key}]] table per {key})"));
+                    }
+                    self.at(span, format!("{key}: {message}"))
+                }
                 None => self.at(span, message),
             },
             None => ConfigError::new(format!("{}: {message}", self.origin)),
@@ -635,18 +1020,55 @@ impl FileCtx<'_> {
 
     /// The `key` of the `key = value` line that `pos` (inside the value) is
     /// on, so that type errors, which point at the value, can name the
-    /// setting. `None` on continuation lines of multi-line arrays.
-    fn key_before(&self, pos: usize) -> Option<&str> {
+    /// setting, after the table it is in (`peer port`); the table alone for
+    /// an error on a key of it or on its header. `None` on continuation lines
+    /// of multi-line arrays outside tables.
+    fn key_before(&self, pos: usize) -> Option<String> {
         let before = self.text.get(..pos)?;
-        let line = &before[before.rfind('\n').map_or(0, |i| i + 1)..];
-        let (key, _) = line.split_once('=')?;
-        let key = key.trim();
-        let is_bare_key = !key.is_empty()
-            && key
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-        is_bare_key.then_some(key)
+        let start = before.rfind('\n').map_or(0, |i| i + 1);
+        let end = self.text[pos..]
+            .find('\n')
+            .map_or(self.text.len(), |i| pos + i);
+        if let Some(header) = header_name(&self.text[start..end]) {
+            return Some(header.to_string());
+        }
+        let key = before[start..]
+            .split_once('=')
+            .map(|(key, _)| key.trim())
+            .filter(|key| is_bare_key(key));
+        let table = self.table_before(pos);
+        match (table, key) {
+            (Some(table), Some(key)) => Some(format!("{table} {key}")),
+            (None, Some(key)) => Some(key.to_string()),
+            (Some(table), None) => Some(table.to_string()),
+            (None, None) => None,
+        }
     }
+
+    /// The table that the line of `pos` is in (the last header above it), if any.
+    fn table_before(&self, pos: usize) -> Option<&str> {
+        let before = self.text.get(..pos)?;
+        let start = before.rfind('\n').map_or(0, |i| i + 1);
+        before[..start].lines().rev().find_map(header_name)
+    }
+}
+
+/// The name in a table header line (`[awg]`, `[[peer]]`, `[peer.awg]`).
+fn header_name(line: &str) -> Option<&str> {
+    let line = line.trim();
+    let inner = line.strip_prefix('[')?;
+    let inner = inner.strip_prefix('[').unwrap_or(inner);
+    let (name, rest) = inner.split_once(']')?;
+    let rest = rest.strip_prefix(']').unwrap_or(rest).trim();
+    let name = name.trim();
+    (is_bare_key(name) && (rest.is_empty() || rest.starts_with('#'))).then_some(name)
+}
+
+fn is_bare_key(key: &str) -> bool {
+    !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
 }
 
 /// Replaces Rust type names in serde messages with what a user would write.
@@ -657,6 +1079,10 @@ fn humanize_types(message: &str) -> String {
         ("expected u32", "expected an integer from 0 to 4294967295"),
         ("expected u64", "expected a non-negative integer"),
         ("expected usize", "expected a non-negative integer"),
+        ("expected a sequence", "expected an array"),
+        ("expected a map", "expected a table"),
+        ("expected struct FileServer", "expected a table"),
+        ("expected struct FilePeer", "expected a table"),
     ] {
         if out.ends_with(rust) {
             out.truncate(out.len() - rust.len());
@@ -666,8 +1092,9 @@ fn humanize_types(message: &str) -> String {
     out
 }
 
-/// Turns serde's "unknown field `x`, expected one of ..." into
-/// `unknown key "x" (did you mean "y"?; expected one of: ...)`.
+/// Turns serde's "unknown field `x`, expected one of `a`, `b`" into
+/// `unknown key "x" (did you mean "y"?; expected one of: a, b)`, the keys being those of the
+/// table the key is in.
 fn rewrite_unknown_field(message: &str) -> String {
     let message = message.trim();
     let Some(rest) = message.strip_prefix("unknown field `") else {
@@ -677,16 +1104,29 @@ fn rewrite_unknown_field(message: &str) -> String {
         return message.to_string();
     };
     let name = &rest[..end];
-    let suggestion = FILE_KEYS
+    // serde names the expected fields in backquotes, in declaration order.
+    let expected: Vec<&str> = rest[end + 1..].split('`').skip(1).step_by(2).collect();
+    let expected = if expected.is_empty() {
+        FILE_KEYS.to_vec()
+    } else {
+        expected
+    };
+    let suggestion = expected
         .iter()
         .map(|k| (edit_distance(name, k), *k))
         .filter(|&(d, _)| d <= 2)
         .min()
         .map(|(_, k)| format!("did you mean \"{k}\"? "))
         .unwrap_or_default();
+    let hint =
+        if expected.contains(&"awg") && AWG_KEYS.contains(&name.to_ascii_lowercase().as_str()) {
+            "; AmneziaWG parameters go in an awg table"
+        } else {
+            ""
+        };
     format!(
-        "unknown key {name:?} ({suggestion}expected one of: {})",
-        FILE_KEYS.join(", ")
+        "unknown key {name:?} ({suggestion}expected one of: {}{hint})",
+        expected.join(", ")
     )
 }
 
@@ -772,6 +1212,396 @@ fn check_group(name: &str, shown: &str, keys: Vec<PublicKey>) -> Result<Vec<Publ
         ));
     }
     Ok(keys)
+}
+
+/// `--server`/`--server-key` pairs, in order.
+fn servers_from_args(addrs: &[String], keys: &[String]) -> Result<Vec<Server>, String> {
+    let addrs = addrs
+        .iter()
+        .map(|s| s.parse::<HostPort>().map_err(|e| format!("--server: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let keys = keys
+        .iter()
+        .map(|s| parse_key("--server-key", s))
+        .collect::<Result<Vec<_>, _>>()?;
+    if addrs.len() != keys.len() {
+        return Err(format!(
+            "--server and --server-key pair up in order, one key per server: got {} and {}",
+            plural(addrs.len(), "server"),
+            plural(keys.len(), "server key")
+        ));
+    }
+    let mut seen = HashSet::new();
+    for key in &keys {
+        if !seen.insert(*key) {
+            return Err(format!(
+                "--server-key {key}: given for two servers (a key chooses one server)"
+            ));
+        }
+    }
+    Ok(addrs
+        .into_iter()
+        .zip(keys)
+        .map(|(addr, key)| Server { addr, key })
+        .collect())
+}
+
+/// `--peer [ADDR:]PORT=PUBKEY[@IP:PORT|@uapi:DEVICE]`.
+fn parse_peer_flag(s: &str) -> Result<PeerSpec, String> {
+    let at = format!("--peer {s:?}");
+    let syntax = || {
+        format!(
+            "{at}: expected [ADDR:]PORT=PUBKEY, optionally followed by @IP:PORT (a fixed endpoint) or @uapi:DEVICE"
+        )
+    };
+    let (place, rest) = s.split_once('=').ok_or_else(syntax)?;
+    let place = place.trim();
+    let listen = if !place.is_empty() && place.bytes().all(|b| b.is_ascii_digit()) {
+        let port: u16 = place
+            .parse()
+            .map_err(|_| format!("{at}: port {place} is out of range (1-65535)"))?;
+        PeerListen::Port(check_port(&at, port).map_err(|_| {
+            format!("{at}: port 0 is not allowed (expected a fixed port 1-65535 that peers can point at)")
+        })?)
+    } else {
+        match place.parse::<SocketAddr>() {
+            Ok(addr) if addr.port() == 0 => {
+                return Err(format!(
+                    "{at}: port 0 is not allowed (expected a fixed port 1-65535 that peers can point at)"
+                ))
+            }
+            Ok(addr) => PeerListen::Addr(addr),
+            Err(_) => {
+                return Err(format!(
+                    "{at}: {place:?} is neither a PORT nor an ADDR:PORT (IPv6 as [ADDR]:PORT)"
+                ))
+            }
+        }
+    };
+    let (key, how) = match rest.split_once('@') {
+        Some((key, how)) => (key, Some(how)),
+        None => (rest, None),
+    };
+    let key = parse_key("--peer", key)?;
+    let (mut endpoint, mut uapi) = (None, None);
+    match how {
+        None => {}
+        Some(how) => match how.trim().strip_prefix("uapi:") {
+            Some(dev) => uapi = Some(check_uapi(&format!("{at}: uapi"), dev.trim())?),
+            None => {
+                endpoint = Some(parse_endpoint(
+                    &format!("{at}: endpoint"),
+                    how,
+                    ", or uapi:DEVICE for a local WireGuard device",
+                )?)
+            }
+        },
+    }
+    Ok(PeerSpec {
+        name: at.clone(),
+        at,
+        listen,
+        key,
+        endpoint,
+        uapi,
+        awg: None,
+    })
+}
+
+/// A `[[peer]]` table.
+fn peer_from_file(ctx: &FileCtx<'_>, entry: &Spanned<FilePeer>) -> Result<PeerSpec, ConfigError> {
+    let e = entry.get_ref();
+    let (listen, place_span, at) = match (&e.port, &e.listen) {
+        (Some(port), None) => {
+            let p = check_port("peer port", *port.get_ref()).map_err(|m| ctx.at(port.span(), m))?;
+            (PeerListen::Port(p), port.span(), format!("peer port {p}"))
+        }
+        (None, Some(listen)) => {
+            let addr =
+                parse_listen("peer listen", listen.get_ref()).map_err(|m| ctx.at(listen.span(), m))?;
+            (
+                PeerListen::Addr(addr),
+                listen.span(),
+                format!("peer listen {:?}", listen.get_ref()),
+            )
+        }
+        (Some(port), Some(_)) => {
+            return Err(ctx.at(
+                port.span(),
+                "peer: give port = N or listen = \"ADDR:PORT\", not both".to_string(),
+            ))
+        }
+        (None, None) => {
+            return Err(ctx.at(
+                entry.span(),
+                "peer: missing port = N (on the host of the first listen address) or listen = \"ADDR:PORT\"".to_string(),
+            ))
+        }
+    };
+    let public_key = e.public_key.as_ref().ok_or_else(|| {
+        ctx.at(
+            entry.span(),
+            "peer: missing public_key = \"...\" (the responder's base64 public key)".to_string(),
+        )
+    })?;
+    let key = parse_key("peer public_key", public_key.get_ref())
+        .map_err(|m| ctx.at(public_key.span(), m))?;
+    let endpoint = match &e.endpoint {
+        Some(ep) => Some(
+            parse_endpoint("peer endpoint", ep.get_ref(), "").map_err(|m| ctx.at(ep.span(), m))?,
+        ),
+        None => None,
+    };
+    let uapi = match &e.uapi {
+        Some(u) => Some(check_uapi("peer uapi", u.get_ref()).map_err(|m| ctx.at(u.span(), m))?),
+        None => None,
+    };
+    if let (Some(_), Some(u)) = (&e.endpoint, &e.uapi) {
+        return Err(ctx.at(
+            u.span(),
+            "peer: endpoint and uapi exclude each other (a fixed endpoint, or the one the device knows)"
+                .to_string(),
+        ));
+    }
+    let awg = match &e.awg {
+        Some(table) => awg_from_file(ctx, table, "peer ")?,
+        None => None,
+    };
+    let line = ctx.line(&place_span);
+    Ok(PeerSpec {
+        at: format!("{}: line {line}: {at}", ctx.origin),
+        name: format!("the peer on line {line}"),
+        listen,
+        key,
+        endpoint,
+        uapi,
+        awg,
+    })
+}
+
+/// Two peers of one source may not share a key.
+fn check_peer_keys(peers: &[PeerSpec]) -> Result<(), String> {
+    for (i, p) in peers.iter().enumerate() {
+        if let Some(first) = peers[..i].iter().find(|q| q.key == p.key) {
+            // A flag's own text already shows the key.
+            let key = p.key.to_string();
+            let which = if p.at.contains(&key) {
+                "its public key".to_string()
+            } else {
+                format!("public key {key}")
+            };
+            return Err(format!(
+                "{}: {which} is already the key of {} (a key has one relay port)",
+                p.at, first.name
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Places the peers' ports on the effective listen host and checks that no two sockets of the
+/// relay overlap.
+fn resolve_peers(
+    specs: Vec<PeerSpec>,
+    listen: &[SocketAddr],
+) -> Result<Vec<PortPeer>, ConfigError> {
+    let mut out: Vec<PortPeer> = Vec::with_capacity(specs.len());
+    for spec in &specs {
+        let addr = match spec.listen {
+            PeerListen::Addr(a) => a,
+            PeerListen::Port(p) => {
+                let mut a = listen.first().copied().unwrap_or(DEFAULT_LISTEN);
+                a.set_port(p);
+                a
+            }
+        };
+        if let Some(l) = listen.iter().find(|l| sockets_overlap(addr, **l)) {
+            return Err(ConfigError::new(format!(
+                "{}: {addr} overlaps the relay listen address {l} (a peer needs a port of its own)",
+                spec.at
+            )));
+        }
+        if let Some((j, _)) = out
+            .iter()
+            .enumerate()
+            .find(|(_, q)| sockets_overlap(addr, q.listen))
+        {
+            return Err(ConfigError::new(format!(
+                "{}: {addr} overlaps the port of {} ({})",
+                spec.at, specs[j].name, out[j].listen
+            )));
+        }
+        out.push(PortPeer {
+            listen: addr,
+            key: spec.key,
+            endpoint: spec.endpoint,
+            uapi: spec.uapi.clone(),
+            awg: spec.awg,
+        });
+    }
+    Ok(out)
+}
+
+/// Whether two UDP sockets would claim the same datagrams: the same port, and the same address
+/// or a wildcard covering the other (`[::]` is dual-stack, so it covers everything).
+fn sockets_overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    fn covers(wild: IpAddr, other: IpAddr) -> bool {
+        match wild {
+            IpAddr::V6(w) => w.is_unspecified(),
+            IpAddr::V4(w) => {
+                w.is_unspecified()
+                    && match other {
+                        IpAddr::V4(_) => true,
+                        IpAddr::V6(o) => o.to_ipv4_mapped().is_some(),
+                    }
+            }
+        }
+    }
+    a.port() == b.port() && (a.ip() == b.ip() || covers(a.ip(), b.ip()) || covers(b.ip(), a.ip()))
+}
+
+/// A literal `IP:PORT` to send to; `alternative` ends the "expected" hint.
+fn parse_endpoint(name: &str, s: &str, alternative: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = s.trim().parse().map_err(|_| {
+        format!(
+            "{name} {s:?}: invalid socket address (expected a literal IP:PORT, IPv6 as [ADDR]:PORT{alternative})"
+        )
+    })?;
+    if addr.port() == 0 {
+        return Err(format!("{name} {s:?}: port 0 cannot be sent to"));
+    }
+    if addr.ip().is_unspecified() {
+        return Err(format!(
+            "{name} {s:?}: {} is not an address to send to",
+            addr.ip()
+        ));
+    }
+    Ok(addr)
+}
+
+/// A WireGuard device name (`wg0`) or an absolute UAPI socket path.
+fn check_uapi(name: &str, s: &str) -> Result<String, String> {
+    if s.starts_with('/') {
+        if s.len() < 2 || s.ends_with('/') || s.contains('\0') {
+            return Err(format!("{name} {s:?}: not a path to a UAPI socket"));
+        }
+        return Ok(s.to_string());
+    }
+    match crate::upstream::uapi::socket_path(s) {
+        Ok(_) => Ok(s.to_string()),
+        Err(_) => Err(format!(
+            "{name} {s:?}: expected a WireGuard device name (1 to 15 characters, none of them '/', ':' or whitespace) or an absolute path to its UAPI socket"
+        )),
+    }
+}
+
+/// `--awg KEY=VALUE ...`: `None` when not given.
+fn awg_from_args(items: &[String]) -> Result<Option<AwgParams>, String> {
+    if items.is_empty() {
+        return Ok(None);
+    }
+    let mut params = AwgParams::plain();
+    let mut seen = HashSet::new();
+    for item in items {
+        let (key, value) = item.split_once('=').ok_or_else(|| {
+            format!("--awg {item:?}: expected KEY=VALUE (e.g. jc=4 or h1=100000-100099)")
+        })?;
+        let key = key.trim();
+        let norm: String = key
+            .chars()
+            .filter(|c| *c != '_' && *c != '-')
+            .map(|c| c.to_ascii_lowercase())
+            .collect();
+        if !seen.insert(norm) {
+            return Err(format!("--awg {item:?}: {key} is given twice"));
+        }
+        params.set(key, value).map_err(|e| format!("--awg: {e}"))?;
+    }
+    check_awg(&params).map_err(|e| format!("--awg: {e}"))?;
+    Ok(Some(params))
+}
+
+/// An `[awg]` table or a peer's `awg`; `prefix` starts the setting's name in errors (`""` or
+/// `"peer "`). `None` when the table is empty.
+fn awg_from_file(
+    ctx: &FileCtx<'_>,
+    table: &Spanned<AwgTable>,
+    prefix: &str,
+) -> Result<Option<AwgParams>, ConfigError> {
+    if table.get_ref().is_empty() {
+        return Ok(None);
+    }
+    // In file order, so the first mistake is the one reported.
+    let mut entries: Vec<(&String, &Spanned<toml::Value>)> = table.get_ref().iter().collect();
+    entries.sort_by_key(|(_, v)| v.span().start);
+    let mut params = AwgParams::plain();
+    for (key, value) in entries {
+        let text = match value.get_ref() {
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::String(s) => s.clone(),
+            other => {
+                return Err(ctx.at(
+                    value.span(),
+                    format!(
+                        "{prefix}awg: {key} must be an integer, or for h1..h4 also a \"N-M\" string (got {})",
+                        other.type_str()
+                    ),
+                ))
+            }
+        };
+        params
+            .set(key, &text)
+            .map_err(|e| ctx.at(value.span(), format!("{prefix}{e}")))?;
+    }
+    check_awg(&params).map_err(|e| ctx.at(table.span(), format!("{prefix}{e}")))?;
+    Ok(Some(params))
+}
+
+/// The rules of [`AwgParams::validate`], and fitting the relay's datagram buffers.
+fn check_awg(params: &AwgParams) -> Result<(), crate::wire::awg::ParamError> {
+    params.validate()?;
+    params.check_fits(crate::io::MAX_DATAGRAM_LEN)
+}
+
+fn parse_wgproxy_timeout(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    match t.parse::<u64>() {
+        Ok(secs) if secs > 0 && t.bytes().all(|b| b.is_ascii_digit()) => {
+            Ok(Duration::from_secs(secs))
+        }
+        _ => Err(format!(
+            "WGPROXY_TIMEOUT {s:?}: expected a positive whole number of seconds"
+        )),
+    }
+}
+
+fn parse_wgproxy_loglevel(s: &str) -> Result<LogLevel, String> {
+    match s.trim() {
+        "0" => Ok(LogLevel::Error),
+        "1" => Ok(LogLevel::Warn),
+        "2" => Ok(LogLevel::Info),
+        "3" => Ok(LogLevel::Debug),
+        _ => Err(format!(
+            "WGPROXY_LOGLEVEL {s:?}: expected 0 (errors), 1 (and warnings), 2 (and info) or 3 (and debug)"
+        )),
+    }
+}
+
+/// A key shortened for summaries: its first 8 base64 characters.
+fn abbrev(key: &PublicKey) -> String {
+    let text = key.to_base64();
+    format!("{}...", &text[..8])
+}
+
+/// AmneziaWG parameters for summaries: `plain`, or every parameter.
+fn awg_text(p: &AwgParams) -> String {
+    if *p == AwgParams::plain() {
+        return "plain".to_string();
+    }
+    format!(
+        "jc={} jmin={} jmax={} s1={} s2={} s3={} s4={} h1={} h2={} h3={} h4={}",
+        p.jc, p.jmin, p.jmax, p.s1, p.s2, p.s3, p.s4, p.h1, p.h2, p.h3, p.h4
+    )
 }
 
 /// The wpex-style listen address, if `bind` or `port` is given.
@@ -1677,6 +2507,9 @@ stats_interval = 9
             c.summary(),
             "listen: [::]:51820\n\
              mode: open (any public key is relayed)\n\
+             servers: none\n\
+             peers: none\n\
+             awg: plain\n\
              cookie replies: under-load\n\
              broadcast rate: 1000 handshake initiation copies/s\n\
              threads: 4\n\
@@ -1686,6 +2519,74 @@ stats_interval = 9
              state file: none\n\
              log level: info\n\
              stats: every 60s"
+        );
+    }
+
+    #[test]
+    fn summary_servers_peers_awg_and_wgproxy_timeout() {
+        let mut awg = AwgParams::plain();
+        awg.jc = 4;
+        awg.jmin = 40;
+        awg.jmax = 70;
+        awg.s1 = 20;
+        let c = Config {
+            threads: 1,
+            servers: vec![
+                Server {
+                    addr: "vpn.example.net:51820".parse().unwrap(),
+                    key: key(1),
+                },
+                Server {
+                    addr: "[2001:db8::1]:5".parse().unwrap(),
+                    key: key(2),
+                },
+            ],
+            peers: vec![
+                PortPeer {
+                    listen: sa("[::]:10001"),
+                    key: key(3),
+                    endpoint: None,
+                    uapi: None,
+                    awg: None,
+                },
+                PortPeer {
+                    listen: sa("127.0.0.1:10002"),
+                    key: key(4),
+                    endpoint: Some(sa("192.0.2.7:51820")),
+                    uapi: None,
+                    awg: None,
+                },
+                PortPeer {
+                    listen: sa("[::]:10003"),
+                    key: key(5),
+                    endpoint: None,
+                    uapi: Some("wg0".into()),
+                    awg: Some(awg),
+                },
+            ],
+            awg,
+            wgproxy_timeout: Some(Duration::from_secs(30)),
+            ..Config::default()
+        };
+        assert_eq!(
+            c.summary(),
+            "listen: [::]:51820\n\
+             mode: open (any public key is relayed)\n\
+             servers: AQEBAQEB... -> vpn.example.net:51820, AgICAgIC... -> [2001:db8::1]:5\n\
+             peers: [::]:10001 -> AwMDAwMD... (learned), \
+             127.0.0.1:10002 -> BAQEBAQE... (endpoint 192.0.2.7:51820), \
+             [::]:10003 -> BQUFBQUF... (uapi wg0, awg jc=4 jmin=40 jmax=70 s1=20 s2=0 s3=0 s4=0 h1=1 h2=2 h3=3 h4=4)\n\
+             awg: jc=4 jmin=40 jmax=70 s1=20 s2=0 s3=0 s4=0 h1=1 h2=2 h3=3 h4=4\n\
+             cookie replies: under-load\n\
+             broadcast rate: 1000 handshake initiation copies/s\n\
+             threads: 1\n\
+             backend: auto\n\
+             offload: gso on, gro on\n\
+             steering: on\n\
+             state file: none\n\
+             log level: info\n\
+             stats: every 60s\n\
+             wgproxy timeout: 30s (WGPROXY_TIMEOUT, superseded: sessions expire by WireGuard's own timers)"
         );
     }
 
@@ -1744,7 +2645,868 @@ stats_interval = 9
             .contains("mode: allow-list (2 keys) + groups (1 group, 2 distinct keys)\n"));
     }
 
+    // ---- proxy servers ----
+
+    /// `Config::from_toml_str`'s error, which must be one line.
+    fn toml_err(text: &str) -> String {
+        let e = Config::from_toml_str(text).unwrap_err().to_string();
+        assert!(!e.contains('\n'), "multi-line error: {e}");
+        e
+    }
+
+    fn host_port(s: &str) -> HostPort {
+        s.parse().unwrap()
+    }
+
+    fn server(addr: &str, i: u8) -> Server {
+        Server {
+            addr: host_port(addr),
+            key: key(i),
+        }
+    }
+
+    #[test]
+    fn servers_from_flags_pair_in_order() {
+        let c = parse(&[
+            "--server",
+            "vpn.example.net:51820",
+            "--server-key",
+            &k(1),
+            "--server",
+            "192.0.2.1:1,[2001:db8::1]:2",
+            "--server-key",
+            &format!("{}, {}", k(2), k(3)),
+        ]);
+        assert_eq!(
+            c.servers,
+            vec![
+                server("vpn.example.net:51820", 1),
+                server("192.0.2.1:1", 2),
+                server("[2001:db8::1]:2", 3),
+            ]
+        );
+        assert_eq!(c.servers[0].addr.name(), Some("vpn.example.net"));
+        assert!(c.summary().contains(
+            "\nservers: AQEBAQEB... -> vpn.example.net:51820, AgICAgIC... -> 192.0.2.1:1, AwMDAwMD... -> [2001:db8::1]:2\n"
+        ));
+        assert!(parse(&[]).servers.is_empty());
+    }
+
+    #[test]
+    fn server_flag_errors() {
+        assert_eq!(
+            parse_err(&["--server", "a.example:1"]),
+            "--server and --server-key pair up in order, one key per server: got 1 server and 0 server keys"
+        );
+        assert_eq!(
+            parse_err(&["--server", "a.example:1", "--server-key", &format!("{},{}", k(1), k(2))]),
+            "--server and --server-key pair up in order, one key per server: got 1 server and 2 server keys"
+        );
+        assert_eq!(
+            parse_err(&["--server-key", &k(1)]),
+            "--server and --server-key pair up in order, one key per server: got 0 servers and 1 server key"
+        );
+        assert_eq!(
+            parse_err(&["--server", "a.example", "--server-key", &k(1)]),
+            "--server: invalid upstream address \"a.example\": no port (expected HOST:PORT, e.g. 192.0.2.1:51820, [2001:db8::1]:51820 or relay.example.net:51820)"
+        );
+        // A bad value is named before the counts are compared.
+        let e = parse_err(&["--server", "a.example:0"]);
+        assert!(
+            e.starts_with(
+                "--server: invalid upstream address \"a.example:0\": port 0 cannot be sent to"
+            ),
+            "{e}"
+        );
+        let e = parse_err(&["--server", "::1:51820", "--server-key", &k(1)]);
+        assert!(e.contains("must be in brackets"), "{e}");
+        assert_eq!(
+            parse_err(&["--server", "a.example:1", "--server-key", "abc"]),
+            "--server-key: invalid public key \"abc\": expected 44 characters of base64 encoding 32 bytes (got 3 characters)"
+        );
+        assert_eq!(
+            parse_err(&[
+                "--server",
+                "a.example:1,b.example:2",
+                "--server-key",
+                &format!("{},{}", k(1), k(1)),
+            ]),
+            format!(
+                "--server-key {}: given for two servers (a key chooses one server)",
+                k(1)
+            )
+        );
+        // An empty list entry is an error, not "no server".
+        let e = parse_err(&["--server", "a.example:1,", "--server-key", &k(1)]);
+        assert!(
+            e.contains("invalid upstream address \"\": it is empty"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn servers_in_file() {
+        let text = format!(
+            "[[server]]\naddress = \"vpn.example.net:51820\"\npublic_key = \"{}\"\n\n[[server]]\npublic_key = \"{}\"\naddress = \"[2001:db8::1]:51820\"\n",
+            k(1),
+            k(2)
+        );
+        let c = Config::from_toml_str(&text).unwrap();
+        assert_eq!(
+            c.servers,
+            vec![
+                server("vpn.example.net:51820", 1),
+                server("[2001:db8::1]:51820", 2)
+            ]
+        );
+        // Flags replace the file's servers whole; the file's are still validated.
+        let f = TempFile::new(&text);
+        let c = parse(&[
+            "--config",
+            f.path(),
+            "--server",
+            "c.example:3",
+            "--server-key",
+            &k(3),
+        ]);
+        assert_eq!(c.servers, vec![server("c.example:3", 3)]);
+        assert_eq!(parse(&["--config", f.path()]).servers.len(), 2);
+        let f = TempFile::new("[[server]]\naddress = \"x\"\n");
+        let e = parse_err(&[
+            "--config",
+            f.path(),
+            "--server",
+            "c.example:3",
+            "--server-key",
+            &k(3),
+        ]);
+        assert!(e.ends_with("line 2: server address: invalid upstream address \"x\": no port (expected HOST:PORT, e.g. 192.0.2.1:51820, [2001:db8::1]:51820 or relay.example.net:51820)"), "{e}");
+    }
+
+    #[test]
+    fn server_file_errors() {
+        let one = k(1);
+        assert_eq!(
+            toml_err(&format!(
+                "threads = 1\n[[server]]\npublic_key = \"{one}\"\n"
+            )),
+            "config: line 2: server: missing address = \"HOST:PORT\""
+        );
+        assert_eq!(
+            toml_err("[[server]]\naddress = \"a.example:1\"\n"),
+            "config: line 1: server: missing public_key = \"...\" (the server's base64 public key)"
+        );
+        assert_eq!(
+            toml_err("[[server]]\naddress = \"a.example:1\"\npublic_key = \"abc\"\n"),
+            "config: line 3: server public_key: invalid public key \"abc\": expected 44 characters of base64 encoding 32 bytes (got 3 characters)"
+        );
+        assert_eq!(
+            toml_err(&format!("[[server]]\naddress = \"1.2.3:1\"\npublic_key = \"{one}\"\n")),
+            "config: line 2: server address: invalid upstream address \"1.2.3:1\": host looks like an IPv4 address but is not a valid one (expected HOST:PORT, e.g. 192.0.2.1:51820, [2001:db8::1]:51820 or relay.example.net:51820)"
+        );
+        assert_eq!(
+            toml_err(&format!(
+                "[[server]]\naddress = \"a.example:1\"\npublic_key = \"{one}\"\n[[server]]\naddress = \"b.example:1\"\npublic_key = \"{one}\"\n"
+            )),
+            format!("config: line 6: server public_key {one}: already the key of the server on line 3 (a key chooses one server)")
+        );
+        assert_eq!(
+            toml_err("[[server]]\nadress = \"a.example:1\"\n"),
+            "config: line 2: server: unknown key \"adress\" (did you mean \"address\"? expected one of: address, public_key)"
+        );
+        assert_eq!(
+            toml_err("server = \"a.example:1\""),
+            "config: line 1: server: invalid type: string \"a.example:1\", expected an array (write one [[server]] table per server)"
+        );
+        assert_eq!(
+            toml_err("threads = 1\n[server]\naddress = \"a.example:1\"\n"),
+            "config: line 2: server: invalid type: map, expected an array (write one [[server]] table per server)"
+        );
+        let e = toml_err("[[server]]\naddress = 5\n");
+        assert!(
+            e.starts_with("config: line 2: server address: invalid type: integer `5`"),
+            "{e}"
+        );
+    }
+
+    // ---- port-per-peer ----
+
+    fn port_peer(listen: &str, i: u8) -> PortPeer {
+        PortPeer {
+            listen: sa(listen),
+            key: key(i),
+            endpoint: None,
+            uapi: None,
+            awg: None,
+        }
+    }
+
+    #[test]
+    fn peers_from_flags() {
+        let c = parse(&[
+            "--listen",
+            "127.0.0.1:51820,[::1]:51820",
+            "--peer",
+            &format!("10001={}", k(1)),
+            "--peer",
+            &format!("[::1]:10002={}@192.0.2.7:51820", k(2)),
+            "--peer",
+            &format!(
+                "10003={}@uapi:wg0, 10004={}@uapi:/run/wireguard/wg1.sock",
+                k(3),
+                k(4)
+            ),
+        ]);
+        let mut expected = vec![
+            port_peer("127.0.0.1:10001", 1),
+            port_peer("[::1]:10002", 2),
+            port_peer("127.0.0.1:10003", 3),
+            port_peer("127.0.0.1:10004", 4),
+        ];
+        expected[1].endpoint = Some(sa("192.0.2.7:51820"));
+        expected[2].uapi = Some("wg0".into());
+        expected[3].uapi = Some("/run/wireguard/wg1.sock".into());
+        assert_eq!(c.peers, expected);
+        assert!(c.summary().contains(
+            "\npeers: 127.0.0.1:10001 -> AQEBAQEB... (learned), [::1]:10002 -> AgICAgIC... (endpoint 192.0.2.7:51820), \
+             127.0.0.1:10003 -> AwMDAwMD... (uapi wg0), 127.0.0.1:10004 -> BAQEBAQE... (uapi /run/wireguard/wg1.sock)\n"
+        ));
+        // A bare port goes on the host of the first listen address, the default one too.
+        assert_eq!(
+            parse(&["--peer", &format!("10001={}", k(1))]).peers,
+            vec![port_peer("[::]:10001", 1)]
+        );
+        assert!(parse(&[]).peers.is_empty());
+    }
+
+    #[test]
+    fn peer_flag_errors() {
+        let one = k(1);
+        let syntax = "expected [ADDR:]PORT=PUBKEY, optionally followed by @IP:PORT (a fixed endpoint) or @uapi:DEVICE";
+        assert_eq!(
+            parse_err(&["--peer", "10001"]),
+            format!("--peer \"10001\": {syntax}")
+        );
+        assert_eq!(parse_err(&["--peer", ""]), format!("--peer \"\": {syntax}"));
+        assert_eq!(
+            parse_err(&["--peer", &format!("0={one}")]),
+            format!("--peer \"0={one}\": port 0 is not allowed (expected a fixed port 1-65535 that peers can point at)")
+        );
+        assert_eq!(
+            parse_err(&["--peer", &format!("127.0.0.1:0={one}")]),
+            format!("--peer \"127.0.0.1:0={one}\": port 0 is not allowed (expected a fixed port 1-65535 that peers can point at)")
+        );
+        assert_eq!(
+            parse_err(&["--peer", &format!("70000={one}")]),
+            format!("--peer \"70000={one}\": port 70000 is out of range (1-65535)")
+        );
+        assert_eq!(
+            parse_err(&["--peer", &format!("host:1={one}")]),
+            format!("--peer \"host:1={one}\": \"host:1\" is neither a PORT nor an ADDR:PORT (IPv6 as [ADDR]:PORT)")
+        );
+        assert_eq!(
+            parse_err(&["--peer", "5=abc"]),
+            "--peer: invalid public key \"abc\": expected 44 characters of base64 encoding 32 bytes (got 3 characters)"
+        );
+        assert_eq!(
+            parse_err(&["--peer", &format!("5={one}@host:1")]),
+            format!("--peer \"5={one}@host:1\": endpoint \"host:1\": invalid socket address (expected a literal IP:PORT, IPv6 as [ADDR]:PORT, or uapi:DEVICE for a local WireGuard device)")
+        );
+        assert_eq!(
+            parse_err(&["--peer", &format!("5={one}@192.0.2.1:0")]),
+            format!("--peer \"5={one}@192.0.2.1:0\": endpoint \"192.0.2.1:0\": port 0 cannot be sent to")
+        );
+        assert_eq!(
+            parse_err(&["--peer", &format!("5={one}@0.0.0.0:5")]),
+            format!("--peer \"5={one}@0.0.0.0:5\": endpoint \"0.0.0.0:5\": 0.0.0.0 is not an address to send to")
+        );
+        assert_eq!(
+            parse_err(&["--peer", &format!("5={one}@uapi:wg 0")]),
+            format!("--peer \"5={one}@uapi:wg 0\": uapi \"wg 0\": expected a WireGuard device name (1 to 15 characters, none of them '/', ':' or whitespace) or an absolute path to its UAPI socket")
+        );
+        let e = parse_err(&["--peer", &format!("5={one}@uapi:run/wg0.sock")]);
+        assert!(e.ends_with("or an absolute path to its UAPI socket"), "{e}");
+        let e = parse_err(&["--peer", &format!("5={one}@uapi:/")]);
+        assert!(
+            e.ends_with("uapi \"/\": not a path to a UAPI socket"),
+            "{e}"
+        );
+        // Two peers may not share a key.
+        assert_eq!(
+            parse_err(&["--peer", &format!("5={one},6={one}")]),
+            format!("--peer \"6={one}\": its public key is already the key of --peer \"5={one}\" (a key has one relay port)")
+        );
+    }
+
+    #[test]
+    fn peer_ports_may_not_overlap() {
+        let (one, two) = (k(1), k(2));
+        // Not a relay listen address: the default [::]:51820 ...
+        assert_eq!(
+            parse_err(&["--peer", &format!("51820={one}")]),
+            format!("--peer \"51820={one}\": [::]:51820 overlaps the relay listen address [::]:51820 (a peer needs a port of its own)")
+        );
+        // ... nor covered by a wildcard one, or covering one.
+        let e = parse_err(&[
+            "--listen",
+            "127.0.0.1:7",
+            "--peer",
+            &format!("0.0.0.0:7={one}"),
+        ]);
+        assert!(e.ends_with("0.0.0.0:7 overlaps the relay listen address 127.0.0.1:7 (a peer needs a port of its own)"), "{e}");
+        let e = parse_err(&[
+            "--listen",
+            "[::]:7",
+            "--peer",
+            &format!("127.0.0.1:7={one}"),
+        ]);
+        assert!(
+            e.contains("127.0.0.1:7 overlaps the relay listen address [::]:7"),
+            "{e}"
+        );
+        // Different addresses, or ports, are fine.
+        let c = parse(&[
+            "--listen",
+            "127.0.0.1:7,0.0.0.0:8",
+            "--peer",
+            &format!("127.0.0.2:7={one},[::1]:8={two}"),
+        ]);
+        assert_eq!(
+            c.peers,
+            vec![port_peer("127.0.0.2:7", 1), port_peer("[::1]:8", 2)]
+        );
+        // Not another peer's port.
+        assert_eq!(
+            parse_err(&["--peer", &format!("5={one}"), "--peer", &format!("5={two}")]),
+            format!("--peer \"5={two}\": [::]:5 overlaps the port of --peer \"5={one}\" ([::]:5)")
+        );
+        let e = parse_err(&[
+            "--listen",
+            "[::]:1",
+            "--peer",
+            &format!("5={one},127.0.0.1:5={two}"),
+        ]);
+        assert!(
+            e.ends_with(&format!(
+                "127.0.0.1:5 overlaps the port of --peer \"5={one}\" ([::]:5)"
+            )),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn sockets_overlap_rules() {
+        let o = |a: &str, b: &str| sockets_overlap(sa(a), sa(b));
+        assert!(o("127.0.0.1:1", "127.0.0.1:1"));
+        assert!(!o("127.0.0.1:1", "127.0.0.1:2"));
+        assert!(!o("127.0.0.1:1", "127.0.0.2:1"));
+        assert!(o("0.0.0.0:1", "127.0.0.1:1"));
+        assert!(o("127.0.0.1:1", "0.0.0.0:1"));
+        assert!(!o("0.0.0.0:1", "[::1]:1"));
+        assert!(o("0.0.0.0:1", "[::ffff:127.0.0.1]:1"));
+        assert!(o("[::]:1", "127.0.0.1:1"));
+        assert!(o("[::]:1", "[::1]:1"));
+        assert!(o("[::]:1", "0.0.0.0:1"));
+        assert!(!o("[::1]:1", "[::2]:1"));
+    }
+
+    #[test]
+    fn peers_in_file() {
+        let text = format!(
+            "listen = [\"10.0.0.1:51820\"]\n\
+             [[peer]]\nport = 10001\npublic_key = \"{}\"\n\
+             [[peer]]\nlisten = \"[::1]:10002\"\npublic_key = \"{}\"\nendpoint = \"[2001:db8::7]:51820\"\n\
+             [[peer]]\nport = 10003\npublic_key = \"{}\"\nuapi = \"wg0\"\nawg = {{ jc = 4, jmin = 40, jmax = 70, s1 = 20, h1 = \"100000-100099\", h2 = 200000, h3 = 300000, h4 = 400000 }}\n\
+             [[peer]]\nport = 10004\npublic_key = \"{}\"\n[peer.awg]\ns2 = 30\n",
+            k(1),
+            k(2),
+            k(3),
+            k(4)
+        );
+        let c = Config::from_toml_str(&text).unwrap();
+        assert_eq!(c.peers.len(), 4);
+        assert_eq!(c.peers[0], port_peer("10.0.0.1:10001", 1));
+        let mut p = port_peer("[::1]:10002", 2);
+        p.endpoint = Some(sa("[2001:db8::7]:51820"));
+        assert_eq!(c.peers[1], p);
+        assert_eq!(c.peers[2].listen, sa("10.0.0.1:10003"));
+        assert_eq!(c.peers[2].uapi.as_deref(), Some("wg0"));
+        let awg = c.peers[2].awg.unwrap();
+        assert_eq!(
+            (awg.jc, awg.jmin, awg.jmax, awg.s1, awg.s2),
+            (4, 40, 70, 20, 0)
+        );
+        assert_eq!(awg.h1.to_string(), "100000-100099");
+        assert_eq!(awg.h4.to_string(), "400000");
+        assert_eq!(c.peers[3].awg.map(|a| a.s2), Some(30));
+        assert_eq!(c.awg, AwgParams::plain());
+        // Bare ports follow the first effective listen address, here the flag's.
+        let f = TempFile::new(&text);
+        let c = parse(&["--config", f.path(), "--listen", "10.0.0.2:1"]);
+        assert_eq!(c.peers[0].listen, sa("10.0.0.2:10001"));
+        assert_eq!(c.peers[1].listen, sa("[::1]:10002"));
+        // --peer replaces the file's peers whole.
+        let c = parse(&["--config", f.path(), "--peer", &format!("9={}", k(9))]);
+        assert_eq!(c.peers, vec![port_peer("10.0.0.1:9", 9)]);
+        // An empty awg table means the relay-wide parameters.
+        let c = Config::from_toml_str(&format!(
+            "[[peer]]\nport = 5\npublic_key = \"{}\"\nawg = {{}}\n",
+            k(1)
+        ))
+        .unwrap();
+        assert_eq!(c.peers[0].awg, None);
+    }
+
+    #[test]
+    fn peer_file_errors() {
+        let (one, two) = (k(1), k(2));
+        assert_eq!(
+            toml_err(&format!("[[peer]]\npublic_key = \"{one}\"\n")),
+            "config: line 1: peer: missing port = N (on the host of the first listen address) or listen = \"ADDR:PORT\""
+        );
+        assert_eq!(
+            toml_err(&format!(
+                "[[peer]]\nport = 5\nlisten = \"127.0.0.1:5\"\npublic_key = \"{one}\"\n"
+            )),
+            "config: line 2: peer: give port = N or listen = \"ADDR:PORT\", not both"
+        );
+        assert_eq!(
+            toml_err("threads = 1\n\n[[peer]]\nport = 5\n"),
+            "config: line 3: peer: missing public_key = \"...\" (the responder's base64 public key)"
+        );
+        assert_eq!(
+            toml_err(&format!("[[peer]]\nport = 0\npublic_key = \"{one}\"\n")),
+            "config: line 2: peer port 0: port 0 is not allowed (expected a fixed port 1-65535 that peers can point at)"
+        );
+        assert_eq!(
+            toml_err(&format!("[[peer]]\nlisten = \"x\"\npublic_key = \"{one}\"\n")),
+            "config: line 2: peer listen \"x\": invalid socket address (expected IP:PORT, IPv6 as [ADDR]:PORT)"
+        );
+        assert_eq!(
+            toml_err("[[peer]]\nport = 5\npublic_key = \"abc\"\n"),
+            "config: line 3: peer public_key: invalid public key \"abc\": expected 44 characters of base64 encoding 32 bytes (got 3 characters)"
+        );
+        assert_eq!(
+            toml_err(&format!("[[peer]]\nport = 5\npublic_key = \"{one}\"\nendpoint = \"x:5\"\n")),
+            "config: line 4: peer endpoint \"x:5\": invalid socket address (expected a literal IP:PORT, IPv6 as [ADDR]:PORT)"
+        );
+        assert_eq!(
+            toml_err(&format!("[[peer]]\nport = 5\npublic_key = \"{one}\"\nuapi = \"wg/0\"\n")),
+            "config: line 4: peer uapi \"wg/0\": expected a WireGuard device name (1 to 15 characters, none of them '/', ':' or whitespace) or an absolute path to its UAPI socket"
+        );
+        assert_eq!(
+            toml_err(&format!(
+                "[[peer]]\nport = 5\npublic_key = \"{one}\"\nendpoint = \"192.0.2.1:5\"\nuapi = \"wg0\"\n"
+            )),
+            "config: line 5: peer: endpoint and uapi exclude each other (a fixed endpoint, or the one the device knows)"
+        );
+        assert_eq!(
+            toml_err(&format!(
+                "[[peer]]\nport = 5\npublic_key = \"{one}\"\n[[peer]]\nport = 5\npublic_key = \"{two}\"\n"
+            )),
+            "config: line 5: peer port 5: [::]:5 overlaps the port of the peer on line 2 ([::]:5)"
+        );
+        assert_eq!(
+            toml_err(&format!(
+                "[[peer]]\nport = 5\npublic_key = \"{one}\"\n[[peer]]\nport = 6\npublic_key = \"{one}\"\n"
+            )),
+            format!("config: line 5: peer port 6: public key {one} is already the key of the peer on line 2 (a key has one relay port)")
+        );
+        assert_eq!(
+            toml_err(&format!("[[peer]]\nport = 51820\npublic_key = \"{one}\"\n")),
+            "config: line 2: peer port 51820: [::]:51820 overlaps the relay listen address [::]:51820 (a peer needs a port of its own)"
+        );
+        assert_eq!(
+            toml_err(&format!("listen = [\"0.0.0.0:1\"]\n[[peer]]\nlisten = \"127.0.0.1:1\"\npublic_key = \"{one}\"\n")),
+            "config: line 3: peer listen \"127.0.0.1:1\": 127.0.0.1:1 overlaps the relay listen address 0.0.0.0:1 (a peer needs a port of its own)"
+        );
+        assert_eq!(
+            toml_err("[[peer]]\njc = 1\n"),
+            "config: line 2: peer: unknown key \"jc\" (expected one of: port, listen, public_key, endpoint, uapi, awg; AmneziaWG parameters go in an awg table)"
+        );
+        assert_eq!(
+            toml_err("[[peer]]\nport = \"x\"\n"),
+            "config: line 2: peer port: invalid type: string \"x\", expected an integer from 0 to 65535"
+        );
+        assert_eq!(
+            toml_err("[[peer]]\nport = 70000\n"),
+            "config: line 2: peer port: invalid value: integer `70000`, expected an integer from 0 to 65535"
+        );
+        assert_eq!(
+            toml_err("peer = 1"),
+            "config: line 1: peer: invalid type: integer `1`, expected an array (write one [[peer]] table per peer)"
+        );
+        assert_eq!(
+            toml_err(&format!("[[peer]]\nport = 5\npublic_key = \"{one}\"\nawg = {{ s1 = 100000 }}\n")),
+            "config: line 4: peer awg: s1 must be ≤ 65386 (got 100000): a framed message must stay below amneziawg-go's 65535-byte limit"
+        );
+        assert_eq!(
+            toml_err(&format!("[[peer]]\nport = 5\npublic_key = \"{one}\"\n[peer.awg]\nh1 = \"3-9\"\n")),
+            "config: line 4: peer awg: h1 must be 1 (plain WireGuard) or lie wholly above 4 (got 3-9): AWG 1.x/2.0 read a value ≤ 4 as plain, newer builds take it literally"
+        );
+        assert_eq!(
+            toml_err(&format!(
+                "[[peer]]\nport = 5\npublic_key = \"{one}\"\nawg = 3\n"
+            )),
+            "config: line 4: peer awg: invalid type: integer `3`, expected a table"
+        );
+    }
+
+    // ---- AmneziaWG ----
+
+    #[test]
+    fn awg_from_flags() {
+        let c = parse(&[
+            "--awg",
+            "jc=4,jmin=40,jmax=70,s1=20,s2=30",
+            "--awg",
+            "h1=100000-100099",
+            "--awg",
+            "H2=200000, h3 = 300000,h4=400000",
+        ]);
+        let a = c.awg;
+        assert_eq!(
+            (a.jc, a.jmin, a.jmax, a.s1, a.s2, a.s3, a.s4),
+            (4, 40, 70, 20, 30, 0, 0)
+        );
+        assert_eq!(
+            [a.h1, a.h2, a.h3, a.h4].map(|h| h.to_string()),
+            ["100000-100099", "200000", "300000", "400000"]
+        );
+        assert!(c.summary().contains(
+            "\nawg: jc=4 jmin=40 jmax=70 s1=20 s2=30 s3=0 s4=0 h1=100000-100099 h2=200000 h3=300000 h4=400000\n"
+        ));
+        // Keys the relay has no use for are accepted, and a zero header protection key is off.
+        let c = parse(&[
+            "--awg",
+            "i1=<r 16>,header_protection_key=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+        ]);
+        assert_eq!(c.awg, AwgParams::plain());
+        assert!(c.summary().contains("\nawg: plain\n"));
+    }
+
+    #[test]
+    fn awg_flag_errors() {
+        assert_eq!(
+            parse_err(&["--awg", "jc"]),
+            "--awg \"jc\": expected KEY=VALUE (e.g. jc=4 or h1=100000-100099)"
+        );
+        assert_eq!(
+            parse_err(&["--awg", ""]),
+            "--awg \"\": expected KEY=VALUE (e.g. jc=4 or h1=100000-100099)"
+        );
+        assert_eq!(
+            parse_err(&["--awg", "s1=x"]),
+            "--awg: awg: s1 must be a non-negative decimal integer (got \"x\")"
+        );
+        assert_eq!(
+            parse_err(&["--awg", "jc=1,Jc=2"]),
+            "--awg \"Jc=2\": Jc is given twice"
+        );
+        assert!(parse_err(&["--awg", "foo=1"])
+            .starts_with("--awg: awg: unknown parameter \"foo\" (known: jc, jmin, jmax,"));
+        assert_eq!(
+            parse_err(&["--awg", "jmin=10,jmax=5"]),
+            "--awg: awg: jmin must be ≤ jmax (got jmin 10, jmax 5)"
+        );
+        assert_eq!(
+            parse_err(&["--awg", "s1=0,s2=56"]),
+            "--awg: awg: s1 and s2 give two messages the same framed length (148 bytes); framed lengths s1+148, s2+92, s3+64, s4+32 must all differ (so s2 ≠ s1+56)"
+        );
+        assert_eq!(
+            parse_err(&["--awg", "h1=5,h2=5"]),
+            "--awg: awg: h1..h4 ranges overlap: h1 = 5 and h2 = 5 share values"
+        );
+        // Valid for AmneziaWG, but larger than the relay's datagram buffers.
+        assert_eq!(
+            parse_err(&["--awg", "s1=9100"]),
+            "--awg: awg: s1 must be ≤ 9068 (got 9100): the framed message must fit the relay's datagram buffer"
+        );
+        assert_eq!(
+            parse_err(&["--awg", "header_protection_key=0123456789abcdef"]),
+            "--awg: awg: header protection (AWG 3, header_protection_key) cannot be relayed: indices are encrypted without its key"
+        );
+        assert_eq!(
+            parse_err(&["--awg", "obfs_psk=secret"]),
+            "--awg: awg: obfs_psk (whole-datagram obfuscation) cannot be relayed: indices are encrypted without its key"
+        );
+    }
+
+    #[test]
+    fn awg_in_file() {
+        let text = "[awg]\njc = 4\njmin = 40\njmax = 70\ns1 = 20\nh1 = \"100000-100099\"\nh2 = 200000\nh3 = 300000\nh4 = 400000\n";
+        let a = Config::from_toml_str(text).unwrap().awg;
+        assert_eq!((a.jc, a.s1, a.s2), (4, 20, 0));
+        assert_eq!(a.h1.to_string(), "100000-100099");
+        // awg-quick spellings are accepted too.
+        let a = Config::from_toml_str("[awg]\nJc = 3\nS1 = 10").unwrap().awg;
+        assert_eq!((a.jc, a.s1), (3, 10));
+        assert_eq!(
+            Config::from_toml_str("[awg]\n").unwrap().awg,
+            AwgParams::plain()
+        );
+        // --awg replaces the table whole: s1 is plain again.
+        let f = TempFile::new(text);
+        let a = parse(&["--config", f.path(), "--awg", "jc=5"]).awg;
+        assert_eq!((a.jc, a.s1, a.h1.to_string()), (5, 0, "1".to_string()));
+        // The file's table is still validated.
+        let f = TempFile::new("[awg]\ns1 = 0\ns2 = 56\n");
+        let e = parse_err(&["--config", f.path(), "--awg", "jc=5"]);
+        assert!(e.ends_with("line 1: awg: s1 and s2 give two messages the same framed length (148 bytes); framed lengths s1+148, s2+92, s3+64, s4+32 must all differ (so s2 ≠ s1+56)"), "{e}");
+    }
+
+    #[test]
+    fn awg_file_errors() {
+        assert_eq!(
+            toml_err("threads = 1\n[awg]\njc = true\n"),
+            "config: line 3: awg: jc must be an integer, or for h1..h4 also a \"N-M\" string (got boolean)"
+        );
+        assert_eq!(
+            toml_err("[awg]\njc = -1\n"),
+            "config: line 2: awg: jc must be a non-negative decimal integer (got \"-1\")"
+        );
+        assert_eq!(
+            toml_err("[awg]\njc = 4294967296\n"),
+            "config: line 2: awg: jc must be ≤ 4294967295 (got 4294967296): it must fit 32 bits"
+        );
+        assert_eq!(
+            toml_err("[awg]\nh1 = \"9-5\"\n"),
+            "config: line 2: awg: h1 must be a type value N or a range N-M (decimal, 0..=4294967295, N <= M) (got \"9-5\")"
+        );
+        assert_eq!(
+            toml_err("threads = 1\n[awg]\njmin = 10\njmax = 5\n"),
+            "config: line 2: awg: jmin must be ≤ jmax (got jmin 10, jmax 5)"
+        );
+        assert_eq!(
+            toml_err("[awg]\nheader_protection_key = \"0123456789abcdef\"\n"),
+            "config: line 2: awg: header protection (AWG 3, header_protection_key) cannot be relayed: indices are encrypted without its key"
+        );
+        assert!(toml_err("[awg]\nfoo = 1\n")
+            .starts_with("config: line 2: awg: unknown parameter \"foo\" (known: jc,"));
+        assert_eq!(
+            toml_err("awg = 3"),
+            "config: line 1: awg: invalid type: integer `3`, expected a table"
+        );
+        assert_eq!(
+            toml_err("[awg]\njc = 1\n[awg]\njc = 2\n"),
+            "config: line 3: awg: invalid table header; duplicate key `awg` in document root"
+        );
+    }
+
+    // ---- wgproxy compatibility ----
+
+    /// Parses argv with `vars` as the `WGPROXY_*` environment.
+    fn with_wgproxy(argv: &[&str], vars: &[(&str, &str)]) -> Result<Config, String> {
+        let _env = env_read();
+        let mut full = vec!["wgrelay"];
+        full.extend_from_slice(argv);
+        let (_, args) = Cli::try_parse_from(full)
+            .unwrap_or_else(|e| panic!("clap rejected {argv:?}: {e}"))
+            .into_parts();
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        Config::from_args_and_env(&args, |name| {
+            vars.iter().find(|(n, _)| n == name).map(|(_, v)| v.into())
+        })
+        .map_err(|e| {
+            let msg = e.to_string();
+            assert!(!msg.contains('\n'), "multi-line error: {msg}");
+            msg
+        })
+    }
+
+    #[test]
+    fn wgproxy_variables_configure_one_server() {
+        let one = k(1);
+        let base = [
+            ("WGPROXY_SERVER", "vpn.example.net:51820"),
+            ("WGPROXY_PUBKEY", one.as_str()),
+        ];
+        let c = with_wgproxy(&[], &base).unwrap();
+        assert_eq!(c.servers, vec![server("vpn.example.net:51820", 1)]);
+        assert_eq!(c.listen, vec![sa("[::]:51820")]);
+        // wgproxy's default log level is 1: warnings.
+        assert_eq!(c.log_level, log::LevelFilter::Warn);
+        assert_eq!(c.wgproxy_timeout, None);
+        assert_eq!(
+            Config {
+                servers: Vec::new(),
+                log_level: log::LevelFilter::Info,
+                ..c
+            },
+            Config::default()
+        );
+
+        let mut all = base.to_vec();
+        all.extend([
+            ("WGPROXY_LISTEN", "127.0.0.1:51821"),
+            ("WGPROXY_TIMEOUT", "30"),
+            ("WGPROXY_LOGLEVEL", "3"),
+        ]);
+        let c = with_wgproxy(&[], &all).unwrap();
+        assert_eq!(c.listen, vec![sa("127.0.0.1:51821")]);
+        assert_eq!(c.wgproxy_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(c.log_level, log::LevelFilter::Debug);
+        assert!(c.summary().ends_with(
+            "\nwgproxy timeout: 30s (WGPROXY_TIMEOUT, superseded: sessions expire by WireGuard's own timers)"
+        ));
+        assert!(c
+            .summary()
+            .contains("\nservers: AQEBAQEB... -> vpn.example.net:51820\n"));
+
+        for (level, filter) in [
+            ("0", log::LevelFilter::Error),
+            ("1", log::LevelFilter::Warn),
+            ("2", log::LevelFilter::Info),
+            ("3", log::LevelFilter::Debug),
+        ] {
+            let mut vars = base.to_vec();
+            vars.push(("WGPROXY_LOGLEVEL", level));
+            assert_eq!(with_wgproxy(&[], &vars).unwrap().log_level, filter);
+        }
+        // Through the subcommands too.
+        let c = with_wgproxy(&["check-config"], &base).unwrap();
+        assert_eq!(c.servers.len(), 1);
+        // Nothing set: nothing changes.
+        assert_eq!(with_wgproxy(&[], &[]).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn wgproxy_variables_lose_to_wgrelay_settings() {
+        let (one, two) = (k(1), k(2));
+        let vars = [
+            ("WGPROXY_SERVER", "vpn.example.net:51820"),
+            ("WGPROXY_PUBKEY", one.as_str()),
+            ("WGPROXY_LISTEN", "127.0.0.1:51821"),
+            ("WGPROXY_LOGLEVEL", "0"),
+        ];
+        let c = with_wgproxy(
+            &[
+                "--listen",
+                "127.0.0.1:9",
+                "--server",
+                "b.example:2",
+                "--server-key",
+                &two,
+                "--log-level",
+                "info",
+            ],
+            &vars,
+        )
+        .unwrap();
+        assert_eq!(c.listen, vec![sa("127.0.0.1:9")]);
+        assert_eq!(c.servers, vec![server("b.example:2", 2)]);
+        assert_eq!(c.log_level, log::LevelFilter::Info);
+        // Unset settings still come from WGPROXY_*; --debug raises its level.
+        let c = with_wgproxy(&["--threads", "2", "--debug"], &vars).unwrap();
+        assert_eq!(c.servers, vec![server("vpn.example.net:51820", 1)]);
+        assert_eq!(c.listen, vec![sa("127.0.0.1:51821")]);
+        assert_eq!(c.log_level, log::LevelFilter::Debug);
+        // The file wins too.
+        let f = TempFile::new(&format!(
+            "listen = [\"127.0.0.1:7\"]\nlog_level = \"trace\"\n[[server]]\naddress = \"c.example:3\"\npublic_key = \"{two}\"\n"
+        ));
+        let c = with_wgproxy(&["--config", f.path()], &vars).unwrap();
+        assert_eq!(c.listen, vec![sa("127.0.0.1:7")]);
+        assert_eq!(c.servers, vec![server("c.example:3", 2)]);
+        assert_eq!(c.log_level, log::LevelFilter::Trace);
+        // An overridden WGPROXY_* value is still validated.
+        let mut bad = vars.to_vec();
+        bad.push(("WGPROXY_TIMEOUT", "0"));
+        assert_eq!(
+            with_wgproxy(&["--server", "b.example:2", "--server-key", &two], &bad).unwrap_err(),
+            "WGPROXY_TIMEOUT \"0\": expected a positive whole number of seconds"
+        );
+    }
+
+    #[test]
+    fn wgproxy_errors() {
+        let one = k(1);
+        let err = |vars: &[(&str, &str)]| with_wgproxy(&[], vars).unwrap_err();
+        assert_eq!(
+            err(&[("WGPROXY_SERVER", "vpn.example.net:51820")]),
+            "WGPROXY_SERVER is set but WGPROXY_PUBKEY is not: wgproxy compatibility needs both (the server's HOST:PORT and its base64 public key)"
+        );
+        assert_eq!(
+            err(&[("WGPROXY_PUBKEY", &one)]),
+            "WGPROXY_PUBKEY is set but WGPROXY_SERVER is not: wgproxy compatibility needs both (the server's HOST:PORT and its base64 public key)"
+        );
+        assert_eq!(
+            err(&[("WGPROXY_LISTEN", "[::]:51820")]),
+            "WGPROXY_LISTEN is set but WGPROXY_SERVER and WGPROXY_PUBKEY are not: wgproxy compatibility needs both"
+        );
+        assert_eq!(
+            err(&[("WGPROXY_TIMEOUT", "60")]),
+            "WGPROXY_TIMEOUT is set but WGPROXY_SERVER and WGPROXY_PUBKEY are not: wgproxy compatibility needs both"
+        );
+        assert_eq!(
+            err(&[("WGPROXY_SERVER", "vpn.example.net"), ("WGPROXY_PUBKEY", &one)]),
+            "WGPROXY_SERVER: invalid upstream address \"vpn.example.net\": no port (expected HOST:PORT, e.g. 192.0.2.1:51820, [2001:db8::1]:51820 or relay.example.net:51820)"
+        );
+        // A bad value is named before whether the variables belong together.
+        assert_eq!(
+            err(&[("WGPROXY_PUBKEY", "abc")]),
+            "WGPROXY_PUBKEY: invalid public key \"abc\": expected 44 characters of base64 encoding 32 bytes (got 3 characters)"
+        );
+        let with = |name: &'static str, value: &'static str| {
+            err(&[
+                ("WGPROXY_SERVER", "vpn.example.net:51820"),
+                ("WGPROXY_PUBKEY", one.as_str()),
+                (name, value),
+            ])
+        };
+        assert_eq!(
+            with("WGPROXY_LISTEN", "[::]:0"),
+            "WGPROXY_LISTEN \"[::]:0\": port 0 is not allowed (expected a fixed port 1-65535 that peers can point at)"
+        );
+        assert_eq!(
+            with("WGPROXY_LISTEN", "localhost:51820"),
+            "WGPROXY_LISTEN \"localhost:51820\": invalid socket address (expected IP:PORT, IPv6 as [ADDR]:PORT)"
+        );
+        for bad in ["0", "-1", "1.5", "", "+5", "ten"] {
+            assert_eq!(
+                with("WGPROXY_TIMEOUT", bad),
+                format!("WGPROXY_TIMEOUT {bad:?}: expected a positive whole number of seconds")
+            );
+        }
+        for bad in ["4", "-1", "", "warn"] {
+            assert_eq!(
+                with("WGPROXY_LOGLEVEL", bad),
+                format!("WGPROXY_LOGLEVEL {bad:?}: expected 0 (errors), 1 (and warnings), 2 (and info) or 3 (and debug)")
+            );
+        }
+        let e = {
+            use std::os::unix::ffi::OsStringExt;
+            let _env = env_read();
+            let (_, args) = Cli::try_parse_from(["wgrelay"]).unwrap().into_parts();
+            Config::from_args_and_env(&args, |name| {
+                (name == "WGPROXY_SERVER").then(|| std::ffi::OsString::from_vec(vec![b'a', 0xff]))
+            })
+            .unwrap_err()
+            .to_string()
+        };
+        assert_eq!(e, "WGPROXY_SERVER \"a\\xFF\": not valid UTF-8");
+    }
+
     // ---- robustness ----
+
+    #[test]
+    fn table_errors_stay_one_line() {
+        for text in [
+            "[[server]]\n[[server]]\naddress = 1",
+            "[[peer]]\nport = 5\npublic_key = \"x\"\nawg = { jc = [] }",
+            "[awg]\nh4 = { a = 1 }",
+            "[peer]\nport = 1",
+            "[[awg]]\njc = 1",
+            "[peer.awg]\njc = 1",
+        ] {
+            let e = Config::from_toml_str(text).unwrap_err().to_string();
+            assert!(e.starts_with("config: line "), "{e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+    }
 
     proptest::proptest! {
         #[test]
@@ -1758,7 +3520,7 @@ stats_interval = 9
 
         #[test]
         fn tomlish_text_never_panics(
-            key in "(listen|allow|groups|cookie|threads|port|bind|lissten)",
+            key in "(listen|allow|groups|cookie|threads|port|bind|lissten|server|peer|awg)",
             value in "[\\[\\]\" ,=0-9a-z:.A-Z+/-]{0,30}",
             line in 0usize..3,
         ) {
@@ -1770,7 +3532,7 @@ stats_interval = 9
 
         #[test]
         fn arbitrary_flag_values_never_panic(
-            flag in "--(listen|allow|group|bind)",
+            flag in "--(listen|allow|group|bind|server|server-key|peer|awg)",
             value in "[^\\x00]{0,50}",
         ) {
             let _env = env_read();
@@ -1926,6 +3688,68 @@ stats_interval = 9
             parse(&[]).listen,
             vec![sa("[::1]:3"), sa("127.0.0.1:40001")]
         );
+        env.clear();
+
+        // Servers, peers and AmneziaWG parameters: comma-separated lists.
+        env.set("WGRELAY_SERVER", "a.example:1,192.0.2.1:2");
+        env.set("WGRELAY_SERVER_KEY", &format!("{},{}", k(1), k(2)));
+        env.set(
+            "WGRELAY_PEER",
+            &format!("10001={},10002={}@192.0.2.9:5", k(3), k(4)),
+        );
+        env.set("WGRELAY_AWG", "jc=4,s1=20,h1=100000-100099");
+        let c = parse(&[]);
+        assert_eq!(
+            c.servers,
+            vec![
+                Server {
+                    addr: "a.example:1".parse().unwrap(),
+                    key: key(1)
+                },
+                Server {
+                    addr: "192.0.2.1:2".parse().unwrap(),
+                    key: key(2)
+                },
+            ]
+        );
+        assert_eq!(
+            c.peers
+                .iter()
+                .map(|p| (p.listen, p.key, p.endpoint))
+                .collect::<Vec<_>>(),
+            vec![
+                (sa("[::]:10001"), key(3), None),
+                (sa("[::]:10002"), key(4), Some(sa("192.0.2.9:5"))),
+            ]
+        );
+        assert_eq!((c.awg.jc, c.awg.s1), (4, 20));
+        assert_eq!(c.awg.h1.to_string(), "100000-100099");
+        // A flag replaces its own variable only: --server pairs with WGRELAY_SERVER_KEY.
+        assert_eq!(
+            parse_err(&["--server", "c.example:3"]),
+            "--server and --server-key pair up in order, one key per server: got 1 server and 2 server keys"
+        );
+        let c = parse(&["--awg", "jc=1", "--peer", &format!("7={}", k(5))]);
+        assert_eq!((c.awg.jc, c.awg.s1), (1, 0));
+        assert_eq!(c.peers.len(), 1);
+        env.set("WGRELAY_AWG", "s1=x");
+        assert_eq!(
+            parse_err(&[]),
+            "--awg: awg: s1 must be a non-negative decimal integer (got \"x\")"
+        );
+        env.clear();
+
+        // wgproxy's variables, from the process environment.
+        env.set("WGPROXY_SERVER", "vpn.example.net:51820");
+        env.set("WGPROXY_PUBKEY", &k(1));
+        env.set("WGPROXY_LISTEN", "127.0.0.1:51821");
+        let c = parse(&[]);
+        assert_eq!(c.servers.len(), 1);
+        assert_eq!(c.listen, vec![sa("127.0.0.1:51821")]);
+        env.set("WGRELAY_LISTEN", "127.0.0.1:9");
+        assert_eq!(parse(&[]).listen, vec![sa("127.0.0.1:9")]);
+        std::env::remove_var("WGPROXY_PUBKEY");
+        assert!(parse_err(&[]).starts_with("WGPROXY_SERVER is set but WGPROXY_PUBKEY is not"));
         env.clear();
 
         // --debug from env: any non-false value enables it.

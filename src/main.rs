@@ -52,6 +52,12 @@ fn run(config: &Config) -> ExitCode {
     for line in config.summary().lines() {
         log::info!("{line}");
     }
+    if let Some(timeout) = config.wgproxy_timeout {
+        log::warn!(
+            "WGPROXY_TIMEOUT={} is accepted for wgproxy compatibility but superseded: sessions expire by WireGuard's own timers",
+            timeout.as_secs()
+        );
+    }
     let addrs: Vec<String> = relay.local_addrs().iter().map(|a| a.to_string()).collect();
     log::info!("relaying on {}", addrs.join(", "));
     let mut next_stats = config.stats_interval.map(|d| Instant::now() + d);
