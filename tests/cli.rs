@@ -14,7 +14,7 @@ use common::*;
 fn wgrelay() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wgrelay"));
     for (k, _) in std::env::vars() {
-        if k.starts_with("WGRELAY_") {
+        if k.starts_with("WGRELAY_") || k.starts_with("WGPROXY_") {
             cmd.env_remove(k);
         }
     }
@@ -168,6 +168,95 @@ fn check_config_prints_the_effective_configuration() {
     assert!(out.contains("127.0.0.1:51820"), "{out}");
     assert!(out.contains("always"), "{out}");
     assert!(out.contains("configuration OK"), "{out}");
+}
+
+#[test]
+fn check_config_with_wgproxy_variables_prints_the_server() {
+    let server = Identity::from_seed(3);
+    let o = wgrelay()
+        .arg("check-config")
+        .env("WGPROXY_SERVER", "vpn.example.net:51820")
+        .env("WGPROXY_PUBKEY", server.public.to_string())
+        .env("WGPROXY_LISTEN", "127.0.0.1:51999")
+        .env("WGPROXY_TIMEOUT", "30")
+        .output()
+        .expect("run wgrelay");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let abbrev = &server.public.to_string()[..8];
+    assert!(
+        out.contains(&format!(
+            "\nservers: {abbrev}... -> vpn.example.net:51820\n"
+        )),
+        "{out}"
+    );
+    assert!(out.starts_with("listen: 127.0.0.1:51999\n"), "{out}");
+    assert!(out.contains("\nlog level: warn\n"), "{out}");
+    assert!(out.contains("wgproxy timeout: 30s"), "{out}");
+    assert!(out.contains("superseded"), "{out}");
+    assert!(out.contains("configuration OK"), "{out}");
+}
+
+#[test]
+fn wgproxy_variables_alone_run_the_relay() {
+    // `wgrelay` with no arguments, configured as wgproxy is: by the environment alone.
+    let server = Identity::from_seed(4);
+    let port = free_port();
+    let child = wgrelay()
+        .env("WGPROXY_SERVER", "127.0.0.1:9")
+        .env("WGPROXY_PUBKEY", server.public.to_string())
+        .env("WGPROXY_LISTEN", format!("127.0.0.1:{port}"))
+        .env("WGPROXY_TIMEOUT", "45")
+        .env("WGPROXY_LOGLEVEL", "2")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn wgrelay");
+    let relay = Running(child);
+    wait_bound(port);
+    let (clean, log) = relay.terminate();
+    assert!(clean, "{log}");
+    assert!(log.contains("servers: "), "{log}");
+    assert!(log.contains("-> 127.0.0.1:9"), "{log}");
+    assert!(log.contains("WGPROXY_TIMEOUT=45"), "{log}");
+}
+
+#[test]
+fn bad_new_settings_give_a_one_line_error() {
+    let key = Identity::from_seed(5).public.to_string();
+    let cases: Vec<(Vec<&str>, String)> = vec![
+        (
+            vec!["check-config", "--awg", "s1=x"],
+            "wgrelay: --awg: awg: s1 must be a non-negative decimal integer (got \"x\")".into(),
+        ),
+        (
+            vec!["--awg", "header_protection_key=0123456789abcdef"],
+            "wgrelay: --awg: awg: header protection (AWG 3, header_protection_key) cannot be relayed: indices are encrypted without its key".into(),
+        ),
+        (
+            vec!["run", "--server", "vpn.example.net:51820"],
+            "wgrelay: --server and --server-key pair up in order, one key per server: got 1 server and 0 server keys".into(),
+        ),
+        (
+            vec!["run", "--peer", "10001"],
+            "wgrelay: --peer \"10001\": expected [ADDR:]PORT=PUBKEY, optionally followed by @IP:PORT (a fixed endpoint) or @uapi:DEVICE".into(),
+        ),
+    ];
+    for (args, expected) in cases {
+        let o = output(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?} must fail");
+        assert_eq!(stderr(&o), format!("{expected}\n"), "{args:?}");
+    }
+    // wgproxy's variables: both or neither.
+    let o = wgrelay()
+        .env("WGPROXY_PUBKEY", &key)
+        .output()
+        .expect("run wgrelay");
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(
+        stderr(&o),
+        "wgrelay: WGPROXY_PUBKEY is set but WGPROXY_SERVER is not: wgproxy compatibility needs both (the server's HOST:PORT and its base64 public key)\n"
+    );
 }
 
 /// Handshake through a relay process, then paced traffic both ways; returns (sent, received)
