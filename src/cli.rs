@@ -182,18 +182,19 @@ pub struct RunArgs {
     pub threads: Option<usize>,
 
     /// Datagram I/O backend: uring (io_uring; an error where io_uring cannot run), mmsg
-    /// (poll + recvmmsg/sendmmsg) or auto. auto currently means mmsg: without GSO/GRO the
-    /// io_uring backend measured 2-15% more CPU per datagram than mmsg. [default: auto]
+    /// (poll + recvmmsg/sendmmsg) or auto: io_uring where it can run (a container's seccomp
+    /// profile or kernel.io_uring_disabled may forbid it), else mmsg, with one log line saying
+    /// why. [default: auto]
     #[arg(long, value_enum, value_name = "BACKEND", env = "WGRELAY_BACKEND")]
     pub backend: Option<BackendChoice>,
 
     /// UDP GSO: send runs of datagrams to one destination as one segmentation-offload send
-    /// (mmsg backend; Linux 4.18+). on is turned off at runtime if the kernel refuses it.
+    /// (Linux 4.18+). on is turned off at runtime if the kernel refuses it.
     /// [default: on]
     #[arg(long, value_enum, value_name = "on|off", env = "WGRELAY_GSO")]
     pub gso: Option<Switch>,
 
-    /// UDP GRO: let the kernel coalesce received datagrams of one flow (mmsg backend; Linux
+    /// UDP GRO: let the kernel coalesce received datagrams of one flow (Linux
     /// 5.0+); they are split again before routing. [default: on]
     #[arg(long, value_enum, value_name = "on|off", env = "WGRELAY_GRO")]
     pub gro: Option<Switch>,

@@ -83,9 +83,9 @@
 //! broadcast_rate = 1000        # 0 = unlimited
 //! threads = 2
 //! backend = "auto"             # auto | uring | mmsg
-//! gso = "on"                   # on | off: UDP GSO sends (mmsg backend)
+//! gso = "on"                   # on | off: UDP GSO sends
 //! state_file = "/var/lib/wgrelay/state"  # keep confirmed sessions across a restart
-//! gro = "on"                   # on | off: UDP GRO receives (mmsg backend)
+//! gro = "on"                   # on | off: UDP GRO receives
 //! steering = "on"              # on | off: steer packets to their owner shard in the kernel
 //! log_level = "info"           # error | warn | info | debug | trace
 //! stats_interval = 60          # seconds, 0 = off
@@ -315,10 +315,10 @@ pub struct Config {
     pub threads: usize,
     /// Datagram I/O backend as requested (`auto` is resolved when the relay starts).
     pub backend: BackendChoice,
-    /// Send runs of datagrams to one destination as UDP GSO sends where the kernel can (mmsg
-    /// backend; turned off at runtime if the kernel refuses one).
+    /// Send runs of datagrams to one destination as UDP GSO sends where the kernel can (turned
+    /// off at runtime if the kernel refuses one).
     pub gso: bool,
-    /// Let the kernel coalesce received datagrams with UDP GRO where it can (mmsg backend).
+    /// Let the kernel coalesce received datagrams with UDP GRO where it can.
     pub gro: bool,
     /// With several threads, steer each packet to the shard that owns its receiver index in
     /// the kernel (SO_ATTACH_REUSEPORT_CBPF); off leaves the hand-off to the shards.
