@@ -8,8 +8,14 @@
 #    |-- nat-a   198.51.100.2      nftables masquerade
 #    |     |-- peer-a  198.18.1.2  wireguard-go, tunnel 192.0.2.1
 #    |     `-- peer-c  198.18.3.2  wireguard-go, tunnel 192.0.2.3 (key not allowed)
-#    `-- nat-b   198.51.100.18     nftables masquerade (+ a port forward for the baseline)
-#          `-- peer-b  198.18.2.2  wireguard-go, tunnel 192.0.2.2
+#    |-- nat-b   198.51.100.18     nftables masquerade (+ a port forward for the baseline)
+#    |     |-- peer-b  198.18.2.2  wireguard-go, tunnel 192.0.2.2
+#    |     `-- peer-d  198.18.4.2  wireguard-go, tunnel 192.0.2.4 (proxy client; also
+#    |                             2001:db8:4::2, routed without NAT, for the IPv6 leg)
+#    `-- srv     198.51.100.34     wireguard-go server, tunnel 192.0.2.9 (proxy case)
+#
+# The proxy case runs a second relay in the relay namespace, 203.0.113.10:51821 and
+# [2001:db8:10::10]:51821, with --server 198.51.100.34:51820 --server-key <srv's key>.
 #
 # Needs root, /dev/net/tun and: ip nft conntrack wg wireguard-go iperf3 ping (scripts/test.sh
 # installs them). Without them it prints one "e2e: skipped: ..." line and exits 0.
@@ -73,12 +79,16 @@ NS_NATB="wge2e$ID-nat-b"
 NS_A="wge2e$ID-peer-a"
 NS_B="wge2e$ID-peer-b"
 NS_C="wge2e$ID-peer-c"
-ALL_NS=("$NS_PUB" "$NS_RELAY" "$NS_NATA" "$NS_NATB" "$NS_A" "$NS_B" "$NS_C")
+NS_D="wge2e$ID-peer-d"
+NS_SRV="wge2e$ID-srv"
+ALL_NS=("$NS_PUB" "$NS_RELAY" "$NS_NATA" "$NS_NATB" "$NS_A" "$NS_B" "$NS_C" "$NS_D" "$NS_SRV")
 I="we${ID}" # at most 9 characters; suffixes below add at most 3
 # wireguard-go's UAPI socket (/var/run/wireguard/NAME.sock) is not namespaced: unique names.
 WG_A="${I}wga"
 WG_B="${I}wgb"
 WG_C="${I}wgc"
+WG_D="${I}wgd"
+WG_S="${I}wgs"
 
 RELAY_IP=203.0.113.10
 RELAY_PORT=51820
@@ -88,10 +98,19 @@ WG_PORT=51820
 TUN_A=192.0.2.1
 TUN_B=192.0.2.2
 TUN_C=192.0.2.3
+# proxy case: a WireGuard server on the "internet", a client behind NAT B, a second relay
+SRV_IP=198.51.100.34
+TUN_D=192.0.2.4
+TUN_S=192.0.2.9
+PROXY_PORT=51821
+WG_PORT_D=51822 # peer-d shares NAT B with peer-b: another source port
+RELAY_IP6=2001:db8:10::10
+PEER_D_IP6=2001:db8:4::2
 
 LOG=$(mktemp -d /tmp/wgrelay-e2e.XXXXXX)
 PIDS=()
 CREATED_NS=()
+HAVE_V6=0
 RELAY_PID=
 RELAY_LOG=
 SUMMARY_DONE=0
@@ -128,7 +147,8 @@ cleanup() {
         for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null; done
         ip netns del "$ns" 2>/dev/null
     done
-    rm -f "/var/run/wireguard/$WG_A.sock" "/var/run/wireguard/$WG_B.sock" "/var/run/wireguard/$WG_C.sock"
+    local dev
+    for dev in "$WG_A" "$WG_B" "$WG_C" "$WG_D" "$WG_S"; do rm -f "/var/run/wireguard/$dev.sock"; done
     if [ "$KEEP" = 1 ]; then
         echo "e2e: logs kept in $LOG"
     else
@@ -365,12 +385,34 @@ veth "$NS_PUB" "${I}b" 198.51.100.17/28 "$NS_NATB" "${I}w" "$NATB_IP/28"
 veth "$NS_NATA" "${I}la" 198.18.1.1/24 "$NS_A" "${I}e" 198.18.1.2/24
 veth "$NS_NATA" "${I}lc" 198.18.3.1/24 "$NS_C" "${I}e" 198.18.3.2/24
 veth "$NS_NATB" "${I}lb" 198.18.2.1/24 "$NS_B" "${I}e" 198.18.2.2/24
+veth "$NS_NATB" "${I}ld" 198.18.4.1/24 "$NS_D" "${I}e" 198.18.4.2/24
+veth "$NS_PUB" "${I}s" 198.51.100.33/28 "$NS_SRV" "${I}w" "$SRV_IP/28"
 ip -n "$NS_RELAY" route add default via 203.0.113.1
 ip -n "$NS_NATA" route add default via 198.51.100.1
 ip -n "$NS_NATB" route add default via 198.51.100.17
 ip -n "$NS_A" route add default via 198.18.1.1
 ip -n "$NS_C" route add default via 198.18.3.1
 ip -n "$NS_B" route add default via 198.18.2.1
+ip -n "$NS_D" route add default via 198.18.4.1
+ip -n "$NS_SRV" route add default via 198.51.100.33
+# IPv6 for the proxy case's IPv6 leg: relay and peer-d only, routed by pub and nat-b (no NAT66).
+# nodad: the addresses are usable at once. Without IPv6 in the kernel the leg is skipped.
+if [ -d /proc/sys/net/ipv6 ]; then
+    for ns in "$NS_PUB" "$NS_NATB"; do
+        nsx "$ns" sh -c 'echo 1 >/proc/sys/net/ipv6/conf/all/forwarding'
+    done
+    ip -n "$NS_PUB" addr add 2001:db8:10::1/64 dev "${I}r" nodad
+    ip -n "$NS_RELAY" addr add "$RELAY_IP6/64" dev "${I}p" nodad
+    ip -n "$NS_PUB" addr add 2001:db8:2::1/64 dev "${I}b" nodad
+    ip -n "$NS_NATB" addr add 2001:db8:2::2/64 dev "${I}w" nodad
+    ip -n "$NS_NATB" addr add 2001:db8:4::1/64 dev "${I}ld" nodad
+    ip -n "$NS_D" addr add "$PEER_D_IP6/64" dev "${I}e" nodad
+    ip -n "$NS_PUB" route add 2001:db8:4::/64 via 2001:db8:2::2
+    ip -n "$NS_RELAY" route add default via 2001:db8:10::1
+    ip -n "$NS_NATB" route add default via 2001:db8:2::1
+    ip -n "$NS_D" route add default via 2001:db8:4::1
+    HAVE_V6=1
+fi
 
 nat_rules() { # NS [MASQUERADE-ARGS]
     nsx "$1" nft -f - <<EOF
@@ -388,13 +430,15 @@ nat_rules "$NS_NATB"
 
 # ---- keys, peers, relay --------------------------------------------------------------------------
 umask 077
-for p in A B C; do
+for p in A B C D S; do
     wg genkey >"$LOG/key.$p"
     wg pubkey <"$LOG/key.$p" >"$LOG/pub.$p"
 done
 PUB_A=$(cat "$LOG/pub.A")
 PUB_B=$(cat "$LOG/pub.B")
 PUB_C=$(cat "$LOG/pub.C")
+PUB_D=$(cat "$LOG/pub.D")
+PUB_S=$(cat "$LOG/pub.S")
 
 start_relay 1
 
@@ -656,10 +700,107 @@ EOF
     info "UDP RcvbufErrors/SndbufErrors: peer-a $a0 -> $(udp_errs "$NS_A"), peer-b $b0 -> $(udp_errs "$NS_B")"
 }
 
+# ---- case 7: proxy mode, a wireguard-go server behind a second relay ------------------------------
+# The client (peer-d, behind NAT B) has only the server's key and the relay as its endpoint. The
+# relay has only the server's address and key (--server/--server-key, no --allow): it learns
+# the client from the client's own initiation, as wgproxy does. The server has the client's
+# key and no endpoint for it; it answers whatever address the initiation came from (the relay).
+PROXY_PID=
+PROXY_LOG=
+pstats() { grep -E '(final )?stats: received=' "$PROXY_LOG" | tail -1 | sed -E 's/.*stats: //'; }
+# srv_sees: the endpoint the server has for peer-d (the relay's IPv4 listener when relayed)
+srv_sees() { nsx "$NS_SRV" wg show "$WG_S" endpoints | awk -v k="$PUB_D" '$1 == k { print $2 }'; }
+# pings NS DST: replies to 5 pings (0.2 s apart, 2 s wait)
+pings() { nsx "$1" ping -n -c 5 -i 0.2 -W 2 "$2" 2>/dev/null | grep -c 'bytes from' || true; }
+case_proxy() {
+    local name="proxy: client behind NAT -> relay -> wireguard-go server (relay knows only the server's key)"
+    local t0 listen=(--listen "$RELAY_IP:$PROXY_PORT")
+    [ "$HAVE_V6" = 1 ] && listen+=(--listen "[$RELAY_IP6]:$PROXY_PORT")
+    t0=$(now)
+    PROXY_LOG="$LOG/relay.proxy.log"
+    ip netns exec "$NS_RELAY" "$RELAY_BIN" run "${listen[@]}" \
+        --server "$SRV_IP:$WG_PORT" --server-key "$PUB_S" --cookie "$COOKIE" \
+        --log-level info --stats-interval 1 2>"$PROXY_LOG" &
+    PROXY_PID=$!
+    PIDS+=("$PROXY_PID")
+    if ! wait_for 10 grep -q "relaying on" "$PROXY_LOG"; then
+        fail "$name" "proxy relay did not start: $(tail -3 "$PROXY_LOG" | tr '\n' ' ')"
+        return
+    fi
+    start_wg "$NS_SRV" "$WG_S"
+    start_wg "$NS_D" "$WG_D"
+    nsx "$NS_SRV" wg set "$WG_S" private-key "$LOG/key.S" listen-port "$WG_PORT" \
+        peer "$PUB_D" allowed-ips "$TUN_D/32"
+    ip -n "$NS_SRV" addr add "$TUN_S/24" dev "$WG_S"
+    ip -n "$NS_SRV" link set "$WG_S" up
+    nsx "$NS_D" wg set "$WG_D" private-key "$LOG/key.D" listen-port "$WG_PORT_D"
+    ip -n "$NS_D" addr add "$TUN_D/24" dev "$WG_D"
+    ip -n "$NS_D" link set "$WG_D" up
+    local t_up
+    t_up=$(now)
+    nsx "$NS_D" wg set "$WG_D" peer "$PUB_S" allowed-ips "$TUN_S/32" \
+        endpoint "$RELAY_IP:$PROXY_PORT" persistent-keepalive 25
+    if ! wait_for 20 has_handshake "$NS_D" "$WG_D" "$PUB_S"; then
+        fail "$name" "no handshake within 20 s; proxy relay: $(pstats)"
+        info "proxy relay log: $(grep -E 'server|WARN|ERROR' "$PROXY_LOG" | tail -3 | tr '\n' ' ')"
+        return
+    fi
+    local t_hs ds sd seen s
+    t_hs=$(elapsed "$t_up")
+    ds=$(pings "$NS_D" "$TUN_S")
+    sd=$(pings "$NS_SRV" "$TUN_D")
+    seen=$(srv_sees)
+    s=$(pstats)
+    if [ "$ds" -gt 0 ] && [ "$sd" -gt 0 ] && [ "$seen" = "$RELAY_IP:$PROXY_PORT" ]; then
+        pass "$name" "handshake after ${t_hs} s, ping client->server $ds/5, server->client $sd/5; server sees the client at $seen"
+    else
+        fail "$name" "handshake after ${t_hs} s, ping client->server $ds/5, server->client $sd/5; server sees the client at ${seen:-nothing}"
+    fi
+    info "proxy relay: $(grep -o 'server .* is at .*' "$PROXY_LOG" | head -1);" \
+        "forwarded=$(stat "$s" forwarded) cookie_replies=$(stat "$s" cookie_replies)" \
+        "confirmed=$(stat "$s" confirmed) $(drops "$s")"
+
+    # IPv6 leg: the same client, now reaching the relay over IPv6; the server stays IPv4-only.
+    # The peer is re-added, so this is a fresh handshake from a new source.
+    local name6="proxy, IPv6 client leg -> IPv4 server"
+    if [ "$HAVE_V6" != 1 ]; then
+        info "skipped: $name6 (no IPv6 in this kernel)"
+    else
+        nsx "$NS_D" wg set "$WG_D" peer "$PUB_S" remove
+        t_up=$(now)
+        nsx "$NS_D" wg set "$WG_D" peer "$PUB_S" allowed-ips "$TUN_S/32" \
+            endpoint "[$RELAY_IP6]:$PROXY_PORT" persistent-keepalive 25
+        if ! wait_for 20 has_handshake "$NS_D" "$WG_D" "$PUB_S"; then
+            fail "$name6" "no handshake within 20 s; proxy relay: $(pstats)"
+        else
+            t_hs=$(elapsed "$t_up")
+            ds=$(pings "$NS_D" "$TUN_S")
+            sd=$(pings "$NS_SRV" "$TUN_D")
+            seen=$(srv_sees)
+            local dsee
+            dsee=$(nsx "$NS_D" wg show "$WG_D" endpoints | awk '{ print $2 }')
+            if [ "$ds" -gt 0 ] && [ "$sd" -gt 0 ] && [ "$seen" = "$RELAY_IP:$PROXY_PORT" ]; then
+                pass "$name6" "handshake after ${t_hs} s, ping client->server $ds/5, server->client $sd/5; client uses $dsee, server sees $seen"
+            else
+                fail "$name6" "handshake after ${t_hs} s, ping client->server $ds/5, server->client $sd/5; client uses $dsee, server sees ${seen:-nothing}"
+            fi
+        fi
+    fi
+    nsx "$NS_D" wg set "$WG_D" peer "$PUB_S" remove # no keepalives to a stopped relay
+    kill -TERM "$PROXY_PID" 2>/dev/null || true
+    wait_for 5 grep -q "final stats" "$PROXY_LOG" || kill -KILL "$PROXY_PID" 2>/dev/null || true
+    wait "$PROXY_PID" 2>/dev/null || true
+    s=$(pstats)
+    info "proxy relay final: received=$(stat "$s" received) forwarded=$(stat "$s" forwarded)" \
+        "cookie_replies=$(stat "$s" cookie_replies) confirmed=$(stat "$s" confirmed) $(drops "$s");" \
+        "case took $(elapsed "$t0") s"
+}
+
 case_exchange
 case_iperf_relay
 case_rebind
 case_not_allowed
+case_proxy
 case_restart keep 2
 case_restart cold 3
 case_direct
