@@ -13,10 +13,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::wgdev::{start_device, unavailable, wg};
 use common::*;
 use wgrelay::config::{Config, CookieMode, PortPeer};
 use wgrelay::control::UAPI_INTERVAL;
@@ -26,114 +25,6 @@ const LIMIT: Duration = Duration::from_secs(10);
 
 fn skip(why: &str) {
     println!("uapi_peer: skipped: {why}");
-}
-
-fn effective_uid() -> Option<u32> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
-    line.split_whitespace().nth(2)?.parse().ok()
-}
-
-fn in_path(name: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
-/// Runs `wg` with `args`; its trimmed stdout.
-fn wg(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("wg")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("wg {args:?}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "wg {args:?}: {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-/// A wireguard-go device and its files; torn down on drop (also when an assertion fails).
-struct Device {
-    name: String,
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Drop for Device {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let end = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < end {
-            match self.child.try_wait() {
-                Ok(Some(_)) | Err(_) => break,
-                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            }
-        }
-        // wireguard-go removes both when it exits cleanly; make sure after a kill.
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.name])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        if let Ok(p) = socket_path(&self.name) {
-            let _ = std::fs::remove_file(p);
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    f()
-}
-
-fn start_device(name: &str, dir: &Path) -> Result<Device, String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let log = std::fs::File::create(dir.join("wireguard-go.log")).map_err(|e| e.to_string())?;
-    let log2 = log.try_clone().map_err(|e| e.to_string())?;
-    let child = Command::new("wireguard-go")
-        .arg("-f")
-        .arg(name)
-        .env("WG_PROCESS_FOREGROUND", "1")
-        .env("LOG_LEVEL", "error")
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2)
-        .spawn()
-        .map_err(|e| format!("wireguard-go: {e}"))?;
-    let mut dev = Device {
-        name: name.to_string(),
-        child,
-        dir: dir.to_path_buf(),
-    };
-    let sock = socket_path(name).map_err(|e| e.to_string())?;
-    let up = wait_for(Duration::from_secs(10), || {
-        sock.exists() || matches!(dev.child.try_wait(), Ok(Some(_)))
-    });
-    if !up || !sock.exists() {
-        let log = std::fs::read_to_string(dir.join("wireguard-go.log")).unwrap_or_default();
-        return Err(format!(
-            "wireguard-go {name} made no socket at {} ({}): {}",
-            sock.display(),
-            match dev.child.try_wait() {
-                Ok(Some(s)) => format!("exited {s}"),
-                _ => "still running".into(),
-            },
-            log.trim()
-        ));
-    }
-    Ok(dev)
 }
 
 /// Handshake responses A has received so far.
@@ -188,16 +79,8 @@ fn data_both_ways(pa: &mut Peer, pb: &mut Peer, stamp: u64) -> Result<(), String
 
 #[test]
 fn port_peer_endpoint_follows_a_real_wireguard_go_device() {
-    if effective_uid() != Some(0) {
-        return skip("not root");
-    }
-    if in_path("wireguard-go").is_none() || in_path("wg").is_none() {
-        return skip(
-            "wireguard-go or wg not installed (apt-get install wireguard-go wireguard-tools)",
-        );
-    }
-    if !Path::new("/dev/net/tun").exists() {
-        return skip("no /dev/net/tun");
+    if let Some(why) = unavailable() {
+        return skip(why);
     }
 
     let pid = std::process::id();
@@ -217,14 +100,17 @@ fn port_peer_endpoint_follows_a_real_wireguard_go_device() {
     // The device only knows where B is: no private key (it never handshakes itself) and no
     // allowed IPs (nothing of the host's is routed to B).
     let b_key = b.public.to_string();
-    wg(&[
-        "set",
-        &name,
-        "peer",
-        &b_key,
-        "endpoint",
-        &b_addr.to_string(),
-    ])
+    wg(
+        &[
+            "set",
+            &name,
+            "peer",
+            &b_key,
+            "endpoint",
+            &b_addr.to_string(),
+        ],
+        None,
+    )
     .unwrap();
     let seen = Client::for_device(&name).unwrap().get().unwrap();
     assert_eq!(seen.peers.len(), 1, "{seen:?}");
@@ -278,14 +164,17 @@ fn port_peer_endpoint_follows_a_real_wireguard_go_device() {
     let old_sock = std::mem::replace(&mut pb.sock, new_sock);
     pb.raw.clear();
     let before = responses(&pa);
-    wg(&[
-        "set",
-        &name,
-        "peer",
-        &b_key,
-        "endpoint",
-        &new_addr.to_string(),
-    ])
+    wg(
+        &[
+            "set",
+            &name,
+            "peer",
+            &b_key,
+            "endpoint",
+            &new_addr.to_string(),
+        ],
+        None,
+    )
     .unwrap();
     let t1 = Instant::now();
     // One UAPI interval plus a control tick and slack; A retries every 500 ms meanwhile.

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod wgdev;
+
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
