@@ -269,6 +269,14 @@ enum Parsed {
     Drop(DropReason),
 }
 
+/// The receiver index of a transport message whose type is already known (the type field may
+/// hold an AmneziaWG H4 value, so this reads the view, not the type).
+fn transport_receiver(packet: &[u8]) -> Option<Index> {
+    wire::TransportPacket::new_checked(packet)
+        .ok()
+        .map(|p| p.receiver())
+}
+
 fn parse(framing: &Framing, datagram: &[u8]) -> Parsed {
     if framing.is_plain() {
         return match wire::message_type(datagram) {
@@ -368,10 +376,7 @@ impl Router {
             }
             Fast::Drop(reason) => self.count(reason),
             Fast::Control => {
-                let receiver = wire::TransportPacket::new_checked(&*packet)
-                    .ok()
-                    .map(|p| p.receiver());
-                if let Some(receiver) = receiver {
+                if let Some(receiver) = transport_receiver(packet) {
                     if let Some(c) = self.sessions.get(receiver).and_then(|s| s.max_counter) {
                         ctl.get().note_counter(receiver, c, t);
                     }
@@ -521,11 +526,7 @@ impl<B: Backend> Shard<B> {
                     continue;
                 };
                 if kind == MessageType::Transport {
-                    // (the type field may hold an AmneziaWG H4 value: read the view, not the type)
-                    let Some(receiver) = wire::TransportPacket::new_checked(&*packet)
-                        .ok()
-                        .map(|p| p.receiver())
-                    else {
+                    let Some(receiver) = transport_receiver(packet) else {
                         router.count(DropReason::BadLength);
                         continue;
                     };
