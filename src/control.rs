@@ -107,6 +107,8 @@ impl Control {
                 current: None,
             });
         }
+        // Literal addresses are known now: in the State before the first packet arrives.
+        update_servers(&mut running, &listeners, &state);
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
@@ -148,23 +150,7 @@ fn run(
     let mut device_endpoints: HashMap<PublicKey, Option<Endpoint>> = HashMap::new();
     while !stop.load(Ordering::Relaxed) {
         // servers: take what the resolvers found
-        for s in &mut servers {
-            let endpoint = s.handle.get().and_then(|addr| {
-                let listener = listener_for(&listeners, addr);
-                if listener.is_none() {
-                    log::warn!("server {addr}: no listener of its address family to reach it");
-                }
-                listener.map(|l| Endpoint::new(l, addr))
-            });
-            if endpoint != s.current {
-                match endpoint {
-                    Some(e) => log::info!("server {} is at {}", s.upstream.target(), e.addr()),
-                    None => log::warn!("server {}: no address", s.upstream.target()),
-                }
-                lock(&state).set_pinned_endpoint(&s.key, endpoint);
-                s.current = endpoint;
-            }
-        }
+        update_servers(&mut servers, &listeners, &state);
         // a stale address shows as send failures or initiations with nowhere to go: look again
         let failures = io.send_failed.load(Ordering::Relaxed)
             + lock(&state).counters().dropped(DropReason::NoUpstream);
@@ -182,6 +168,27 @@ fn run(
             read_devices(&devices, &state, &mut device_errors, &mut device_endpoints);
         }
         std::thread::sleep(TICK);
+    }
+}
+
+/// Writes each server's address into the State when it changed.
+fn update_servers(servers: &mut [Server], listeners: &[SocketAddr], state: &Mutex<State>) {
+    for s in servers {
+        let endpoint = s.handle.get().and_then(|addr| {
+            let listener = listener_for(listeners, addr);
+            if listener.is_none() {
+                log::warn!("server {addr}: no listener of its address family to reach it");
+            }
+            listener.map(|l| Endpoint::new(l, addr))
+        });
+        if endpoint != s.current {
+            match endpoint {
+                Some(e) => log::info!("server {} is at {}", s.upstream.target(), e.addr()),
+                None => log::warn!("server {}: no address", s.upstream.target()),
+            }
+            lock(state).set_pinned_endpoint(&s.key, endpoint);
+            s.current = endpoint;
+        }
     }
 }
 

@@ -307,3 +307,85 @@ fn port_per_peer_reaches_a_boringtun_responder() {
         "{stats}"
     );
 }
+
+/// wgmux's hub scenario, as the README recommends running it: the hub device is a proxy server
+/// of the relay, and spoke B reaches the hub through its own relay port. B's pinhole is then
+/// that port, and the relay learns B there from the hub's response; a client A that calls B's
+/// port reaches B through it.
+#[test]
+fn wgmux_hub_recipe_learns_the_spoke_through_its_own_port() {
+    let hub_id = Identity::from_seed(9500);
+    let b_id = Identity::from_seed(9501);
+    let a_id = Identity::from_seed(9502);
+    let mut hub = WgServer::new(hub_id.clone(), localhost(0, 44, 1));
+    let mut spoke = WgServer::new(b_id.clone(), localhost(0, 44, 2));
+    let cfg = Config {
+        servers: vec![Server {
+            addr: HostPort::Addr(hub.addr()),
+            key: hub_id.public,
+        }],
+        peers: vec![PortPeer {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            key: b_id.public,
+            endpoint: None,
+            uapi: None,
+            awg: None,
+        }],
+        ..config(&[&a_id])
+    };
+    let (relay, main) = start(&cfg);
+    let b_port = relay.local_addrs()[1];
+    // The hub sees B at the relay's main listener (the one of the hub's family).
+    hub.accept(&b_id, main, 0x100);
+    // B: one tunnel to the hub, one for A, both through B's own port.
+    spoke.accept(&hub_id, b_port, 0x200);
+    spoke.accept(&a_id, b_port, 0x300);
+    spoke.peers[0].1.initiate();
+    let mut none: Vec<Peer> = Vec::new();
+    let mut servers = vec![hub, spoke];
+    assert!(
+        pump(&mut none, &mut servers, LIMIT, |_, s| s[1].peers[0]
+            .1
+            .established()
+            && s[0].peers[0].1.established()),
+        "B has a session with the hub: {}",
+        relay.stats()
+    );
+    // Let B's confirmation reach the relay, which then binds B's key to B's port.
+    pump(
+        &mut none,
+        &mut servers,
+        Duration::from_millis(200),
+        |_, _| false,
+    );
+    let mut clients = vec![Peer::new(
+        &a_id,
+        &b_id.public,
+        localhost(0, 44, 3),
+        b_port,
+        0x400,
+    )];
+    clients[0].initiate();
+    assert!(
+        pump(&mut clients, &mut servers, LIMIT, |c, _| c[0].established()),
+        "A reaches B through B's port: {}",
+        relay.stats()
+    );
+    assert!(clients[0].send_data(200, 1));
+    assert!(pump(&mut clients, &mut servers, LIMIT, |_, s| s[1].peers
+        [1]
+    .1
+    .delivered
+        >= 1));
+    assert!(servers[1].peers[1].1.send_data(200, 2));
+    assert!(pump(&mut clients, &mut servers, LIMIT, |c, _| c[0]
+        .delivered
+        >= 1));
+    let stats = relay.stop();
+    assert_eq!(
+        stats.route.dropped(wgrelay::route::DropReason::NoUpstream),
+        0,
+        "{stats}"
+    );
+    assert_eq!(stats.route.sessions_confirmed, 2, "{stats}");
+}

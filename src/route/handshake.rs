@@ -63,9 +63,11 @@ impl State {
                 None => return self.drop(DropReason::BadMac1),
             }
         };
-        // a dedicated port takes initiations for its responder only (and the responder's own)
+        // a dedicated port takes initiations for its responder only, the responder's own, and
+        // those for a proxy server (reachable through every port: a responder may reach its
+        // hub through its own port, which keeps its NAT pinhole on that port)
         if let Some(d) = dedicated {
-            if key != Some(d) && from_pin != Some(d) {
+            if key != Some(d) && from_pin != Some(d) && !self.pins.is_server(key) {
                 return self.drop(DropReason::BadMac1);
             }
         }

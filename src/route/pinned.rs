@@ -81,6 +81,12 @@ impl Pins {
         key.is_some_and(|k| self.by_key.contains_key(&k))
     }
 
+    /// Whether `key` is a proxy server's (reachable through every listener).
+    pub fn is_server(&self, key: Option<KeyId>) -> bool {
+        key.and_then(|k| self.by_key.get(&k))
+            .is_some_and(|&i| self.pins[i].kind == PinKind::Server)
+    }
+
     /// The responder key a listener is dedicated to.
     pub fn dedicated(&self, listener: ListenerId) -> Option<KeyId> {
         self.by_listener.get(&listener).map(|&i| self.pins[i].key)
@@ -176,6 +182,7 @@ mod tests {
             "configured wins"
         );
         assert_eq!(p.dedicated(ListenerId(3)), Some(r));
+        assert!(p.is_server(Some(s)) && !p.is_server(Some(r)) && !p.is_server(None));
         assert_eq!(p.dedicated(ListenerId(0)), None);
         assert_eq!(p.key_at(&ep(1), None), Some(s));
         assert_eq!(p.key_at(&ep(7), Some(r)), Some(r));
