@@ -892,8 +892,9 @@ struct Sharded {
 }
 
 impl Sharded {
-    fn new(settings: Settings, shards: usize) -> Self {
-        let now = Instant::now();
+    /// `now` is the State's clock epoch: the same as the reference State's, so both count
+    /// the same ticks (a shard copies its State's clock).
+    fn new(settings: Settings, shards: usize, now: Instant) -> Self {
         let mut state = State::new(&settings, Box::new(TestEntropy(42)), now);
         state.track_changes();
         Sharded {
@@ -957,8 +958,7 @@ proptest! {
             ..Settings::default()
         };
         let mut alone = Relay::new(settings.clone());
-        let mut sharded = Sharded::new(settings, shards);
-        sharded.now = alone.now;
+        let mut sharded = Sharded::new(settings, shards, alone.now);
         for (pick, port, corrupt, millis) in steps {
             alone.advance(Duration::from_millis(millis));
             sharded.now = alone.now;
