@@ -361,14 +361,34 @@ fn wpex_flags_bind_port_allow_and_broadcast_rate() {
 }
 
 #[test]
-fn the_readme_toml_example_is_valid() {
+fn the_readme_toml_examples_are_valid() {
     let readme = include_str!("../README.md");
-    let start = readme.find("```toml\n").expect("a toml block") + "```toml\n".len();
-    let len = readme[start..].find("```").expect("end of block");
-    let config = wgrelay::config::Config::from_toml_str(&readme[start..start + len])
-        .expect("README example parses");
-    assert_eq!(config.groups.len(), 2);
-    assert_eq!(config.cookie, wgrelay::config::CookieMode::Always);
+    let mut blocks = Vec::new();
+    let mut rest = readme;
+    while let Some(at) = rest.find("```toml\n") {
+        let body = &rest[at + "```toml\n".len()..];
+        let len = body.find("```").expect("end of block");
+        blocks.push(&body[..len]);
+        rest = &body[len..];
+    }
+    assert!(
+        blocks.len() >= 3,
+        "the exchange, proxy and port-per-peer examples"
+    );
+    for block in &blocks {
+        let config = wgrelay::config::Config::from_toml_str(block)
+            .unwrap_or_else(|e| panic!("README example parses: {e}\n{block}"));
+        if block.contains("groups") {
+            assert_eq!(config.groups.len(), 2);
+            assert_eq!(config.cookie, wgrelay::config::CookieMode::Always);
+        }
+        if block.contains("[[server]]") {
+            assert_eq!(config.servers.len(), 1);
+        }
+        if block.contains("[[peer]]") {
+            assert_eq!(config.peers.len(), 1);
+        }
+    }
 }
 
 #[test]
