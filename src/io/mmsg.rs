@@ -730,7 +730,9 @@ fn timeout_ms(timeout: Duration) -> libc::c_int {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::io::testkit::{bind, conformance_tests, offload_tests, Combo, GsoHook, TestBackend};
+    use crate::io::testkit::{
+        bind, conformance_tests, every_backend_test, offload_tests, Combo, GsoHook, TestBackend,
+    };
 
     impl TestBackend for MmsgBackend {
         fn unavailable() -> Option<String> {
@@ -756,28 +758,7 @@ mod tests {
         }
     }
 
-    // Offloads off: exactly the plain recvmmsg/sendmmsg behaviour.
-    conformance_tests!(MmsgBackend);
-
-    mod gso_on_gro_off {
-        use super::*;
-        conformance_tests!(Combo<MmsgBackend, true, false>);
-    }
-
-    mod gso_off_gro_on {
-        use super::*;
-        conformance_tests!(Combo<MmsgBackend, false, true>);
-    }
-
-    mod gso_on_gro_on {
-        use super::*;
-        conformance_tests!(Combo<MmsgBackend, true, true>);
-    }
-
-    mod offload {
-        use super::*;
-        offload_tests!(MmsgBackend);
-    }
+    every_backend_test!(MmsgBackend);
 
     #[test]
     fn timeout_ms_rounds_up_and_caps() {

@@ -843,6 +843,38 @@ macro_rules! offload_tests {
 }
 pub(in crate::io) use offload_tests;
 
+/// Everything a backend must pass: the conformance suite with offloads off and in each
+/// GSO/GRO combination (modules `gso_on_gro_off`, `gso_off_gro_on`, `gso_on_gro_on`), and the
+/// offload tests (module `offload`). Invoke inside a backend's test module, with `Combo` and
+/// both suites' macros in scope.
+macro_rules! every_backend_test {
+    ($backend:ty) => {
+        // Offloads off: the plain batched receive/send behaviour.
+        conformance_tests!($backend);
+
+        mod gso_on_gro_off {
+            use super::*;
+            conformance_tests!(Combo<$backend, true, false>);
+        }
+
+        mod gso_off_gro_on {
+            use super::*;
+            conformance_tests!(Combo<$backend, false, true>);
+        }
+
+        mod gso_on_gro_on {
+            use super::*;
+            conformance_tests!(Combo<$backend, true, true>);
+        }
+
+        mod offload {
+            use super::*;
+            offload_tests!($backend);
+        }
+    };
+}
+pub(in crate::io) use every_backend_test;
+
 /// The offload tests every backend passes.
 pub(in crate::io) mod offload_suite {
     use super::*;

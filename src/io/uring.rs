@@ -1638,8 +1638,8 @@ mod tests {
     use super::*;
     use crate::io::socket::{bind_udp, SocketOptions};
     use crate::io::testkit::{
-        self, addr, conformance_tests, local, offload_tests, payloads, recv_n, run_payloads,
-        sockets, transmits, Combo, GsoHook, TestBackend, DEADLINE,
+        self, addr, conformance_tests, every_backend_test, local, offload_tests, payloads, recv_n,
+        run_payloads, sockets, transmits, Combo, GsoHook, TestBackend, DEADLINE,
     };
     use crate::io::MmsgBackend;
 
@@ -1667,28 +1667,7 @@ mod tests {
         }
     }
 
-    // Offloads off.
-    conformance_tests!(UringBackend);
-
-    mod gso_on_gro_off {
-        use super::*;
-        conformance_tests!(Combo<UringBackend, true, false>);
-    }
-
-    mod gso_off_gro_on {
-        use super::*;
-        conformance_tests!(Combo<UringBackend, false, true>);
-    }
-
-    mod gso_on_gro_on {
-        use super::*;
-        conformance_tests!(Combo<UringBackend, true, true>);
-    }
-
-    mod offload {
-        use super::*;
-        offload_tests!(UringBackend);
-    }
+    every_backend_test!(UringBackend);
 
     /// Skips the test, with the probe's reason, where io_uring cannot run.
     macro_rules! require_uring {
