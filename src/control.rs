@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::key::PublicKey;
 use crate::route::{DropReason, State};
-use crate::shard::IoCounters;
+use crate::shard::{lock, IoCounters};
 use crate::table::{Endpoint, ListenerId};
 use crate::upstream::resolve::{Family, HostPort, Options, Upstream, UpstreamHandle};
 use crate::upstream::uapi::Client;
@@ -128,12 +128,6 @@ impl Drop for Control {
             let _ = t.join();
         }
     }
-}
-
-fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
-    state
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn run(

@@ -18,7 +18,7 @@ use crate::io::{
     UringBackend,
 };
 use crate::route::{Counters, SessionTable, Settings, State};
-use crate::shard::{FastCounters, IoCounters, Mesh, Shard};
+use crate::shard::{lock, FastCounters, IoCounters, Mesh, Shard};
 use crate::table::{Endpoint, ListenerId};
 use crate::wire::awg::Framing;
 
@@ -459,10 +459,7 @@ impl Relay {
     }
 
     pub fn stats(&self) -> Stats {
-        let state = self
-            .state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let state = lock(&self.state);
         let mut route = state.counters().clone();
         let mut fast_forwarded = 0;
         for fast in &self.fast {
@@ -491,10 +488,7 @@ impl Relay {
         self.halt();
         if let Some(path) = &self.state_file {
             let text = {
-                let state = self
-                    .state
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                let state = lock(&self.state);
                 state.save(Instant::now(), SystemTime::now(), &self.local_addrs)
             };
             let sessions = text.lines().filter(|l| l.starts_with("s ")).count() / 2;
@@ -516,10 +510,7 @@ impl Relay {
             .collect();
         // The shards forwarded packets the State never saw: their highest counters go back,
         // so a saved and restored session keeps the bar a roam must clear.
-        let mut state = self
-            .state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut state = lock(&self.state);
         let now = state.tick(Instant::now());
         for table in &tables {
             for (index, counter) in table.counters() {

@@ -224,9 +224,10 @@ pub struct Shard<B: Backend> {
     pub framings: Arc<[Framing]>,
 }
 
-fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    // A panic while holding the lock would be a bug in the routing core; keep relaying with
-    // the state as it is rather than taking every shard down with it.
+/// Locks the shared routing state. A panic while holding the lock would be a bug in the
+/// routing core; keep relaying with the state as it is rather than taking every shard (and
+/// the control plane, and the final stats) down with it.
+pub(crate) fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     state
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -408,10 +409,12 @@ impl Router {
                 self.push_out(src, from, to);
             }
         }
-        let extras: Vec<Datagram> = self.actions.extra.drain(..).collect();
-        for x in extras {
+        // (taken out and put back, so its capacity is reused and `push_extra` may borrow self)
+        let mut extra = std::mem::take(&mut self.actions.extra);
+        for x in extra.drain(..) {
             self.push_extra(x);
         }
+        self.actions.extra = extra;
         for change in self.changes.drain(..) {
             let owner = owner_shard(change.0, self.shards);
             if owner == self.id {
