@@ -49,3 +49,40 @@ pub const EXPIRE_INTERVAL: Duration = Duration::from_secs(1);
 pub const MAX_PARKED_INITIATIONS: usize = 4096;
 /// Sessions (index pairs, half-open included) per relay state; beyond it new ones are dropped.
 pub const MAX_INDICES: usize = 1 << 21;
+
+// The handshake plane (docs/handshake.md).
+
+/// An endpoint that took part in a confirmed session stays proven this long after it (a
+/// session's keys live as long; every rekey renews it).
+pub const PROVEN_BY_SESSION_TIME: Duration = REJECT_AFTER_TIME;
+/// An unproven endpoint that sent nothing admitted for this long is forgotten: long enough to
+/// see three of a WireGuard peer's retries, short enough that spoofed sources hold no memory.
+pub const UNPROVEN_IDLE_TIME: Duration = Duration::from_secs(16);
+/// A second initiation from the same address at least this long and at most
+/// `RETRY_MAX_GAP` after the previous one makes the source peer-like: WireGuard retries every
+/// REKEY_TIMEOUT (plus jitter) with a new sender index; a flood never waits, a spoofer cycling
+/// fresh addresses never comes back.
+pub const RETRY_MIN_GAP: Duration = Duration::from_secs(1);
+pub const RETRY_MAX_GAP: Duration = Duration::from_secs(16);
+/// Slots of the memory of recent unproven sources (8 bytes each).
+pub const RECENT_SOURCES: usize = 1 << 16;
+/// Copies of initiations from unproven sources that may reach third parties, per named key
+/// (open mode: for all of them) and second, and the burst. WireGuard's own responder takes
+/// 20 handshakes/s per source; a key whose budget is spent is "under load" and unproven
+/// initiations naming it get the cookie challenge instead.
+pub const UNPROVEN_COPIES_PER_KEY_PER_SECOND: u32 = 5;
+pub const UNPROVEN_COPIES_PER_KEY_BURST: u32 = 10;
+/// mac1 trials (one BLAKE2s each) per second spent on unproven sources that gave no hint of
+/// their key, with one second of burst: a flood of unknown initiations cannot make the relay
+/// spend more than about a third of a core on them, whatever the number of allowed keys.
+pub const UNPROVEN_MAC1_TRIALS_PER_SECOND: u32 = 2_000_000;
+/// Copies one proven initiation may sweep out to candidates at most. A proven sender answered
+/// our cookie or a confirmed handshake, so its copies cannot be aimed at a third party.
+pub const PROVEN_SWEEP_CAP: usize = 4096;
+/// One initiator sweeps at most once in this long (its retries come every REKEY_TIMEOUT).
+pub const SWEEP_MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// Copies between proven endpoints per second, per proven endpoint known (at least
+/// `--broadcast-rate`): the budget grows with the peers it serves.
+pub const PROVEN_COPIES_PER_ENDPOINT_PER_SECOND: u32 = 200;
+/// Deliveries (initiation index, endpoint) remembered at most, for the exact answer checks.
+pub const MAX_DELIVERIES: usize = 1 << 20;

@@ -179,9 +179,10 @@ fn restore_state(path: &Path, state: &mut State, listeners: &[SocketAddr]) {
         Ok(text) => {
             let r = state.restore(&text, Instant::now(), SystemTime::now(), listeners);
             log::info!(
-                "restored {} sessions and {} proven sources from {} ({} lines skipped)",
+                "restored {} sessions, {} proven sources and {} key bindings from {} ({} lines skipped)",
                 r.sessions,
                 r.proven,
+                r.bindings,
                 path.display(),
                 r.skipped
             );

@@ -142,6 +142,20 @@ impl KeyDirectory {
 
     /// The key whose mac1 a handshake message carries, trying `hint` first (a retry names
     /// the same key as the initiation before it), then every key.
+    /// Whether mac1 was made with `key`'s public key (one BLAKE2s).
+    pub fn check_mac1_of(&self, key: KeyId, msg: &[u8]) -> bool {
+        self.get(key)
+            .is_some_and(|info| mac::check_mac1(&info.mac1, msg))
+    }
+
+    /// [`KeyDirectory::match_mac1`], with the number of keys tried (the BLAKE2s spent).
+    pub fn match_mac1_counted(&self, msg: &[u8]) -> (Option<KeyId>, u32) {
+        match self.keys.iter().position(|k| mac::check_mac1(&k.mac1, msg)) {
+            Some(i) => (Some(KeyId::new(i as u32)), i as u32 + 1),
+            None => (None, u32::try_from(self.keys.len()).unwrap_or(u32::MAX)),
+        }
+    }
+
     pub fn match_mac1_hinted(&self, msg: &[u8], hint: Option<KeyId>) -> Option<KeyId> {
         if let Some(info) = hint.and_then(|k| self.get(k)) {
             if mac::check_mac1(&info.mac1, msg) {
@@ -172,6 +186,28 @@ impl KeyDirectory {
     }
 
     /// The groups of a key; in open mode (no key) the single open group.
+    /// Whether a sender naming `key` could hold more than one key: the keys sharing a group
+    /// with `key`, itself left out, number more than one (open mode: always). Only then does
+    /// finding a cold responder need a search; in a group of two the other key is the answer.
+    pub fn identity_ambiguous(&self, key: Option<KeyId>) -> bool {
+        let Some(info) = key.and_then(|k| self.get(k)) else {
+            return true;
+        };
+        let mut other: Option<KeyId> = None;
+        for g in &info.groups {
+            for m in self.members.get(g.0 as usize).into_iter().flatten() {
+                if Some(*m) == key || Some(*m) == other {
+                    continue;
+                }
+                if other.is_some() {
+                    return true;
+                }
+                other = Some(*m);
+            }
+        }
+        false
+    }
+
     pub fn groups_of(&self, key: Option<KeyId>) -> &[GroupId] {
         match key.and_then(|k| self.get(k)) {
             Some(info) => &info.groups,
@@ -212,6 +248,24 @@ mod tests {
         let ids: Vec<_> = [1, 2, 3].iter().map(|b| d.id_of(&k(*b)).unwrap()).collect();
         assert!(d.share_group(Some(ids[0]), Some(ids[2])));
         assert_eq!(d.group_count(), 1);
+    }
+
+    #[test]
+    fn identity_is_ambiguous_beyond_a_pair() {
+        let d = KeyDirectory::new(&[], &[vec![k(1), k(2)], vec![k(3), k(4), k(5)]]);
+        let id = |b| Some(d.id_of(&k(b)).unwrap());
+        assert!(
+            !d.identity_ambiguous(id(1)),
+            "a pair: the other key is the answer"
+        );
+        assert!(!d.identity_ambiguous(id(2)));
+        assert!(d.identity_ambiguous(id(3)));
+        assert!(d.identity_ambiguous(None), "open mode");
+        let one = KeyDirectory::new(&[k(1), k(2)], &[]);
+        assert!(!one.identity_ambiguous(Some(one.id_of(&k(1)).unwrap())));
+        let overlap = KeyDirectory::new(&[], &[vec![k(1), k(2)], vec![k(1), k(3)]]);
+        assert!(overlap.identity_ambiguous(Some(overlap.id_of(&k(1)).unwrap())));
+        assert!(!overlap.identity_ambiguous(Some(overlap.id_of(&k(2)).unwrap())));
     }
 
     #[test]

@@ -7,9 +7,11 @@
 pub mod cookie;
 pub mod keys;
 pub mod ratelimit;
+pub mod recent;
 pub mod replay;
 
 pub use cookie::{CookieChecker, Entropy, OsEntropy, TestEntropy};
 pub use keys::{GroupId, KeyDirectory, KeyId};
-pub use ratelimit::{LoadTracker, SourceLimiter, TokenBucket};
+pub use ratelimit::{KeyBudgets, LoadTracker, SourceLimiter, TokenBucket};
+pub use recent::RecentSources;
 pub use replay::ReplayFilter;

@@ -50,6 +50,40 @@ impl TokenBucket {
         }
     }
 
+    /// Takes `n` tokens if there are that many.
+    pub fn allow_n(&mut self, n: u32, now: Instant) -> bool {
+        self.refill(now);
+        let want = self.cost.saturating_mul(u64::from(n));
+        if self.balance >= want {
+            self.balance -= want;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Takes `n` tokens, or what is left when there are fewer (work already done is paid for
+    /// even if it overdraws the balance).
+    pub fn take_up_to(&mut self, n: u32, now: Instant) {
+        self.refill(now);
+        self.balance = self
+            .balance
+            .saturating_sub(self.cost.saturating_mul(u64::from(n)));
+    }
+
+    /// Whether a token is there, without taking it.
+    pub fn peek(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.balance >= self.cost
+    }
+
+    /// Changes the rate (and the burst, in tokens), keeping the balance within the new cap.
+    pub fn set_rate(&mut self, rate: u32, burst: u32) {
+        self.cost = NANOS_PER_SECOND / u64::from(rate.max(1));
+        self.max = self.cost.saturating_mul(u64::from(burst.max(1)));
+        self.balance = self.balance.min(self.max);
+    }
+
     /// Whether the bucket has refilled completely (and so can be forgotten).
     pub fn is_full(&mut self, now: Instant) -> bool {
         self.refill(now);
@@ -137,6 +171,44 @@ impl SourceLimiter {
 
     pub fn is_empty(&self) -> bool {
         self.buckets.is_empty()
+    }
+}
+
+/// One token bucket per responder key (slot 0: open mode, where no key is known), for the
+/// copies of unproven sources' initiations that may reach that key's holder or candidates.
+/// An empty bucket is what "under load" means for that key.
+#[derive(Debug)]
+pub struct KeyBudgets {
+    rate: u32,
+    burst: u32,
+    buckets: Vec<Option<TokenBucket>>,
+}
+
+impl KeyBudgets {
+    pub fn new(keys: usize, rate: u32, burst: u32) -> Self {
+        KeyBudgets {
+            rate,
+            burst,
+            buckets: vec![None; keys + 1],
+        }
+    }
+
+    fn slot(&mut self, key: Option<crate::admit::KeyId>, now: Instant) -> Option<&mut TokenBucket> {
+        let i = key.map_or(0, |k| k.index() + 1);
+        let (rate, burst) = (self.rate, self.burst);
+        self.buckets
+            .get_mut(i)
+            .map(|b| b.get_or_insert_with(|| TokenBucket::new(rate, burst, now)))
+    }
+
+    /// Takes a copy's token for `key`.
+    pub fn allow(&mut self, key: Option<crate::admit::KeyId>, now: Instant) -> bool {
+        self.slot(key, now).is_some_and(|b| b.allow(now))
+    }
+
+    /// Whether `key` has a token left (it is not under load).
+    pub fn has_token(&mut self, key: Option<crate::admit::KeyId>, now: Instant) -> bool {
+        self.slot(key, now).is_some_and(|b| b.peek(now))
     }
 }
 
@@ -255,6 +327,33 @@ mod tests {
             }
             assert!(!l.allow(src, true, t0));
         }
+    }
+
+    #[test]
+    fn key_budgets_are_per_key() {
+        let t0 = Instant::now();
+        let k1 = crate::admit::KeyId::new(0);
+        let k2 = crate::admit::KeyId::new(1);
+        let mut b = KeyBudgets::new(2, 5, 10);
+        for _ in 0..10 {
+            assert!(b.allow(Some(k1), t0));
+        }
+        assert!(!b.has_token(Some(k1), t0));
+        assert!(b.has_token(Some(k2), t0));
+        assert!(b.has_token(None, t0));
+        assert!(b.has_token(Some(k1), t0 + Duration::from_millis(200)));
+        // A key beyond the directory has no budget at all.
+        assert!(!b.allow(Some(crate::admit::KeyId::new(7)), t0));
+    }
+
+    #[test]
+    fn bucket_takes_many_at_once() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(100, 100, t0);
+        assert!(b.allow_n(60, t0));
+        assert!(!b.allow_n(60, t0));
+        assert!(b.allow_n(40, t0));
+        assert!(!b.peek(t0));
     }
 
     #[test]

@@ -1,17 +1,31 @@
-//! Where an initiation goes: unicast to the endpoint confirmed to hold its key, or a bounded,
-//! rate-limited fan-out to candidates, and a parking lot so a cold initiation still reaches a
-//! holder that shows up after it (both peers of a fresh pair start at the same time, and
-//! neither is known to the relay yet).
+//! Where an admitted initiation goes when its responder is not known for sure: the copy
+//! rules, the systematic sweep of candidates, and the parking lot from which a cold
+//! initiation is handed to a candidate that shows up after it (both peers of a fresh pair
+//! start at the same time, and neither is known to the relay yet).
+//!
+//! Every copy of an initiation, whatever the path (unicast to a holder, sweep, hand-over,
+//! a pinned key's clients), goes through [`State::copy_rules`]:
+//! - the recipient must be allowed the bytes: proven, or unproven with enough credit (the
+//!   relay never sends an unproven endpoint more handshake bytes than it sent);
+//! - a copy of an unproven sender's initiation takes a token from its named key's budget
+//!   (open mode: the fan-out budget), so unproven sources reach third parties only at a
+//!   bounded rate per responder key;
+//! - it is recorded exactly (`Deliveries`), so only its recipients may answer it and two
+//!   peers' initiations are never crossed.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use super::{Actions, Datagram, State};
 use crate::admit::{GroupId, KeyId};
-use crate::constants::{MAX_FANOUT_PER_INITIATION, REKEY_TIMEOUT};
+use crate::constants::{
+    MAX_FANOUT_PER_INITIATION, PROVEN_SWEEP_CAP, REKEY_TIMEOUT, SWEEP_MIN_INTERVAL,
+};
 use crate::table::endpoint::Want;
-use crate::table::Endpoint;
+use crate::table::{Endpoint, Tick};
 use crate::wire::{self, Index};
+
+const INITIATION: usize = wire::initiation::LEN;
 
 /// An initiation kept until REKEY_TIMEOUT, when its initiator gives up on it anyway.
 #[derive(Clone)]
@@ -20,8 +34,12 @@ struct Parked {
     from: Endpoint,
     key: Option<KeyId>,
     groups: Vec<GroupId>,
+    /// Its sender was proven when it was parked.
+    proven: bool,
+    /// Its sender was proven or peer-like: handed out before the others.
+    preferred: bool,
     expires: Instant,
-    bytes: [u8; wire::initiation::LEN],
+    bytes: [u8; INITIATION],
 }
 
 /// Cold initiations waiting for candidates, bounded in count and time.
@@ -82,6 +100,15 @@ impl ParkingLot {
     }
 }
 
+/// Who sends an initiation being copied, as the copy rules need it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Sender {
+    pub index: Index,
+    pub from: Endpoint,
+    pub key: Option<KeyId>,
+    pub proven: bool,
+}
+
 impl State {
     /// Takes one fan-out token; `true` when unlimited.
     fn fanout_token(&mut self, now: Instant) -> bool {
@@ -91,71 +118,138 @@ impl State {
         }
     }
 
-    /// Fills `out.targets` for an initiation from `from` naming `key`. `retry` means the
-    /// initiator asked for the same key before and saw no response: a binding is only a hint,
-    /// so fan out then. Returns whether it fanned out (as opposed to unicast).
-    pub(super) fn initiation_targets(
+    /// Takes a token for a copy between two proven endpoints; `true` when unlimited.
+    fn proven_token(&mut self, now: Instant) -> bool {
+        match &mut self.proven_fanout {
+            Some(bucket) => bucket.allow(now),
+            None => true,
+        }
+    }
+
+    /// The copy rules (module docs) for one copy of `s`'s initiation to `to`; on success the
+    /// copy is paid for and recorded. `budgeted`: the copy also needs a fan-out token (a
+    /// sweep or a further hand-over; a unicast to the responder does not). `pinned`: `to` is
+    /// where the operator pinned a key (a server, a port's responder), not a possible victim.
+    pub(super) fn copy_rules(
         &mut self,
         now: Instant,
-        from: &Endpoint,
-        key: Option<KeyId>,
-        retry: bool,
-        out: &mut Actions,
+        s: &Sender,
+        to: Endpoint,
+        budgeted: bool,
+        pinned: bool,
     ) -> bool {
-        if let Some(k) = key {
-            if let Some(holder) = self.endpoints.holder_of(k, self.clock.tick(now)) {
-                if holder != *from && !retry {
-                    if self.crossing(&holder, from, now) {
-                        // Wait: the holder's own initiation is with the sender already.
-                        return true;
-                    }
-                    out.targets.push(holder);
-                    return false;
-                }
+        let t = self.clock.tick(now);
+        if to == s.from || !self.deliveries.has_room() {
+            return false;
+        }
+        let recipient_proven = pinned || self.endpoints.is_proven(&to, t);
+        if !recipient_proven
+            && !self
+                .endpoints
+                .get(&to)
+                .is_some_and(|i| i.may_receive(INITIATION, t))
+        {
+            return false;
+        }
+        if !s.proven && s.key.is_some() && !self.key_budgets.allow(s.key, now) {
+            return false;
+        }
+        if budgeted {
+            let ok = if s.proven && recipient_proven {
+                self.proven_token(now)
+            } else {
+                self.fanout_token(now)
+            };
+            if !ok {
+                return false;
             }
         }
-        let groups: Vec<GroupId> = self.keys.groups_of(key).to_vec();
-        let mut cursor = self.fanout_cursor;
+        if !s.proven {
+            self.counters.unproven_copies += 1;
+        }
+        if !recipient_proven {
+            self.counters.bytes_to_unproven += INITIATION as u64;
+            self.endpoints.spend(&to, INITIATION, t);
+        }
+        self.deliveries.record(s.index, to, t)
+    }
+
+    /// A sweep for `s`'s initiation: candidates of `key`'s groups that could be WireGuard
+    /// peers (proven, or peer-like with credit), never crossing, continuing where `s.from`'s
+    /// last sweep stopped. Returns the copies added to `out.targets`.
+    pub(super) fn sweep(&mut self, now: Instant, s: &Sender, out: &mut Actions) -> usize {
+        let t = self.clock.tick(now);
+        if let Some(info) = self.endpoints.get(&s.from) {
+            if info.swept_at != Tick(0) && !t.at_least_since(info.swept_at, SWEEP_MIN_INTERVAL) {
+                return 0;
+            }
+        }
+        let max = if s.proven {
+            PROVEN_SWEEP_CAP
+        } else {
+            MAX_FANOUT_PER_INITIATION
+        };
+        let groups: Vec<GroupId> = self.keys.groups_of(s.key).to_vec();
         let want = Want {
             groups: &groups,
-            key,
-            from: *from,
-            max: MAX_FANOUT_PER_INITIATION,
+            key: s.key,
+            from: s.from,
+            max,
+            examine: max.saturating_mul(4),
         };
-        self.endpoints
-            .candidates(&want, self.clock.tick(now), &mut cursor, &mut out.targets);
-        self.fanout_cursor = cursor;
-        out.targets.retain(|t| !self.crossing(t, from, now));
-        // Each copy costs a token; copies past the limit are not sent.
-        let mut allowed = 0;
-        while allowed < out.targets.len() && self.fanout_token(now) {
-            allowed += 1;
+        let first = out.targets.len();
+        let (indices, deliveries) = (&self.indices, &self.deliveries);
+        let targets = &mut out.targets;
+        self.endpoints.sweep(&want, t, |c, info| {
+            let eligible = (info.is_proven(t) || info.peer_like) && info.may_receive(INITIATION, t);
+            // crossing: c's own unanswered initiation is with the sender already
+            let crossing = info.pending.is_some_and(|p| {
+                !t.at_least_since(p.at, REKEY_TIMEOUT)
+                    && indices.lookup(p.index, t).is_some_and(|e| e.peer.is_none())
+                    && deliveries.contains(p.index, &s.from, t)
+            });
+            if eligible && !crossing && !targets.contains(c) {
+                targets.push(*c);
+                true
+            } else {
+                false
+            }
+        });
+        if let Some(info) = self.endpoints.get_mut(&s.from) {
+            info.swept_at = t;
         }
-        out.targets.truncate(allowed);
-        true
+        // Pay for each copy; the first refused one ends the sweep.
+        let mut kept = first;
+        for i in first..out.targets.len() {
+            let to = out.targets[i];
+            if !self.copy_rules(now, s, to, true, false) {
+                break;
+            }
+            out.targets[kept] = to;
+            kept += 1;
+        }
+        out.targets.truncate(kept);
+        let n = kept - first;
+        self.counters.fanout_copies += n as u64;
+        n
     }
 
     /// Fills `out.targets` with a pinned key's recent clients, for a handshake it starts with
     /// a client the relay cannot name: newest first, never the sender, each copy under the
-    /// fan-out rate limit.
-    pub(super) fn pin_clients(
-        &mut self,
-        now: Instant,
-        pin: KeyId,
-        from: &Endpoint,
-        out: &mut Actions,
-    ) {
+    /// copy rules.
+    pub(super) fn pin_clients(&mut self, now: Instant, pin: KeyId, s: &Sender, out: &mut Actions) {
         let clients: Vec<Endpoint> = self
             .pins
             .recent_clients(pin)
-            .filter(|c| c != from)
+            .filter(|c| *c != s.from)
             .take(MAX_FANOUT_PER_INITIATION)
             .collect();
         for c in clients {
-            if !self.fanout_token(now) {
+            if !self.copy_rules(now, s, c, true, false) {
                 break;
             }
             out.targets.push(c);
+            self.counters.fanout_copies += 1;
         }
     }
 
@@ -164,40 +258,34 @@ impl State {
     /// cross them: each WireGuard peer answers the other's initiation, which replaces its own
     /// handshake (one per peer), and both responses are then refused. The one already out is
     /// left to finish; if it does not, the next retry goes through.
-    fn crossing(&self, to: &Endpoint, from: &Endpoint, now: Instant) -> bool {
-        let t = self.clock.tick(now);
+    pub(super) fn crossing(&self, to: &Endpoint, from: &Endpoint, t: Tick) -> bool {
         let Some(p) = self.endpoints.get(to).and_then(|i| i.pending) else {
             return false;
         };
         if t.at_least_since(p.at, REKEY_TIMEOUT) {
             return false;
         }
-        let bit = self.mask_bit(from);
         self.indices
             .lookup(p.index, t)
-            .is_some_and(|e| e.peer.is_none() && e.sent_to & bit != 0)
+            .is_some_and(|e| e.peer.is_none())
+            && self.deliveries.contains(p.index, from, t)
     }
 
     /// Keeps a cold initiation so candidates that appear within REKEY_TIMEOUT still get it.
-    pub(super) fn park(
-        &mut self,
-        now: Instant,
-        sender: Index,
-        from: Endpoint,
-        key: Option<KeyId>,
-        packet: &[u8],
-    ) {
-        let mut bytes = [0u8; wire::initiation::LEN];
+    pub(super) fn park(&mut self, now: Instant, s: &Sender, preferred: bool, packet: &[u8]) {
+        let mut bytes = [0u8; INITIATION];
         if packet.len() != bytes.len() {
             return;
         }
         bytes.copy_from_slice(packet);
-        let groups = self.keys.groups_of(key).to_vec();
+        let groups = self.keys.groups_of(s.key).to_vec();
         self.parked.park(Parked {
-            sender,
-            from,
-            key,
+            sender: s.index,
+            from: s.from,
+            key: s.key,
             groups,
+            proven: s.proven,
+            preferred,
             expires: now + REKEY_TIMEOUT,
             bytes,
         });
@@ -208,75 +296,92 @@ impl State {
         self.parked.unpark(sender);
     }
 
-    /// A new candidate `to` named `named` (so it may hold any key sharing a group with it):
-    /// deliver the parked initiations it could answer, within the fan-out budget. A source
-    /// that has not proven its address gets at most one (148 bytes for the 148 it sent), so
-    /// a spoofed initiation never makes the relay send more to its victim than it received.
+    /// A candidate `to` (unbound) that named `named`, so may hold any other key sharing a
+    /// group with it: hand it the parked initiations it could answer. Proven senders' and
+    /// peer-like senders' first, then newest first; never one whose named key is bound to
+    /// another endpoint; each under the copy rules (so an unproven `to` gets at most one per
+    /// initiation it sent). The first hand-over needs no fan-out token: it answers the
+    /// initiation `to` just sent with one of the same size, and a burst of cold fan-out must
+    /// not starve the hand-overs that pair sessions. Returns how many it handed.
     pub(super) fn deliver_parked(
         &mut self,
         now: Instant,
         to: Endpoint,
         named: Option<KeyId>,
         out: &mut Actions,
-    ) {
+    ) -> usize {
         if self.parked.is_empty() || self.endpoints.bound_key(&to).is_some() {
-            return;
+            return 0;
         }
-        let groups: Vec<GroupId> = self.keys.groups_of(named).to_vec();
         let t = self.clock.tick(now);
         let limit = if self.endpoints.is_proven(&to, t) {
             MAX_FANOUT_PER_INITIATION
         } else {
             1
         };
+        let open = self.keys.is_open();
+        let groups: Vec<GroupId> = self.keys.groups_of(named).to_vec();
         let mut chosen: Vec<Index> = Vec::new();
-        for g in &groups {
-            let Some(list) = self.parked.by_group.get(g) else {
-                continue;
-            };
-            for sender in list.iter().rev() {
-                if chosen.len() >= limit {
-                    break;
-                }
-                let Some(p) = self.parked.parked.get(sender) else {
+        for preferred_pass in [true, false] {
+            for g in &groups {
+                let Some(list) = self.parked.by_group.get(g) else {
                     continue;
                 };
-                if p.from == to || now >= p.expires || chosen.contains(sender) {
-                    continue;
+                for sender in list.iter().rev() {
+                    if chosen.len() >= limit {
+                        break;
+                    }
+                    let Some(p) = self.parked.parked.get(sender) else {
+                        continue;
+                    };
+                    if p.preferred != preferred_pass
+                        || p.from == to
+                        || now >= p.expires
+                        || chosen.contains(sender)
+                        || self.deliveries.contains(*sender, &to, t)
+                    {
+                        continue;
+                    }
+                    if !open {
+                        // `to` may hold p's key only if it named another key of p's groups.
+                        if p.key == named || !self.keys.share_group(p.key, named) {
+                            continue;
+                        }
+                        if p.key
+                            .and_then(|k| self.endpoints.holder_of(k, t))
+                            .is_some_and(|h| h != to)
+                        {
+                            continue;
+                        }
+                    }
+                    chosen.push(*sender);
                 }
-                // `to` may hold p's key only if it named a key sharing a group with it.
-                if !self.keys.is_open() && !self.keys.share_group(p.key, named) {
-                    continue;
-                }
-                chosen.push(*sender);
             }
         }
-        // The first hand-over answers the initiation `to` just sent with one of the same size,
-        // so it is no amplification and does not spend the fan-out budget: a burst of cold
-        // fan-out copies must not starve the hand-overs that actually pair sessions. Any
-        // further ones (to a proven source) pay like fan-out copies.
-        let mut free = true;
+        let mut handed = 0;
         for sender in chosen {
             // Still waiting for a response?
             let waiting = self
                 .indices
                 .lookup(sender, t)
                 .is_some_and(|e| e.peer.is_none());
-            if !waiting {
+            let Some(p) = self.parked.parked.get(&sender).cloned().filter(|_| waiting) else {
                 self.parked.unpark(sender);
                 continue;
-            }
-            if !std::mem::take(&mut free) && !self.fanout_token(now) {
+            };
+            let s = Sender {
+                index: sender,
+                from: p.from,
+                key: p.key,
+                proven: p.proven,
+            };
+            if !self.copy_rules(now, &s, to, handed > 0, false) {
                 break;
             }
-            let bit = self.mask_bit(&to);
-            if let Some(entry) = self.indices.lookup_mut(sender, t) {
-                entry.sent_to |= bit;
-            }
-            if let Some(p) = self.parked.parked.get(&sender) {
-                out.extra.push(Datagram::new(to, &p.bytes));
-                self.counters.handovers += 1;
-            }
+            out.extra.push(Datagram::new(to, &p.bytes));
+            self.counters.handovers += 1;
+            handed += 1;
         }
+        handed
     }
 }

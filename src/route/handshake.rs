@@ -2,12 +2,17 @@
 
 use std::time::Instant;
 
+use super::fanout::Sender;
 use super::{Actions, Datagram, Decision, DropReason, PinRoute, State};
 use crate::admit::KeyId;
 use crate::config::CookieMode;
 use crate::constants::{MAX_INDICES, REKEY_TIMEOUT};
 use crate::table::{Endpoint, IndexEntry, Tick};
 use crate::wire::{CookieReplyPacket, Index, InitiationPacket, ResponsePacket};
+
+const fn resp_len() -> usize {
+    crate::wire::response::LEN
+}
 
 impl State {
     /// Why a new sender index cannot be recorded, if it cannot: taken by a live entry, or the
@@ -38,12 +43,23 @@ impl State {
         let mac1 = init.mac1();
         let has_mac2 = init.mac2() != [0; 16];
 
-        // mac1 against the key directory (open mode: any key, unknown)
         let dedicated = self.pins.dedicated(from.listener);
         let bound = self.endpoints.bound_key(&from);
-        // The pinned key (server, port peer) whose endpoint sends this, if any.
+        // The pinned key (server, port peer) whose endpoint sends this, if any: an address
+        // the operator configured (or a local device reported) counts as proven.
         let from_pin = self.pins.key_at(&from, bound);
-        // A handshake a pinned key starts for a client the relay does not know.
+        let was_proven = from_pin.is_some() || self.endpoints.is_proven(&from, t);
+
+        // cheapest first: under load, the per-source bucket before any BLAKE2s
+        self.load.record(now);
+        let under_load = self.load.is_under_load(now);
+        if under_load && !self.sources.allow(from.addr(), was_proven, now) {
+            return self.drop(DropReason::RateLimited);
+        }
+
+        // mac1 against the key directory (open mode: any key, unknown); the key this source
+        // named last is tried first, and a full search for an unproven source is paid for
+        // from the mac1 work budget
         let mut started_by_pin = None;
         let key: Option<KeyId> = if self.keys.is_open() {
             None
@@ -54,7 +70,21 @@ impl State {
                     .and_then(|i| i.pending)
                     .and_then(|p| p.key)
             });
-            match self.keys.match_mac1_hinted(packet, hint) {
+            let hinted = hint.filter(|k| self.keys.check_mac1_of(*k, packet));
+            let found = match hinted {
+                Some(k) => Some(k),
+                None => {
+                    if !was_proven && !self.mac1_work.peek(now) {
+                        return self.drop(DropReason::RateLimited);
+                    }
+                    let (found, trials) = self.keys.match_mac1_counted(packet);
+                    if !was_proven {
+                        self.mac1_work.take_up_to(trials, now);
+                    }
+                    found
+                }
+            };
+            match found {
                 Some(k) => Some(k),
                 None if from_pin.is_some() => {
                     started_by_pin = from_pin;
@@ -77,22 +107,47 @@ impl State {
             return self.drop(DropReason::Mac1Replayed);
         }
 
-        // mac2, or a cookie reply
-        self.load.record(now);
-        let under_load = self.load.is_under_load(now);
+        // mac2: a source that answered our cookie is proven
         let mac2_ok = has_mac2
             && self
                 .cookies
                 .check_mac2(packet, from.addr(), now, self.entropy.as_mut());
         if mac2_ok {
-            self.endpoints.mark_proven(from, t);
+            self.endpoints
+                .mark_proven_for(from, t, crate::constants::SOURCE_PROVEN_TIME);
         }
-        let proven = mac2_ok || self.endpoints.is_proven(&from, t);
-        let challenge = match self.cookie_mode {
-            CookieMode::Always => !proven,
-            CookieMode::UnderLoad => under_load && !proven,
-            CookieMode::Never => false,
+        if from_pin.is_some() {
+            self.endpoints
+                .mark_proven_for(from, t, crate::constants::SOURCE_PROVEN_TIME);
+        }
+        let proven = was_proven || mac2_ok;
+        let peer_like = !proven
+            && (self.recent.retried(from.addr(), t)
+                || self.endpoints.get(&from).is_some_and(|i| i.peer_like));
+
+        // where it could go: a confirmed holder or a pinned place; else a search, which is
+        // ambiguous unless the named key has a single possible partner
+        let learned = key.and_then(|k| self.endpoints.holder_of(k, t));
+        let pin_route = self.pins.route(key, learned);
+        let has_target = learned.is_some() || matches!(pin_route, PinRoute::To(_));
+        let ambiguous =
+            !has_target && started_by_pin.is_none() && self.keys.identity_ambiguous(key);
+
+        // proof before reach: the cookie challenge for unproven sources, always, or when the
+        // named key's budget for unproven copies is spent (what reaches its responder), or
+        // when finding its responder needs a search
+        // (an unproven initiation that is not challenged for ambiguity takes a token from
+        // its named key's budget; open mode has no keys, and a pinned key's own handshake is
+        // the operator's)
+        let key_ok = |st: &mut Self| {
+            proven || key.is_none() || started_by_pin.is_some() || st.key_budgets.allow(key, now)
         };
+        let challenge = !proven
+            && match self.cookie_mode {
+                CookieMode::Always => true,
+                CookieMode::UnderLoad => ambiguous || !key_ok(self),
+                CookieMode::Never => false,
+            };
         if challenge {
             // Sealing a cookie needs the recipient's public key, which open mode lacks.
             if let Some(info) = key.and_then(|k| self.keys.get(k)) {
@@ -105,16 +160,26 @@ impl State {
                     now,
                     self.entropy.as_mut(),
                 ) {
+                    // No state for a challenged source but the memory of its address: it
+                    // got 64 bytes for its 148.
+                    self.counters.bytes_from_unproven += packet.len() as u64;
+                    self.counters.bytes_to_unproven += reply.len() as u64;
                     out.extra.push(Datagram::new(from, &reply));
                     self.counters.cookie_replies += 1;
                     return Decision::Reply;
                 }
             }
         }
-
-        // per-source token bucket under load
-        if under_load && !self.sources.allow(from.addr(), proven, now) {
-            return self.drop(DropReason::RateLimited);
+        // an unproven source that was not challenged: open mode admits only a source that
+        // retried as a WireGuard peer does; keyed modes only within the named key's budget
+        if !proven && started_by_pin.is_none() {
+            if key.is_none() && !peer_like {
+                return self.drop(DropReason::Unproven);
+            }
+            // (Never: the budget was not consulted above; Always and UnderLoad challenged)
+            if key.is_some() && self.cookie_mode == CookieMode::Never && !key_ok(self) {
+                return self.drop(DropReason::RateLimited);
+            }
         }
 
         // both keys must share a group, when the sender's key is known
@@ -130,8 +195,6 @@ impl State {
         }
 
         // a pinned key goes where it is pinned, and nowhere else
-        let learned = key.and_then(|k| self.endpoints.holder_of(k, t));
-        let pin_route = self.pins.route(key, learned);
         match pin_route {
             PinRoute::Unknown => return self.drop(DropReason::NoUpstream),
             PinRoute::To(e) if e == from => return self.drop(DropReason::Loop),
@@ -145,6 +208,7 @@ impl State {
         }
         let groups = self.keys.groups_of(key).to_vec();
         let info = self.endpoints.touch(from, t);
+        info.peer_like |= peer_like;
         let retry = info
             .pending
             .is_some_and(|p| p.key == key && !t.at_least_since(p.at, 3 * REKEY_TIMEOUT));
@@ -154,36 +218,12 @@ impl State {
             index: sender,
         });
         let owner_key = info.bound;
+        if !proven {
+            self.endpoints.credit(&from, packet.len());
+            self.counters.bytes_from_unproven += packet.len() as u64;
+        }
         self.endpoints.add_candidate(from, key, &groups, t);
-
-        // The sender is a new candidate: hand it the parked initiations it could answer. This
-        // comes first, so the targets below can leave out the peers whose initiation it now
-        // holds (see `crossing`).
-        self.deliver_parked(now, from, key, out);
-
-        // forward: to a pinned key's place; a pinned key's own handshake to its recent
-        // clients; else unicast to the confirmed holder, or fan out and park
-        let (fanned_out, park) = match (pin_route, started_by_pin) {
-            (PinRoute::To(e), _) => {
-                out.targets.push(e);
-                (false, false)
-            }
-            (_, Some(p)) => {
-                self.pin_clients(now, p, &from, out);
-                (true, false)
-            }
-            _ => {
-                let fanned_out = self.initiation_targets(now, &from, key, retry, out);
-                (fanned_out, fanned_out)
-            }
-        };
-        let mut sent_to = 0;
-        for t in &out.targets {
-            sent_to |= self.mask_bit(t);
-        }
-        if fanned_out {
-            self.counters.fanout_copies += out.targets.len() as u64;
-        }
+        // The record of this initiation comes first: the copy rules record deliveries on it.
         self.indices.insert(
             sender,
             IndexEntry {
@@ -195,13 +235,50 @@ impl State {
                 peer_key: key,
                 expires: t.after(REKEY_TIMEOUT),
                 max_counter: None,
-                sent_to,
                 responder: false,
                 confirmed: false,
             },
         );
+        let s = Sender {
+            index: sender,
+            from,
+            key,
+            proven,
+        };
+
+        // The sender is a new candidate: hand it the parked initiations it could answer. This
+        // comes first, so the targets below leave out the peers whose initiation it now
+        // holds (see `crossing`). An unproven sender that got one is owed nothing more: its
+        // own initiation only waits in the parking lot.
+        let handed = self.deliver_parked(now, from, key, out);
+        let hold_own = handed > 0 && !proven;
+
+        // forward: to a pinned key's place; a pinned key's own handshake to its recent
+        // clients; else unicast to the confirmed holder, and a sweep when there is none or
+        // the initiator retries (a binding is a hint: the holder may have moved)
+        let mut park = false;
+        match (pin_route, started_by_pin) {
+            (PinRoute::To(e), _) => {
+                if self.copy_rules(now, &s, e, false, true) {
+                    out.targets.push(e);
+                }
+            }
+            (_, Some(p)) => self.pin_clients(now, p, &s, out),
+            _ if hold_own => park = true,
+            _ => {
+                if let Some(h) = learned.filter(|h| *h != from) {
+                    if !self.crossing(&h, &from, t) && self.copy_rules(now, &s, h, false, false) {
+                        out.targets.push(h);
+                    }
+                }
+                if learned.is_none() || retry {
+                    self.sweep(now, &s, out);
+                    park = true;
+                }
+            }
+        }
         if park {
-            self.park(now, sender, from, key, packet);
+            self.park(now, &s, proven || peer_like, packet);
         }
         if !out.targets.is_empty() {
             Decision::Forward
@@ -228,21 +305,28 @@ impl State {
         let receiver = resp.receiver();
         let mac1 = resp.mac1();
 
-        // the initiation it answers
-        let bit = self.mask_bit(&from);
+        // the initiation it answers, sent to exactly this endpoint
         let Some(init) = self.indices.lookup(receiver, t) else {
             return self.drop(DropReason::UnknownReceiver);
         };
         if init.peer.is_some() || init.responder {
             return self.drop(DropReason::AlreadyPaired);
         }
-        if init.sent_to & bit == 0 {
+        if !self.deliveries.contains(receiver, &from, t) {
             return self.drop(DropReason::UnknownSource);
         }
         let initiator = init.endpoint;
         let responder_key = init.peer_key;
         if initiator == from {
             return self.drop(DropReason::Loop);
+        }
+        // an unproven initiator is owed no more bytes than it sent
+        if !self
+            .endpoints
+            .get(&initiator)
+            .is_some_and(|i| i.may_receive(resp_len(), t))
+        {
+            return self.drop(DropReason::Unproven);
         }
 
         // mac1 names the initiator's key; the pair must share a group
@@ -286,7 +370,6 @@ impl State {
                 peer_key: initiator_key,
                 expires: t.after(REKEY_TIMEOUT),
                 max_counter: None,
-                sent_to: 0,
                 responder: true,
                 confirmed: false,
             },
@@ -300,6 +383,11 @@ impl State {
             }
         }
         self.endpoints.touch(from, t);
+        self.endpoints.credit(&from, resp_len());
+        if !self.endpoints.is_proven(&initiator, t) {
+            self.counters.bytes_to_unproven += resp_len() as u64;
+        }
+        self.endpoints.spend(&initiator, resp_len(), t);
         if let Some(info) = self.endpoints.get(&initiator) {
             if info.pending.is_some() {
                 self.endpoints.touch(initiator, t).pending = None;
@@ -332,23 +420,34 @@ impl State {
             return self.drop(DropReason::BadLength);
         };
         // the handshake message it answers, and who may answer it
-        let bit = self.mask_bit(&from);
-        let Some(entry) = self.indices.lookup(reply.receiver(), self.clock.tick(now)) else {
+        let t = self.clock.tick(now);
+        let receiver = reply.receiver();
+        let Some(entry) = self.indices.lookup(receiver, t) else {
             return self.drop(DropReason::UnknownReceiver);
         };
         let allowed = match entry.peer {
             // An unanswered initiation: one of the endpoints it went to.
-            None => entry.sent_to & bit != 0,
+            None => self.deliveries.contains(receiver, &from, t),
             // A response (or a session): the other side.
             Some(_) => entry.source == from,
         };
         if !allowed {
             return self.drop(DropReason::UnknownSource);
         }
-        if entry.endpoint == from {
+        let to = entry.endpoint;
+        if to == from {
             return self.drop(DropReason::Loop);
         }
-        out.targets.push(entry.endpoint);
+        // an unproven recipient is owed no more bytes than it sent
+        let len = packet.len();
+        self.endpoints.credit(&from, len);
+        if !self.endpoints.is_proven(&to, t) {
+            if !self.endpoints.spend(&to, len, t) {
+                return self.drop(DropReason::Unproven);
+            }
+            self.counters.bytes_to_unproven += len as u64;
+        }
+        out.targets.push(to);
         Decision::Forward
     }
 }

@@ -22,16 +22,16 @@ pub use pinned::{PinKind, PinRoute, MAX_RECENT_CLIENTS};
 pub use session::{Change, Fast, Session, SessionTable};
 
 use std::fmt;
-use std::hash::BuildHasher;
 use std::time::Instant;
 
 use crate::admit::{
-    CookieChecker, Entropy, KeyDirectory, LoadTracker, ReplayFilter, SourceLimiter, TokenBucket,
+    CookieChecker, Entropy, KeyBudgets, KeyDirectory, LoadTracker, RecentSources, ReplayFilter,
+    SourceLimiter, TokenBucket,
 };
 use crate::config::CookieMode;
 use crate::constants::*;
 use crate::key::PublicKey;
-use crate::table::{Clock, Endpoint, EndpointTable, IndexTable, ListenerId, Tick};
+use crate::table::{Clock, Deliveries, Endpoint, EndpointTable, IndexTable, ListenerId, Tick};
 use crate::wire::{self, MessageType};
 
 /// What to do with a packet. Targets and extra datagrams are in the caller's `Actions`.
@@ -91,10 +91,14 @@ pub enum DropReason {
     /// The destination's listener frames packets differently (AmneziaWG parameters), so the
     /// datagram would be meaningless there.
     FramingMismatch,
+    /// An unproven source that could not be challenged (open mode) and has not retried as a
+    /// WireGuard peer does, or a message that would send an unproven endpoint more bytes
+    /// than it sent.
+    Unproven,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 20] = [
+    pub const ALL: [DropReason; 21] = [
         DropReason::TooShort,
         DropReason::UnknownType,
         DropReason::BadLength,
@@ -115,6 +119,7 @@ impl DropReason {
         DropReason::NoUpstream,
         DropReason::Junk,
         DropReason::FramingMismatch,
+        DropReason::Unproven,
     ];
 
     pub const fn label(self) -> &'static str {
@@ -139,6 +144,7 @@ impl DropReason {
             DropReason::NoUpstream => "no_upstream",
             DropReason::Junk => "awg_junk",
             DropReason::FramingMismatch => "framing_mismatch",
+            DropReason::Unproven => "unproven",
         }
     }
 
@@ -217,6 +223,12 @@ pub struct Counters {
     pub handshakes_paired: u64,
     pub sessions_confirmed: u64,
     pub roams: u64,
+    /// Copies of unproven senders' initiations that reached a third party (each within the
+    /// named key's budget).
+    pub unproven_copies: u64,
+    /// Handshake bytes received from, and sent to, unproven endpoints.
+    pub bytes_from_unproven: u64,
+    pub bytes_to_unproven: u64,
     pub drops: [u64; DropReason::ALL.len()],
 }
 
@@ -239,6 +251,9 @@ impl Counters {
         self.handshakes_paired += other.handshakes_paired;
         self.sessions_confirmed += other.sessions_confirmed;
         self.roams += other.roams;
+        self.unproven_copies += other.unproven_copies;
+        self.bytes_from_unproven += other.bytes_from_unproven;
+        self.bytes_to_unproven += other.bytes_to_unproven;
         for (a, b) in self.drops.iter_mut().zip(other.drops.iter()) {
             *a += b;
         }
@@ -249,7 +264,7 @@ impl fmt::Display for Counters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "received={} forwarded={} fanout_copies={} handovers={} cookie_replies={} parked={} paired={} confirmed={} roams={} dropped={}",
+            "received={} forwarded={} fanout_copies={} handovers={} cookie_replies={} parked={} paired={} confirmed={} roams={} unproven_copies={} bytes_from_unproven={} bytes_to_unproven={} dropped={}",
             self.received,
             self.forwarded,
             self.fanout_copies,
@@ -259,6 +274,9 @@ impl fmt::Display for Counters {
             self.handshakes_paired,
             self.sessions_confirmed,
             self.roams,
+            self.unproven_copies,
+            self.bytes_from_unproven,
+            self.bytes_to_unproven,
             self.total_dropped()
         )?;
         for reason in DropReason::ALL {
@@ -307,8 +325,17 @@ pub struct State {
     replay: ReplayFilter,
     load: LoadTracker,
     sources: SourceLimiter,
+    /// Copies that involve an unproven endpoint (`--broadcast-rate`).
     fanout: Option<TokenBucket>,
-    fanout_cursor: usize,
+    /// Copies between proven endpoints: a rate that grows with the proven endpoints.
+    proven_fanout: Option<TokenBucket>,
+    broadcast_rate: Option<u32>,
+    /// Per responder key: copies of unproven senders' initiations.
+    key_budgets: KeyBudgets,
+    /// BLAKE2s spent on unproven sources' mac1 searches.
+    mac1_work: TokenBucket,
+    recent: RecentSources,
+    deliveries: Deliveries,
     clock: Clock,
     /// When `expire_if_due` sweeps next.
     next_expire: Instant,
@@ -316,8 +343,6 @@ pub struct State {
     endpoints: EndpointTable,
     parked: ParkingLot,
     entropy: Box<dyn Entropy>,
-    /// Seeded from the injected entropy: unpredictable to peers, reproducible in tests.
-    mask_hasher: foldhash::fast::FixedState,
     pins: pinned::Pins,
     counters: Counters,
 }
@@ -330,6 +355,7 @@ impl State {
         allow.extend(settings.servers.iter().copied());
         allow.extend(settings.port_peers.iter().map(|p| p.1));
         let keys = KeyDirectory::new(&allow, &settings.groups);
+        let key_count = keys.len();
         let mut pins = pinned::Pins::default();
         for server in &settings.servers {
             if let Some(k) = keys.id_of(server) {
@@ -354,14 +380,29 @@ impl State {
             fanout: settings
                 .broadcast_rate
                 .map(|rate| TokenBucket::new(rate, rate.saturating_mul(FANOUT_BURST_SECONDS), now)),
-            fanout_cursor: 0,
+            proven_fanout: settings
+                .broadcast_rate
+                .map(|rate| TokenBucket::new(rate, rate, now)),
+            broadcast_rate: settings.broadcast_rate,
+            key_budgets: KeyBudgets::new(
+                key_count,
+                UNPROVEN_COPIES_PER_KEY_PER_SECOND,
+                UNPROVEN_COPIES_PER_KEY_BURST,
+            ),
+            mac1_work: TokenBucket::new(
+                UNPROVEN_MAC1_TRIALS_PER_SECOND,
+                UNPROVEN_MAC1_TRIALS_PER_SECOND,
+                now,
+            ),
+            // Seeded from the injected entropy: unpredictable to peers, reproducible in tests.
+            recent: RecentSources::new(u64::from_le_bytes(seed)),
+            deliveries: Deliveries::new(),
             clock: Clock::new(now),
             next_expire: now,
             indices: IndexTable::new(),
             endpoints: EndpointTable::new(),
             parked: ParkingLot::new(MAX_PARKED_INITIATIONS),
             entropy,
-            mask_hasher: foldhash::fast::FixedState::with_seed(u64::from_le_bytes(seed)),
             pins,
             counters: Counters::default(),
         }
@@ -476,11 +517,24 @@ impl State {
         self.endpoints.expired_endpoints(t);
         self.parked.expired(now);
         self.sources.sweep(now);
+        self.deliveries.expired(t);
+        // The budget of copies between proven endpoints grows with them.
+        if let (Some(bucket), Some(rate)) = (&mut self.proven_fanout, self.broadcast_rate) {
+            let proven = self
+                .endpoints
+                .iter()
+                .filter(|(_, i)| i.is_proven(t))
+                .count();
+            let per = u64::from(PROVEN_COPIES_PER_ENDPOINT_PER_SECOND);
+            let scaled = u32::try_from(per * proven as u64).unwrap_or(u32::MAX);
+            let r = scaled.max(rate);
+            bucket.set_rate(r, r);
+        }
     }
 
-    /// The bit of an endpoint in an index entry's `sent_to` mask.
-    fn mask_bit(&self, e: &Endpoint) -> u64 {
-        1u64 << (self.mask_hasher.hash_one(e) % 64)
+    /// Deliveries recorded (for tests and status).
+    pub fn deliveries(&self) -> &Deliveries {
+        &self.deliveries
     }
 }
 

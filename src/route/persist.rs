@@ -8,7 +8,11 @@
 //! wgrelay-state 1 <unix ms when written>
 //! s <index> <listen>|<endpoint> <listen>|<source> <peer index> <owner key|-> <peer key|-> <ms left> <max counter|-> <i|r>
 //! p <listen>|<endpoint> <ms left>
+//! b <key> <listen>|<endpoint> <ms left>
 //! ```
+//! `b` lines are the identity bindings (key K is held by endpoint E), which outlive sessions:
+//! after a restart a returning peer's initiation goes straight to its partner, with no
+//! fan-out. The time left is how long the endpoint would still have been remembered.
 //! Listeners are named by their bound address, so a restart with other listeners drops what
 //! no longer fits. Keys are public keys: a session whose key is no longer allowed is dropped.
 //! Every line is checked; a bad line is skipped and counted, never trusted half-way. A pair is
@@ -37,6 +41,8 @@ pub struct Restored {
     pub sessions: usize,
     /// Proven sources restored.
     pub proven: usize,
+    /// Identity bindings restored.
+    pub bindings: usize,
     /// Lines skipped: malformed, expired, or no longer fitting the configuration.
     pub skipped: usize,
 }
@@ -109,6 +115,16 @@ impl State {
                 if e.responder { 'r' } else { 'i' },
             );
         }
+        for (k, e) in self.endpoints.bindings() {
+            let Some(info) = self.endpoints.get(&e) else {
+                continue;
+            };
+            let until = info.last_seen.after(crate::constants::ENDPOINT_IDLE_TIME);
+            if let (Some(endpoint), true) = (endpoint_text(&e, listeners), t < until) {
+                let key = self.key_text(Some(k));
+                let _ = writeln!(out, "b {key} {endpoint} {}", ms_left(t, until));
+            }
+        }
         for (e, info) in self.endpoints.iter() {
             if now_proven(t, info.proven_until) {
                 if let Some(endpoint) = endpoint_text(e, listeners) {
@@ -152,12 +168,15 @@ impl State {
             let ok = match line.split_once(' ') {
                 Some(("s", rest)) => self.parse_session(rest, elapsed, t, listeners, &mut restored),
                 Some(("p", rest)) => self.parse_proven(rest, elapsed, t, listeners),
+                Some(("b", rest)) => self.parse_binding(rest, elapsed, t, listeners),
                 _ => false,
             };
             if !ok {
                 done.skipped += 1;
             } else if line.starts_with('p') {
                 done.proven += 1;
+            } else if line.starts_with('b') {
+                done.bindings += 1;
             }
         }
         // Only whole pairs, pointing at each other, that collide with nothing live.
@@ -244,7 +263,6 @@ impl State {
                 peer_key,
                 expires: t.after(left),
                 max_counter,
-                sent_to: 0,
                 responder,
                 confirmed: true,
             },
@@ -267,10 +285,46 @@ impl State {
             return false;
         };
         let left = Duration::from_millis(left).saturating_sub(elapsed);
-        if left.is_zero() || left > crate::constants::SOURCE_PROVEN_TIME {
+        let longest =
+            crate::constants::SOURCE_PROVEN_TIME.max(crate::constants::PROVEN_BY_SESSION_TIME);
+        if left.is_zero() || left > longest {
             return false;
         }
         self.endpoints.touch(endpoint, t).proven_until = t.after(left);
+        true
+    }
+
+    fn parse_binding(
+        &mut self,
+        rest: &str,
+        elapsed: Duration,
+        t: Tick,
+        listeners: &[SocketAddr],
+    ) -> bool {
+        let f: Vec<&str> = rest.split(' ').collect();
+        let [key, endpoint, left] = f[..] else {
+            return false;
+        };
+        let (Ok(Some(key)), Some(endpoint), Ok(left)) = (
+            self.parse_key(key),
+            parse_endpoint(endpoint, listeners),
+            left.parse::<u64>(),
+        ) else {
+            return false;
+        };
+        let left = Duration::from_millis(left).saturating_sub(elapsed);
+        if left.is_zero() || left > crate::constants::ENDPOINT_IDLE_TIME {
+            return false;
+        }
+        // Remembered as if last seen when it would still have `left` to live.
+        let seen = Tick(
+            t.0.saturating_sub(
+                crate::table::Tick(0)
+                    .after(crate::constants::ENDPOINT_IDLE_TIME.saturating_sub(left))
+                    .0,
+            ),
+        );
+        self.endpoints.bind(key, endpoint, seen);
         true
     }
 }

@@ -121,6 +121,23 @@ impl Relay {
     }
 }
 
+/// Makes each device peer-like, as a WireGuard peer is after its first retry: one initiation
+/// from each (open mode drops them, keyed modes park them), then RETRY_MIN_GAP and more.
+/// Open mode admits nothing else from an unproven source.
+fn introduce(relay: &mut Relay, devices: &[&Device]) {
+    for (i, d) in devices.iter().enumerate() {
+        relay.route(
+            d.ep,
+            &initiation(&mut tunn(
+                d,
+                devices[(i + 1) % devices.len()],
+                90_000 + i as u32,
+            )),
+        );
+    }
+    relay.advance(REKEY_TIMEOUT + Duration::from_secs(1));
+}
+
 /// A's initiation is parked (B unknown); B's initiation makes B a candidate and delivers A's
 /// parked initiation to B, while B's own is held back so the two do not cross; B answers; A
 /// confirms. Returns A's and B's tunnels, established.
@@ -195,11 +212,18 @@ fn handshake_and_data_both_ways() {
 
 #[test]
 fn confirmed_key_gets_unicast_and_retry_falls_back_to_fanout() {
-    let (a, b, c) = (device(1, 1001), device(2, 1002), device(3, 1003));
-    let mut relay = Relay::allow(&[&a, &b, &c]);
+    let (a, b, c, d) = (
+        device(1, 1001),
+        device(2, 1002),
+        device(3, 1003),
+        device(4, 1004),
+    );
+    let mut relay = Relay::allow(&[&a, &b, &c, &d]);
     let (mut ta, _tb) = establish(&mut relay, &a, &b, 1, 2);
-    // C is an unbound candidate.
-    let mut tc = tunn(&c, &a, 3);
+    // C is an unbound candidate that behaves as a WireGuard peer: it looks for D and retries.
+    let mut tc = tunn(&c, &d, 3);
+    relay.route(c.ep, &initiation(&mut tc));
+    relay.advance(Duration::from_secs(2));
     relay.route(c.ep, &initiation(&mut tc));
     // A rekeys to B: unicast to B alone, though C is a candidate.
     relay.advance(Duration::from_secs(1));
@@ -238,11 +262,13 @@ fn groups_isolate_their_members() {
         cookie: CookieMode::Never,
         ..Settings::default()
     });
-    // A is a candidate of group 1 (it initiated to B, a while ago).
+    // A is a candidate of group 1 (it initiated to B, and retried, a while ago).
     assert_eq!(
         relay.route(a.ep, &initiation(&mut tunn(&a, &b, 1))).0,
         Decision::Parked
     );
+    relay.advance(Duration::from_secs(2));
+    relay.route(a.ep, &initiation(&mut tunn(&a, &b, 7)));
     relay.advance(REKEY_TIMEOUT + Duration::from_secs(1));
     // C (group 2) knows A's public key and initiates to A. The relay cannot know C's key
     // from an initiation, so the copy may reach A; but A's answer names C's key, and A and C
@@ -285,6 +311,8 @@ fn fanout_stays_within_the_keys_groups() {
     relay.route(c.ep, &initiation(&mut tunn(&c, &d, 3)));
     relay.route(d.ep, &initiation(&mut tunn(&d, &c, 4)));
     relay.route(a.ep, &initiation(&mut tunn(&a, &b, 1)));
+    relay.advance(Duration::from_secs(2));
+    relay.route(a.ep, &initiation(&mut tunn(&a, &b, 7)));
     // Let the parked initiations age out, so nothing is handed over and nothing crosses.
     relay.advance(REKEY_TIMEOUT + Duration::from_secs(1));
     // B initiates to A: only group-1 candidates (A) may get it, never C or D.
@@ -337,9 +365,16 @@ fn cookie_never_and_open_mode_cannot_challenge() {
         cookie: CookieMode::Always,
         ..Settings::default()
     });
-    // Open mode: no keys, so no cookie can be sealed; the initiation is admitted.
+    // Open mode: no keys, so no cookie can be sealed. A fresh source is not admitted (it
+    // could be anyone's spoofed address); its retry, as a WireGuard peer sends it, is.
     assert_eq!(
         relay.route(a.ep, &initiation(&mut tunn(&a, &b, 1))).0,
+        Decision::Drop(DropReason::Unproven)
+    );
+    assert!(relay.state.endpoints().is_empty(), "no state for it");
+    relay.advance(REKEY_TIMEOUT);
+    assert_eq!(
+        relay.route(a.ep, &initiation(&mut tunn(&a, &b, 2))).0,
         Decision::Parked
     );
 }
@@ -568,6 +603,7 @@ fn open_mode_relays_and_rate_limits_fanout() {
         .map(|i| device(10 + i, 1100 + u16::from(i)))
         .collect();
     let (a, b) = (&devices[0], &devices[1]);
+    introduce(&mut relay, &devices.iter().collect::<Vec<_>>());
     let (mut ta, _) = establish(&mut relay, a, b, 1, 2);
     let _ = &mut ta;
     // Many endpoints initiate: copies are capped by the bucket (2/s, burst 10).
@@ -588,6 +624,7 @@ fn initiations_do_not_cross() {
     // A's, is not forwarded to A: both would answer each other and both answers be refused.
     let (a, b) = (device(1, 1001), device(2, 1002));
     let mut relay = Relay::allow(&[&a, &b]);
+    introduce(&mut relay, &[&b]);
     relay.route(b.ep, &initiation(&mut tunn(&b, &a, 9)));
     relay.advance(REKEY_TIMEOUT + Duration::from_secs(1));
     let mut ta = tunn(&a, &b, 1);
@@ -626,6 +663,7 @@ fn parked_hand_over_is_not_starved_by_an_exhausted_fanout_budget() {
         cookie: CookieMode::Never,
         ..Settings::default()
     });
+    introduce(&mut relay, &devices.iter().collect::<Vec<_>>());
     // Other cold peers use up the fan-out budget (1/s, burst 5).
     for (i, d) in devices[2..].iter().enumerate() {
         relay.route(d.ep, &initiation(&mut tunn(d, &devices[0], 40 + i as u32)));

@@ -103,6 +103,9 @@ impl State {
                 self.endpoints.touch(new, now);
             }
         }
+        // a continuing counter proves the peer is at its new address
+        self.endpoints
+            .mark_proven_for(new, now, crate::constants::PROVEN_BY_SESSION_TIME);
     }
 
     /// After a roam, the peer's other live sessions with the same counterpart (the previous
@@ -135,8 +138,17 @@ impl State {
                 bind[slot] = e.owner_key.map(|k| (k, e.endpoint));
             }
         }
+        let mut ends = [None, None];
+        for (slot, index) in [responder, initiator].into_iter().enumerate() {
+            ends[slot] = self.indices.lookup(index, now).map(|e| e.endpoint);
+        }
         for (k, e) in bind.into_iter().flatten() {
             self.endpoints.bind(k, e, now);
+        }
+        // both sides answered each other's cryptography: both addresses are proven
+        for e in ends.into_iter().flatten() {
+            self.endpoints
+                .mark_proven_for(e, now, crate::constants::PROVEN_BY_SESSION_TIME);
         }
         self.counters.sessions_confirmed += 1;
     }

@@ -1,14 +1,27 @@
 //! What the relay knows of each endpoint, and the identity bindings "key K is held by
 //! endpoint E" confirmed by the peers' own handshakes (DESIGN §4).
 //!
-//! A binding is a hint: it sends later initiations for K to E alone, and is dropped when the
-//! initiator retries, when K shows up elsewhere, or when E goes idle.
+//! Invariants (docs/handshake.md has the whole argument):
+//! - **Proof.** An endpoint is *proven* while `now < proven_until`: it answered the relay's
+//!   cookie (mac2), took part in a confirmed session, or roamed with a continuing counter.
+//!   Anything else is *unproven*, and the relay sends it at most as many handshake bytes as it
+//!   received from it: `credit` is that balance, spent by every handshake message sent to it.
+//! - **Peer-like.** An unproven endpoint that retried from the same address after a pause, as
+//!   a WireGuard peer does every REKEY_TIMEOUT, is `peer_like`; a spoofer cycling fresh source
+//!   addresses never is. Only proven or peer-like endpoints are fan-out (sweep) targets.
+//! - **Bindings** are hints that outlive sessions: a key keeps its holder until the key shows
+//!   up elsewhere or the holder goes idle. They are what makes a second handshake free of
+//!   fan-out, and `--state-file` keeps them across restarts.
+//! - **Candidate lists are skipped, not pruned, by searches.** A sweep never removes an entry
+//!   (another pair's search must not delete this pair's holder); only expiry compacts them,
+//!   in order, so each initiator's sweep cursor stays meaningful and successive sweeps of one
+//!   initiator reach disjoint candidates.
 
 use std::collections::HashMap;
 
 use super::{Endpoint, Tick};
 use crate::admit::{GroupId, KeyId};
-use crate::constants::{ENDPOINT_IDLE_TIME, SOURCE_PROVEN_TIME};
+use crate::constants::{ENDPOINT_IDLE_TIME, UNPROVEN_IDLE_TIME};
 
 /// The last initiation an endpoint sent that the relay admitted.
 #[derive(Debug, Clone, Copy)]
@@ -19,19 +32,25 @@ pub struct Pending {
     pub index: crate::wire::Index,
 }
 
-/// One per endpoint, so kept small (36 bytes): ticks, not `Instant`s, and no heap.
+/// One per endpoint that got past admission, so kept small: ticks, not `Instant`s, no heap.
 #[derive(Debug, Clone)]
 pub struct EndpointInfo {
     /// Last admitted handshake message from or to it.
     pub last_seen: Tick,
-    /// Until when it counts as having proven its address (a valid mac2 with our cookie);
-    /// `Tick(0)`: never.
+    /// Until when it counts as proven (see the module docs); `Tick(0)`: never.
     pub proven_until: Tick,
     /// The key it is confirmed to hold.
     pub bound: Option<KeyId>,
     pub pending: Option<Pending>,
+    /// While unproven: handshake bytes received from it minus bytes sent to it.
+    pub credit: u32,
+    /// It retried from this address as a WireGuard peer does.
+    pub peer_like: bool,
+    /// Where its next sweep continues: a candidate sequence number.
+    pub sweep_from: u64,
+    /// When it last swept (a sweep per initiator per SWEEP_MIN_INTERVAL at most).
+    pub swept_at: Tick,
     /// It sits on the candidate lists of the groups of `registered_key` (the key it named).
-    /// Cleared when a list drops it, so its next initiation registers it again.
     registered: bool,
     registered_key: Option<KeyId>,
 }
@@ -43,37 +62,62 @@ impl EndpointInfo {
             proven_until: Tick(0),
             bound: None,
             pending: None,
+            credit: 0,
+            peer_like: false,
+            sweep_from: 0,
+            swept_at: Tick(0),
             registered: false,
             registered_key: None,
         }
     }
 
+    pub fn is_proven(&self, now: Tick) -> bool {
+        now < self.proven_until
+    }
+
+    /// Unproven endpoints are forgotten soon (a spoofed source must not hold memory for a
+    /// key lifetime); proven or bound ones after a key lifetime of silence.
     pub fn is_idle(&self, now: Tick) -> bool {
-        now.at_least_since(self.last_seen, ENDPOINT_IDLE_TIME)
+        let keep = if self.bound.is_some() || self.proven_until > self.last_seen {
+            ENDPOINT_IDLE_TIME
+        } else {
+            UNPROVEN_IDLE_TIME
+        };
+        now.at_least_since(self.last_seen, keep)
+    }
+
+    /// Whether the relay may send it `bytes` more handshake bytes now.
+    pub fn may_receive(&self, bytes: usize, now: Tick) -> bool {
+        self.is_proven(now) || bytes <= self.credit as usize
     }
 }
 
-/// Entries a fan-out may examine per target it wants, so dead entries cannot make it scan a
-/// whole list.
-const EXAMINE_PER_MAX: usize = 4;
-
-/// What a fan-out looks for: candidates of `groups` that may hold `key`, other than `from`,
-/// at most `max` of them.
+/// What a sweep looks for: candidates of `groups` that may hold `key`, other than `from`.
 #[derive(Debug, Clone, Copy)]
 pub struct Want<'a> {
     pub groups: &'a [GroupId],
     pub key: Option<KeyId>,
     pub from: Endpoint,
+    /// Copies wanted at most.
     pub max: usize,
+    /// Entries examined at most (dead and ineligible ones included).
+    pub examine: usize,
 }
 
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// One group's candidates in the order they registered (sequence numbers increase).
+#[derive(Debug, Default)]
+struct Candidates {
+    entries: Vec<(u64, Endpoint)>,
+}
 
 #[derive(Debug, Default)]
 pub struct EndpointTable {
     map: Map<Endpoint, EndpointInfo>,
     bindings: Map<KeyId, Endpoint>,
-    candidates: Map<GroupId, Vec<Endpoint>>,
+    candidates: Map<GroupId, Candidates>,
+    next_seq: u64,
 }
 
 impl EndpointTable {
@@ -83,6 +127,10 @@ impl EndpointTable {
 
     pub fn get(&self, e: &Endpoint) -> Option<&EndpointInfo> {
         self.map.get(e)
+    }
+
+    pub fn get_mut(&mut self, e: &Endpoint) -> Option<&mut EndpointInfo> {
+        self.map.get_mut(e)
     }
 
     pub fn len(&self) -> usize {
@@ -101,6 +149,16 @@ impl EndpointTable {
         self.bindings.len()
     }
 
+    /// Every binding, for `--state-file`.
+    pub fn bindings(&self) -> impl Iterator<Item = (KeyId, Endpoint)> + '_ {
+        self.bindings.iter().map(|(k, e)| (*k, *e))
+    }
+
+    /// Entries on candidate lists (all groups), for tests and status.
+    pub fn candidate_entries(&self) -> usize {
+        self.candidates.values().map(|c| c.entries.len()).sum()
+    }
+
     /// Marks an endpoint seen, creating its record.
     pub fn touch(&mut self, e: Endpoint, now: Tick) -> &mut EndpointInfo {
         let info = self.map.entry(e).or_insert_with(|| EndpointInfo::new(now));
@@ -109,11 +167,39 @@ impl EndpointTable {
     }
 
     pub fn is_proven(&self, e: &Endpoint, now: Tick) -> bool {
-        self.map.get(e).is_some_and(|i| now < i.proven_until)
+        self.map.get(e).is_some_and(|i| i.is_proven(now))
     }
 
-    pub fn mark_proven(&mut self, e: Endpoint, now: Tick) {
-        self.touch(e, now).proven_until = now.after(SOURCE_PROVEN_TIME);
+    /// Proven for at least `d` from `now` (never shortens an earlier proof).
+    pub fn mark_proven_for(&mut self, e: Endpoint, now: Tick, d: std::time::Duration) {
+        let info = self.touch(e, now);
+        info.proven_until = info.proven_until.max(now.after(d));
+    }
+
+    /// Counts handshake bytes received from `e` (its credit while unproven).
+    pub fn credit(&mut self, e: &Endpoint, bytes: usize) {
+        if let Some(info) = self.map.get_mut(e) {
+            let b = u32::try_from(bytes).unwrap_or(u32::MAX);
+            info.credit = info.credit.saturating_add(b);
+        }
+    }
+
+    /// Takes `bytes` from `e`'s credit if the relay may send them (always, once proven).
+    /// An endpoint without a record has no credit.
+    pub fn spend(&mut self, e: &Endpoint, bytes: usize, now: Tick) -> bool {
+        let Some(info) = self.map.get_mut(e) else {
+            return false;
+        };
+        if info.is_proven(now) {
+            return true;
+        }
+        match u32::try_from(bytes) {
+            Ok(b) if b <= info.credit => {
+                info.credit -= b;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// The key an endpoint is confirmed to hold.
@@ -130,13 +216,15 @@ impl EndpointTable {
         }
     }
 
-    /// Records that `e` holds `key`, undoing any binding either had before.
+    /// Records that `e` holds `key`, undoing any binding either had before. An endpoint that
+    /// loses its binding is registered again by its next initiation.
     pub fn bind(&mut self, key: KeyId, e: Endpoint, now: Tick) {
         if let Some(old) = self.bindings.insert(key, e) {
             if old != e {
                 if let Some(info) = self.map.get_mut(&old) {
                     if info.bound == Some(key) {
                         info.bound = None;
+                        info.registered = false;
                     }
                 }
             }
@@ -165,79 +253,103 @@ impl EndpointTable {
         info.registered = true;
         info.registered_key = named;
         for g in groups {
-            self.candidates.entry(*g).or_default().push(e);
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            self.candidates
+                .entry(*g)
+                .or_default()
+                .entries
+                .push((seq, e));
         }
     }
 
-    /// Collects fan-out targets for an initiation naming `key`: live endpoints on the
-    /// candidate lists of `groups`, other than `from`, not bound to a different key, at most
-    /// `max`. When there are more, `cursor` rotates the starting point so retries reach the
-    /// rest. Dead and bound-elsewhere entries met on the way are removed. Each call examines
-    /// at most `EXAMINE_PER_MAX * max` entries per group, whatever the list length: a cold
-    /// initiation costs the same with ten candidates as with a million.
-    pub fn candidates(
+    /// One systematic sweep step for `want.from`: starting at its own cursor, visits the
+    /// candidates of `want.groups` in registration order up to the end of the list, and
+    /// offers each one
+    /// that is live, not the sender, and not bound to another key to `accept`, which says
+    /// whether a copy went there. Stops after `want.max` copies or `want.examine` entries
+    /// (per group), and moves the cursor past the last entry visited, so the sender's next
+    /// sweep continues with candidates this one did not reach. Removes nothing.
+    pub fn sweep(
         &mut self,
         want: &Want<'_>,
         now: Tick,
-        cursor: &mut usize,
-        out: &mut Vec<Endpoint>,
-    ) {
+        mut accept: impl FnMut(&Endpoint, &EndpointInfo) -> bool,
+    ) -> usize {
         let Want {
             groups,
             key,
             from,
             max,
+            examine,
         } = *want;
+        let start = self.map.get(&from).map_or(0, |i| i.sweep_from);
+        let mut sent = 0;
+        let mut next = start;
         for g in groups {
-            let Some(list) = self.candidates.get_mut(g) else {
+            let Some(list) = self.candidates.get(g) else {
                 continue;
             };
-            let len = list.len();
-            let budget = max.saturating_mul(EXAMINE_PER_MAX).min(len);
-            let start = if len == 0 { 0 } else { *cursor % len };
-            let mut dead: Vec<usize> = Vec::new();
-            // Visit each position at most once, from the cursor.
-            for step in 0..budget {
-                if out.len() >= max {
+            let len = list.entries.len();
+            if len == 0 {
+                continue;
+            }
+            // From the cursor to the end of the list (a lap ends there: the next sweep
+            // starts again from the first entry); a cursor past the end starts a new lap.
+            let mut first = list.entries.partition_point(|(s, _)| *s < start);
+            if first >= len {
+                first = 0;
+            }
+            next = 0;
+            for &(seq, c) in list.entries[first..].iter().take(examine) {
+                if sent >= max {
                     break;
                 }
-                let i = (start + step) % len;
-                let c = list[i];
-                match self.map.get_mut(&c) {
-                    Some(info)
-                        if !info.is_idle(now) && (info.bound.is_none() || info.bound == key) =>
-                    {
-                        if c != from && !out.contains(&c) {
-                            out.push(c);
-                        }
-                    }
-                    Some(info) => {
-                        info.registered = false;
-                        dead.push(i);
-                    }
-                    None => dead.push(i),
+                next = seq.wrapping_add(1);
+                if c == from {
+                    continue;
+                }
+                let Some(info) = self.map.get(&c) else {
+                    continue;
+                };
+                if info.is_idle(now) || info.bound.is_some_and(|b| Some(b) != key) {
+                    continue;
+                }
+                if accept(&c, info) {
+                    sent += 1;
                 }
             }
-            // Highest first, so each swap_remove moves an entry that stays.
-            dead.sort_unstable_by(|a, b| b.cmp(a));
-            for i in dead {
-                list.swap_remove(i);
+            if list.entries.last().is_some_and(|(s, _)| next > *s) {
+                next = 0;
             }
-            *cursor = cursor.wrapping_add(max);
         }
+        if let Some(info) = self.map.get_mut(&from) {
+            info.sweep_from = next;
+        }
+        sent
     }
 
-    /// Forgets idle endpoints and their bindings. Returns how many went.
+    /// Forgets idle endpoints and their bindings, and compacts the candidate lists (in
+    /// order) of gone and bound endpoints. Returns how many endpoints went.
     pub fn expired_endpoints(&mut self, now: Tick) -> usize {
         let before = self.map.len();
         self.map.retain(|_, info| !info.is_idle(now));
-        let map = &self.map;
+        let map = &mut self.map;
         self.bindings
             .retain(|k, e| map.get(e).is_some_and(|i| i.bound == Some(*k)));
         for list in self.candidates.values_mut() {
-            list.retain(|e| map.contains_key(e));
+            list.entries.retain(|(_, e)| match map.get_mut(e) {
+                // Bound endpoints leave the lists (a search for their own key finds them as
+                // the holder); they register again if the binding goes.
+                Some(info) if info.bound.is_some() => {
+                    info.registered = false;
+                    false
+                }
+                Some(_) => true,
+                None => false,
+            });
         }
-        self.candidates.retain(|_, list| !list.is_empty());
+        self.candidates.retain(|_, list| !list.entries.is_empty());
         before - self.map.len()
     }
 }
@@ -246,6 +358,8 @@ impl EndpointTable {
 mod tests {
     use super::*;
     use crate::table::ListenerId;
+    use proptest::prelude::*;
+    use std::collections::HashSet;
     use std::time::Duration;
 
     fn t0() -> Tick {
@@ -258,11 +372,21 @@ mod tests {
             key,
             from,
             max,
+            examine: usize::MAX,
         }
     }
 
     fn ep(port: u16) -> Endpoint {
         Endpoint::new(ListenerId(0), format!("127.0.0.1:{port}").parse().unwrap())
+    }
+
+    fn collect(tab: &mut EndpointTable, w: &Want<'_>, t: Tick) -> Vec<Endpoint> {
+        let mut out = Vec::new();
+        tab.sweep(w, t, |c, _| {
+            out.push(*c);
+            true
+        });
+        out
     }
 
     #[test]
@@ -283,120 +407,74 @@ mod tests {
     }
 
     #[test]
-    fn candidates_skip_sender_bound_and_idle() {
+    fn sweep_skips_sender_bound_and_idle_and_removes_nothing() {
         let t = t0();
         let g = [GroupId(0)];
         let mut tab = EndpointTable::new();
         for p in 1..=4 {
             tab.add_candidate(ep(p), None, &g, t);
+            tab.mark_proven_for(ep(p), t, Duration::from_secs(600));
         }
         tab.bind(KeyId::new(9), ep(3), t);
-        let mut out = Vec::new();
-        let mut cursor = 0;
-        tab.candidates(
-            &want(&g, Some(KeyId::new(1)), ep(1), 64),
-            t,
-            &mut cursor,
-            &mut out,
-        );
+        let mut out = collect(&mut tab, &want(&g, Some(KeyId::new(1)), ep(1), 64), t);
         out.sort_by_key(|e| e.addr().port());
         assert_eq!(out, vec![ep(2), ep(4)]);
-        // A bound endpoint is a candidate for its own key (a retry reaches it).
-        tab.add_candidate(ep(3), Some(KeyId::new(7)), &g, t);
-        out.clear();
-        tab.candidates(
-            &want(&g, Some(KeyId::new(9)), ep(1), 64),
-            t,
-            &mut cursor,
-            &mut out,
-        );
+        assert_eq!(tab.candidate_entries(), 4, "a sweep prunes nothing");
+        // A bound endpoint is still found by a search for its own key.
+        let out = collect(&mut tab, &want(&g, Some(KeyId::new(9)), ep(1), 64), t);
         assert!(out.contains(&ep(3)));
-        // Idle endpoints drop out.
+        // Idle endpoints are skipped (unproven ones go idle soon).
         let later = t.after(ENDPOINT_IDLE_TIME + Duration::from_secs(1));
         tab.touch(ep(2), later);
-        out.clear();
-        tab.candidates(
-            &want(&g, Some(KeyId::new(1)), ep(1), 64),
-            later,
-            &mut cursor,
-            &mut out,
-        );
+        let out = collect(&mut tab, &want(&g, Some(KeyId::new(1)), ep(1), 64), later);
         assert_eq!(out, vec![ep(2)]);
     }
 
     #[test]
-    fn candidates_rotate_past_the_cap() {
+    fn unproven_endpoints_go_idle_sooner_than_proven_ones() {
+        let t = t0();
+        let mut tab = EndpointTable::new();
+        tab.touch(ep(1), t);
+        tab.mark_proven_for(ep(2), t, Duration::from_secs(120));
+        let later = t.after(UNPROVEN_IDLE_TIME);
+        assert!(tab.get(&ep(1)).unwrap().is_idle(later));
+        assert!(!tab.get(&ep(2)).unwrap().is_idle(later));
+    }
+
+    #[test]
+    fn credit_is_spent_only_while_unproven() {
+        let t = t0();
+        let mut tab = EndpointTable::new();
+        assert!(!tab.spend(&ep(1), 1, t), "no record, no credit");
+        tab.touch(ep(1), t);
+        tab.credit(&ep(1), 148);
+        assert!(tab.spend(&ep(1), 64, t));
+        assert!(!tab.spend(&ep(1), 148, t), "84 left");
+        assert!(tab.spend(&ep(1), 84, t));
+        assert!(!tab.spend(&ep(1), 1, t));
+        tab.mark_proven_for(ep(1), t, Duration::from_secs(1));
+        assert!(tab.spend(&ep(1), 100_000, t));
+    }
+
+    #[test]
+    fn another_pairs_search_does_not_hide_a_holder() {
+        // Pair i's holder is bound; pair j's sweep passes over it; pair i's own search still
+        // finds it (it is skipped, not removed).
         let t = t0();
         let g = [GroupId(0)];
         let mut tab = EndpointTable::new();
-        for p in 1..=10 {
+        for p in 1..=3 {
             tab.add_candidate(ep(p), None, &g, t);
         }
-        let mut seen = std::collections::HashSet::new();
-        let mut cursor = 0;
-        for _ in 0..4 {
-            let mut out = Vec::new();
-            tab.candidates(&want(&g, None, ep(100), 3), t, &mut cursor, &mut out);
-            assert_eq!(out.len(), 3);
-            seen.extend(out);
-        }
-        assert_eq!(seen.len(), 10, "four rounds of three cover all ten");
+        tab.bind(KeyId::new(1), ep(1), t);
+        let out = collect(&mut tab, &want(&g, Some(KeyId::new(2)), ep(9), 64), t);
+        assert!(!out.contains(&ep(1)));
+        let out = collect(&mut tab, &want(&g, Some(KeyId::new(1)), ep(8), 64), t);
+        assert!(out.contains(&ep(1)));
     }
 
     #[test]
-    fn every_eligible_candidate_is_found_whatever_the_cursor() {
-        let t = t0();
-        let g = [GroupId(0)];
-        for start in 0..6 {
-            let mut tab = EndpointTable::new();
-            for p in 1..=3 {
-                tab.add_candidate(ep(p), None, &g, t);
-            }
-            tab.bind(KeyId::new(1), ep(1), t); // bound to another key: not a candidate for 2
-            tab.bind(KeyId::new(2), ep(2), t); // the holder of 2: a candidate for 2
-            let mut cursor = start;
-            let mut out = Vec::new();
-            tab.candidates(
-                &want(&g, Some(KeyId::new(2)), ep(9), 64),
-                t,
-                &mut cursor,
-                &mut out,
-            );
-            out.sort_by_key(|e| e.addr().port());
-            assert_eq!(out, vec![ep(2), ep(3)], "cursor {start}");
-        }
-    }
-
-    #[test]
-    fn candidates_examine_a_bounded_number_of_entries() {
-        let t = t0();
-        let g = [GroupId(0)];
-        let mut tab = EndpointTable::new();
-        for p in 1..=1000 {
-            tab.add_candidate(ep(p), None, &g, t);
-        }
-        // Everyone but the last goes idle.
-        let later = t.after(ENDPOINT_IDLE_TIME);
-        tab.touch(ep(1000), later);
-        let mut cursor = 0;
-        let mut out = Vec::new();
-        tab.candidates(&want(&g, None, ep(5000), 2), later, &mut cursor, &mut out);
-        // At most 8 examined (4 per wanted copy): 8 dead ones removed.
-        assert!(out.is_empty());
-        assert_eq!(tab.candidates[&GroupId(0)].len(), 1000 - 8);
-        // Repeated calls prune their way to it.
-        for _ in 0..200 {
-            out.clear();
-            tab.candidates(&want(&g, None, ep(5000), 2), later, &mut cursor, &mut out);
-            if !out.is_empty() {
-                break;
-            }
-        }
-        assert_eq!(out, vec![ep(1000)]);
-    }
-
-    #[test]
-    fn expiry_drops_idle_endpoints_and_their_bindings() {
+    fn expiry_compacts_lists_in_order_and_drops_idle_endpoints() {
         let t = t0();
         let mut tab = EndpointTable::new();
         tab.bind(KeyId::new(1), ep(1), t);
@@ -405,5 +483,41 @@ mod tests {
         assert_eq!(tab.expired_endpoints(later), 2);
         assert_eq!(tab.bindings_len(), 0);
         assert!(tab.is_empty());
+        assert_eq!(tab.candidate_entries(), 0);
+    }
+
+    proptest! {
+        /// Successive sweeps of one initiator reach disjoint candidates and cover the whole
+        /// group in ceil(candidates / cap) rounds, whatever other initiators do in between.
+        #[test]
+        fn successive_sweeps_cover_every_candidate(
+            n in 1usize..200,
+            cap in 1usize..40,
+            others in proptest::collection::vec(0u16..300, 0..20),
+        ) {
+            let t = t0();
+            let g = [GroupId(0)];
+            let mut tab = EndpointTable::new();
+            for p in 0..n {
+                tab.add_candidate(ep(1000 + p as u16), None, &g, t);
+            }
+            let me = ep(1);
+            tab.touch(me, t);
+            let rounds = n.div_ceil(cap);
+            let mut seen = HashSet::new();
+            for r in 0..rounds {
+                // Someone else sweeps in between (must not disturb this initiator's cursor).
+                if let Some(o) = others.get(r) {
+                    let other = ep(2 + *o);
+                    tab.touch(other, t);
+                    collect(&mut tab, &want(&g, None, other, cap), t);
+                }
+                let got = collect(&mut tab, &want(&g, None, me, cap), t);
+                for c in got {
+                    prop_assert!(seen.insert(c), "reached twice before a full lap: {c}");
+                }
+            }
+            prop_assert_eq!(seen.len(), n);
+        }
     }
 }

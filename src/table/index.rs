@@ -26,9 +26,6 @@ pub struct IndexEntry {
     /// Highest counter of transport packets to this index, i.e. sent by the other side
     /// (roaming checks against it).
     pub max_counter: Option<u64>,
-    /// A compact set (64-bit Bloom mask) of the endpoints an initiation was sent to; only they
-    /// may answer it.
-    pub sent_to: u64,
     /// This index belongs to the responder of its session.
     pub responder: bool,
     /// The initiator's first transport message arrived, so both sides accepted the handshake.
@@ -140,6 +137,10 @@ mod tests {
             "{}",
             std::mem::size_of::<IndexEntry>()
         );
-        assert!(std::mem::size_of::<crate::table::EndpointInfo>() <= 36);
+        assert!(
+            std::mem::size_of::<crate::table::EndpointInfo>() <= 64,
+            "{}",
+            std::mem::size_of::<crate::table::EndpointInfo>()
+        );
     }
 }

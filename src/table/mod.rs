@@ -2,9 +2,11 @@
 //! (`index`), and what the relay knows of each endpoint (`endpoint`): when it proved its
 //! address, which key it is confirmed to hold, which groups it is a fan-out candidate in.
 
+pub mod delivery;
 pub mod endpoint;
 pub mod index;
 
+pub use delivery::Deliveries;
 pub use endpoint::{EndpointInfo, EndpointTable};
 pub use index::{IndexEntry, IndexTable};
 
