@@ -62,7 +62,7 @@ pub const UNPROVEN_IDLE_TIME: Duration = Duration::from_secs(16);
 /// `RETRY_MAX_GAP` after the previous one makes the source peer-like: WireGuard retries every
 /// REKEY_TIMEOUT (plus jitter) with a new sender index; a flood never waits, a spoofer cycling
 /// fresh addresses never comes back.
-pub const RETRY_MIN_GAP: Duration = Duration::from_secs(1);
+pub const RETRY_MIN_GAP: Duration = Duration::from_millis(900);
 pub const RETRY_MAX_GAP: Duration = Duration::from_secs(16);
 /// Slots of the memory of recent unproven sources (8 bytes each).
 pub const RECENT_SOURCES: usize = 1 << 16;
@@ -70,8 +70,8 @@ pub const RECENT_SOURCES: usize = 1 << 16;
 /// (open mode: for all of them) and second, and the burst. WireGuard's own responder takes
 /// 20 handshakes/s per source; a key whose budget is spent is "under load" and unproven
 /// initiations naming it get the cookie challenge instead.
-pub const UNPROVEN_COPIES_PER_KEY_PER_SECOND: u32 = 5;
-pub const UNPROVEN_COPIES_PER_KEY_BURST: u32 = 10;
+pub const UNPROVEN_COPIES_PER_KEY_PER_SECOND: u32 = 20;
+pub const UNPROVEN_COPIES_PER_KEY_BURST: u32 = 40;
 /// mac1 trials (one BLAKE2s each) per second spent on unproven sources that gave no hint of
 /// their key, with one second of burst: a flood of unknown initiations cannot make the relay
 /// spend more than about a third of a core on them, whatever the number of allowed keys.

@@ -38,6 +38,8 @@ struct Parked {
     proven: bool,
     /// Its sender was proven or peer-like: handed out before the others.
     preferred: bool,
+    /// It was sent to someone already (fan-out or hand-over).
+    delivered: bool,
     expires: Instant,
     bytes: [u8; INITIATION],
 }
@@ -175,7 +177,7 @@ impl State {
     }
 
     /// A sweep for `s`'s initiation: candidates of `key`'s groups that could be WireGuard
-    /// peers (proven, or peer-like with credit), never crossing, continuing where `s.from`'s
+    /// peers (proven; for a proven sender also peer-like ones with credit), never crossing, continuing where `s.from`'s
     /// last sweep stopped. Returns the copies added to `out.targets`.
     pub(super) fn sweep(&mut self, now: Instant, s: &Sender, out: &mut Actions) -> usize {
         let t = self.clock.tick(now);
@@ -201,7 +203,11 @@ impl State {
         let (indices, deliveries) = (&self.indices, &self.deliveries);
         let targets = &mut out.targets;
         self.endpoints.sweep(&want, t, |c, info| {
-            let eligible = (info.is_proven(t) || info.peer_like) && info.may_receive(INITIATION, t);
+            // an unproven sender reaches proven candidates only: unproven ones get what they
+            // can answer by hand-over, one per initiation they send, and a blind copy would
+            // spend the credit that hand-over needs
+            let eligible = (info.is_proven(t) || (info.peer_like && s.proven))
+                && info.may_receive(INITIATION, t);
             // crossing: c's own unanswered initiation is with the sender already
             let crossing = info.pending.is_some_and(|p| {
                 !t.at_least_since(p.at, REKEY_TIMEOUT)
@@ -272,7 +278,14 @@ impl State {
     }
 
     /// Keeps a cold initiation so candidates that appear within REKEY_TIMEOUT still get it.
-    pub(super) fn park(&mut self, now: Instant, s: &Sender, preferred: bool, packet: &[u8]) {
+    pub(super) fn park(
+        &mut self,
+        now: Instant,
+        s: &Sender,
+        preferred: bool,
+        delivered: bool,
+        packet: &[u8],
+    ) {
         let mut bytes = [0u8; INITIATION];
         if packet.len() != bytes.len() {
             return;
@@ -286,6 +299,7 @@ impl State {
             groups,
             proven: s.proven,
             preferred,
+            delivered,
             expires: now + REKEY_TIMEOUT,
             bytes,
         });
@@ -319,10 +333,20 @@ impl State {
         } else {
             1
         };
+        let proven = self.endpoints.is_proven(&to, t);
         let open = self.keys.is_open();
         let groups: Vec<GroupId> = self.keys.groups_of(named).to_vec();
         let mut chosen: Vec<Index> = Vec::new();
-        for preferred_pass in [true, false] {
+        // Passes: initiations nobody holds yet (proven or peer-like senders' first), then, for
+        // a proven candidate only, those already delivered elsewhere (a blind copy may have
+        // gone to the wrong peer). An unproven candidate gets one hand-over per initiation it
+        // sends, so it gets the likeliest: one that reached nobody.
+        let passes: &[(bool, bool)] = if proven {
+            &[(true, false), (false, false), (true, true), (false, true)]
+        } else {
+            &[(true, false), (false, false)]
+        };
+        for &(preferred_pass, delivered_pass) in passes {
             for g in &groups {
                 let Some(list) = self.parked.by_group.get(g) else {
                     continue;
@@ -335,6 +359,7 @@ impl State {
                         continue;
                     };
                     if p.preferred != preferred_pass
+                        || p.delivered != delivered_pass
                         || p.from == to
                         || now >= p.expires
                         || chosen.contains(sender)
@@ -379,6 +404,9 @@ impl State {
                 break;
             }
             out.extra.push(Datagram::new(to, &p.bytes));
+            if let Some(p) = self.parked.parked.get_mut(&sender) {
+                p.delivered = true;
+            }
             self.counters.handovers += 1;
             handed += 1;
         }

@@ -248,8 +248,7 @@ impl State {
 
         // The sender is a new candidate: hand it the parked initiations it could answer. This
         // comes first, so the targets below leave out the peers whose initiation it now
-        // holds (see `crossing`). An unproven sender that got one is owed nothing more: its
-        // own initiation only waits in the parking lot.
+        // holds (see `crossing`). An unproven sender that got one is owed nothing more.
         let handed = self.deliver_parked(now, from, key, out);
         let hold_own = handed > 0 && !proven;
 
@@ -264,7 +263,9 @@ impl State {
                 }
             }
             (_, Some(p)) => self.pin_clients(now, p, &s, out),
-            _ if hold_own => park = true,
+            // its credit went on the hand-over: its own initiation goes nowhere (a response
+            // to it would be owed bytes it did not send); it answers what it got, or retries
+            _ if hold_own => {}
             _ => {
                 if let Some(h) = learned.filter(|h| *h != from) {
                     if !self.crossing(&h, &from, t) && self.copy_rules(now, &s, h, false, false) {
@@ -278,11 +279,12 @@ impl State {
             }
         }
         if park {
-            self.park(now, &s, proven || peer_like, packet);
+            let delivered = !out.targets.is_empty();
+            self.park(now, &s, proven || peer_like, delivered, packet);
         }
         if !out.targets.is_empty() {
             Decision::Forward
-        } else if park {
+        } else if park || hold_own {
             Decision::Parked
         } else {
             self.drop(DropReason::FanOutLimited)

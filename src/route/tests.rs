@@ -138,6 +138,15 @@ fn introduce(relay: &mut Relay, devices: &[&Device]) {
     relay.advance(REKEY_TIMEOUT + Duration::from_secs(1));
 }
 
+/// Marks an endpoint proven, as answering our cookie or a confirmed session would.
+fn prove(relay: &mut Relay, e: Endpoint) {
+    let t = relay.state.tick(relay.now);
+    relay
+        .state
+        .endpoints
+        .mark_proven_for(e, t, Duration::from_secs(600));
+}
+
 /// A's initiation is parked (B unknown); B's initiation makes B a candidate and delivers A's
 /// parked initiation to B, while B's own is held back so the two do not cross; B answers; A
 /// confirms. Returns A's and B's tunnels, established.
@@ -270,6 +279,7 @@ fn groups_isolate_their_members() {
     relay.advance(Duration::from_secs(2));
     relay.route(a.ep, &initiation(&mut tunn(&a, &b, 7)));
     relay.advance(REKEY_TIMEOUT + Duration::from_secs(1));
+    prove(&mut relay, a.ep);
     // C (group 2) knows A's public key and initiates to A. The relay cannot know C's key
     // from an initiation, so the copy may reach A; but A's answer names C's key, and A and C
     // share no group: the response is refused and the handshake never completes.
@@ -315,6 +325,9 @@ fn fanout_stays_within_the_keys_groups() {
     relay.route(a.ep, &initiation(&mut tunn(&a, &b, 7)));
     // Let the parked initiations age out, so nothing is handed over and nothing crosses.
     relay.advance(REKEY_TIMEOUT + Duration::from_secs(1));
+    for d in [&a, &c, &d] {
+        prove(&mut relay, d.ep);
+    }
     // B initiates to A: only group-1 candidates (A) may get it, never C or D.
     let (dec, _) = relay.route(b.ep, &initiation(&mut tunn(&b, &a, 2)));
     assert_eq!(dec, Decision::Forward);
@@ -624,8 +637,8 @@ fn initiations_do_not_cross() {
     // A's, is not forwarded to A: both would answer each other and both answers be refused.
     let (a, b) = (device(1, 1001), device(2, 1002));
     let mut relay = Relay::allow(&[&a, &b]);
-    introduce(&mut relay, &[&b]);
     relay.route(b.ep, &initiation(&mut tunn(&b, &a, 9)));
+    prove(&mut relay, b.ep);
     relay.advance(REKEY_TIMEOUT + Duration::from_secs(1));
     let mut ta = tunn(&a, &b, 1);
     let init_a = initiation(&mut ta);
@@ -794,6 +807,66 @@ fn counters_add_up() {
     assert!(total.to_string().contains("drop_bad_mac1=4"));
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+    // Proof before reach, over whole runs: whatever arrives from wherever (real messages of
+    // two pairs, corrupted or not, from any of eight sources, in any order and timing, in
+    // every cookie mode and in open mode), every endpoint that is unproven has received from
+    // the relay, while unproven, at most the bytes it sent; and copies of unproven senders'
+    // initiations reach third parties only within the per-key budgets.
+    #[test]
+    fn unproven_endpoints_never_get_more_than_they_sent(
+        steps in proptest::collection::vec(
+            (0usize..64, 0u16..8, proptest::option::of((0usize..148, any::<u8>())), 0u64..4000),
+            1..120,
+        ),
+        mode in 0u8..4,
+    ) {
+        let pool = message_pool();
+        let devices: Vec<Device> = (1..=4).map(|i| device(i, 1000 + u16::from(i))).collect();
+        let mut relay = Relay::new(Settings {
+            allow: if mode == 3 { Vec::new() } else { devices.iter().map(|d| d.public).collect() },
+            cookie: [CookieMode::Never, CookieMode::UnderLoad, CookieMode::Always, CookieMode::Never]
+                [usize::from(mode)],
+            ..Settings::default()
+        });
+        let start = relay.now;
+        let mut from_bytes: std::collections::HashMap<Endpoint, usize> = Default::default();
+        let mut to_unproven: std::collections::HashMap<Endpoint, usize> = Default::default();
+        for (pick, port, corrupt, millis) in steps {
+            relay.advance(Duration::from_millis(millis));
+            let mut bytes = pool[pick % pool.len()].clone();
+            if let Some((at, xor)) = corrupt {
+                let at = at % bytes.len();
+                bytes[at] ^= xor;
+            }
+            let from = ep(1000 + port);
+            *from_bytes.entry(from).or_default() += bytes.len();
+            let (_, sent) = relay.route(from, &bytes);
+            let t = relay.state.tick(relay.now);
+            let mut sends: Vec<(Endpoint, usize)> =
+                relay.out.targets.iter().map(|e| (*e, sent.len())).collect();
+            sends.extend(relay.out.extra.iter().map(|x| (x.to, x.contents().len())));
+            for (to, n) in sends {
+                if !relay.state.endpoints().is_proven(&to, t) {
+                    *to_unproven.entry(to).or_default() += n;
+                }
+            }
+            for (e, got) in &to_unproven {
+                let gave = from_bytes.get(e).copied().unwrap_or(0);
+                prop_assert!(*got <= gave, "{} got {} bytes while unproven, sent {}", e, got, gave);
+            }
+        }
+        if mode != 3 {
+            let secs = relay.now.duration_since(start).as_secs_f64();
+            let per_key = f64::from(crate::constants::UNPROVEN_COPIES_PER_KEY_BURST)
+                + f64::from(crate::constants::UNPROVEN_COPIES_PER_KEY_PER_SECOND) * secs;
+            let copies = relay.state.counters().unproven_copies as f64;
+            prop_assert!(copies <= 4.0 * per_key, "{} third-party copies from unproven senders", copies);
+        }
+    }
+}
+
 /// Real messages of two pairs, made once by boringtun: initiations, responses, first transport
 /// messages and data both ways. Property tests replay them in random orders, from random
 /// sources, with random corruption.
@@ -866,7 +939,7 @@ proptest! {
                 prop_assert!(out.extra.is_empty());
             }
             prop_assert!(!out.targets.contains(&from), "sent back to its sender");
-            prop_assert!(out.targets.len() <= MAX_FANOUT_PER_INITIATION);
+            prop_assert!(out.targets.len() <= crate::constants::PROVEN_SWEEP_CAP);
             let mut back = 0;
             for x in &out.extra {
                 prop_assert!(x.contents().len() <= 148);
