@@ -104,6 +104,33 @@ impl Topology {
         })
     }
 
+    /// Distinct addresses through ONE IP_PKTINFO socket bound to `0.0.0.0:port` (0: any free
+    /// port). A fixed port lets a second run present the same endpoints (address and port) to
+    /// the relay, as a real peer with a `ListenPort` would after a restart.
+    ///
+    /// # Errors
+    /// The bind failed (e.g. the port is taken).
+    pub fn distinct_on_port(n: usize, port: u16, buffer: usize) -> io::Result<Self> {
+        let s = net::bind(
+            SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port),
+            SockOpts {
+                pktinfo: true,
+                gro: false,
+                loopback_only: true,
+                buffer,
+            },
+        )?;
+        let port = net::local_v4(&s)?.port();
+        Ok(Topology {
+            sockets: vec![s],
+            peers: (0..n).map(|k| (0, Some(peer_ip(k)))).collect(),
+            addrs: (0..n)
+                .map(|k| SocketAddrV4::new(peer_ip(k), port))
+                .collect(),
+            pktinfo: true,
+        })
+    }
+
     pub fn fd_of(&self, peer: usize) -> RawFd {
         self.sockets[self.peers[peer].0 as usize].as_raw_fd()
     }
