@@ -127,7 +127,12 @@ impl State {
 
         // where it could go: a confirmed holder or a pinned place; else a search, which is
         // ambiguous unless the named key has a single possible partner
-        let learned = key.and_then(|k| self.endpoints.holder_of(k, t));
+        // (open mode: the endpoint this one last had a confirmed session with)
+        let learned = match key {
+            Some(k) => self.endpoints.holder_of(k, t),
+            None if self.keys.is_open() => self.endpoints.partner_of(&from, t),
+            None => None,
+        };
         let pin_route = self.pins.route(key, learned);
         let has_target = learned.is_some() || matches!(pin_route, PinRoute::To(_));
         let ambiguous =
@@ -279,8 +284,8 @@ impl State {
             }
         }
         if park {
-            let delivered = !out.targets.is_empty();
-            self.park(now, &s, proven || peer_like, delivered, packet);
+            // (a sweep's copies are probes; only a hand-over marks a parked one as held)
+            self.park(now, &s, proven || peer_like, false, packet);
         }
         if !out.targets.is_empty() {
             Decision::Forward

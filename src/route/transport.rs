@@ -150,6 +150,11 @@ impl State {
             self.endpoints
                 .mark_proven_for(e, now, crate::constants::PROVEN_BY_SESSION_TIME);
         }
+        // open mode binds endpoints to each other instead of keys
+        if let (true, [Some(r), Some(i)]) = (self.keys.is_open(), ends) {
+            self.endpoints.set_partner(r, i, now, REJECT_AFTER_TIME);
+            self.endpoints.set_partner(i, r, now, REJECT_AFTER_TIME);
+        }
         self.counters.sessions_confirmed += 1;
     }
 }

@@ -50,6 +50,10 @@ pub struct EndpointInfo {
     pub sweep_from: u64,
     /// When it last swept (a sweep per initiator per SWEEP_MIN_INTERVAL at most).
     pub swept_at: Tick,
+    /// Open mode has no keys to bind: the endpoint its last confirmed session was with, and
+    /// until when that counts (the open-mode binding).
+    pub partner: Option<Endpoint>,
+    pub partner_until: Tick,
     /// It sits on the candidate lists of the groups of `registered_key` (the key it named).
     registered: bool,
     registered_key: Option<KeyId>,
@@ -66,6 +70,8 @@ impl EndpointInfo {
             peer_like: false,
             sweep_from: 0,
             swept_at: Tick(0),
+            partner: None,
+            partner_until: Tick(0),
             registered: false,
             registered_key: None,
         }
@@ -73,6 +79,19 @@ impl EndpointInfo {
 
     pub fn is_proven(&self, now: Tick) -> bool {
         now < self.proven_until
+    }
+
+    /// Its open-mode partner, while that counts.
+    pub fn partner(&self, now: Tick) -> Option<Endpoint> {
+        self.partner.filter(|_| now < self.partner_until)
+    }
+
+    /// Taken: bound to a key other than `key`, or (open mode) in a session with a partner.
+    fn taken(&self, key: Option<KeyId>, now: Tick) -> bool {
+        match key {
+            Some(_) => self.bound.is_some_and(|b| Some(b) != key),
+            None => self.bound.is_some() || self.partner(now).is_some(),
+        }
     }
 
     /// Unproven endpoints are forgotten soon (a spoofed source must not hold memory for a
@@ -312,7 +331,7 @@ impl EndpointTable {
                 let Some(info) = self.map.get(&c) else {
                     continue;
                 };
-                if info.is_idle(now) || info.bound.is_some_and(|b| Some(b) != key) {
+                if info.is_idle(now) || info.taken(key, now) {
                     continue;
                 }
                 if accept(&c, info) {
@@ -329,6 +348,25 @@ impl EndpointTable {
         sent
     }
 
+    /// Records an open-mode partner (both sides of a confirmed session), for `d`.
+    pub fn set_partner(
+        &mut self,
+        e: Endpoint,
+        partner: Endpoint,
+        now: Tick,
+        d: std::time::Duration,
+    ) {
+        let info = self.touch(e, now);
+        info.partner = Some(partner);
+        info.partner_until = now.after(d);
+    }
+
+    /// The open-mode partner of `e`, while it counts and is not idle.
+    pub fn partner_of(&self, e: &Endpoint, now: Tick) -> Option<Endpoint> {
+        let p = self.map.get(e)?.partner(now)?;
+        self.map.get(&p).filter(|i| !i.is_idle(now)).map(|_| p)
+    }
+
     /// Forgets idle endpoints and their bindings, and compacts the candidate lists (in
     /// order) of gone and bound endpoints. Returns how many endpoints went.
     pub fn expired_endpoints(&mut self, now: Tick) -> usize {
@@ -341,7 +379,7 @@ impl EndpointTable {
             list.entries.retain(|(_, e)| match map.get_mut(e) {
                 // Bound endpoints leave the lists (a search for their own key finds them as
                 // the holder); they register again if the binding goes.
-                Some(info) if info.bound.is_some() => {
+                Some(info) if info.bound.is_some() || info.partner(now).is_some() => {
                     info.registered = false;
                     false
                 }

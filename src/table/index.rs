@@ -138,7 +138,7 @@ mod tests {
             std::mem::size_of::<IndexEntry>()
         );
         assert!(
-            std::mem::size_of::<crate::table::EndpointInfo>() <= 64,
+            std::mem::size_of::<crate::table::EndpointInfo>() <= 96,
             "{}",
             std::mem::size_of::<crate::table::EndpointInfo>()
         );
