@@ -167,13 +167,15 @@ pub struct RunArgs {
     )]
     pub awg: Vec<String>,
 
-    /// When to answer handshake initiations with cookie replies (DoS
-    /// protection). [default: under-load]
+    /// When unproven sources must answer a cookie challenge (DoS protection):
+    /// always; under-load (when the named key's budget is spent, or a search
+    /// is needed); never. [default: under-load]
     #[arg(long, value_enum, value_name = "MODE", env = "WGRELAY_COOKIE")]
     pub cookie: Option<CookieMode>,
 
-    /// Maximum copies of handshake initiations per second that fan-out may
-    /// send; 0 means unlimited. [default: 1000]
+    /// Fan-out copies of handshake initiations per second that involve an
+    /// unproven endpoint; 0 means unlimited (copies between proven peers get
+    /// 200/s per proven peer, at least this). [default: 1000]
     #[arg(long, value_name = "PPS", env = "WGRELAY_BROADCAST_RATE")]
     pub broadcast_rate: Option<u32>,
 
