@@ -124,7 +124,6 @@ fn entry(i: u32, now: Tick) -> IndexEntry {
         peer_key: None,
         expires: now.after(std::time::Duration::from_secs(180)),
         max_counter: Some(0),
-        sent_to: 0,
         responder: false,
         confirmed: true,
     }
