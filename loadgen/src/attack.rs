@@ -535,6 +535,7 @@ fn drive(
     span: u32,
     relay: &RelayProc,
 ) -> Result<Value, String> {
+    let load_before = procinfo::loadavg();
     let mut rng = Rng::from_time();
     let t0 = Instant::now();
     let a_to = match cfg.target {
@@ -701,7 +702,7 @@ fn drive(
         poller.wait(1000, &mut ready);
         for &tok in &ready {
             let k = tok as usize & 1;
-            for _ in 0..8 {
+            for _ in 0..64 {
                 let n = rb.recv(sides[k].sock.as_raw_fd(), false).unwrap_or(0);
                 for i in 0..n {
                     let m = *rb.meta(i);
@@ -1019,7 +1020,15 @@ fn drive(
         }
     };
     let third_party = sides[0].third_party_inits + sides[1].third_party_inits;
-    Ok(json!({
+    let legit_drops: Vec<Option<u64>> = sides
+        .iter()
+        .map(|s| {
+            net::local_v4(&s.sock)
+                .ok()
+                .and_then(|a| procinfo::udp_drops(a.port()))
+        })
+        .collect();
+    let mut v = json!({
         "mode": "attack",
         "target": cfg.target.as_str(),
         "forge": cfg.forge.as_str(),
@@ -1060,6 +1069,7 @@ fn drive(
             "rejected_handshake": sides[0].c.rejected_handshake() + sides[1].c.rejected_handshake(),
             "unroutable": sides[0].unroutable + sides[1].unroutable,
             "send_failed": send_failed,
+            "rx_drops": legit_drops,
             "send_last_errno": last_errno,
             "a": sides[0].c.json(),
             "b": sides[1].c.json(),
@@ -1079,6 +1089,7 @@ fn drive(
                 "cookie_reply": rxr.by_type[3], "transport_or_other": rxr.by_type[4] + rxr.by_type[0],
             },
             "received_elsewhere": rxr.other,
+            "rx_drops": net::local_v4(sx).ok().and_then(|a| procinfo::udp_drops(a.port())),
             "sources_answered": rxr.sources_answered,
             "ratio_bytes_out_in": ratio(rxr.bytes, txr.bytes),
             "ratio_datagrams_out_in": ratio(rxr.datagrams, txr.sent),
@@ -1092,7 +1103,10 @@ fn drive(
         "relay_rss_end": s_end.map(|s| s.rss),
         "relay_rss_max": relay.pid.map(|_| rss_max),
         "relay_rss_growth": rss_before.map(|b| rss_max as i64 - b as i64),
-    }))
+    });
+    v["loadavg_before"] = json!(load_before);
+    v["loadavg_after"] = json!(procinfo::loadavg());
+    Ok(v)
 }
 
 fn f2(v: &Value) -> String {

@@ -190,7 +190,8 @@ struct AttackArgs {
     /// Print the relay flags this target needs (with the keys) and exit.
     #[arg(long)]
     print_config: bool,
-    #[arg(long, default_value_t = 8 << 20)]
+    /// Socket buffer bytes of each generator socket (see `timers --buffer`).
+    #[arg(long, default_value_t = 256 << 20)]
     buffer: usize,
     #[arg(long, default_value = "")]
     note: String,
@@ -277,8 +278,9 @@ struct RunArgs {
     /// Receive with UDP GRO.
     #[arg(long)]
     gro: bool,
-    /// Socket buffer bytes.
-    #[arg(long, default_value_t = 8 << 20)]
+    /// Socket buffer bytes (forced past rmem_max with CAP_NET_ADMIN): a fan-out storm from
+    /// the relay comes in bursts; the report counts what the socket still dropped.
+    #[arg(long, default_value_t = 256 << 20)]
     buffer: usize,
     /// No progress lines on stderr.
     #[arg(long)]

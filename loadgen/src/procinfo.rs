@@ -206,3 +206,32 @@ pub fn parse_counters(s: &str) -> Vec<(String, u64)> {
         })
         .collect()
 }
+
+/// Datagrams the kernel dropped on this process's UDP socket bound to local `port` (any
+/// address), summed over such sockets: the last column of `/proc/self/net/udp` (full
+/// receive queue, mostly). None when no such socket is listed.
+pub fn udp_drops(port: u16) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/net/udp").ok()?;
+    let want = format!(":{port:04X}");
+    let mut found = None;
+    for line in text.lines().skip(1) {
+        let mut f = line.split_whitespace();
+        let local = f.nth(1)?;
+        if !local.ends_with(&want) {
+            continue;
+        }
+        let drops = line.split_whitespace().last()?.parse::<u64>().ok()?;
+        *found.get_or_insert(0) += drops;
+    }
+    found
+}
+
+/// The 1-minute load average (other work on a shared machine shows up here).
+pub fn loadavg() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}

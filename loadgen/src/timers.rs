@@ -44,6 +44,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
@@ -69,6 +70,13 @@ pub const PING_EVERY: Duration = Duration::from_millis(250);
 /// Our IPv4 packets: 20-byte header + magic, tag, side, seq.
 pub const IP_LEN: usize = 40;
 const MAGIC: &[u8; 4] = b"WGLG";
+/// recvmmsg calls per receive round at most (64 datagrams each): a fan-out storm must not
+/// overflow the generator's socket while it does other work.
+const RX_ROUNDS: usize = 64;
+/// Peers brought up per loop round at most (~0.4 ms of x25519 each).
+const UPS_PER_ROUND: usize = 8;
+/// Work of one timer sweep round before receiving again.
+const SWEEP_BUDGET: Duration = Duration::from_millis(2);
 
 /// splitmix64: jitter, start times, forged bytes. Not for secrets.
 #[derive(Clone, Debug)]
@@ -198,9 +206,34 @@ pub struct PeerCounters {
     /// Data packets (not keepalives) `decapsulate` yielded.
     pub data_received: u64,
     /// (message type, boringtun error) -> datagrams a `Tunn` rejected.
-    pub rejected: BTreeMap<(&'static str, String), u64>,
+    pub rejected: BTreeMap<(&'static str, &'static str), u64>,
     /// Errors `update_timers` returned (e.g. ConnectionExpired).
-    pub timer_errors: BTreeMap<String, u64>,
+    pub timer_errors: BTreeMap<&'static str, u64>,
+}
+
+/// boringtun's error by name, without allocating (a storm of rejected copies is counted one
+/// by one).
+pub fn err_name(e: &WireGuardError) -> &'static str {
+    use WireGuardError as E;
+    match e {
+        E::DestinationBufferTooSmall => "DestinationBufferTooSmall",
+        E::IncorrectPacketLength => "IncorrectPacketLength",
+        E::UnexpectedPacket => "UnexpectedPacket",
+        E::WrongPacketType => "WrongPacketType",
+        E::WrongIndex => "WrongIndex",
+        E::WrongKey => "WrongKey",
+        E::InvalidTai64nTimestamp => "InvalidTai64nTimestamp",
+        E::WrongTai64nTimestamp => "WrongTai64nTimestamp",
+        E::InvalidMac => "InvalidMac",
+        E::InvalidAeadTag => "InvalidAeadTag",
+        E::InvalidCounter => "InvalidCounter",
+        E::DuplicateCounter => "DuplicateCounter",
+        E::InvalidPacket => "InvalidPacket",
+        E::NoCurrentSession => "NoCurrentSession",
+        E::LockFailed => "LockFailed",
+        E::ConnectionExpired => "ConnectionExpired",
+        E::UnderLoad => "UnderLoad",
+    }
 }
 
 /// Name of a WireGuard message type.
@@ -232,7 +265,7 @@ impl PeerCounters {
     pub fn rejected_of(&self, kind: &str, err: &str) -> u64 {
         self.rejected
             .iter()
-            .filter(|((k, e), _)| *k == kind && e == err)
+            .filter(|((k, e), _)| *k == kind && *e == err)
             .map(|(_, n)| n)
             .sum()
     }
@@ -242,7 +275,7 @@ impl PeerCounters {
         let mut m = serde_json::Map::new();
         for ((kind, err), n) in &self.rejected {
             let e = m.entry(kind.to_string()).or_insert_with(|| json!({}));
-            e[err.as_str()] = json!(n);
+            e[*err] = json!(n);
         }
         Value::Object(m)
     }
@@ -497,9 +530,7 @@ impl WgPeer {
                 TunnResult::Err(e) => {
                     if round == 0 {
                         out.rejected = true;
-                        *c.rejected
-                            .entry((msg_kind(ty), format!("{e:?}")))
-                            .or_insert(0) += 1;
+                        *c.rejected.entry((msg_kind(ty), err_name(&e))).or_insert(0) += 1;
                     }
                     break;
                 }
@@ -551,7 +582,7 @@ impl WgPeer {
                 send(pkt);
                 self.note(&head, Cause::Timer, now, rng, c);
             }
-            TunnResult::Err(e) => *c.timer_errors.entry(format!("{e:?}")).or_insert(0) += 1,
+            TunnResult::Err(e) => *c.timer_errors.entry(err_name(&e)).or_insert(0) += 1,
             _ => {}
         }
         self.tunn = Some(t);
@@ -784,11 +815,19 @@ fn drive(
     let mut generation = vec![0u32; 2 * n];
     let mut working = 0usize;
     let mut misdelivered = 0u64;
+    let load_before = procinfo::loadavg();
     let cpu0 = procinfo::self_cpu_ns();
     let before = relay.sample();
     let mut rss_max = before.map_or(0, |s| s.rss);
     let end = t0 + cfg.duration;
     let mut next_sweep = t0;
+    let mut sweep_at: Option<usize> = None;
+    // Peers by start time.
+    let mut order: Vec<usize> = (0..2 * n).collect();
+    order.sort_by_key(|&p| start_at[p]);
+    let mut next_up = 0;
+    let mut up_lag_max = Duration::ZERO;
+    let mut all_up_at: Option<Instant> = None;
     let mut next_progress = t0 + Duration::from_secs(1);
     let stride = 2 * n as u32;
     let index_of = |p: usize, g: u32| {
@@ -829,16 +868,17 @@ fn drive(
         if now >= end {
             break;
         }
+        let ups_due = next_up < order.len() && start_at[order[next_up]] <= now;
         rx.poll(
             topo,
-            1000,
-            8,
+            if ups_due { 0 } else { 1000 },
+            RX_ROUNDS,
             || 0,
             |p, data, _| {
                 let now = Instant::now();
                 let s = p / 2;
                 let mut got_partner = false;
-                peers[p].receive(
+                let r = peers[p].receive(
                     data,
                     relay_ip,
                     now,
@@ -863,59 +903,96 @@ fn drive(
                         working += 1;
                     }
                 }
-                maybe_ping(
-                    p, now, &mut peers, &mut pairs, &mut buf, &mut rng, &mut c, topo, &mut tx,
-                );
+                if !r.rejected {
+                    maybe_ping(
+                        p, now, &mut peers, &mut pairs, &mut buf, &mut rng, &mut c, topo, &mut tx,
+                    );
+                }
             },
         );
         tx.flush();
 
-        let now = Instant::now();
-        if now >= next_sweep {
-            next_sweep = now + Duration::from_millis(5);
-            for p in 0..2 * n {
-                if !peers[p].is_up() {
-                    if now >= start_at[p] && peers[p].ups == 0 {
-                        peers[p].up(index_of(p, generation[p]), now, &mut rng);
-                        peers[p].initiate(false, now, &mut buf, &mut rng, &mut c, &mut |pkt| {
-                            tx.send(topo, p, 0, pkt.len(), |d| d.copy_from_slice(pkt))
-                        });
-                        let s = p / 2;
-                        if peers[p ^ 1].is_up() {
-                            pairs[s].up_at = Some(now);
-                            pairs[s].next_flap = cfg.flap.map(|f| now + f);
-                        }
-                    }
-                    continue;
-                }
-                peers[p].tick(now, &mut buf, &mut rng, &mut c, &mut |pkt| {
-                    tx.send(topo, p, 0, pkt.len(), |d| d.copy_from_slice(pkt))
-                });
-                maybe_ping(
-                    p, now, &mut peers, &mut pairs, &mut buf, &mut rng, &mut c, topo, &mut tx,
-                );
+        // Come-ups that are due, a few per round so that receiving goes on meanwhile: each
+        // costs the generator a `Tunn` and an initiation (~0.4 ms of x25519), and with
+        // everybody due at once the generator, not the relay, would set the pace unseen.
+        let mut ups = 0;
+        while next_up < order.len() && ups < UPS_PER_ROUND {
+            let p = order[next_up];
+            let now = Instant::now();
+            if now < start_at[p] {
+                break;
             }
-            if let Some(flap) = cfg.flap {
-                for (s, pair) in pairs.iter_mut().enumerate() {
-                    if pair.working_at.is_some() || pair.next_flap.is_none_or(|t| now < t) {
-                        continue;
+            next_up += 1;
+            ups += 1;
+            up_lag_max = up_lag_max.max(now.duration_since(start_at[p]));
+            peers[p].up(index_of(p, generation[p]), now, &mut rng);
+            peers[p].initiate(false, now, &mut buf, &mut rng, &mut c, &mut |pkt| {
+                tx.send(topo, p, 0, pkt.len(), |d| d.copy_from_slice(pkt))
+            });
+            let s = p / 2;
+            if peers[p ^ 1].is_up() {
+                pairs[s].up_at = Some(now);
+                pairs[s].next_flap = cfg.flap.map(|f| now + f);
+            }
+            if next_up == order.len() {
+                all_up_at = Some(now);
+            }
+        }
+        tx.flush();
+
+        let now = Instant::now();
+        // boringtun's timers (and flaps), every 5 ms; a sweep stops after SWEEP_BUDGET of work
+        // and resumes after the next receive round, so that a wave of retries (2000 peers
+        // that came up together retry together, ~0.3 ms of x25519 each) cannot stall
+        // receiving until the socket overflows.
+        if sweep_at.is_none() && now >= next_sweep {
+            next_sweep = now + Duration::from_millis(5);
+            sweep_at = Some(0);
+        }
+        if let Some(first) = sweep_at {
+            let stop_at = Instant::now() + SWEEP_BUDGET;
+            let mut now = Instant::now();
+            let mut p = first;
+            while p < 2 * n {
+                if p % 16 == 0 {
+                    now = Instant::now();
+                    if p > first && now >= stop_at {
+                        break;
                     }
+                }
+                if peers[p].is_up() {
+                    peers[p].tick(now, &mut buf, &mut rng, &mut c, &mut |pkt| {
+                        tx.send(topo, p, 0, pkt.len(), |d| d.copy_from_slice(pkt))
+                    });
+                    maybe_ping(
+                        p, now, &mut peers, &mut pairs, &mut buf, &mut rng, &mut c, topo, &mut tx,
+                    );
+                }
+                let s = p / 2;
+                let flap_due = p % 2 == 1
+                    && cfg.flap.is_some()
+                    && pairs[s].working_at.is_none()
+                    && pairs[s].next_flap.is_some_and(|t| now >= t);
+                if let (true, Some(flap)) = (flap_due, cfg.flap) {
+                    let pair = &mut pairs[s];
                     pair.next_flap = Some(now + flap);
                     pair.flaps += 1;
                     pair.got = [false; 2];
                     pair.last_ping = [None; 2];
                     // Both sides restart together: new Tunns (new indices), both initiate.
-                    for p in [2 * s, 2 * s + 1] {
-                        generation[p] += 1;
-                        peers[p].up(index_of(p, generation[p]), now, &mut rng);
+                    for q in [2 * s, 2 * s + 1] {
+                        generation[q] += 1;
+                        peers[q].up(index_of(q, generation[q]), now, &mut rng);
                     }
-                    for p in [2 * s, 2 * s + 1] {
-                        peers[p].initiate(false, now, &mut buf, &mut rng, &mut c, &mut |pkt| {
-                            tx.send(topo, p, 0, pkt.len(), |d| d.copy_from_slice(pkt))
+                    for q in [2 * s, 2 * s + 1] {
+                        peers[q].initiate(false, now, &mut buf, &mut rng, &mut c, &mut |pkt| {
+                            tx.send(topo, q, 0, pkt.len(), |d| d.copy_from_slice(pkt))
                         });
                     }
                 }
+                p += 1;
             }
+            sweep_at = (p < 2 * n).then_some(p);
             tx.flush();
         }
         if now >= next_progress {
@@ -974,7 +1051,7 @@ fn drive(
         (Some(a), Some(b)) => json!((b.sched_ns.saturating_sub(a.sched_ns)) as f64 / 1e9),
         _ => Value::Null,
     };
-    Ok(json!({
+    let mut v = json!({
         "mode": "timers",
         "relay": cfg.relay.to_string(),
         "relay_pid": relay.pid,
@@ -991,6 +1068,9 @@ fn drive(
         "peer_handshake_limit": cfg.handshake_limit.map_or(json!("boringtun (10/s)"), |l| json!(l)),
         "retry_jitter_ms": REKEY_JITTER_MAX.as_millis() as u64,
         "elapsed_s": elapsed,
+        "all_up_s": all_up_at.map(|t| t.duration_since(t0).as_secs_f64()),
+        "come_up_lag_max_s": up_lag_max.as_secs_f64(),
+        "generator_busy_pct": if elapsed > 0.0 { gen_cpu / elapsed * 100.0 } else { 0.0 },
         "working": checkpoints,
         "working_end": times.len(),
         "time_to": {"50%": time_to(0.5), "99%": time_to(0.99), "100%": time_to(1.0)},
@@ -1005,6 +1085,7 @@ fn drive(
         "tx_failed": tx.failed,
         "tx_last_errno": tx.last_errno,
         "rx_stray": rx.stray,
+        "generator_rx_drops": topo.addrs.first().and_then(|a| procinfo::udp_drops(a.port())),
         "generator_cpu_s": gen_cpu,
         "relay_cpu_s": relay_cpu_s,
         "relay_cpu_pct": match (before, after) {
@@ -1016,7 +1097,10 @@ fn drive(
         "relay_rss_after": after.map(|s| s.rss),
         "relay_rss_max": relay.pid.map(|_| rss_max),
         "addr_mode": "distinct",
-    }))
+    });
+    v["loadavg_before"] = json!(load_before);
+    v["loadavg_after"] = json!(procinfo::loadavg());
+    Ok(v)
 }
 
 fn f(v: &Value) -> String {
@@ -1078,8 +1162,12 @@ pub fn summary(v: &Value) -> String {
     };
     let _ = writeln!(
         out,
-        "  generator CPU {} s; relay CPU {} s ({}%), RSS {} -> {} MiB (max {})",
+        "  all peers up after {} s (largest lag behind schedule {} s); generator CPU {} s ({:.0}% of the run, {} datagrams dropped by its socket); relay CPU {} s ({}%), RSS {} -> {} MiB (max {})",
+        f(&v["all_up_s"]),
+        f(&v["come_up_lag_max_s"]),
         f(&v["generator_cpu_s"]),
+        v["generator_busy_pct"].as_f64().unwrap_or(0.0),
+        v["generator_rx_drops"],
         f(&v["relay_cpu_s"]),
         f(&v["relay_cpu_pct"]),
         mb(&v["relay_rss_before"]),
