@@ -1120,10 +1120,11 @@ pub fn summary(v: &Value) -> String {
     let l = &v["legit"];
     let _ = writeln!(
         out,
-        "attack: {} target, forge {}, rate {}: sent {} datagrams / {} bytes in {} s ({:.0}/s) to {}; relay sent back {} datagrams / {} bytes to {} of the spoofed sources (bytes out/in {}, datagrams {}) {}",
+        "attack: {} target, forge {}, rate {} (load average {}): sent {} datagrams / {} bytes in {} s ({:.0}/s) to {}; relay sent back {} datagrams / {} bytes to {} of the spoofed sources (bytes out/in {}, datagrams {}) {}",
         v["target"].as_str().unwrap_or(""),
         v["forge"].as_str().unwrap_or(""),
         v["rate"],
+        f2(&v["loadavg_before"]),
         a["sent"],
         a["bytes_sent"],
         f2(&a["seconds"]),

@@ -169,8 +169,9 @@ struct AttackArgs {
     rehandshake_after: f64,
     #[arg(long, value_enum, default_value = "restart")]
     rehandshake: RehandshakeArg,
-    /// Seconds of legit traffic after the attack.
-    #[arg(long, default_value_t = 3.0)]
+    /// Seconds of legit traffic after the attack (10: room for two more REKEY_TIMEOUT
+    /// retries of a handshake the attack held up).
+    #[arg(long, default_value_t = 10.0)]
     after: f64,
     /// Give up if the legit pair does not work within this many seconds.
     #[arg(long, default_value_t = 15.0)]

@@ -1122,13 +1122,14 @@ pub fn summary(v: &Value) -> String {
         .collect();
     let _ = writeln!(
         out,
-        "timers: {} pairs, keys {}, ramp {} s, flap {}: working {}/{} ({})",
+        "timers: {} pairs, keys {}, ramp {} s, flap {} (load average {}): working {}/{} ({})",
         v["pairs"],
         v["keys"].as_str().unwrap_or(""),
         f(&v["ramp_s"]),
         v["flap_ms"]
             .as_u64()
             .map_or("off".into(), |m| format!("{m} ms")),
+        f(&v["loadavg_before"]),
         v["working_end"],
         v["pairs"],
         cps.join(", ")
