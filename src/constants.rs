@@ -81,8 +81,5 @@ pub const UNPROVEN_MAC1_TRIALS_PER_SECOND: u32 = 2_000_000;
 pub const PROVEN_SWEEP_CAP: usize = 4096;
 /// One initiator sweeps at most once in this long (its retries come every REKEY_TIMEOUT).
 pub const SWEEP_MIN_INTERVAL: Duration = Duration::from_secs(1);
-/// Copies between proven endpoints per second, per proven endpoint known (at least
-/// `--broadcast-rate`): the budget grows with the peers it serves.
-pub const PROVEN_COPIES_PER_ENDPOINT_PER_SECOND: u32 = 200;
 /// Deliveries (initiation index, endpoint) remembered at most, for the exact answer checks.
 pub const MAX_DELIVERIES: usize = 1 << 20;

@@ -120,14 +120,6 @@ impl State {
         }
     }
 
-    /// Takes a token for a copy between two proven endpoints; `true` when unlimited.
-    fn proven_token(&mut self, now: Instant) -> bool {
-        match &mut self.proven_fanout {
-            Some(bucket) => bucket.allow(now),
-            None => true,
-        }
-    }
-
     /// The copy rules (module docs) for one copy of `s`'s initiation to `to`; on success the
     /// copy is paid for and recorded. `budgeted`: the copy also needs a fan-out token (a
     /// sweep or a further hand-over; a unicast to the responder does not). `pinned`: `to` is
@@ -156,15 +148,12 @@ impl State {
         if !s.proven && s.key.is_some() && !self.key_budgets.allow(s.key, now) {
             return false;
         }
-        if budgeted {
-            let ok = if s.proven && recipient_proven {
-                self.proven_token(now)
-            } else {
-                self.fanout_token(now)
-            };
-            if !ok {
-                return false;
-            }
+        // Copies between proven endpoints cannot be aimed at a third party: they are bounded
+        // per sender (PROVEN_SWEEP_CAP per sweep, one sweep per SWEEP_MIN_INTERVAL), so the
+        // budget grows with the proven peers. Anything involving an unproven endpoint pays
+        // from `--broadcast-rate`.
+        if budgeted && !(s.proven && recipient_proven) && !self.fanout_token(now) {
+            return false;
         }
         if !s.proven {
             self.counters.unproven_copies += 1;
@@ -202,7 +191,8 @@ impl State {
         let first = out.targets.len();
         let (indices, deliveries) = (&self.indices, &self.deliveries);
         let targets = &mut out.targets;
-        self.endpoints.sweep(&want, t, |c, info| {
+        let mut seqs: Vec<u64> = Vec::new();
+        self.endpoints.sweep(&want, t, |c, info, seq| {
             // an unproven sender reaches proven candidates only: unproven ones get what they
             // can answer by hand-over, one per initiation they send, and a blind copy would
             // spend the credit that hand-over needs
@@ -216,6 +206,7 @@ impl State {
             });
             if eligible && !crossing && !targets.contains(c) {
                 targets.push(*c);
+                seqs.push(seq);
                 true
             } else {
                 false
@@ -229,6 +220,10 @@ impl State {
         for i in first..out.targets.len() {
             let to = out.targets[i];
             if !self.copy_rules(now, s, to, true, false) {
+                // not paid for: the next sweep of this initiator starts here
+                if let Some(seq) = seqs.get(i - first) {
+                    self.endpoints.rewind_sweep(&s.from, *seq);
+                }
                 break;
             }
             out.targets[kept] = to;

@@ -327,9 +327,6 @@ pub struct State {
     sources: SourceLimiter,
     /// Copies that involve an unproven endpoint (`--broadcast-rate`).
     fanout: Option<TokenBucket>,
-    /// Copies between proven endpoints: a rate that grows with the proven endpoints.
-    proven_fanout: Option<TokenBucket>,
-    broadcast_rate: Option<u32>,
     /// Per responder key: copies of unproven senders' initiations.
     key_budgets: KeyBudgets,
     /// BLAKE2s spent on unproven sources' mac1 searches.
@@ -380,10 +377,6 @@ impl State {
             fanout: settings
                 .broadcast_rate
                 .map(|rate| TokenBucket::new(rate, rate.saturating_mul(FANOUT_BURST_SECONDS), now)),
-            proven_fanout: settings
-                .broadcast_rate
-                .map(|rate| TokenBucket::new(rate, rate, now)),
-            broadcast_rate: settings.broadcast_rate,
             key_budgets: KeyBudgets::new(
                 key_count,
                 UNPROVEN_COPIES_PER_KEY_PER_SECOND,
@@ -518,18 +511,6 @@ impl State {
         self.parked.expired(now);
         self.sources.sweep(now);
         self.deliveries.expired(t);
-        // The budget of copies between proven endpoints grows with them.
-        if let (Some(bucket), Some(rate)) = (&mut self.proven_fanout, self.broadcast_rate) {
-            let proven = self
-                .endpoints
-                .iter()
-                .filter(|(_, i)| i.is_proven(t))
-                .count();
-            let per = u64::from(PROVEN_COPIES_PER_ENDPOINT_PER_SECOND);
-            let scaled = u32::try_from(per * proven as u64).unwrap_or(u32::MAX);
-            let r = scaled.max(rate);
-            bucket.set_rate(r, r);
-        }
     }
 
     /// Deliveries recorded (for tests and status).

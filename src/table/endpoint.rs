@@ -293,7 +293,7 @@ impl EndpointTable {
         &mut self,
         want: &Want<'_>,
         now: Tick,
-        mut accept: impl FnMut(&Endpoint, &EndpointInfo) -> bool,
+        mut accept: impl FnMut(&Endpoint, &EndpointInfo, u64) -> bool,
     ) -> usize {
         let Want {
             groups,
@@ -334,7 +334,7 @@ impl EndpointTable {
                 if info.is_idle(now) || info.taken(key, now) {
                     continue;
                 }
-                if accept(&c, info) {
+                if accept(&c, info, seq) {
                     sent += 1;
                 }
             }
@@ -365,6 +365,14 @@ impl EndpointTable {
     pub fn partner_of(&self, e: &Endpoint, now: Tick) -> Option<Endpoint> {
         let p = self.map.get(e)?.partner(now)?;
         self.map.get(&p).filter(|i| !i.is_idle(now)).map(|_| p)
+    }
+
+    /// Moves `e`'s sweep cursor back to `seq` (a candidate it chose but could not pay for, so
+    /// its next sweep starts there).
+    pub fn rewind_sweep(&mut self, e: &Endpoint, seq: u64) {
+        if let Some(info) = self.map.get_mut(e) {
+            info.sweep_from = seq;
+        }
     }
 
     /// Forgets idle endpoints and their bindings, and compacts the candidate lists (in
@@ -420,7 +428,7 @@ mod tests {
 
     fn collect(tab: &mut EndpointTable, w: &Want<'_>, t: Tick) -> Vec<Endpoint> {
         let mut out = Vec::new();
-        tab.sweep(w, t, |c, _| {
+        tab.sweep(w, t, |c, _, _| {
             out.push(*c);
             true
         });
