@@ -134,7 +134,14 @@ impl State {
             None => None,
         };
         let pin_route = self.pins.route(key, learned);
-        let has_target = learned.is_some() || matches!(pin_route, PinRoute::To(_));
+        // A retry (same key, no response in between) means the holder did not answer: it may
+        // have moved, so for the challenge it counts as unknown.
+        let retrying = self
+            .endpoints
+            .get(&from)
+            .and_then(|i| i.pending)
+            .is_some_and(|p| p.key == key && !t.at_least_since(p.at, 3 * REKEY_TIMEOUT));
+        let has_target = (learned.is_some() && !retrying) || matches!(pin_route, PinRoute::To(_));
         let ambiguous =
             !has_target && started_by_pin.is_none() && self.keys.identity_ambiguous(key);
 

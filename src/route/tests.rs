@@ -1309,3 +1309,29 @@ fn a_port_peer_without_an_endpoint_is_learned_from_its_own_handshakes() {
     assert_eq!(relay.route(b.ep, &resp).0, Decision::Forward);
     assert_eq!(relay.targets(), vec![c.ep]);
 }
+
+#[test]
+fn a_retry_to_a_holder_that_never_answers_is_challenged_then_searched() {
+    // Both peers come back from new addresses (a restart with new ports): the bound holders
+    // are stale. The first initiation goes to the stale holder; the retry is treated as a
+    // search (under-load challenges it), so the pair is not stuck until the binding expires.
+    let (a, b, c) = (device(1, 1001), device(2, 1002), device(3, 1003));
+    let mut relay = Relay::new(Settings {
+        groups: vec![vec![a.public, b.public], vec![a.public, b.public, c.public]],
+        cookie: CookieMode::UnderLoad,
+        ..Settings::default()
+    });
+    prove(&mut relay, a.ep);
+    prove(&mut relay, b.ep);
+    establish(&mut relay, &a, &b, 1, 2);
+    let a2 = ep(2001);
+    let mut ta = tunn(&a, &b, 11);
+    assert_eq!(relay.route(a2, &initiation(&mut ta)).0, Decision::Forward);
+    assert_eq!(relay.targets(), vec![b.ep], "the stale holder first");
+    relay.advance(REKEY_TIMEOUT + Duration::from_millis(300));
+    assert_eq!(
+        relay.route(a2, &initiation(&mut ta)).0,
+        Decision::Reply,
+        "the retry proves its address first"
+    );
+}
