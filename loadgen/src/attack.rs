@@ -57,7 +57,7 @@ use crate::procinfo::{self, Sample};
 use crate::setup::{self, Keys};
 use crate::timers::{
     attach_relay_final, ip_packet, key_b64, parse_ip, relay_final_line, PeerCounters, RelayProc,
-    Rng, WgPeer,
+    Rng, Start, WgPeer,
 };
 
 pub const INIT_LEN: usize = 148;
@@ -620,13 +620,13 @@ fn drive(
                    now: Instant,
                    buf: &mut [u8],
                    rng: &mut Rng,
-                   initiate: bool| {
+                   start: Option<Start>| {
         side.peer
             .up(index_base.wrapping_add(gen * 2 + k as u32 + 1), now, rng);
-        if initiate {
+        if let Some(start) = start {
             let Side { peer, c, .. } = side;
             let mut pending: Vec<Vec<u8>> = Vec::new();
-            peer.initiate(false, now, buf, rng, c, &mut |p| pending.push(p.to_vec()));
+            peer.initiate(start, now, buf, rng, c, &mut |p| pending.push(p.to_vec()));
             pending
         } else {
             Vec::new()
@@ -635,7 +635,15 @@ fn drive(
 
     // Come-up: A always initiates; B too in exchange mode (a server waits).
     for (k, side) in sides.iter_mut().enumerate() {
-        let pend = come_up(k, side, gen, t0, &mut buf, &mut rng, k == 0 || !b_learns);
+        let pend = come_up(
+            k,
+            side,
+            gen,
+            t0,
+            &mut buf,
+            &mut rng,
+            (k == 0 || !b_learns).then_some(Start::ComeUp),
+        );
         for p in pend {
             out(side, &p);
         }
@@ -860,11 +868,19 @@ fn drive(
                 match cfg.rehandshake {
                     Rehandshake::Restart => {
                         gen += 1;
-                        pending = come_up(0, &mut sides[0], gen, now, &mut buf, &mut rng, true);
+                        pending = come_up(
+                            0,
+                            &mut sides[0],
+                            gen,
+                            now,
+                            &mut buf,
+                            &mut rng,
+                            Some(Start::Restart),
+                        );
                     }
                     Rehandshake::Rekey => {
                         let Side { peer, c, .. } = &mut sides[0];
-                        peer.initiate(true, now, &mut buf, &mut rng, c, &mut |p| {
+                        peer.initiate(Start::Rekey, now, &mut buf, &mut rng, c, &mut |p| {
                             pending.push(p.to_vec())
                         });
                     }
@@ -1109,6 +1125,12 @@ fn drive(
     Ok(v)
 }
 
+/// Seconds as milliseconds; `-` for never.
+fn ms(v: &Value) -> String {
+    v.as_f64()
+        .map_or("never".into(), |x| format!("{:.1}", x * 1000.0))
+}
+
 fn f2(v: &Value) -> String {
     v.as_f64().map_or("-".into(), |x| format!("{x:.2}"))
 }
@@ -1139,13 +1161,13 @@ pub fn summary(v: &Value) -> String {
     );
     let _ = writeln!(
         out,
-        "  legit pair: set up in {} s; {} of A forced {} s into the attack: handshake {} s (during attack: {}), recovered {} s",
-        f2(&l["setup_s"]),
+        "  legit pair: set up in {} ms; {} of A forced {} s into the attack: handshake {} ms (during attack: {}), recovered {} ms",
+        ms(&l["setup_s"]),
         l["rehandshake"].as_str().unwrap_or(""),
         f2(&l["forced_after_attack_start_s"]),
-        f2(&l["handshake_s"]),
+        ms(&l["handshake_s"]),
         l["handshake_during_attack"],
-        f2(&l["recovered_s"]),
+        ms(&l["recovered_s"]),
     );
     for ph in ["before", "attack", "after"] {
         let p = &l["loss"][ph];

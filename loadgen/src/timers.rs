@@ -192,6 +192,9 @@ pub struct PeerCounters {
     pub init_data: u64,
     /// Initiations we forced (`format_handshake_initiation(.., true)`).
     pub init_forced: u64,
+    /// Initiations of peers restarted (`--flap`, `attack --rehandshake restart`): a new
+    /// `Tunn` that initiates at once.
+    pub init_restart: u64,
     pub responses_sent: u64,
     /// Cookie replies our own peers sent (their rate limiter said "under load").
     pub cookie_replies_sent: u64,
@@ -249,7 +252,7 @@ pub fn msg_kind(ty: u8) -> &'static str {
 
 impl PeerCounters {
     pub fn initiations(&self) -> u64 {
-        self.init_come_up + self.init_timer + self.init_data + self.init_forced
+        self.init_come_up + self.init_timer + self.init_data + self.init_forced + self.init_restart
     }
 
     /// Rejected initiations and responses.
@@ -288,6 +291,7 @@ impl PeerCounters {
                 "timer": self.init_timer,
                 "data": self.init_data,
                 "forced": self.init_forced,
+                "restart": self.init_restart,
             },
             "responses_sent": self.responses_sent,
             "cookie_replies_sent_by_peers": self.cookie_replies_sent,
@@ -308,12 +312,24 @@ impl PeerCounters {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Cause {
     ComeUp,
+    Restart,
     Timer,
     Data,
     Forced,
     /// A reply to a received datagram (a response, cookie reply or keepalive; an initiation
     /// here is boringtun flushing queued data without a session).
     Reply,
+}
+
+/// Why a peer initiates outside its timers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// It came up.
+    ComeUp,
+    /// It was restarted (a new `Tunn`).
+    Restart,
+    /// Asked to rekey: `format_handshake_initiation(.., force = true)`.
+    Rekey,
 }
 
 /// What one received datagram did.
@@ -415,6 +431,7 @@ impl WgPeer {
                     Cause::ComeUp => c.init_come_up += 1,
                     Cause::Timer => c.init_timer += 1,
                     Cause::Forced => c.init_forced += 1,
+                    Cause::Restart => c.init_restart += 1,
                     Cause::Data | Cause::Reply => c.init_data += 1,
                 }
                 self.last_init = Some(now);
@@ -426,11 +443,12 @@ impl WgPeer {
         }
     }
 
-    /// Sends an initiation now, as a peer that comes up with traffic for its partner does
-    /// (`forced`: even if a handshake is in progress, i.e. a rekey). Returns whether one left.
+    /// Sends an initiation now, as a peer that comes up (or was restarted) with traffic for
+    /// its partner does; `Start::Rekey` even if a handshake is in progress. Returns whether
+    /// one left.
     pub fn initiate(
         &mut self,
-        forced: bool,
+        start: Start,
         now: Instant,
         buf: &mut [u8],
         rng: &mut Rng,
@@ -440,11 +458,16 @@ impl WgPeer {
         let Some(t) = self.tunn.as_mut() else {
             return false;
         };
+        let forced = start == Start::Rekey;
         if let TunnResult::WriteToNetwork(pkt) = t.format_handshake_initiation(buf, forced) {
             // `pkt` borrows `buf`; keep its type byte for `note`, which needs `self`.
             let head = [pkt.first().copied().unwrap_or(0)];
             send(pkt);
-            let cause = if forced { Cause::Forced } else { Cause::ComeUp };
+            let cause = match start {
+                Start::ComeUp => Cause::ComeUp,
+                Start::Restart => Cause::Restart,
+                Start::Rekey => Cause::Forced,
+            };
             self.note(&head, cause, now, rng, c);
             return true;
         }
@@ -761,6 +784,9 @@ pub fn execute(cfg: &TimersConfig) -> Result<Value, String> {
     if cfg.pairs == 0 || cfg.pairs > 1 << 20 {
         return Err("--pairs must be 1..=1048576".into());
     }
+    if !cfg.relay.ip().is_loopback() {
+        return Err(format!("--relay {} must be on 127.0.0.0/8", cfg.relay));
+    }
     let keys = timers_keys(cfg.pairs, cfg.seed);
     if let Some(path) = &cfg.write_config {
         std::fs::write(path, config_toml(&keys, cfg.keys, cfg.seed))
@@ -926,7 +952,7 @@ fn drive(
             ups += 1;
             up_lag_max = up_lag_max.max(now.duration_since(start_at[p]));
             peers[p].up(index_of(p, generation[p]), now, &mut rng);
-            peers[p].initiate(false, now, &mut buf, &mut rng, &mut c, &mut |pkt| {
+            peers[p].initiate(Start::ComeUp, now, &mut buf, &mut rng, &mut c, &mut |pkt| {
                 tx.send(topo, p, 0, pkt.len(), |d| d.copy_from_slice(pkt))
             });
             let s = p / 2;
@@ -985,9 +1011,14 @@ fn drive(
                         peers[q].up(index_of(q, generation[q]), now, &mut rng);
                     }
                     for q in [2 * s, 2 * s + 1] {
-                        peers[q].initiate(false, now, &mut buf, &mut rng, &mut c, &mut |pkt| {
-                            tx.send(topo, q, 0, pkt.len(), |d| d.copy_from_slice(pkt))
-                        });
+                        peers[q].initiate(
+                            Start::Restart,
+                            now,
+                            &mut buf,
+                            &mut rng,
+                            &mut c,
+                            &mut |pkt| tx.send(topo, q, 0, pkt.len(), |d| d.copy_from_slice(pkt)),
+                        );
                     }
                 }
                 p += 1;
@@ -1146,9 +1177,10 @@ pub fn summary(v: &Value) -> String {
     let pc = &v["peers_counters"];
     let _ = writeln!(
         out,
-        "  initiations {} (come-up {}, timer {}, data {}), handshakes completed {}, cookie replies received {} (accepted {}), rejected handshake messages {} {}",
+        "  initiations {} (come-up {}, restart {}, timer {}, data {}), handshakes completed {}, cookie replies received {} (accepted {}), rejected handshake messages {} {}",
         pc["initiations"]["total"],
         pc["initiations"]["come_up"],
+        pc["initiations"]["restart"],
         pc["initiations"]["timer"],
         pc["initiations"]["data"],
         pc["handshakes_completed"],
@@ -1231,7 +1263,7 @@ mod tests {
         peers[1].up(2, now, &mut rng);
         let mut buf = vec![0u8; 2048];
         let mut wire: Vec<(usize, Vec<u8>)> = Vec::new();
-        peers[0].initiate(false, now, &mut buf, &mut rng, &mut c, &mut |p| {
+        peers[0].initiate(Start::ComeUp, now, &mut buf, &mut rng, &mut c, &mut |p| {
             wire.push((1, p.to_vec()))
         });
         let src = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
