@@ -279,29 +279,40 @@ impl Relay {
             .copied()
             .chain(config.peers.iter().map(|p| p.listen))
             .collect();
+        // Per steered listener, one more socket for handshake messages (its own receive
+        // queue), read by shard 0.
+        let mut handshake_sockets: Vec<(u16, UdpSocket)> = Vec::new();
         for (n, addr) in all_listen.iter().enumerate() {
-            let sockets = match bind_listener(*addr, threads) {
+            // The steering program reads plain WireGuard offsets; an AmneziaWG listener's
+            // prefixes move them, so its shards hand packets over instead.
+            let plain = framings.get(n).is_none_or(|f| f.is_plain());
+            let steered = config.steering && plain;
+            let members = threads + usize::from(steered);
+            let mut sockets = match bind_listener(*addr, members) {
                 Ok(s) => s,
                 // A host without IPv6: the default [::] falls back to IPv4 with a warning.
                 Err(e) if addr.ip().is_unspecified() && addr.is_ipv6() && is_no_ipv6(&e) => {
                     let v4 = SocketAddr::from(([0, 0, 0, 0], addr.port()));
                     log::warn!("IPv6 unavailable ({e}); listening on {v4} instead of {addr}");
-                    bind_listener(v4, threads)?
+                    bind_listener(v4, members)?
                 }
                 Err(e) => return Err(e),
             };
             local_addrs.push(sockets[0].local_addr()?);
-            // The steering program reads plain WireGuard offsets; an AmneziaWG listener's
-            // prefixes move them, so its shards hand packets over instead.
-            let plain = framings.get(n).is_none_or(|f| f.is_plain());
-            if threads > 1 && config.steering && plain {
-                // Every packet of a session to one shard, whatever its source address.
-                match steer::attach(&sockets[0], threads) {
+            if steered {
+                // Every packet of a session to one shard, whatever its source address, and
+                // handshake messages to a queue of their own: a flood of initiations cannot
+                // overflow the queues that carry transport.
+                match steer::attach(&sockets[0], threads, true) {
                     Ok(()) => log::info!(
-                        "{}: steering by receiver index over {threads} shards",
+                        "{}: steering by receiver index over {threads} shard(s), handshakes on \
+                         their own queue",
                         local_addrs[local_addrs.len() - 1]
                     ),
                     Err(e) => log::info!("reuseport steering unavailable ({e}); kernel hash only"),
+                }
+                if let (Some(hs), Ok(id)) = (sockets.pop(), u16::try_from(n)) {
+                    handshake_sockets.push((id, hs));
                 }
             }
             per_listener.push(sockets);
@@ -394,7 +405,18 @@ impl Relay {
             log::info!("{threads} shards on {} cores: not pinned", cores.len());
         }
         for (t, sessions) in tables.into_iter().enumerate() {
-            let sockets: Vec<UdpSocket> = per_listener.iter_mut().map(|l| l.remove(0)).collect();
+            let mut sockets: Vec<UdpSocket> =
+                per_listener.iter_mut().map(|l| l.remove(0)).collect();
+            // Backend socket i is listener i; shard 0 also reads the handshake sockets.
+            let mut listener_of: Vec<u16> = (0..sockets.len())
+                .map(|i| u16::try_from(i).unwrap_or(u16::MAX))
+                .collect();
+            if t == 0 {
+                for (id, hs) in handshake_sockets.drain(..) {
+                    listener_of.push(id);
+                    sockets.push(hs);
+                }
+            }
             // On error, dropping `relay` stops the shards already started and closes every
             // socket.
             let backend = make_backend(sockets)
@@ -427,6 +449,7 @@ impl Relay {
                 mailbox: mailboxes.remove(0),
                 sessions,
                 framings: framings.clone(),
+                listener_of,
             };
             let core = cores.get(t).copied().filter(|_| pin);
             let spawned = std::thread::Builder::new()

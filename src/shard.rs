@@ -222,6 +222,9 @@ pub struct Shard<B: Backend> {
     pub sessions: SessionTable,
     /// Each listener's framing (plain WireGuard, or AmneziaWG parameters).
     pub framings: Arc<[Framing]>,
+    /// The listener of each backend socket: socket i < listeners is listener i (and sends go
+    /// through it); shard 0's extra sockets are listeners' handshake queues.
+    pub listener_of: Vec<u16>,
 }
 
 /// Locks the shared routing state. A panic while holding the lock would be a bug in the
@@ -510,7 +513,7 @@ impl<B: Backend> Shard<B> {
                     router.count(DropReason::Truncated);
                     continue;
                 }
-                let Ok(listener) = u16::try_from(meta.listener) else {
+                let Some(&listener) = self.listener_of.get(meta.listener) else {
                     continue;
                 };
                 let from = Endpoint::new(ListenerId(listener), meta.addr);

@@ -60,22 +60,29 @@ fn jump(code: u32, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
     }
 }
 
-/// The steering program for `shards` sockets.
-pub fn program(shards: usize) -> Vec<libc::sock_filter> {
+/// The steering program for `shards` sockets. With `handshake_queue`, the group has one more
+/// socket (number `shards`, bound last) and every handshake message (types 1-3) goes there:
+/// a flood of initiations then fills that socket's receive queue, never the queues that
+/// carry transport. Without it, initiations go to shard 0 and responses and cookie replies
+/// to the owner of their receiver index.
+pub fn program(shards: usize, handshake_queue: bool) -> Vec<libc::sock_filter> {
     use libc::{
         BPF_ABS, BPF_ALU, BPF_B, BPF_JA, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_MISC, BPF_MOD,
         BPF_MUL, BPF_RET, BPF_RSH, BPF_TAX, BPF_W, BPF_X, BPF_XOR,
     };
     let n = u32::try_from(shards.max(1)).unwrap_or(u32::MAX);
+    // jumps of the response and cookie-reply tests: to their receiver load, or to the
+    // handshake socket's return (instruction 19)
+    let (to_response, to_cookie) = if handshake_queue { (16, 15) } else { (4, 1) };
     vec![
         // 0: A = message type (the first byte; the other three are zero in valid messages)
         stmt(BPF_LD | BPF_B | BPF_ABS, 0),
-        // 1: initiation? shard 0
+        // 1: initiation? shard 0, or the handshake socket
         jump(BPF_JMP | BPF_JEQ | BPF_K, 1, 17, 0),
-        // 2: response? receiver at 8
-        jump(BPF_JMP | BPF_JEQ | BPF_K, 2, 4, 0),
-        // 3: cookie reply? receiver at 4
-        jump(BPF_JMP | BPF_JEQ | BPF_K, 3, 1, 0),
+        // 2: response? receiver at 8, or the handshake socket
+        jump(BPF_JMP | BPF_JEQ | BPF_K, 2, to_response, 0),
+        // 3: cookie reply? receiver at 4, or the handshake socket
+        jump(BPF_JMP | BPF_JEQ | BPF_K, 3, to_cookie, 0),
         // 4: transport? receiver at 4; anything else: let the kernel hash
         jump(BPF_JMP | BPF_JEQ | BPF_K, 4, 0, 13),
         // 5: A = receiver (type 3 and 4)
@@ -100,15 +107,15 @@ pub fn program(shards: usize) -> Vec<libc::sock_filter> {
         stmt(BPF_RET | libc::BPF_A, 0),
         // 18: out of range: the kernel's own selection
         stmt(BPF_RET | BPF_K, u32::MAX),
-        // 19: initiations: shard 0
-        stmt(BPF_RET | BPF_K, 0),
+        // 19: initiations (all handshake messages with a handshake queue)
+        stmt(BPF_RET | BPF_K, if handshake_queue { n } else { 0 }),
     ]
 }
 
 /// Attaches the steering program to the reuseport group `socket` belongs to (once per group:
 /// the program is shared). The group's sockets are numbered in the order they were bound.
-pub fn attach(socket: &impl AsRawFd, shards: usize) -> io::Result<()> {
-    let mut filter = program(shards);
+pub fn attach(socket: &impl AsRawFd, shards: usize, handshake_queue: bool) -> io::Result<()> {
+    let mut filter = program(shards, handshake_queue);
     let prog = libc::sock_fprog {
         len: u16::try_from(filter.len())
             .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?,
@@ -165,7 +172,7 @@ mod tests {
     /// Where each conditional jump of the program lands, checked against the comments.
     #[test]
     fn jumps_land_where_the_comments_say() {
-        let p = program(2);
+        let p = program(2, false);
         let target = |at: usize, off: u8| at + 1 + usize::from(off);
         assert_eq!(target(1, p[1].jt), 19, "initiation -> ret 0");
         assert_eq!(target(2, p[2].jt), 7, "response -> load at 8");
@@ -177,6 +184,46 @@ mod tests {
         assert_eq!(p[18].k, u32::MAX);
         assert_eq!(p[19].k, 0);
         assert_eq!(p.len(), 20);
+        let q = program(2, true);
+        assert_eq!(target(1, q[1].jt), 19, "initiation -> handshake socket");
+        assert_eq!(target(2, q[2].jt), 19, "response -> handshake socket");
+        assert_eq!(target(3, q[3].jt), 19, "cookie reply -> handshake socket");
+        assert_eq!(target(4, q[4].jt), 5, "transport -> load at 4");
+        assert_eq!(q[19].k, 2, "the socket after the shards'");
+    }
+
+    #[test]
+    fn handshakes_get_their_own_queue_and_transport_the_owners() {
+        for shards in [1usize, 2, 3] {
+            let sockets = group(shards + 1);
+            attach(&sockets[0], shards, true).expect("attach");
+            let to = sockets[0].local_addr().unwrap();
+            let mut sent = Vec::new();
+            for k in 0..40u32 {
+                let index = k.wrapping_mul(0x9e37_79b9);
+                let ty = [4u8, 3, 2, 1][(k % 4) as usize];
+                let mut m = message(ty, index);
+                if ty == 1 {
+                    m = vec![0u8; 148];
+                    m[0] = 1;
+                    m[4..8].copy_from_slice(&index.to_le_bytes());
+                }
+                let src = UdpSocket::bind("127.0.0.1:0").unwrap();
+                src.send_to(&m, to).unwrap();
+                sent.push((ty, index, m));
+            }
+            let got = receive_all(&sockets, sent.len());
+            assert_eq!(got.len(), sent.len(), "{shards} shards");
+            for (socket, bytes) in got {
+                let (ty, index, _) = sent.iter().find(|(_, _, m)| *m == bytes).unwrap();
+                let want = if *ty == 4 {
+                    owner_shard(Index(*index), shards)
+                } else {
+                    shards
+                };
+                assert_eq!(socket, want, "type {ty}, {shards} shards");
+            }
+        }
     }
 
     #[test]
@@ -212,7 +259,7 @@ mod tests {
     fn packets_land_on_the_owner_of_their_receiver_index() {
         for shards in [2usize, 3, 4] {
             let sockets = group(shards);
-            attach(&sockets[0], shards).expect("attach the steering program");
+            attach(&sockets[0], shards, false).expect("attach the steering program");
             let to: SocketAddr = sockets[0].local_addr().unwrap();
             // Many source ports, so the kernel's own hash alone would scatter them.
             let mut sent = Vec::new();
@@ -240,7 +287,7 @@ mod tests {
     #[test]
     fn initiations_go_to_shard_zero_and_the_rest_still_arrive() {
         let sockets = group(3);
-        attach(&sockets[0], 3).unwrap();
+        attach(&sockets[0], 3, false).unwrap();
         let to = sockets[0].local_addr().unwrap();
         // Initiations from many source ports: all on socket 0, in order.
         for k in 0..20u8 {
