@@ -108,14 +108,15 @@ fn run(cookie: CookieMode) {
 
 /// Open mode, two shards: the relay has no key to match on, so it pairs two fresh peers by the
 /// order their initiations arrive (A's is parked, then handed to B), once each has retried
-/// as a WireGuard peer does (open mode's only proof against spoofed sources). Initiations are steered to
-/// one shard so that order survives; spread over shards, some pairs were routed the other way
-/// round and needed retries (the load generator saw 111 of 1000 sessions fail).
+/// as a WireGuard peer does (open mode's only proof against spoofed sources: a fresh source is
+/// not admitted). Pairs come up 50 ms apart, as peers that are not switched on at the same
+/// instant do, so their retries arrive in order too. (A simultaneous cold start of hundreds
+/// of pairs is blind in open mode: see README, "What open mode cannot promise".)
 #[test]
 fn open_mode_cold_pairs_meet_after_retrying() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     raise_fd_limit(8192);
-    const N: usize = 300;
+    const N: usize = 40;
     let ids: Vec<Identity> = (0..2 * N as u64)
         .map(|i| Identity::from_seed(50_000 + i))
         .collect();
@@ -139,32 +140,25 @@ fn open_mode_cold_pairs_meet_after_retrying() {
         peers.push(a);
         peers.push(b);
     }
-    // A then B, pair after pair, as fast as they go.
-    for p in peers.iter_mut() {
-        p.initiate();
+    // A then B, a pair every 50 ms.
+    for i in 0..N {
+        peers[2 * i].initiate();
+        peers[2 * i + 1].initiate();
+        let mut refs: Vec<&mut Peer> = peers.iter_mut().collect();
+        pump_for(&mut refs, Duration::from_millis(50));
     }
     let mut refs: Vec<&mut Peer> = peers.iter_mut().collect();
-    // Open mode cannot challenge, so it admits an unproven source only once it retried as a
-    // WireGuard peer does (REKEY_TIMEOUT later). Retries fire on each peer's own timer, so
-    // pairs no longer arrive strictly in order: a hand-over can be blind, and such a pair
-    // meets at a later retry (the bound for open mode, cold: 20 s).
+    // The first initiations are refused (unproven, and open mode cannot challenge); the
+    // retries REKEY_TIMEOUT later are admitted and paired by hand-over.
     let all = pump_until(&mut refs, Duration::from_secs(21), |p| {
         p.iter().all(|p| p.established())
     });
     let done = peers.iter().filter(|p| p.established()).count();
     let stats = relay.stop();
-    // What open mode can promise (README, "Security model"): cold pairs meet after retrying,
-    // by hand-over only (no copy reaches anyone who has not retried), but blind hand-overs
-    // make a simultaneous cold start of many pairs slow. Hundreds of pairs meet; the rest
-    // keep retrying on their own timers.
-    println!(
-        "open mode: {done}/{} peers in 21 s (all: {all}); {stats}",
-        2 * N
-    );
+    assert!(all, "{done} of {} peers established: {stats}", 2 * N);
     assert!(
-        done * 10 >= 2 * N * 4,
-        "{done} of {} peers established: {stats}",
-        2 * N
+        stats.route.dropped(wgrelay::route::DropReason::Unproven) >= N as u64,
+        "first contacts refused: {stats}"
     );
     assert_eq!(stats.route.fanout_copies, 0, "{stats}");
     assert!(
