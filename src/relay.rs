@@ -279,8 +279,8 @@ impl Relay {
             .copied()
             .chain(config.peers.iter().map(|p| p.listen))
             .collect();
-        // Per steered listener, one more socket for handshake messages (its own receive
-        // queue), read by shard 0.
+        // Per steered listener, one more socket for initiations (its own receive queue), read
+        // by shard 0.
         let mut handshake_sockets: Vec<(u16, UdpSocket)> = Vec::new();
         for (n, addr) in all_listen.iter().enumerate() {
             // The steering program reads plain WireGuard offsets; an AmneziaWG listener's
@@ -301,11 +301,11 @@ impl Relay {
             local_addrs.push(sockets[0].local_addr()?);
             if steered {
                 // Every packet of a session to one shard, whatever its source address, and
-                // handshake messages to a queue of their own: a flood of initiations cannot
-                // overflow the queues that carry transport.
+                // initiations to a queue of their own: a flood of them cannot overflow the
+                // queues that carry transport.
                 match steer::attach(&sockets[0], threads, true) {
                     Ok(()) => log::info!(
-                        "{}: steering by receiver index over {threads} shard(s), handshakes on \
+                        "{}: steering by receiver index over {threads} shard(s), initiations on \
                          their own queue",
                         local_addrs[local_addrs.len() - 1]
                     ),

@@ -61,28 +61,29 @@ fn jump(code: u32, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
 }
 
 /// The steering program for `shards` sockets. With `handshake_queue`, the group has one more
-/// socket (number `shards`, bound last) and every handshake message (types 1-3) goes there:
-/// a flood of initiations then fills that socket's receive queue, never the queues that
-/// carry transport. Without it, initiations go to shard 0 and responses and cookie replies
-/// to the owner of their receiver index.
+/// socket (number `shards`, bound last) and every initiation goes there: a flood of
+/// initiations (anyone can make them, and each costs BLAKE2s) then fills that socket's
+/// receive queue, never the queues that carry transport. Without it, initiations go to shard
+/// 0. Responses and cookie replies go to the owner of their receiver index either way: they
+/// are as many as the initiations that were forwarded, spreading them keeps the handshake
+/// plane off one core (routing them all through the handshake socket made a cold start of
+/// 1000 pairs in one group drain responses seconds late), and a forged one costs its owner one
+/// hash lookup.
 pub fn program(shards: usize, handshake_queue: bool) -> Vec<libc::sock_filter> {
     use libc::{
         BPF_ABS, BPF_ALU, BPF_B, BPF_JA, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_MISC, BPF_MOD,
         BPF_MUL, BPF_RET, BPF_RSH, BPF_TAX, BPF_W, BPF_X, BPF_XOR,
     };
     let n = u32::try_from(shards.max(1)).unwrap_or(u32::MAX);
-    // jumps of the response and cookie-reply tests: to their receiver load, or to the
-    // handshake socket's return (instruction 19)
-    let (to_response, to_cookie) = if handshake_queue { (16, 15) } else { (4, 1) };
     vec![
         // 0: A = message type (the first byte; the other three are zero in valid messages)
         stmt(BPF_LD | BPF_B | BPF_ABS, 0),
         // 1: initiation? shard 0, or the handshake socket
         jump(BPF_JMP | BPF_JEQ | BPF_K, 1, 17, 0),
-        // 2: response? receiver at 8, or the handshake socket
-        jump(BPF_JMP | BPF_JEQ | BPF_K, 2, to_response, 0),
-        // 3: cookie reply? receiver at 4, or the handshake socket
-        jump(BPF_JMP | BPF_JEQ | BPF_K, 3, to_cookie, 0),
+        // 2: response? receiver at 8
+        jump(BPF_JMP | BPF_JEQ | BPF_K, 2, 4, 0),
+        // 3: cookie reply? receiver at 4
+        jump(BPF_JMP | BPF_JEQ | BPF_K, 3, 1, 0),
         // 4: transport? receiver at 4; anything else: let the kernel hash
         jump(BPF_JMP | BPF_JEQ | BPF_K, 4, 0, 13),
         // 5: A = receiver (type 3 and 4)
@@ -186,14 +187,14 @@ mod tests {
         assert_eq!(p.len(), 20);
         let q = program(2, true);
         assert_eq!(target(1, q[1].jt), 19, "initiation -> handshake socket");
-        assert_eq!(target(2, q[2].jt), 19, "response -> handshake socket");
-        assert_eq!(target(3, q[3].jt), 19, "cookie reply -> handshake socket");
+        assert_eq!(target(2, q[2].jt), 7, "response -> load at 8");
+        assert_eq!(target(3, q[3].jt), 5, "cookie reply -> load at 4");
         assert_eq!(target(4, q[4].jt), 5, "transport -> load at 4");
         assert_eq!(q[19].k, 2, "the socket after the shards'");
     }
 
     #[test]
-    fn handshakes_get_their_own_queue_and_transport_the_owners() {
+    fn initiations_get_their_own_queue_and_the_rest_their_owners() {
         for shards in [1usize, 2, 3] {
             let sockets = group(shards + 1);
             attach(&sockets[0], shards, true).expect("attach");
@@ -216,10 +217,10 @@ mod tests {
             assert_eq!(got.len(), sent.len(), "{shards} shards");
             for (socket, bytes) in got {
                 let (ty, index, _) = sent.iter().find(|(_, _, m)| *m == bytes).unwrap();
-                let want = if *ty == 4 {
-                    owner_shard(Index(*index), shards)
-                } else {
+                let want = if *ty == 1 {
                     shards
+                } else {
+                    owner_shard(Index(*index), shards)
                 };
                 assert_eq!(socket, want, "type {ty}, {shards} shards");
             }
