@@ -144,7 +144,7 @@ fn prove(relay: &mut Relay, e: Endpoint) {
     relay
         .state
         .endpoints
-        .mark_proven_for(e, t, Duration::from_secs(600));
+        .mark_proven_for(e, t, crate::constants::SOURCE_PROVEN_TIME);
 }
 
 /// A's initiation is parked (B unknown); B's initiation makes B a candidate and delivers A's
@@ -1334,4 +1334,52 @@ fn a_retry_to_a_holder_that_never_answers_is_challenged_then_searched() {
         Decision::Reply,
         "the retry proves its address first"
     );
+}
+
+#[test]
+fn bindings_outlive_sessions_across_a_restart() {
+    // One group of three keys: a cold search would need the cookie round and a sweep. After a
+    // restart that kept only the bindings and proofs (the sessions are gone), A's initiation
+    // goes straight to B: no challenge, no fan-out.
+    let (a, b, c) = (device(1, 1001), device(2, 1002), device(3, 1003));
+    let settings = Settings {
+        allow: vec![a.public, b.public, c.public],
+        cookie: CookieMode::UnderLoad,
+        ..Settings::default()
+    };
+    let mut relay = Relay::new(settings.clone());
+    prove(&mut relay, a.ep);
+    prove(&mut relay, b.ep);
+    establish(&mut relay, &a, &b, 1, 2);
+    let wall = std::time::SystemTime::now();
+    let saved = relay.state.save(relay.now, wall, &listeners());
+    assert_eq!(
+        saved.lines().filter(|l| l.starts_with("b ")).count(),
+        2,
+        "{saved}"
+    );
+    let without_sessions: String = saved
+        .lines()
+        .filter(|l| !l.starts_with("s "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let mut fresh = Relay::new(settings);
+    let r = fresh.state.restore(
+        &without_sessions,
+        fresh.now,
+        wall + Duration::from_secs(2),
+        &listeners(),
+    );
+    assert_eq!((r.bindings, r.skipped), (2, 0), "{r:?}");
+    let mut ta = tunn(&a, &b, 21);
+    assert_eq!(fresh.route(a.ep, &initiation(&mut ta)).0, Decision::Forward);
+    assert_eq!(fresh.targets(), vec![b.ep]);
+    let c0 = fresh.state.counters();
+    assert_eq!((c0.fanout_copies, c0.cookie_replies), (0, 0), "{c0}");
+    // A binding line naming a key no longer allowed, or garbage, is skipped.
+    let mut other = Relay::allow(&[&a, &c]);
+    let r = other
+        .state
+        .restore(&without_sessions, other.now, wall, &listeners());
+    assert_eq!(r.bindings, 1, "only A's key is still allowed: {r:?}");
 }
