@@ -41,7 +41,7 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
 # The loopback suites once more on the portable backend (`auto` picks io_uring where it can run).
-WGRELAY_TEST_BACKEND=mmsg cargo test -p wgrelay --test exchange --test cli --test scale --test proxy --test awg
+WGRELAY_TEST_BACKEND=mmsg cargo test -p wgrelay --test exchange --test cli --test scale --test proxy --test awg --test attack
 
 # End-to-end: wireguard-go peers behind two NAT namespaces, through the release binary.
 # Prints one "e2e: skipped: <why>" line where it cannot run (not root, no /dev/net/tun).
