@@ -14,6 +14,10 @@
 #    |                             2001:db8:4::2, routed without NAT, for the IPv6 leg)
 #    `-- srv     198.51.100.34     wireguard-go server, tunnel 192.0.2.9 (proxy case)
 #
+#    and, for the boringtun case: peer-e 198.18.5.2 (boringtun-cli, tunnel 192.0.2.5) behind
+#    nat-a, peer-f 198.18.6.2 (wireguard-go, tunnel 192.0.2.6) behind nat-b, with a relay of
+#    their own on 203.0.113.10:51823.
+#
 # The proxy case runs a second relay in the relay namespace, 203.0.113.10:51821 and
 # [2001:db8:10::10]:51821, with --server 198.51.100.34:51820 --server-key <srv's key>.
 #
@@ -21,7 +25,9 @@
 # installs them). Without them it prints one "e2e: skipped: ..." line and exits 0.
 # Knobs (environment): E2E_KEEP=1 keeps the log directory, E2E_IPERF_SECS (default 5),
 # E2E_SOCKBUF (bytes, default 4194304; 0 leaves the kernel's socket buffer defaults alone),
-# E2E_COOKIE (the relay's --cookie, default always),
+# E2E_COOKIE (the relay's --cookie, default always), E2E_BT_ROUNDS (boringtun case: device
+# restarts per relay mode, default 6), E2E_BT_BOUND (seconds, default 12), E2E_BORINGTUN
+# (boringtun-cli binary; default: PATH, then ~/.cargo/bin; the case is skipped without it),
 # WGRELAY_BIN (default: target/release/wgrelay, built with cargo when missing).
 # See docs/e2e.md.
 set -Eeuo pipefail
@@ -31,6 +37,9 @@ IPERF_SECS=${E2E_IPERF_SECS:-5}
 SOCKBUF=${E2E_SOCKBUF:-4194304}
 KEEP=${E2E_KEEP:-0}
 COOKIE=${E2E_COOKIE:-always}
+BT_ROUNDS=${E2E_BT_ROUNDS:-6}
+BT_BOUND=${E2E_BT_BOUND:-12}
+BT_WAIT=30 # how long a boringtun round watches the pings, to say how late they came
 
 skip() {
     echo "e2e: skipped: $*"
@@ -69,6 +78,11 @@ if [ -z "${WGRELAY_BIN:-}" ] && command -v cargo >/dev/null 2>&1; then
 fi
 [ -x "$RELAY_BIN" ] || skip "no relay binary at $RELAY_BIN and no cargo to build it"
 RELAY_BIN=$(realpath "$RELAY_BIN")
+# boringtun-cli is optional: only the boringtun case needs it (cargo install boringtun-cli --locked).
+BT_BIN=${E2E_BORINGTUN:-$(command -v boringtun-cli 2>/dev/null || true)}
+if [ -z "$BT_BIN" ] && [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/boringtun-cli" ]; then
+    BT_BIN="${CARGO_HOME:-$HOME/.cargo}/bin/boringtun-cli"
+fi
 
 # ---- names: unique per run (PID), interfaces within IFNAMSIZ (15 chars) -----------------------
 ID=$$
@@ -81,7 +95,10 @@ NS_B="wge2e$ID-peer-b"
 NS_C="wge2e$ID-peer-c"
 NS_D="wge2e$ID-peer-d"
 NS_SRV="wge2e$ID-srv"
-ALL_NS=("$NS_PUB" "$NS_RELAY" "$NS_NATA" "$NS_NATB" "$NS_A" "$NS_B" "$NS_C" "$NS_D" "$NS_SRV")
+NS_E="wge2e$ID-peer-e"
+NS_F="wge2e$ID-peer-f"
+ALL_NS=("$NS_PUB" "$NS_RELAY" "$NS_NATA" "$NS_NATB" "$NS_A" "$NS_B" "$NS_C" "$NS_D" "$NS_SRV"
+    "$NS_E" "$NS_F")
 I="we${ID}" # at most 9 characters; suffixes below add at most 3
 # wireguard-go's UAPI socket (/var/run/wireguard/NAME.sock) is not namespaced: unique names.
 WG_A="${I}wga"
@@ -89,6 +106,8 @@ WG_B="${I}wgb"
 WG_C="${I}wgc"
 WG_D="${I}wgd"
 WG_S="${I}wgs"
+WG_E="${I}bte" # boringtun-cli's UAPI socket is /var/run/wireguard/NAME.sock as well
+WG_F="${I}wgf"
 
 RELAY_IP=203.0.113.10
 RELAY_PORT=51820
@@ -106,6 +125,10 @@ PROXY_PORT=51821
 WG_PORT_D=51822 # peer-d shares NAT B with peer-b: another source port
 RELAY_IP6=2001:db8:10::10
 PEER_D_IP6=2001:db8:4::2
+# boringtun case: boringtun-cli (peer-e, behind NAT A) and wireguard-go (peer-f, behind NAT B)
+TUN_E=192.0.2.5
+TUN_F=192.0.2.6
+BT_PORT=51823 # their relay
 
 LOG=$(mktemp -d /tmp/wgrelay-e2e.XXXXXX)
 PIDS=()
@@ -148,7 +171,7 @@ cleanup() {
         ip netns del "$ns" 2>/dev/null
     done
     local dev
-    for dev in "$WG_A" "$WG_B" "$WG_C" "$WG_D" "$WG_S"; do rm -f "/var/run/wireguard/$dev.sock"; done
+    for dev in "$WG_A" "$WG_B" "$WG_C" "$WG_D" "$WG_S" "$WG_E" "$WG_F"; do rm -f "/var/run/wireguard/$dev.sock"; done
     if [ "$KEEP" = 1 ]; then
         echo "e2e: logs kept in $LOG"
     else
@@ -386,6 +409,8 @@ veth "$NS_NATA" "${I}la" 198.18.1.1/24 "$NS_A" "${I}e" 198.18.1.2/24
 veth "$NS_NATA" "${I}lc" 198.18.3.1/24 "$NS_C" "${I}e" 198.18.3.2/24
 veth "$NS_NATB" "${I}lb" 198.18.2.1/24 "$NS_B" "${I}e" 198.18.2.2/24
 veth "$NS_NATB" "${I}ld" 198.18.4.1/24 "$NS_D" "${I}e" 198.18.4.2/24
+veth "$NS_NATA" "${I}le" 198.18.5.1/24 "$NS_E" "${I}e" 198.18.5.2/24
+veth "$NS_NATB" "${I}lf" 198.18.6.1/24 "$NS_F" "${I}e" 198.18.6.2/24
 veth "$NS_PUB" "${I}s" 198.51.100.33/28 "$NS_SRV" "${I}w" "$SRV_IP/28"
 ip -n "$NS_RELAY" route add default via 203.0.113.1
 ip -n "$NS_NATA" route add default via 198.51.100.1
@@ -394,6 +419,8 @@ ip -n "$NS_A" route add default via 198.18.1.1
 ip -n "$NS_C" route add default via 198.18.3.1
 ip -n "$NS_B" route add default via 198.18.2.1
 ip -n "$NS_D" route add default via 198.18.4.1
+ip -n "$NS_E" route add default via 198.18.5.1
+ip -n "$NS_F" route add default via 198.18.6.1
 ip -n "$NS_SRV" route add default via 198.51.100.33
 # IPv6 for the proxy case's IPv6 leg: relay and peer-d only, routed by pub and nat-b (no NAT66).
 # nodad: the addresses are usable at once. Without IPv6 in the kernel the leg is skipped.
@@ -430,7 +457,7 @@ nat_rules "$NS_NATB"
 
 # ---- keys, peers, relay --------------------------------------------------------------------------
 umask 077
-for p in A B C D S; do
+for p in A B C D S E F; do
     wg genkey >"$LOG/key.$p"
     wg pubkey <"$LOG/key.$p" >"$LOG/pub.$p"
 done
@@ -439,6 +466,8 @@ PUB_B=$(cat "$LOG/pub.B")
 PUB_C=$(cat "$LOG/pub.C")
 PUB_D=$(cat "$LOG/pub.D")
 PUB_S=$(cat "$LOG/pub.S")
+PUB_E=$(cat "$LOG/pub.E")
+PUB_F=$(cat "$LOG/pub.F")
 
 start_relay 1
 
@@ -796,11 +825,191 @@ case_proxy() {
         "case took $(elapsed "$t0") s"
 }
 
+# ---- case 8: boringtun and wireguard-go starting at once ------------------------------------------
+# peer-e runs boringtun-cli (a second WireGuard implementation, configured with wg through its
+# UAPI socket), peer-f wireguard-go. They have a relay of their own (:51823, --allow E --allow F),
+# once with --cookie always and once with the default flags. Each round starts both devices
+# afresh and at once: wireguard-go initiates on its first keepalive, boringtun on the first
+# ping, and pings run both ways every 0.1 s. A round passes when both directions flow (3
+# replies within a second) within BT_BOUND seconds: 12 allows one cookie round and one lost
+# handshake attempt (5 s each, plus jitter), but not the 15 s after which a WireGuard peer that
+# hears nothing on its session handshakes again, which is what a broken session costs.
+# See docs/e2e.md ("boringtun and wireguard-go").
+BT_E_PID=
+BT_F_PID=
+BT_T=
+BT_NOTE=
+BT_P=
+# bt_why: what a failed round's device logs show (BT_P is the round's log prefix)
+bt_why() {
+    if grep -q 'stopped hearing back after 15 seconds' "$BT_P.wireguard-go.log" 2>/dev/null; then
+        echo "wireguard-go sent on its new session and heard nothing back for 15 s, then handshook" \
+            "again: the handshakes crossed (boringtun answered and initiated at once; docs/e2e.md)"
+    elif ! grep -qE 'Received handshake[ _](initiation|response)' \
+        "$BT_P.wireguard-go.log" "$BT_P.boringtun.log" 2>/dev/null; then
+        echo "no handshake message reached either device: the relay kept every initiation (docs/e2e.md)"
+    else
+        echo "see $BT_P.*.log"
+    fi
+}
+# bt_stats LOG [N]: the latest counter line of a relay's log, or its Nth (empty if none yet)
+bt_stats() {
+    { grep -E '(final )?stats: received=' "$1" || true; } |
+        awk -v n="${2:-0}" '{ l = $0 } NR == n { print; f = 1; exit } END { if (!f && !n) print l }' |
+        sed -E 's/.*stats: //'
+}
+# gone PID: exited (a zombie until waited for counts as exited)
+gone() { [ ! -e "/proc/$1" ] || [ "$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null)" = Z ]; }
+bt_gone() { gone "$BT_E_PID" && gone "$BT_F_PID"; }
+bt_stop() {
+    kill -TERM "$BT_E_PID" "$BT_F_PID" 2>/dev/null || true
+    wait_for 5 bt_gone || kill -KILL "$BT_E_PID" "$BT_F_PID" 2>/dev/null || true
+    wait "$BT_E_PID" 2>/dev/null || true
+    wait "$BT_F_PID" 2>/dev/null || true
+    rm -f "/var/run/wireguard/$WG_E.sock" "/var/run/wireguard/$WG_F.sock"
+    ip -n "$NS_E" link del "$WG_E" 2>/dev/null || true
+    ip -n "$NS_F" link del "$WG_F" 2>/dev/null || true
+}
+bt_start() { # LOGPREFIX: both devices, keys and addresses, no peer yet
+    ip netns exec "$NS_E" "$BT_BIN" --foreground --disable-drop-privileges --verbosity debug \
+        "$WG_E" >"$1.boringtun.log" 2>&1 &
+    BT_E_PID=$!
+    LOG_LEVEL=verbose ip netns exec "$NS_F" wireguard-go -f "$WG_F" >"$1.wireguard-go.log" 2>&1 &
+    BT_F_PID=$!
+    PIDS+=("$BT_E_PID" "$BT_F_PID")
+    wait_for 10 test -S "/var/run/wireguard/$WG_E.sock" || return 1
+    wait_for 10 test -S "/var/run/wireguard/$WG_F.sock" || return 1
+    nsx "$NS_E" wg set "$WG_E" private-key "$LOG/key.E" listen-port "$WG_PORT"
+    nsx "$NS_F" wg set "$WG_F" private-key "$LOG/key.F" listen-port "$WG_PORT"
+    ip -n "$NS_E" addr add "$TUN_E/24" dev "$WG_E"
+    ip -n "$NS_F" addr add "$TUN_F/24" dev "$WG_F"
+    ip -n "$NS_E" link set "$WG_E" up
+    ip -n "$NS_F" link set "$WG_F" up
+}
+# flowing FILE: at least 3 replies in the last second of FILE (ping -D, every 0.1 s)
+flowing() { awk -v t="$(now)" -F'[][]' '/bytes from/ && $2 >= t - 1 { n++ } END { exit !(n >= 3) }' "$1"; }
+both_flowing() { flowing "$1" && flowing "$2"; }
+# first_reply FILE T0: seconds from T0 to the first reply in FILE, or "none"
+first_reply() {
+    awk -v t0="$2" -F'[][]' '/bytes from/ && !f { printf "%.1f s", $2 - t0; f = 1 }
+        END { if (!f) print "none" }' "$1"
+}
+# hs_seq LOG: a device's handshake messages in order ("init>" sent, "<init" received, ...)
+hs_seq() {
+    sed -nE -e 's/.*Sending handshake[ _]initiation.*/init>/p' \
+        -e 's/.*Received handshake[ _]initiation.*/<init/p' \
+        -e 's/.*Sending handshake[ _]response.*/resp>/p' \
+        -e 's/.*Received handshake[ _]response.*/<resp/p' \
+        -e 's/.*(Receiving cookie response|Received cookie_reply).*/<cookie/p' \
+        -e 's/.*Received invalid (initiation|response).*/<invalid-\1/p' \
+        -e 's/.*Failed to derive keypair.*/derive-failed/p' \
+        -e 's/.*stopped hearing back after 15 seconds.*/[15 s silence]/p' "$1" |
+        awk 'NR <= 16 { printf "%s%s", (NR > 1 ? " " : ""), $0 }'
+}
+bt_round() { # LABEL ROUND: sets BT_T (seconds until both directions flowed, or none) and BT_NOTE
+    local p="$LOG/bt.$1.$2" t0 w1 w2 pe pf
+    BT_P=$p
+    BT_T=none
+    if ! bt_start "$p"; then
+        BT_NOTE="the devices did not start: $(tail -2 "$p.boringtun.log" "$p.wireguard-go.log" 2>/dev/null | tr '\n' ' ')"
+        bt_stop
+        return
+    fi
+    t0=$(now)
+    nsx "$NS_E" wg set "$WG_E" peer "$PUB_F" allowed-ips "$TUN_F/32" \
+        endpoint "$RELAY_IP:$BT_PORT" persistent-keepalive 25 &
+    w1=$!
+    nsx "$NS_F" wg set "$WG_F" peer "$PUB_E" allowed-ips "$TUN_E/32" \
+        endpoint "$RELAY_IP:$BT_PORT" persistent-keepalive 25 &
+    w2=$!
+    wait "$w1"
+    wait "$w2"
+    ping_bg "$NS_E" "$TUN_F" "$p.ping.ef"
+    pe=$BG_PID
+    ping_bg "$NS_F" "$TUN_E" "$p.ping.fe"
+    pf=$BG_PID
+    wait_for "$BT_WAIT" both_flowing "$p.ping.ef" "$p.ping.fe" && BT_T=$(elapsed "$t0")
+    kill -INT "$pe" "$pf" 2>/dev/null || true
+    wait "$pe" 2>/dev/null || true
+    wait "$pf" 2>/dev/null || true
+    BT_NOTE="first reply e->f $(first_reply "$p.ping.ef" "$t0"), f->e $(first_reply "$p.ping.fe" "$t0");"
+    BT_NOTE+=" wireguard-go: $(hs_seq "$p.wireguard-go.log"); boringtun: $(hs_seq "$p.boringtun.log")"
+    bt_stop
+}
+bt_case() { # always|default
+    local mode=$1 label flags=() log pid r bad=() times=() s s0 n0 why
+    if [ "$mode" = always ]; then
+        label="--cookie always"
+        flags=(--cookie always)
+    else
+        label="default flags"
+    fi
+    local name="boringtun (peer-e) + wireguard-go (peer-f) via relay, $label, $BT_ROUNDS restarts"
+    log="$LOG/relay.bt-$mode.log"
+    ip netns exec "$NS_RELAY" "$RELAY_BIN" run --listen "$RELAY_IP:$BT_PORT" \
+        --allow "$PUB_E" --allow "$PUB_F" "${flags[@]}" --log-level info --stats-interval 1 2>"$log" &
+    pid=$!
+    PIDS+=("$pid")
+    if ! wait_for 10 grep -q "relaying on" "$log"; then
+        fail "$name" "relay did not start: $(tail -3 "$log" | tr '\n' ' ')"
+        return
+    fi
+    for r in $(seq "$BT_ROUNDS"); do
+        n0=$(grep -c 'stats: received=' "$log" || true)
+        bt_round "$mode" "$r"
+        why=
+        if [ "$BT_T" = none ]; then
+            why="round $r: pings did not flow both ways within $BT_WAIT s"
+            info "round $r: pings not flowing both ways after $BT_WAIT s; $BT_NOTE"
+        else
+            awk -v t="$BT_T" -v b="$BT_BOUND" 'BEGIN { exit !(t > b) }' &&
+                why="round $r: pings flowed both ways only after $BT_T s (bound $BT_BOUND s)"
+            info "round $r: pings both ways after $BT_T s; $BT_NOTE"
+        fi
+        if [ -z "$why" ]; then
+            times+=("$BT_T")
+            continue
+        fi
+        bad+=("$why")
+        sleep 1.2 # the relay logs its counters every second
+        s0=$(bt_stats "$log" $((n0 + 1))) # the first counters logged in the round
+        info "  round $r failed: $(bt_why); relay counters during the round:" \
+            "$(stats_delta "$s0" "$(bt_stats "$log")")"
+    done
+    kill -TERM "$pid" 2>/dev/null || true
+    wait_for 5 grep -q "final stats" "$log" || kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    s=$(bt_stats "$log")
+    if [ "${#bad[@]}" -eq 0 ]; then
+        pass "$name" "pings both ways within $BT_BOUND s in every round (after ${times[*]} s)"
+    else
+        local b
+        why=
+        for b in "${bad[@]}"; do why+="${why:+; }$b"; done
+        fail "$name" "${#bad[@]}/$BT_ROUNDS rounds failed: $why"
+    fi
+    info "relay final: received=$(stat "$s" received) forwarded=$(stat "$s" forwarded)" \
+        "cookie_replies=$(stat "$s" cookie_replies) handovers=$(stat "$s" handovers)" \
+        "parked=$(stat "$s" parked) paired=$(stat "$s" paired) confirmed=$(stat "$s" confirmed) $(drops "$s")"
+}
+case_boringtun() {
+    if [ -z "$BT_BIN" ] || [ ! -x "$BT_BIN" ]; then
+        info "skipped: boringtun + wireguard-go (boringtun-cli not found;" \
+            "cargo install boringtun-cli --locked, or set E2E_BORINGTUN)"
+        return
+    fi
+    info "boringtun case: $("$BT_BIN" --version 2>&1 | head -1) as peer-e," \
+        "$(wireguard-go --version 2>&1 | awk 'NR == 1 { print $1, $2 }') as peer-f"
+    bt_case always
+    bt_case default
+}
+
 case_exchange
 case_iperf_relay
 case_rebind
 case_not_allowed
 case_proxy
+case_boringtun
 case_restart keep 2
 case_restart cold 3
 case_direct
