@@ -111,6 +111,26 @@ pub(super) struct Sender {
     pub proven: bool,
 }
 
+/// Whether initiation `index` (entry `e`) of some peer is still in flight with `from`: sent to
+/// it and unanswered, or answered by it and not yet confirmed. Either way an initiation from
+/// `from` to that peer now would cross it. The second case is a real interop failure
+/// (docs/e2e.md, "boringtun and wireguard-go"): boringtun answers an initiation and sends one
+/// of its own 0.1-0.7 ms later; wireguard-go, consuming that initiation and the response
+/// together on two workers, ends on a keypair whose index it deleted, and the pair loses
+/// every packet until WireGuard's 15 s timer.
+fn in_flight(
+    e: &crate::table::IndexEntry,
+    index: Index,
+    from: &Endpoint,
+    deliveries: &crate::table::Deliveries,
+    t: Tick,
+) -> bool {
+    match e.peer {
+        None => deliveries.contains(index, from, t),
+        Some(_) => !e.confirmed && e.source == *from,
+    }
+}
+
 impl State {
     /// Takes one fan-out token; `true` when unlimited.
     fn fanout_token(&mut self, now: Instant) -> bool {
@@ -201,8 +221,9 @@ impl State {
             // crossing: c's own unanswered initiation is with the sender already
             let crossing = info.pending.is_some_and(|p| {
                 !t.at_least_since(p.at, REKEY_TIMEOUT)
-                    && indices.lookup(p.index, t).is_some_and(|e| e.peer.is_none())
-                    && deliveries.contains(p.index, &s.from, t)
+                    && indices
+                        .lookup(p.index, t)
+                        .is_some_and(|e| in_flight(e, p.index, &s.from, deliveries, t))
             });
             if eligible && !crossing && !targets.contains(c) {
                 targets.push(*c);
@@ -268,8 +289,7 @@ impl State {
         }
         self.indices
             .lookup(p.index, t)
-            .is_some_and(|e| e.peer.is_none())
-            && self.deliveries.contains(p.index, from, t)
+            .is_some_and(|e| in_flight(e, p.index, from, &self.deliveries, t))
     }
 
     /// Keeps a cold initiation so candidates that appear within REKEY_TIMEOUT still get it.

@@ -15,6 +15,23 @@ const fn resp_len() -> usize {
 }
 
 impl State {
+    /// Whether an initiation from `from` naming `key` retries one that got no answer: the
+    /// same key within 3 x REKEY_TIMEOUT, and the earlier initiation was not answered (a
+    /// rekey soon after a completed handshake is no retry).
+    fn is_retry(&self, from: &Endpoint, key: Option<KeyId>, t: Tick) -> bool {
+        self.endpoints
+            .get(from)
+            .and_then(|i| i.pending)
+            .is_some_and(|p| {
+                p.key == key
+                    && !t.at_least_since(p.at, 3 * REKEY_TIMEOUT)
+                    && !self
+                        .indices
+                        .lookup(p.index, t)
+                        .is_some_and(|e| e.peer.is_some())
+            })
+    }
+
     /// Why a new sender index cannot be recorded, if it cannot: taken by a live entry, or the
     /// table is full.
     fn index_unavailable(&self, sender: Index, t: Tick) -> Option<DropReason> {
@@ -136,11 +153,7 @@ impl State {
         let pin_route = self.pins.route(key, learned);
         // A retry (same key, no response in between) means the holder did not answer: it may
         // have moved, so for the challenge it counts as unknown.
-        let retrying = self
-            .endpoints
-            .get(&from)
-            .and_then(|i| i.pending)
-            .is_some_and(|p| p.key == key && !t.at_least_since(p.at, 3 * REKEY_TIMEOUT));
+        let retrying = self.is_retry(&from, key, t);
         let has_target = (learned.is_some() && !retrying) || matches!(pin_route, PinRoute::To(_));
         let ambiguous =
             !has_target && started_by_pin.is_none() && self.keys.identity_ambiguous(key);
@@ -219,11 +232,9 @@ impl State {
             InitiationPacket::new_unchecked(&mut *packet).set_mac2([0; 16]);
         }
         let groups = self.keys.groups_of(key).to_vec();
+        let retry = retrying;
         let info = self.endpoints.touch(from, t);
         info.peer_like |= peer_like;
-        let retry = info
-            .pending
-            .is_some_and(|p| p.key == key && !t.at_least_since(p.at, 3 * REKEY_TIMEOUT));
         info.pending = Some(crate::table::endpoint::Pending {
             key,
             at: t,
@@ -402,11 +413,8 @@ impl State {
             self.counters.bytes_to_unproven += resp_len() as u64;
         }
         self.endpoints.spend(&initiator, resp_len(), t);
-        if let Some(info) = self.endpoints.get(&initiator) {
-            if info.pending.is_some() {
-                self.endpoints.touch(initiator, t).pending = None;
-            }
-        }
+        // (the initiator's pending initiation stays recorded: until the session is confirmed,
+        // an initiation from the responder to it would cross this handshake; see `crossing`)
         // remember a pinned key's clients, for the handshakes it starts itself
         if let Some(kb) = responder_key.filter(|k| self.pins.is_pinned(Some(*k))) {
             self.pins.note_client(kb, initiator);

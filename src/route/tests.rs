@@ -1383,3 +1383,41 @@ fn bindings_outlive_sessions_across_a_restart() {
         .restore(&without_sessions, other.now, wall, &listeners());
     assert_eq!(r.bindings, 1, "only A's key is still allowed: {r:?}");
 }
+
+#[test]
+fn an_initiation_right_after_a_response_does_not_cross_the_handshake() {
+    // boringtun answers an initiation and sends one of its own a fraction of a millisecond
+    // later; wireguard-go consuming both at once ends on a dead keypair (docs/e2e.md). Until
+    // the answered handshake is confirmed, the responder's own initiation to that peer waits.
+    let (a, b) = (device(1, 1001), device(2, 1002));
+    let mut relay = Relay::allow(&[&a, &b]);
+    let mut tb = tunn(&b, &a, 2);
+    let init_b = initiation(&mut tb);
+    assert_eq!(relay.route(b.ep, &init_b).0, Decision::Parked);
+    let mut ta = tunn(&a, &b, 1);
+    relay.route(a.ep, &initiation(&mut ta));
+    assert_eq!(relay.out.extra.len(), 1, "B's initiation handed to A");
+    let resp_a = feed(&mut ta, &init_b).expect("A answers");
+    assert_eq!(relay.route(a.ep, &resp_a).0, Decision::Forward);
+    assert_eq!(relay.targets(), vec![b.ep]);
+    // A's own initiation, 0.2 ms later: held back.
+    let mut ta2 = tunn(&a, &b, 3);
+    let (d, _) = relay.route(a.ep, &initiation(&mut ta2));
+    assert!(
+        !relay.targets().contains(&b.ep),
+        "{d:?} to {:?}",
+        relay.targets()
+    );
+    // B confirms with its first transport message; the session works.
+    let keepalive = feed(&mut tb, &resp_a).expect("B confirms");
+    assert_eq!(relay.route(b.ep, &keepalive).0, Decision::Forward);
+    assert_eq!(relay.targets(), vec![a.ep]);
+    assert_eq!(relay.state.counters().sessions_confirmed, 1);
+    // Once confirmed, a later initiation from A goes to B as usual.
+    relay.advance(Duration::from_secs(1));
+    assert_eq!(
+        relay.route(a.ep, &initiation(&mut ta2)).0,
+        Decision::Forward
+    );
+    assert_eq!(relay.targets(), vec![b.ep]);
+}
