@@ -25,10 +25,10 @@ impl State {
             .is_some_and(|p| {
                 p.key == key
                     && !t.at_least_since(p.at, 3 * REKEY_TIMEOUT)
-                    && !self
+                    && self
                         .indices
                         .lookup(p.index, t)
-                        .is_some_and(|e| e.peer.is_some())
+                        .is_none_or(|e| e.peer.is_none())
             })
     }
 
