@@ -43,6 +43,15 @@ cargo test --workspace
 # The loopback suites once more on the portable backend (`auto` picks io_uring where it can run).
 WGRELAY_TEST_BACKEND=mmsg cargo test -p wgrelay --test exchange --test cli --test scale --test proxy --test awg --test attack
 
+# A second WireGuard implementation for the e2e rig's interop case (boringtun beside
+# wireguard-go). Only as root (the rig needs root anyway); a failed install only skips that
+# case, with the rig's one-line reason.
+if [ "$(id -u)" -eq 0 ] && ! command -v boringtun-cli >/dev/null \
+    && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/boringtun-cli" ]; then
+    cargo install boringtun-cli --version 0.7.1 --locked --quiet \
+        || echo "test.sh: boringtun-cli did not install; the e2e boringtun case will skip" >&2
+fi
+
 # End-to-end: wireguard-go peers behind two NAT namespaces, through the release binary.
 # Prints one "e2e: skipped: <why>" line where it cannot run (not root, no /dev/net/tun).
 scripts/e2e.sh
