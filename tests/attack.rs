@@ -18,20 +18,6 @@ use common::*;
 use wgrelay::config::{Config, CookieMode};
 use wgrelay::constants::{UNPROVEN_COPIES_PER_KEY_BURST, UNPROVEN_COPIES_PER_KEY_PER_SECOND};
 
-fn raise_fd_limit(want: u64) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < want {
-            lim.rlim_cur = want.min(lim.rlim_max);
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-}
-
 /// Spoofed sources: one socket per fresh address, each used once, kept to count what the
 /// relay sends back to it.
 struct Attack {

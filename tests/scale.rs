@@ -18,20 +18,6 @@ fn pairs() -> usize {
 /// A bound that fails a hung run; the measured time is printed and tracked in the README.
 const LIMIT: Duration = Duration::from_secs(40);
 
-fn raise_fd_limit(want: u64) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < want {
-            lim.rlim_cur = want.min(lim.rlim_max);
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-}
-
 fn address(k: usize) -> std::net::IpAddr {
     localhost(100 + (k >> 16) as u8, (k >> 8) as u8, k as u8)
 }

@@ -413,3 +413,18 @@ pub fn drain(sock: &UdpSocket, time: Duration) -> Vec<Vec<u8>> {
     }
     got
 }
+
+/// Raises the open-file limit towards `want` (suites with thousands of peer sockets).
+pub fn raise_fd_limit(want: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < want {
+            lim.rlim_cur = want.min(lim.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
