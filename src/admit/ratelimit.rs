@@ -50,18 +50,6 @@ impl TokenBucket {
         }
     }
 
-    /// Takes `n` tokens if there are that many.
-    pub fn allow_n(&mut self, n: u32, now: Instant) -> bool {
-        self.refill(now);
-        let want = self.cost.saturating_mul(u64::from(n));
-        if self.balance >= want {
-            self.balance -= want;
-            true
-        } else {
-            false
-        }
-    }
-
     /// Takes `n` tokens, or what is left when there are fewer (work already done is paid for
     /// even if it overdraws the balance).
     pub fn take_up_to(&mut self, n: u32, now: Instant) {
@@ -75,13 +63,6 @@ impl TokenBucket {
     pub fn peek(&mut self, now: Instant) -> bool {
         self.refill(now);
         self.balance >= self.cost
-    }
-
-    /// Changes the rate (and the burst, in tokens), keeping the balance within the new cap.
-    pub fn set_rate(&mut self, rate: u32, burst: u32) {
-        self.cost = NANOS_PER_SECOND / u64::from(rate.max(1));
-        self.max = self.cost.saturating_mul(u64::from(burst.max(1)));
-        self.balance = self.balance.min(self.max);
     }
 
     /// Whether the bucket has refilled completely (and so can be forgotten).
@@ -204,11 +185,6 @@ impl KeyBudgets {
     /// Takes a copy's token for `key`.
     pub fn allow(&mut self, key: Option<crate::admit::KeyId>, now: Instant) -> bool {
         self.slot(key, now).is_some_and(|b| b.allow(now))
-    }
-
-    /// Whether `key` has a token left (it is not under load).
-    pub fn has_token(&mut self, key: Option<crate::admit::KeyId>, now: Instant) -> bool {
-        self.slot(key, now).is_some_and(|b| b.peek(now))
     }
 }
 
@@ -338,22 +314,12 @@ mod tests {
         for _ in 0..10 {
             assert!(b.allow(Some(k1), t0));
         }
-        assert!(!b.has_token(Some(k1), t0));
-        assert!(b.has_token(Some(k2), t0));
-        assert!(b.has_token(None, t0));
-        assert!(b.has_token(Some(k1), t0 + Duration::from_millis(200)));
+        assert!(!b.allow(Some(k1), t0));
+        assert!(b.allow(Some(k2), t0));
+        assert!(b.allow(None, t0));
+        assert!(b.allow(Some(k1), t0 + Duration::from_millis(200)));
         // A key beyond the directory has no budget at all.
         assert!(!b.allow(Some(crate::admit::KeyId::new(7)), t0));
-    }
-
-    #[test]
-    fn bucket_takes_many_at_once() {
-        let t0 = Instant::now();
-        let mut b = TokenBucket::new(100, 100, t0);
-        assert!(b.allow_n(60, t0));
-        assert!(!b.allow_n(60, t0));
-        assert!(b.allow_n(40, t0));
-        assert!(!b.peek(t0));
     }
 
     #[test]

@@ -512,11 +512,6 @@ impl State {
         self.sources.sweep(now);
         self.deliveries.expired(t);
     }
-
-    /// Deliveries recorded (for tests and status).
-    pub fn deliveries(&self) -> &Deliveries {
-        &self.deliveries
-    }
 }
 
 #[cfg(test)]
