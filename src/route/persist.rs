@@ -249,10 +249,9 @@ impl State {
             "i" => false,
             _ => return false,
         };
-        let left = Duration::from_millis(left).saturating_sub(elapsed);
-        if left.is_zero() || left > REJECT_AFTER_TIME {
+        let Some(left) = remaining(left, elapsed, REJECT_AFTER_TIME) else {
             return false;
-        }
+        };
         out.insert(
             Index(index),
             IndexEntry {
@@ -284,12 +283,11 @@ impl State {
         else {
             return false;
         };
-        let left = Duration::from_millis(left).saturating_sub(elapsed);
         let longest =
             crate::constants::SOURCE_PROVEN_TIME.max(crate::constants::PROVEN_BY_SESSION_TIME);
-        if left.is_zero() || left > longest {
+        let Some(left) = remaining(left, elapsed, longest) else {
             return false;
-        }
+        };
         self.endpoints.touch(endpoint, t).proven_until = t.after(left);
         true
     }
@@ -312,10 +310,9 @@ impl State {
         ) else {
             return false;
         };
-        let left = Duration::from_millis(left).saturating_sub(elapsed);
-        if left.is_zero() || left > crate::constants::ENDPOINT_IDLE_TIME {
+        let Some(left) = remaining(left, elapsed, crate::constants::ENDPOINT_IDLE_TIME) else {
             return false;
-        }
+        };
         // Remembered as if last seen when it would still have `left` to live.
         let seen = Tick(
             t.0.saturating_sub(
@@ -327,6 +324,13 @@ impl State {
         self.endpoints.bind(key, endpoint, seen);
         true
     }
+}
+
+/// What is left of a record's `ms` after `elapsed` of downtime: `None` when nothing is, or
+/// when it claims more than `max` (no record of ours lives that long).
+fn remaining(ms: u64, elapsed: Duration, max: Duration) -> Option<Duration> {
+    let left = Duration::from_millis(ms).saturating_sub(elapsed);
+    (!left.is_zero() && left <= max).then_some(left)
 }
 
 fn now_proven(now: Tick, until: Tick) -> bool {
