@@ -109,6 +109,9 @@ pub(super) struct Sender {
     pub from: Endpoint,
     pub key: Option<KeyId>,
     pub proven: bool,
+    /// Admission already took a token from the named key's budget for this (unproven)
+    /// initiation: it pays for the first copy.
+    pub prepaid: bool,
 }
 
 /// Whether initiation `index` (entry `e`) of some peer is still in flight with `from`: sent to
@@ -147,7 +150,7 @@ impl State {
     pub(super) fn copy_rules(
         &mut self,
         now: Instant,
-        s: &Sender,
+        s: &mut Sender,
         to: Endpoint,
         budgeted: bool,
         pinned: bool,
@@ -165,7 +168,7 @@ impl State {
         {
             return false;
         }
-        if !s.proven && s.key.is_some() && !self.key_budgets.allow(s.key, now) {
+        if !s.proven && s.key.is_some() && !s.prepaid && !self.key_budgets.allow(s.key, now) {
             return false;
         }
         // Copies between proven endpoints cannot be aimed at a third party: they are bounded
@@ -176,6 +179,7 @@ impl State {
             return false;
         }
         if !s.proven {
+            s.prepaid = false;
             self.counters.unproven_copies += 1;
         }
         if !recipient_proven {
@@ -188,7 +192,7 @@ impl State {
     /// A sweep for `s`'s initiation: candidates of `key`'s groups that could be WireGuard
     /// peers (proven; for a proven sender also peer-like ones with credit), never crossing, continuing where `s.from`'s
     /// last sweep stopped. Returns the copies added to `out.targets`.
-    pub(super) fn sweep(&mut self, now: Instant, s: &Sender, out: &mut Actions) -> usize {
+    pub(super) fn sweep(&mut self, now: Instant, s: &mut Sender, out: &mut Actions) -> usize {
         let t = self.clock.tick(now);
         if let Some(info) = self.endpoints.get(&s.from) {
             if info.swept_at != Tick(0) && !t.at_least_since(info.swept_at, SWEEP_MIN_INTERVAL) {
@@ -259,7 +263,13 @@ impl State {
     /// Fills `out.targets` with a pinned key's recent clients, for a handshake it starts with
     /// a client the relay cannot name: newest first, never the sender, each copy under the
     /// copy rules.
-    pub(super) fn pin_clients(&mut self, now: Instant, pin: KeyId, s: &Sender, out: &mut Actions) {
+    pub(super) fn pin_clients(
+        &mut self,
+        now: Instant,
+        pin: KeyId,
+        s: &mut Sender,
+        out: &mut Actions,
+    ) {
         let clients: Vec<Endpoint> = self
             .pins
             .recent_clients(pin)
@@ -409,13 +419,14 @@ impl State {
                 self.parked.unpark(sender);
                 continue;
             };
-            let s = Sender {
+            let mut s = Sender {
                 index: sender,
                 from: p.from,
                 key: p.key,
                 proven: p.proven,
+                prepaid: false,
             };
-            if !self.copy_rules(now, &s, to, handed > 0, false) {
+            if !self.copy_rules(now, &mut s, to, handed > 0, false) {
                 break;
             }
             out.extra.push(Datagram::new(to, &p.bytes));

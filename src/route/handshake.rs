@@ -164,8 +164,15 @@ impl State {
         // (an unproven initiation that is not challenged for ambiguity takes a token from
         // its named key's budget; open mode has no keys, and a pinned key's own handshake is
         // the operator's)
-        let key_ok = |st: &mut Self| {
-            proven || key.is_none() || started_by_pin.is_some() || st.key_budgets.allow(key, now)
+        // `prepaid`: the token taken here pays for the first copy too (taking a second one
+        // there dropped a newcomer admitted on the last token, with no cookie either)
+        let mut prepaid = false;
+        let mut key_ok = |st: &mut Self| {
+            if proven || key.is_none() || started_by_pin.is_some() {
+                return true;
+            }
+            prepaid = st.key_budgets.allow(key, now);
+            prepaid
         };
         let challenge = !proven
             && match self.cookie_mode {
@@ -262,11 +269,12 @@ impl State {
                 confirmed: false,
             },
         );
-        let s = Sender {
+        let mut s = Sender {
             index: sender,
             from,
             key,
             proven,
+            prepaid,
         };
 
         // The sender is a new candidate: hand it the parked initiations it could answer. This
@@ -281,22 +289,23 @@ impl State {
         let mut park = false;
         match (pin_route, started_by_pin) {
             (PinRoute::To(e), _) => {
-                if self.copy_rules(now, &s, e, false, true) {
+                if self.copy_rules(now, &mut s, e, false, true) {
                     out.targets.push(e);
                 }
             }
-            (_, Some(p)) => self.pin_clients(now, p, &s, out),
+            (_, Some(p)) => self.pin_clients(now, p, &mut s, out),
             // its credit went on the hand-over: its own initiation goes nowhere (a response
             // to it would be owed bytes it did not send); it answers what it got, or retries
             _ if hold_own => {}
             _ => {
                 if let Some(h) = learned.filter(|h| *h != from) {
-                    if !self.crossing(&h, &from, t) && self.copy_rules(now, &s, h, false, false) {
+                    if !self.crossing(&h, &from, t) && self.copy_rules(now, &mut s, h, false, false)
+                    {
                         out.targets.push(h);
                     }
                 }
                 if learned.is_none() || retry {
-                    self.sweep(now, &s, out);
+                    self.sweep(now, &mut s, out);
                     park = true;
                 }
             }

@@ -10,6 +10,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::admit::TestEntropy;
+use crate::constants::{UNPROVEN_COPIES_PER_KEY_BURST, UNPROVEN_COPIES_PER_KEY_PER_SECOND};
 use crate::table::ListenerId;
 
 /// A WireGuard device made by boringtun: one key, tunnels to named peers.
@@ -420,6 +421,50 @@ fn cookie_under_load_only_when_loaded() {
     relay.advance(Duration::from_secs(3));
     let (d, _) = relay.route(ep(4999), &initiation(&mut tunn(&a, &b, 9)));
     assert_ne!(d, Decision::Reply);
+}
+
+/// The key budget's last token admits an initiation and pays for its copy: a newcomer that
+/// arrives while spoofers keep B's budget drained is forwarded (or challenged), never dropped
+/// with neither. (Admission and copy took a token each once: the newcomer got nothing and
+/// waited a whole REKEY_TIMEOUT, and spoofers got half the burst.)
+#[test]
+fn the_last_budget_token_admits_and_pays_for_the_copy() {
+    let (a, b) = (device(1, 1001), device(2, 1002));
+    let mut relay = Relay::new(Settings {
+        allow: vec![a.public, b.public],
+        cookie: CookieMode::UnderLoad,
+        ..Settings::default()
+    });
+    let _tunnels = establish(&mut relay, &a, &b, 1, 2);
+    // spoofed initiations for B from fresh sources drain its budget: the burst reaches B
+    // (its holder), then cookies
+    let spoofer = device(9, 9000);
+    let mut forwarded = 0;
+    for i in 0..UNPROVEN_COPIES_PER_KEY_BURST + 10 {
+        let d = relay
+            .route(
+                ep(3000 + i as u16),
+                &initiation(&mut tunn(&spoofer, &b, 100 + i)),
+            )
+            .0;
+        if d == Decision::Forward {
+            assert_eq!(relay.targets(), vec![b.ep]);
+            forwarded += 1;
+        } else {
+            assert_eq!(d, Decision::Reply);
+        }
+    }
+    // (A's and B's own first initiations took a token each: both were unproven then)
+    assert_eq!(forwarded, UNPROVEN_COPIES_PER_KEY_BURST - 2);
+    // one token refills; A comes back on a new address (unproven) and takes it
+    relay.advance(Duration::from_millis(
+        1000 / u64::from(UNPROVEN_COPIES_PER_KEY_PER_SECOND) + 1,
+    ));
+    let moved = ep(2001);
+    let (d, _) = relay.route(moved, &initiation(&mut tunn(&a, &b, 7)));
+    assert_eq!(d, Decision::Forward);
+    assert_eq!(relay.targets(), vec![b.ep]);
+    assert_eq!(relay.state.counters().dropped(DropReason::FanOutLimited), 0);
 }
 
 #[test]
