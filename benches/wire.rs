@@ -57,49 +57,29 @@ fn bench(c: &mut Criterion) {
     g.bench_function("mac1_verify", |b| {
         b.iter(|| black_box(mac::check_mac1(&key, black_box(&init))))
     });
-    for keys in [1usize, 100, 1000] {
-        let mut allow: Vec<PublicKey> = (0..keys - 1)
+    // the lane search (`Mac1Bank`) against the one-key-at-a-time reference, same keys, same run
+    for keys in [1usize, 100, 1000, 20_000] {
+        let mut allow: Vec<PublicKey> = (1..keys as u32)
             .map(|i| {
-                PublicKey([
-                    (i % 251) as u8 + 1,
-                    (i / 251) as u8,
-                    7,
-                    7,
-                    7,
-                    7,
-                    7,
-                    7,
-                    7,
-                    7,
-                    7,
-                    7,
-                    7,
-                    7,
-                    7,
-                    7,
-                    7,
-                    7,
-                    7,
-                    7,
-                    7,
-                    7,
-                    7,
-                    7,
-                    7,
-                    7,
-                    7,
-                    7,
-                    7,
-                    7,
-                    7,
-                    9,
-                ])
+                let mut k = [7u8; 32];
+                k[..4].copy_from_slice(&i.to_le_bytes());
+                PublicKey(k)
             })
             .collect();
         allow.push(PublicKey(responder));
         let dir = KeyDirectory::new(&allow, &[]);
         g.bench_function(format!("mac1_match_worst_case_keys_{keys}"), |b| {
             b.iter(|| black_box(dir.match_mac1(black_box(&init))))
+        });
+        let reference: Vec<Mac1Key> = allow.iter().map(|k| Mac1Key::new(&k.0)).collect();
+        g.bench_function(format!("mac1_match_reference_keys_{keys}"), |b| {
+            b.iter(|| {
+                black_box(
+                    reference
+                        .iter()
+                        .position(|k| mac::check_mac1(k, black_box(&init))),
+                )
+            })
         });
     }
     let mut checker = CookieChecker::new();

@@ -72,10 +72,11 @@ pub const RECENT_SOURCES: usize = 1 << 16;
 /// initiations naming it get the cookie challenge instead.
 pub const UNPROVEN_COPIES_PER_KEY_PER_SECOND: u32 = 20;
 pub const UNPROVEN_COPIES_PER_KEY_BURST: u32 = 40;
-/// mac1 trials (one BLAKE2s each) per second spent on unproven sources that gave no hint of
-/// their key, with one second of burst: a flood of unknown initiations cannot make the relay
-/// spend more than about a third of a core on them, whatever the number of allowed keys.
-pub const UNPROVEN_MAC1_TRIALS_PER_SECOND: u32 = 2_000_000;
+/// mac1 trials (keys tried) per second spent on unproven sources that gave no hint of their
+/// key, with one second of burst: a flood of unknown initiations cannot make the relay spend
+/// more than about 0.4 core on them, whatever the number of allowed keys. A trial costs
+/// ~50 ns in the lane search (`wire::mac1_bank`, AVX-512 or AVX2), ~4x that without them.
+pub const UNPROVEN_MAC1_TRIALS_PER_SECOND: u32 = 8_000_000;
 /// Copies one proven initiation may sweep out to candidates at most. A proven sender answered
 /// our cookie or a confirmed handshake, so its copies cannot be aimed at a third party.
 pub const PROVEN_SWEEP_CAP: usize = 4096;

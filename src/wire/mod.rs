@@ -66,6 +66,7 @@ pub mod awg;
 pub mod cookie_reply;
 pub mod initiation;
 pub mod mac;
+pub mod mac1_bank;
 pub mod response;
 #[cfg(test)]
 pub(crate) mod testvec;
