@@ -20,6 +20,12 @@
 //!   rekey (`rekey`: `format_handshake_initiation(.., force = true)` on the live `Tunn`). The
 //!   legit handshake time is from then until an initiator of the pair processes a valid
 //!   response; `recovered` is until packets offered after that moment have arrived both ways.
+//! - `--cold`: the relay has never seen the legit pair when the attack begins. The attack
+//!   starts at once and the pair comes up (both sides in `exchange`, A alone otherwise, as on
+//!   come-up) `--rehandshake-after` s into it, instead of being forced to re-handshake;
+//!   the handshake time is from that come-up, `--rehandshake` is not used, there is no
+//!   `before` phase, the `attack` loss phase starts once the pair works, and a pair that never
+//!   works is reported (handshake `never`) instead of being an error.
 //! - The attacker (its own thread) sends 148-byte type-1 initiations at `--rate` (`max`: as
 //!   fast as that thread can) for `--seconds`, each from a FRESH source address counted up
 //!   from `--attack-base` (127.128.0.1: 8M addresses away from the legit peers), all through
@@ -31,7 +37,8 @@
 //!     relay and to B a well-formed initiation for B from a stranger (B's `Tunn` rejects it as
 //!     `WrongKey` after its DH work);
 //!   - `random`: 148 random bytes with type 1 (what an open-mode relay cannot tell apart);
-//!   - `replay`: the latest initiation A really sent, byte for byte, from new sources.
+//!   - `replay`: the latest initiation A really sent, byte for byte, from new sources
+//!     (nothing is sent until A has sent one, which matters with `--cold`).
 //! - Third-party copies: initiations reaching A or B that their partner did not send (by
 //!   mac1), and copies of the partner's own initiations beyond the first (replays); plus what
 //!   the `Tunn`s rejected, by message type and boringtun error.
@@ -144,6 +151,8 @@ pub struct AttackConfig {
     pub rehandshake_after: f64,
     pub after: f64,
     pub rehandshake: Rehandshake,
+    /// The relay has never seen the pair: it comes up `rehandshake_after` s into the attack.
+    pub cold: bool,
     pub seed: u64,
     pub setup_timeout: f64,
     pub attack_base: Ipv4Addr,
@@ -328,6 +337,12 @@ impl Attacker {
             {
                 last_replay_read = now;
                 replay = read(&self.replay);
+            }
+            if self.forge == Forge::Replay && replay[0] != 1 {
+                // Nothing captured yet (a cold pair not up): skip these slots, no burst later.
+                k += n;
+                std::thread::sleep(Duration::from_micros(200));
+                continue;
             }
             for _ in 0..n {
                 match self.forge {
@@ -633,8 +648,12 @@ fn drive(
         }
     };
 
-    // Come-up: A always initiates; B too in exchange mode (a server waits).
+    // Come-up: A always initiates; B too in exchange mode (a server waits). Cold: later,
+    // during the attack.
     for (k, side) in sides.iter_mut().enumerate() {
+        if cfg.cold {
+            break;
+        }
         let pend = come_up(
             k,
             side,
@@ -649,7 +668,13 @@ fn drive(
         }
     }
 
-    let setup_deadline = t0 + Duration::from_secs_f64(cfg.setup_timeout.clamp(1.0, 120.0));
+    let cold_up = if cfg.cold {
+        cfg.rehandshake_after.clamp(0.0, 600.0)
+    } else {
+        0.0
+    };
+    let setup_deadline =
+        t0 + Duration::from_secs_f64(cold_up + cfg.setup_timeout.clamp(1.0, 120.0));
     let mut established: Option<Instant> = None;
     let mut attack_start: Option<Instant> = None;
     let mut forced_at: Option<Instant> = None;
@@ -694,7 +719,7 @@ fn drive(
         if end_at.is_some_and(|e| now >= e + drain) {
             break;
         }
-        if established.is_none() && now >= setup_deadline {
+        if established.is_none() && now >= setup_deadline && !cfg.cold {
             stop.store(true, Ordering::Relaxed);
             return Err(format!(
                 "the legit pair did not work within {:.0} s (A: {}, B: {})",
@@ -809,6 +834,13 @@ fn drive(
             for k in 0..2 {
                 marks[k].established = sides[k].seq;
                 sides[k].next_data = now;
+                if cfg.cold {
+                    // Loss counts from when the pair works, as in a warm run.
+                    marks[k].attack_start = sides[k].seq;
+                    if attack_end_at.is_some() {
+                        marks[k].attack_end = sides[k].seq;
+                    }
+                }
             }
             if cfg.progress {
                 eprintln!(
@@ -818,10 +850,13 @@ fn drive(
             }
         }
         // phases
-        if let Some(e) = established {
-            if attack_start.is_none()
-                && now >= e + Duration::from_secs_f64(cfg.before.clamp(0.0, 60.0))
-            {
+        let attack_from = if cfg.cold {
+            Some(t0)
+        } else {
+            established.map(|e| e + Duration::from_secs_f64(cfg.before.clamp(0.0, 60.0)))
+        };
+        if let Some(from) = attack_from {
+            if attack_start.is_none() && now >= from {
                 attack_start = Some(now);
                 for k in 0..2 {
                     marks[k].attack_start = sides[k].seq;
@@ -859,13 +894,34 @@ fn drive(
         }
         if let Some(a) = attack_start {
             let force_time = a + Duration::from_secs_f64(cfg.rehandshake_after.clamp(0.0, 600.0));
-            if forced_at.is_none() && cfg.rehandshake != Rehandshake::Off && now >= force_time {
+            if forced_at.is_none()
+                && (cfg.cold || cfg.rehandshake != Rehandshake::Off)
+                && now >= force_time
+            {
                 forced_at = Some(now);
                 for k in 0..2 {
                     marks[k].forced = sides[k].seq;
                 }
                 let mut pending: Vec<Vec<u8>> = Vec::new();
+                if cfg.cold {
+                    // The pair's first come-up, with the attack already running.
+                    for (k, side) in sides.iter_mut().enumerate() {
+                        let pend = come_up(
+                            k,
+                            side,
+                            gen,
+                            now,
+                            &mut buf,
+                            &mut rng,
+                            (k == 0 || !b_learns).then_some(Start::ComeUp),
+                        );
+                        for p in pend {
+                            out(side, &p);
+                        }
+                    }
+                }
                 match cfg.rehandshake {
+                    _ if cfg.cold => {}
                     Rehandshake::Restart => {
                         gen += 1;
                         pending = come_up(
@@ -1064,7 +1120,8 @@ fn drive(
         "legit": {
             "setup_s": since(established, Some(t0)),
             "pps_each_way": cfg.pps,
-            "rehandshake": cfg.rehandshake.as_str(),
+            "cold": cfg.cold,
+            "rehandshake": if cfg.cold { "cold come-up" } else { cfg.rehandshake.as_str() },
             "forced_after_attack_start_s": since(forced_at, attack_start),
             "handshake_s": since(handshake_at, forced_at),
             "handshake_during_attack": match (handshake_at, attack_end_at) {
@@ -1161,9 +1218,13 @@ pub fn summary(v: &Value) -> String {
     );
     let _ = writeln!(
         out,
-        "  legit pair: set up in {} ms; {} of A forced {} s into the attack: handshake {} ms (during attack: {}), recovered {} ms",
+        "  legit pair: set up in {} ms; {} {} s into the attack: handshake {} ms (during attack: {}), recovered {} ms",
         ms(&l["setup_s"]),
-        l["rehandshake"].as_str().unwrap_or(""),
+        if l["cold"].as_bool() == Some(true) {
+            "cold: the pair came up".to_string()
+        } else {
+            format!("{} of A forced", l["rehandshake"].as_str().unwrap_or(""))
+        },
         f2(&l["forced_after_attack_start_s"]),
         ms(&l["handshake_s"]),
         l["handshake_during_attack"],

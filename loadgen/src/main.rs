@@ -164,11 +164,16 @@ struct AttackArgs {
     /// Seconds of legit traffic before the attack.
     #[arg(long, default_value_t = 1.0)]
     before: f64,
-    /// Force A's re-handshake this many seconds into the attack.
+    /// Force A's re-handshake this many seconds into the attack (--cold: the pair comes up then).
     #[arg(long, default_value_t = 1.0)]
     rehandshake_after: f64,
     #[arg(long, value_enum, default_value = "restart")]
     rehandshake: RehandshakeArg,
+    /// The relay has never seen the legit pair: the attack starts at once and the pair comes
+    /// up (its first handshake) --rehandshake-after seconds into it; --before and
+    /// --rehandshake are not used, and a pair that never works is reported, not an error.
+    #[arg(long)]
+    cold: bool,
     /// Seconds of legit traffic after the attack (10: room for two more REKEY_TIMEOUT
     /// retries of a handshake the attack held up).
     #[arg(long, default_value_t = 10.0)]
@@ -563,6 +568,7 @@ fn attack_cmd(a: AttackArgs) -> ExitCode {
             RehandshakeArg::Rekey => Rehandshake::Rekey,
             RehandshakeArg::Off => Rehandshake::Off,
         },
+        cold: a.cold,
         seed: a.seed,
         setup_timeout: a.setup_timeout,
         attack_base: a.attack_base,
