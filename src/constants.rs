@@ -67,11 +67,15 @@ pub const RETRY_MAX_GAP: Duration = Duration::from_secs(16);
 /// Slots of the memory of recent unproven sources (8 bytes each).
 pub const RECENT_SOURCES: usize = 1 << 16;
 /// Copies of initiations from unproven sources that may reach third parties, per named key
-/// (open mode: for all of them) and second, and the burst. WireGuard's own responder takes
-/// 20 handshakes/s per source; a key whose budget is spent is "under load" and unproven
-/// initiations naming it get the cookie challenge instead.
-pub const UNPROVEN_COPIES_PER_KEY_PER_SECOND: u32 = 20;
-pub const UNPROVEN_COPIES_PER_KEY_BURST: u32 = 40;
+/// (open mode: for all of them) and second, and the burst; a key whose budget is spent is
+/// "under load" and unproven initiations naming it get the cookie challenge instead.
+/// The bound is the strictest responder's: boringtun counts every handshake message with a
+/// valid mac1 and answers with cookies past 10 in a second (wireguard-go: 20/s per source
+/// once loaded). 20/s with a burst of 40 let spoofed copies put a boringtun responder under
+/// load, and its cookie cost the legit initiator a 5 s retry (attack matrix, cold). At most
+/// 8 a second leaves room for the legit pair's own two.
+pub const UNPROVEN_COPIES_PER_KEY_PER_SECOND: u32 = 4;
+pub const UNPROVEN_COPIES_PER_KEY_BURST: u32 = 4;
 /// mac1 trials (keys tried) per second spent on unproven sources that gave no hint of their
 /// key, with one second of burst: a flood of unknown initiations cannot make the relay spend
 /// more than about 0.4 core on them, whatever the number of allowed keys. A trial costs

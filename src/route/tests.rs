@@ -467,6 +467,141 @@ fn the_last_budget_token_admits_and_pays_for_the_copy() {
     assert_eq!(relay.state.counters().dropped(DropReason::FanOutLimited), 0);
 }
 
+/// A cold pair meets at its first retry while spoofed initiations for B's key arrive at
+/// 2000/s from fresh sources, whatever the order of the two peers' retries. Simulated time,
+/// real boringtun peers (their own responder limit raised: the budget is checked here).
+#[test]
+fn cold_pair_meets_at_the_first_retry_under_a_spoof_flood() {
+    use boringtun::noise::rate_limiter::RateLimiter;
+    use std::sync::Arc;
+    let (a, b) = (device(1, 1001), device(2, 1002));
+    let template = initiation(&mut tunn(&device(9, 9), &b, 77));
+    let b_mac1 = crate::wire::mac::Mac1Key::new(&b.public.0);
+    // (B's first initiation after A's, A's retry, B's retry), in ms after come-up
+    let mut cases = vec![
+        (0.2, 5000.0, 5050.0),
+        (0.2, 5050.0, 5000.0),
+        (30.0, 5000.0, 5000.3),
+        (30.0, 5000.3, 5000.0),
+        (0.0, 5100.0, 5100.0),
+        (-0.2, 5000.0, 5050.0),
+        (-30.0, 5050.0, 5000.0),
+    ];
+    let mut seed = 0x9e37_79b9_u64;
+    let mut rnd = |span: f64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % 10_000) as f64 / 10_000.0 * span
+    };
+    for _ in 0..40 {
+        let first = rnd(100.0) - 50.0;
+        let (ja, jb) = (rnd(333.0), rnd(333.0));
+        cases.push((first, 5000.0 + ja, 5000.0 + first + jb));
+    }
+    for (case, (b_first, a_retry, b_retry)) in cases.into_iter().enumerate() {
+        let mut relay = Relay::new(Settings {
+            allow: vec![a.public, b.public],
+            cookie: CookieMode::UnderLoad,
+            ..Settings::default()
+        });
+        let mk = |own: &Device, peer: &Device, index: u32| {
+            let limiter = Arc::new(RateLimiter::new(&XPublic::from(own.public.0), 1_000_000));
+            Tunn::new(
+                StaticSecret::from(own.secret),
+                XPublic::from(peer.public.0),
+                None,
+                None,
+                index,
+                Some(limiter),
+            )
+        };
+        let (mut ta, mut tb) = (mk(&a, &b, 10), mk(&b, &a, 20));
+        let start = relay.now;
+        let mut spoofs = 0u32;
+        let mut at_b = 0usize;
+        // the pair comes up 1 s into the flood; one spoof every 0.5 ms
+        let mut events: Vec<(f64, u8)> = vec![
+            (1000.0_f64.min(1000.0 + b_first), 0),
+            (1000.0 + b_first.max(0.0), 1),
+            (1000.0 + a_retry, 0),
+            (1000.0 + b_retry, 1),
+        ];
+        events.sort_by(|x, y| x.0.total_cmp(&y.0));
+        let mut next = 0;
+        let mut ms = 0.0;
+        while ms < 7000.0 && relay.state.counters().sessions_confirmed == 0 {
+            ms += 0.5;
+            relay.now = start + Duration::from_secs_f64(ms / 1000.0);
+            let mut inbox: Vec<(Endpoint, Vec<u8>)> = Vec::new();
+            // a spoofed initiation: valid mac1 for B, fresh sender index and source
+            spoofs += 1;
+            let mut forged = template.clone();
+            forged[4..8].copy_from_slice(&(1_000_000 + spoofs).to_le_bytes());
+            if let Some(m) = crate::wire::mac::compute_mac1(&b_mac1, &forged) {
+                forged[116..132].copy_from_slice(&m);
+            }
+            let spoof_from = Endpoint::new(
+                ListenerId(0),
+                SocketAddr::from(([127, 128, (spoofs >> 8) as u8, spoofs as u8], 40000)),
+            );
+            inbox.push((spoof_from, forged));
+            while next < events.len() && events[next].0 <= ms {
+                let (from, t) = if events[next].1 == 0 {
+                    (a.ep, &mut ta)
+                } else {
+                    (b.ep, &mut tb)
+                };
+                inbox.push((from, initiation(t)));
+                next += 1;
+            }
+            // route everything, delivering to A and B what the relay sends them (bounded)
+            for _ in 0..64 {
+                let Some((from, packet)) = inbox.pop() else {
+                    break;
+                };
+                let (_, sent) = relay.route(from, &packet);
+                let mut outs: Vec<(Endpoint, Vec<u8>)> = relay
+                    .out
+                    .targets
+                    .iter()
+                    .map(|e| (*e, sent.clone()))
+                    .collect();
+                outs.extend(
+                    relay
+                        .out
+                        .extra
+                        .iter()
+                        .map(|x| (x.to, x.contents().to_vec())),
+                );
+                for (to, bytes) in outs {
+                    let t = if to == a.ep {
+                        &mut ta
+                    } else if to == b.ep {
+                        at_b += usize::from(bytes[0] == 1 && from != a.ep);
+                        &mut tb
+                    } else {
+                        continue;
+                    };
+                    if let Some(reply) = feed(t, &bytes) {
+                        inbox.push((to, reply));
+                    }
+                }
+            }
+        }
+        assert!(
+            relay.state.counters().sessions_confirmed > 0,
+            "case {case}: no session by 7 s; {} spoofed initiations reached B",
+            at_b
+        );
+        let last_retry = 1000.0 + a_retry.max(b_retry);
+        assert!(
+            ms <= last_retry + 1.0,
+            "case {case}: met at {ms} ms, after the first retries ({last_retry})"
+        );
+    }
+}
+
 #[test]
 fn replayed_initiation_from_new_address_creates_no_state() {
     let (a, b) = (device(1, 1001), device(2, 1002));
