@@ -22,12 +22,12 @@ done
 [ "$(id -u)" -eq 0 ] || e2e_missing=()
 if [ "$((${#missing[@]} + ${#e2e_missing[@]}))" -gt 0 ] && command -v apt-get >/dev/null; then
     [ "${#missing[@]}" -eq 0 ] || need_root "${missing[*]}"
-    apt-get update -qq
+    apt-get -o DPkg::Lock::Timeout=300 update -qq
     if [ "${#missing[@]}" -gt 0 ]; then
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+        DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq "${missing[@]}"
     fi
     if [ "${#e2e_missing[@]}" -gt 0 ]; then
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${e2e_missing[@]}"
+        DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "${e2e_missing[@]}"
     fi
 fi
 

@@ -174,8 +174,8 @@ pub struct RunArgs {
     pub cookie: Option<CookieMode>,
 
     /// Fan-out copies of handshake initiations per second that involve an
-    /// unproven endpoint; 0 means unlimited (copies between proven peers get
-    /// 200/s per proven peer, at least this). [default: 1000]
+    /// unproven endpoint; 0 means unlimited (copies between proven peers are
+    /// bounded per sender instead: 4096 per sweep, one sweep a second). [default: 1000]
     #[arg(long, value_name = "PPS", env = "WGRELAY_BROADCAST_RATE")]
     pub broadcast_rate: Option<u32>,
 

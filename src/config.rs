@@ -231,7 +231,7 @@ impl fmt::Display for CookieMode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, clap::ValueEnum, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BackendChoice {
-    /// Let the relay choose (currently mmsg).
+    /// io_uring where it can run, else mmsg (one log line says why).
     #[default]
     Auto,
     /// io_uring; refuse to start where it cannot run.
@@ -512,12 +512,40 @@ impl Config {
         if debug {
             log_level = log_level.max(log::LevelFilter::Debug);
         }
+        let listen_label = if cli.listen.is_some() {
+            "--listen"
+        } else if file.listen.is_some() {
+            "config: listen"
+        } else if wgproxy.listen.is_some() {
+            "WGPROXY_LISTEN"
+        } else {
+            "the default --listen"
+        };
         let listen = dedup(
             cli.listen
                 .or(file.listen)
                 .or(wgproxy.listen)
                 .unwrap_or(defaults.listen),
         );
+        check_dual_stack(&listen, listen_label)?;
+        let (stats_label, stats_secs) = match (cli.stats_interval, file.stats_interval) {
+            (Some(v), _) => ("--stats-interval", Some(v)),
+            (None, Some(v)) => ("config: stats_interval =", Some(v)),
+            (None, None) => ("", None),
+        };
+        if let Some(secs) = stats_secs.filter(|s| *s > MAX_STATS_INTERVAL_SECS) {
+            return Err(ConfigError::new(format!(
+                "{stats_label} {secs}: at most {MAX_STATS_INTERVAL_SECS} seconds (one day); 0 turns the statistics line off"
+            )));
+        }
+        let state_label = if cli.state_file.is_some() {
+            "--state-file"
+        } else {
+            "config: state_file ="
+        };
+        if let Some(path) = cli.state_file.as_ref().or(file.state_file.as_ref()) {
+            check_state_file(path, state_label)?;
+        }
         let peers = resolve_peers(cli.peers.or(file.peers).unwrap_or_default(), &listen)?;
         Ok(Config {
             listen,
@@ -1616,6 +1644,67 @@ fn wpex_listen(bind: Option<IpAddr>, port: Option<u16>) -> Option<SocketAddr> {
 }
 
 /// Removes later duplicates, keeping the first occurrence's position.
+/// Longest `stats_interval`: a longer one is a typo, and past ~2^63 ns it overflows a clock.
+const MAX_STATS_INTERVAL_SECS: u64 = 86_400;
+
+/// `[::]:P` is dual-stack (the relay sets IPV6_V6ONLY=0), so it already receives IPv4 on P:
+/// an IPv4 address on the same port as well cannot be bound beside it.
+fn check_dual_stack(listen: &[SocketAddr], label: &str) -> Result<(), ConfigError> {
+    for wild in listen
+        .iter()
+        .filter(|a| a.is_ipv6() && a.ip().is_unspecified() && a.port() != 0)
+    {
+        if let Some(v4) = listen
+            .iter()
+            .find(|a| a.is_ipv4() && a.port() == wild.port())
+        {
+            return Err(ConfigError::new(format!(
+                "{label}: {wild} is dual-stack and already receives IPv4 on port {}, so {v4} cannot be bound beside it; list one of them",
+                wild.port()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The state file is written at every clean stop: its directory must exist and be writable,
+/// and the path must not be a directory, or every restart would lose the sessions.
+fn check_state_file(path: &std::path::Path, label: &str) -> Result<(), ConfigError> {
+    let shown = path.display();
+    if path.is_dir() {
+        return Err(ConfigError::new(format!(
+            "{label} {shown}: is a directory; name a file in it, e.g. {}",
+            path.join("state").display()
+        )));
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    if !dir.is_dir() {
+        return Err(ConfigError::new(format!(
+            "{label} {shown}: directory {} does not exist (create it, e.g. mkdir -p {})",
+            dir.display(),
+            dir.display()
+        )));
+    }
+    let Ok(c_dir) = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(dir.as_os_str()))
+    else {
+        return Err(ConfigError::new(format!(
+            "{label} {shown}: path contains a NUL byte"
+        )));
+    };
+    // SAFETY: access() reads a NUL-terminated path that lives across the call.
+    let writable = unsafe { libc::access(c_dir.as_ptr(), libc::W_OK | libc::X_OK) } == 0;
+    if !writable {
+        return Err(ConfigError::new(format!(
+            "{label} {shown}: directory {} is not writable by this user, so sessions could not be saved",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
 fn dedup<T: Eq + Hash + Copy>(items: Vec<T>) -> Vec<T> {
     let mut seen = HashSet::new();
     items.into_iter().filter(|x| seen.insert(*x)).collect()
@@ -2593,14 +2682,13 @@ stats_interval = 9
     #[test]
     fn state_file_from_flag_and_file() {
         assert_eq!(parse(&[]).state_file, None);
-        let c = parse(&["--state-file", "/var/lib/wgrelay/state"]);
+        // (its directory must exist: check_state_file)
+        let c = parse(&["--state-file", "/tmp/wgrelay-state"]);
         assert_eq!(
             c.state_file.as_deref(),
-            Some(std::path::Path::new("/var/lib/wgrelay/state"))
+            Some(std::path::Path::new("/tmp/wgrelay-state"))
         );
-        assert!(c
-            .summary()
-            .contains("\nstate file: /var/lib/wgrelay/state\n"));
+        assert!(c.summary().contains("\nstate file: /tmp/wgrelay-state\n"));
         let c = Config::from_toml_str("state_file = \"/tmp/s\"").unwrap();
         assert_eq!(
             c.state_file.as_deref(),

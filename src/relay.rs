@@ -319,7 +319,16 @@ impl Relay {
         }
         if let Some(first) = per_listener.first().and_then(|s| s.first()) {
             if let Ok((rcv, snd)) = buffer_sizes(first) {
-                log::info!("socket buffers: receive {rcv} bytes, send {snd} bytes");
+                // Linux reports twice what was set (it counts its bookkeeping): say what the
+                // datagrams get, as the README and the options state it
+                let asked = SocketOptions::default();
+                log::info!(
+                    "socket buffers: receive {} KiB, send {} KiB (asked {} KiB each; the kernel \
+                     reports twice that, {rcv} and {snd} bytes)",
+                    rcv / 2 / 1024,
+                    snd / 2 / 1024,
+                    asked.recv_buffer / 1024
+                );
             }
         }
         let mut settings = Settings::from_config(config);
@@ -552,7 +561,7 @@ impl Drop for Relay {
 
 fn is_no_ipv6(e: &io::Error) -> bool {
     matches!(
-        e.raw_os_error(),
+        crate::io::socket::os_error(e),
         Some(libc::EAFNOSUPPORT) | Some(libc::EADDRNOTAVAIL) | Some(libc::EPROTONOSUPPORT)
     )
 }
@@ -817,7 +826,7 @@ mod tests {
             .port();
         let listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], port));
         let result = std::thread::spawn(move || {
-            uring::deny_io_uring_setup_on_this_thread();
+            crate::io::seccomp::deny_io_uring_setup_on_this_thread();
             let explicit = Config {
                 listen: vec![listen],
                 ..config(BackendChoice::Uring)
@@ -841,5 +850,30 @@ mod tests {
         assert_eq!(result.1, Some(BackendKind::Mmsg));
         // Nothing was left bound: the port is free (not even held with SO_REUSEPORT).
         UdpSocket::bind(listen).expect("port still free");
+    }
+
+    /// On a host without IPv6 the default `[::]` listener falls back to 0.0.0.0 with a
+    /// warning (the bind error's OS code has to survive the socket layer's context for that),
+    /// and a handshake passes through it. IPv6 is made unavailable the way a kernel booted
+    /// with ipv6.disable=1 does: socket(AF_INET6) fails with EAFNOSUPPORT.
+    #[test]
+    fn no_ipv6_falls_back_to_ipv4() {
+        let result = std::thread::spawn(|| {
+            crate::io::seccomp::deny_ipv6_sockets_on_this_thread();
+            let c = Config {
+                listen: vec!["[::]:0".parse().expect("addr")],
+                ..config(BackendChoice::Mmsg)
+            };
+            let relay = Relay::start(&c)?;
+            let local = relay.local_addrs().to_vec();
+            relay.stop();
+            Ok::<_, io::Error>(local)
+        })
+        .join()
+        .expect("seccomp thread");
+        let local = result.expect("falls back instead of failing");
+        assert_eq!(local.len(), 1);
+        assert!(local[0].is_ipv4(), "{local:?}");
+        assert!(local[0].ip().is_unspecified());
     }
 }

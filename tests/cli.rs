@@ -402,3 +402,118 @@ fn the_packaged_config_and_unit_agree() {
     assert!(unit.contains("--state-file /var/lib/wgrelay/state"));
     assert!(unit.contains("StateDirectory=wgrelay"));
 }
+
+/// Inputs an operator fat-fingers, each a clear one-line error at check-config time (the
+/// same validation `run` does), naming the environment variable when that is where the value
+/// came from (issue 11).
+#[test]
+fn bad_inputs_fail_at_check_config_and_name_their_source() {
+    let dir = std::env::temp_dir().join(format!("wgrelay-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir_s = dir.display().to_string();
+    let missing = format!("{dir_s}/no/such/dir/state");
+    let huge = "9300000000000000000";
+    // (flags, environment, expected stderr without the trailing newline)
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, String);
+    let cases: Vec<Case> = vec![
+        (
+            vec!["check-config", "--stats-interval", huge],
+            vec![],
+            format!("wgrelay: --stats-interval {huge}: at most 86400 seconds (one day); 0 turns the statistics line off"),
+        ),
+        (
+            vec!["check-config"],
+            vec![("WGRELAY_STATS_INTERVAL", huge)],
+            format!("wgrelay: WGRELAY_STATS_INTERVAL={huge}: at most 86400 seconds (one day); 0 turns the statistics line off"),
+        ),
+        (
+            vec!["run", "--state-file", &missing],
+            vec![],
+            format!(
+                "wgrelay: --state-file {missing}: directory {dir_s}/no/such/dir does not exist (create it, e.g. mkdir -p {dir_s}/no/such/dir)"
+            ),
+        ),
+        (
+            vec!["check-config"],
+            vec![("WGRELAY_STATE_FILE", &dir_s)],
+            format!("wgrelay: WGRELAY_STATE_FILE={dir_s}: is a directory; name a file in it, e.g. {dir_s}/state"),
+        ),
+        (
+            vec!["check-config", "--listen", "[::]:5999", "--listen", "0.0.0.0:5999"],
+            vec![],
+            "wgrelay: --listen: [::]:5999 is dual-stack and already receives IPv4 on port 5999, so 0.0.0.0:5999 cannot be bound beside it; list one of them".into(),
+        ),
+        (
+            vec!["check-config"],
+            vec![("WGRELAY_THREADS", "abc")],
+            "wgrelay: WGRELAY_THREADS=abc: invalid value for --threads <N>: invalid digit found in string".into(),
+        ),
+    ];
+    for (args, env, expected) in cases {
+        let mut cmd = wgrelay();
+        cmd.args(&args);
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        let o = cmd.output().expect("run wgrelay");
+        assert_eq!(
+            o.status.code(),
+            Some(2),
+            "{args:?} {env:?} must fail: {}",
+            stderr(&o)
+        );
+        assert_eq!(stderr(&o), format!("{expected}\n"), "{args:?} {env:?}");
+    }
+    // the same file in the config file: named as its key
+    let toml = dir.join("bad.toml");
+    std::fs::write(&toml, "stats_interval = 930000000000\n").expect("write");
+    let o = output(&["check-config", "--config", &toml.display().to_string()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(
+        stderr(&o),
+        "wgrelay: config: stats_interval = 930000000000: at most 86400 seconds (one day); 0 turns the statistics line off\n"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// check-config with stdout closed or full reports it (exit 1), never panics (exit 101).
+#[test]
+fn check_config_to_a_closed_or_full_stdout_is_an_error_not_a_panic() {
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full");
+    let o = wgrelay()
+        .arg("check-config")
+        .stdout(full)
+        .output()
+        .expect("run wgrelay");
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(
+        stderr(&o),
+        "wgrelay: configuration OK, but it could not be printed: No space left on device (os error 28)\n"
+    );
+    // a pipe whose reader has gone before the relay starts (`wgrelay check-config | true`)
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe() writes two new descriptors into the array it is given.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both descriptors were just created by pipe() and are owned here alone.
+    let (reader, writer) = unsafe {
+        use std::os::fd::FromRawFd;
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    };
+    drop(reader);
+    let o = wgrelay()
+        .arg("check-config")
+        .stdout(Stdio::from(writer))
+        .output()
+        .expect("run wgrelay");
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(
+        stderr(&o),
+        "wgrelay: configuration OK, but it could not be printed: Broken pipe (os error 32)\n"
+    );
+}

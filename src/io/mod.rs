@@ -10,6 +10,8 @@
 //! says whether it can run here). Their shared low-level helpers live in `sys`.
 
 pub mod mmsg;
+#[cfg(test)]
+pub(crate) mod seccomp;
 pub mod socket;
 pub mod steer;
 mod sys;

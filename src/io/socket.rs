@@ -30,6 +30,35 @@ impl Default for SocketOptions {
     }
 }
 
+/// A socket call that failed, with what it was doing; keeps the OS error, so callers can
+/// still tell its cause (`os_error`), e.g. a host without IPv6 from a port in use.
+#[derive(Debug)]
+pub struct SocketError {
+    context: String,
+    source: io::Error,
+}
+
+impl std::fmt::Display for SocketError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.context, self.source)
+    }
+}
+
+impl std::error::Error for SocketError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+/// The OS error number behind `e`, also through a [`SocketError`].
+pub fn os_error(e: &io::Error) -> Option<i32> {
+    e.raw_os_error().or_else(|| {
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<SocketError>())
+            .and_then(|s| s.source.raw_os_error())
+    })
+}
+
 /// Binds a UDP socket for the relay.
 ///
 /// - SO_REUSEPORT when `opts.reuse_port`;
@@ -48,7 +77,15 @@ impl Default for SocketOptions {
 /// Socket creation, a required option (SO_REUSEPORT, IPV6_V6ONLY, buffer sizes) or the bind
 /// failed; the message says which and names `addr`.
 pub fn bind_udp(addr: SocketAddr, opts: &SocketOptions) -> io::Result<UdpSocket> {
-    let ctx = |what: &str, e: io::Error| io::Error::new(e.kind(), format!("{what} {addr}: {e}"));
+    let ctx = |what: &str, e: io::Error| {
+        io::Error::new(
+            e.kind(),
+            SocketError {
+                context: format!("{what} {addr}"),
+                source: e,
+            },
+        )
+    };
 
     // socket2 sets SOCK_CLOEXEC, so the fd does not leak into children.
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))

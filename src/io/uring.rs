@@ -1584,55 +1584,6 @@ fn strerror(e: &io::Error) -> String {
     }
 }
 
-/// Makes io_uring_setup fail with EPERM on the calling thread, as Docker's default seccomp
-/// profile does, so tests can exercise the "io_uring unavailable" paths. Seccomp filters are per
-/// thread (no TSYNC): call it on a throwaway thread.
-#[cfg(test)]
-pub(crate) fn deny_io_uring_setup_on_this_thread() {
-    const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
-    const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
-    let stmt = |code: u32, jf: u8, k: u32| libc::sock_filter {
-        code: code as u16,
-        jt: 0,
-        jf,
-        k,
-    };
-    let filter = [
-        // A = seccomp_data.nr; io_uring_setup -> EPERM, anything else -> allow.
-        stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0, 0),
-        stmt(
-            libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
-            1,
-            libc::SYS_io_uring_setup as u32,
-        ),
-        stmt(
-            libc::BPF_RET | libc::BPF_K,
-            0,
-            SECCOMP_RET_ERRNO | libc::EPERM as u32,
-        ),
-        stmt(libc::BPF_RET | libc::BPF_K, 0, SECCOMP_RET_ALLOW),
-    ];
-    let prog = libc::sock_fprog {
-        len: filter.len() as u16,
-        filter: filter.as_ptr().cast_mut(),
-    };
-    // SAFETY: prctl with integer arguments and a pointer to a live filter program, which the
-    // kernel copies before returning.
-    unsafe {
-        assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
-        assert_eq!(
-            libc::prctl(
-                libc::PR_SET_SECCOMP,
-                libc::SECCOMP_MODE_FILTER,
-                &prog as *const libc::sock_fprog
-            ),
-            0,
-            "seccomp: {}",
-            io::Error::last_os_error()
-        );
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1700,7 +1651,7 @@ mod tests {
     #[test]
     fn probe_explains_seccomp_refusal() {
         let why = thread::spawn(|| {
-            deny_io_uring_setup_on_this_thread();
+            crate::io::seccomp::deny_io_uring_setup_on_this_thread();
             let err = UringBackend::new(Vec::new()).expect_err("setup refused");
             assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
             probe().expect_err("probe must fail under the filter")
