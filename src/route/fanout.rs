@@ -40,6 +40,9 @@ struct Parked {
     preferred: bool,
     /// It was sent to someone already (fan-out or hand-over).
     delivered: bool,
+    /// The token its admission took is still unspent: it pays for its first hand-over, so
+    /// spoofers draining the named key's budget cannot strand it.
+    prepaid: bool,
     expires: Instant,
     bytes: [u8; INITIATION],
 }
@@ -101,6 +104,10 @@ impl ParkingLot {
         self.by_group.retain(|_, l| !l.is_empty());
     }
 }
+
+/// Parked initiations considered beyond a hand-over's limit, for when the first ones cannot
+/// be paid for (their named key's budget is spent).
+const HANDOVER_SPARES: usize = 16;
 
 /// Who sends an initiation being copied, as the copy rules need it.
 #[derive(Debug, Clone, Copy)]
@@ -325,6 +332,7 @@ impl State {
             proven: s.proven,
             preferred,
             delivered,
+            prepaid: s.prepaid,
             expires: now + REKEY_TIMEOUT,
             bytes,
         });
@@ -347,6 +355,7 @@ impl State {
         now: Instant,
         to: Endpoint,
         named: Option<KeyId>,
+        retrying: bool,
         out: &mut Actions,
     ) -> usize {
         if self.parked.is_empty() || self.endpoints.bound_key(&to).is_some() {
@@ -366,8 +375,14 @@ impl State {
         // a proven candidate only, those already delivered elsewhere (a blind copy may have
         // gone to the wrong peer). An unproven candidate gets one hand-over per initiation it
         // sends, so it gets the likeliest: one that reached nobody.
+        // An unproven candidate that retries (peer-like) gets proven or peer-like senders'
+        // only: its own retry, parked as preferred, is the likelier match then, and taking an
+        // unproven one (a spoofer's, under attack) would spend the credit its partner's
+        // initiation needs and hold its own back.
         let passes: &[(bool, bool)] = if proven {
             &[(true, false), (false, false), (true, true), (false, true)]
+        } else if retrying {
+            &[(true, false)]
         } else {
             &[(true, false), (false, false)]
         };
@@ -377,7 +392,7 @@ impl State {
                     continue;
                 };
                 for sender in list.iter().rev() {
-                    if chosen.len() >= limit {
+                    if chosen.len() >= limit + HANDOVER_SPARES {
                         break;
                     }
                     let Some(p) = self.parked.parked.get(sender) else {
@@ -410,6 +425,9 @@ impl State {
         }
         let mut handed = 0;
         for sender in chosen {
+            if handed >= limit {
+                break;
+            }
             // Still waiting for a response?
             let waiting = self
                 .indices
@@ -424,14 +442,19 @@ impl State {
                 from: p.from,
                 key: p.key,
                 proven: p.proven,
-                prepaid: false,
+                prepaid: p.prepaid,
             };
+            // a copy its own key's budget cannot pay (spoofers draining it) must not keep the
+            // next one, maybe the recipient's real partner, from being handed over
+            // a copy its own key's budget cannot pay (spoofers draining it) must not keep the
+            // next one, maybe the recipient's real partner, from being handed over
             if !self.copy_rules(now, &mut s, to, handed > 0, false) {
-                break;
+                continue;
             }
             out.extra.push(Datagram::new(to, &p.bytes));
             if let Some(p) = self.parked.parked.get_mut(&sender) {
                 p.delivered = true;
+                p.prepaid = s.prepaid;
             }
             self.counters.handovers += 1;
             handed += 1;

@@ -280,7 +280,7 @@ impl State {
         // The sender is a new candidate: hand it the parked initiations it could answer. This
         // comes first, so the targets below leave out the peers whose initiation it now
         // holds (see `crossing`). An unproven sender that got one is owed nothing more.
-        let handed = self.deliver_parked(now, from, key, out);
+        let handed = self.deliver_parked(now, from, key, peer_like, out);
         let hold_own = handed > 0 && !proven;
 
         // forward: to a pinned key's place; a pinned key's own handshake to its recent

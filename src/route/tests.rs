@@ -454,8 +454,9 @@ fn the_last_budget_token_admits_and_pays_for_the_copy() {
             assert_eq!(d, Decision::Reply);
         }
     }
-    // (A's and B's own first initiations took a token each: both were unproven then)
-    assert_eq!(forwarded, UNPROVEN_COPIES_PER_KEY_BURST - 2);
+    // (A's first initiation, naming B, took one of B's tokens: admitted on it, parked, and
+    // handed to B on the same token)
+    assert_eq!(forwarded, UNPROVEN_COPIES_PER_KEY_BURST - 1);
     // one token refills; A comes back on a new address (unproven) and takes it
     relay.advance(Duration::from_millis(
         1000 / u64::from(UNPROVEN_COPIES_PER_KEY_PER_SECOND) + 1,
@@ -478,14 +479,20 @@ fn cold_pair_meets_at_the_first_retry_under_a_spoof_flood() {
     let template = initiation(&mut tunn(&device(9, 9), &b, 77));
     let b_mac1 = crate::wire::mac::Mac1Key::new(&b.public.0);
     // (B's first initiation after A's, A's retry, B's retry), in ms after come-up
+    // (come-up in ms after 1 s of flood: where in the budget's refill period it lands; B's
+    // first initiation after A's, negative: before; A's retry; B's retry after come-up)
     let mut cases = vec![
-        (0.2, 5000.0, 5050.0),
-        (0.2, 5050.0, 5000.0),
-        (30.0, 5000.0, 5000.3),
-        (30.0, 5000.3, 5000.0),
-        (0.0, 5100.0, 5100.0),
-        (-0.2, 5000.0, 5050.0),
-        (-30.0, 5050.0, 5000.0),
+        (0.0, 0.2, 5000.0, 5050.0),
+        (0.0, 0.2, 5050.0, 5000.0),
+        (0.0, 30.0, 5000.0, 5000.3),
+        (0.0, 30.0, 5000.3, 5000.0),
+        (0.0, 0.0, 5100.0, 5100.0),
+        (0.0, -0.2, 5000.0, 5050.0),
+        (0.0, -30.0, 5050.0, 5000.0),
+        // A comes up on a refilled token (before that tick's spoofs): admitted and parked
+        (10.0, 0.0, 5000.0, 5050.0),
+        (10.0, 0.5, 5050.0, 5000.0),
+        (10.0, 3.0, 5000.0, 5000.5),
     ];
     let mut seed = 0x9e37_79b9_u64;
     let mut rnd = |span: f64| {
@@ -494,12 +501,13 @@ fn cold_pair_meets_at_the_first_retry_under_a_spoof_flood() {
         seed ^= seed << 17;
         (seed % 10_000) as f64 / 10_000.0 * span
     };
-    for _ in 0..40 {
+    for _ in 0..60 {
+        let up = rnd(250.0);
         let first = rnd(100.0) - 50.0;
         let (ja, jb) = (rnd(333.0), rnd(333.0));
-        cases.push((first, 5000.0 + ja, 5000.0 + first + jb));
+        cases.push((up, first, 5000.0 + ja, 5000.0 + first + jb));
     }
-    for (case, (b_first, a_retry, b_retry)) in cases.into_iter().enumerate() {
+    for (case, (up, b_first, a_retry, b_retry)) in cases.into_iter().enumerate() {
         let mut relay = Relay::new(Settings {
             allow: vec![a.public, b.public],
             cookie: CookieMode::UnderLoad,
@@ -520,12 +528,13 @@ fn cold_pair_meets_at_the_first_retry_under_a_spoof_flood() {
         let start = relay.now;
         let mut spoofs = 0u32;
         let mut at_b = 0usize;
-        // the pair comes up 1 s into the flood; one spoof every 0.5 ms
+        // the pair comes up 1 s into the flood
+        let base = 1000.0 + up;
         let mut events: Vec<(f64, u8)> = vec![
-            (1000.0_f64.min(1000.0 + b_first), 0),
-            (1000.0 + b_first.max(0.0), 1),
-            (1000.0 + a_retry, 0),
-            (1000.0 + b_retry, 1),
+            (base + (-b_first).max(0.0), 0),
+            (base + b_first.max(0.0), 1),
+            (base + a_retry, 0),
+            (base + b_retry, 1),
         ];
         events.sort_by(|x, y| x.0.total_cmp(&y.0));
         let mut next = 0;
@@ -534,18 +543,22 @@ fn cold_pair_meets_at_the_first_retry_under_a_spoof_flood() {
             ms += 0.5;
             relay.now = start + Duration::from_secs_f64(ms / 1000.0);
             let mut inbox: Vec<(Endpoint, Vec<u8>)> = Vec::new();
-            // a spoofed initiation: valid mac1 for B, fresh sender index and source
-            spoofs += 1;
-            let mut forged = template.clone();
-            forged[4..8].copy_from_slice(&(1_000_000 + spoofs).to_le_bytes());
-            if let Some(m) = crate::wire::mac::compute_mac1(&b_mac1, &forged) {
-                forged[116..132].copy_from_slice(&m);
+            // spoofed initiations, valid mac1 for B, fresh sender indices and sources, in
+            // bursts of 20 every 10 ms (2000/s, as a sender paced by ticks sends them)
+            let burst = if (ms * 2.0) as u64 % 20 == 0 { 20 } else { 0 };
+            for _ in 0..burst {
+                spoofs += 1;
+                let mut forged = template.clone();
+                forged[4..8].copy_from_slice(&(1_000_000 + spoofs).to_le_bytes());
+                if let Some(m) = crate::wire::mac::compute_mac1(&b_mac1, &forged) {
+                    forged[116..132].copy_from_slice(&m);
+                }
+                let spoof_from = Endpoint::new(
+                    ListenerId(0),
+                    SocketAddr::from(([127, 128, (spoofs >> 8) as u8, spoofs as u8], 40000)),
+                );
+                inbox.push((spoof_from, forged));
             }
-            let spoof_from = Endpoint::new(
-                ListenerId(0),
-                SocketAddr::from(([127, 128, (spoofs >> 8) as u8, spoofs as u8], 40000)),
-            );
-            inbox.push((spoof_from, forged));
             while next < events.len() && events[next].0 <= ms {
                 let (from, t) = if events[next].1 == 0 {
                     (a.ep, &mut ta)
@@ -556,7 +569,7 @@ fn cold_pair_meets_at_the_first_retry_under_a_spoof_flood() {
                 next += 1;
             }
             // route everything, delivering to A and B what the relay sends them (bounded)
-            for _ in 0..64 {
+            for _ in 0..128 {
                 let Some((from, packet)) = inbox.pop() else {
                     break;
                 };
@@ -594,7 +607,7 @@ fn cold_pair_meets_at_the_first_retry_under_a_spoof_flood() {
             "case {case}: no session by 7 s; {} spoofed initiations reached B",
             at_b
         );
-        let last_retry = 1000.0 + a_retry.max(b_retry);
+        let last_retry = base + a_retry.max(b_retry);
         assert!(
             ms <= last_retry + 1.0,
             "case {case}: met at {ms} ms, after the first retries ({last_retry})"
