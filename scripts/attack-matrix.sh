@@ -15,6 +15,9 @@ ALLOW="$R --allow {KEY_A} --allow {KEY_B}"
 GRP="$R --config scripts/attack-groups.toml"
 PROXY="$R --server {B_ADDR} --server-key {KEY_B}"
 PP="$R --peer 51900={KEY_B}@{B_ADDR}"
+# B as a server is a boringtun device: its handshake limit is the device's 100/s, not a lone
+# Tunn's 10/s (the relay's budget for a pinned key is server-sized: 20/s, burst 40)
+SRV="--peer-handshake-limit 100"
 r() {
     local name=$1
     shift
@@ -39,13 +42,13 @@ r allow-cold-replay $W --forge replay --cold --spawn "$ALLOW"
 r groups-warm-restart $W --forge valid-mac1 --spawn "$GRP"
 r groups-warm-rekey $W --forge valid-mac1 --rehandshake rekey --spawn "$GRP"
 r groups-cold $W --forge valid-mac1 --cold --spawn "$GRP"
-r proxy-warm-restart $W --forge valid-mac1 --legit-server --spawn "$PROXY"
-r proxy-warm-rekey $W --forge valid-mac1 --rehandshake rekey --legit-server --spawn "$PROXY"
-r proxy-warm-replay $W --forge replay --legit-server --spawn "$PROXY"
-r proxy-cold $W --forge valid-mac1 --cold --legit-server --spawn "$PROXY"
-r pp-warm-restart $W --forge valid-mac1 --port-peer 51900 --spawn "$PP"
-r pp-warm-rekey $W --forge valid-mac1 --rehandshake rekey --port-peer 51900 --spawn "$PP"
-r pp-warm-replay $W --forge replay --port-peer 51900 --spawn "$PP"
+r proxy-warm-restart $W --forge valid-mac1 --legit-server $SRV --spawn "$PROXY"
+r proxy-warm-rekey $W --forge valid-mac1 --rehandshake rekey --legit-server $SRV --spawn "$PROXY"
+r proxy-warm-replay $W --forge replay --legit-server $SRV --spawn "$PROXY"
+r proxy-cold $W --forge valid-mac1 --cold --legit-server $SRV --spawn "$PROXY"
+r pp-warm-restart $W --forge valid-mac1 --port-peer 51900 $SRV --spawn "$PP"
+r pp-warm-rekey $W --forge valid-mac1 --rehandshake rekey --port-peer 51900 $SRV --spawn "$PP"
+r pp-warm-replay $W --forge replay --port-peer 51900 $SRV --spawn "$PP"
 for i in 1 2 3; do
-    r pp-cold-$i $W --forge valid-mac1 --cold --port-peer 51900 --spawn "$PP"
+    r pp-cold-$i $W --forge valid-mac1 --cold --port-peer 51900 $SRV --spawn "$PP"
 done

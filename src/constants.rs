@@ -76,6 +76,13 @@ pub const RECENT_SOURCES: usize = 1 << 16;
 /// 8 a second leaves room for the legit pair's own two.
 pub const UNPROVEN_COPIES_PER_KEY_PER_SECOND: u32 = 4;
 pub const UNPROVEN_COPIES_PER_KEY_BURST: u32 = 4;
+/// The same for a key the operator pinned (a proxy server, a port's responder): a server
+/// takes its clients' first handshakes all at once after an outage, and runs as a device
+/// whose limit is its own (boringtun's device: 100 a second; wireguard-go and the kernel:
+/// cookies once their handshake queue backs up), so WireGuard's 20/s per source is the
+/// reference here, with a burst of 40.
+pub const UNPROVEN_COPIES_PER_PINNED_KEY_PER_SECOND: u32 = 20;
+pub const UNPROVEN_COPIES_PER_PINNED_KEY_BURST: u32 = 40;
 /// mac1 trials (keys tried) per second spent on unproven sources that gave no hint of their
 /// key, with one second of burst: a flood of unknown initiations cannot make the relay spend
 /// more than about 0.4 core on them, whatever the number of allowed keys. A trial costs

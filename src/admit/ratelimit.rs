@@ -162,29 +162,48 @@ impl SourceLimiter {
 pub struct KeyBudgets {
     rate: u32,
     burst: u32,
+    pinned_rate: u32,
+    pinned_burst: u32,
     buckets: Vec<Option<TokenBucket>>,
 }
 
 impl KeyBudgets {
-    pub fn new(keys: usize, rate: u32, burst: u32) -> Self {
+    /// `rate`/`burst` for a peer's key, `pinned_rate`/`pinned_burst` for a key the operator
+    /// pinned (a proxy server, a port's responder): a server takes many clients.
+    pub fn new(
+        keys: usize,
+        (rate, burst): (u32, u32),
+        (pinned_rate, pinned_burst): (u32, u32),
+    ) -> Self {
         KeyBudgets {
             rate,
             burst,
+            pinned_rate,
+            pinned_burst,
             buckets: vec![None; keys + 1],
         }
     }
 
-    fn slot(&mut self, key: Option<crate::admit::KeyId>, now: Instant) -> Option<&mut TokenBucket> {
+    fn slot(
+        &mut self,
+        key: Option<crate::admit::KeyId>,
+        pinned: bool,
+        now: Instant,
+    ) -> Option<&mut TokenBucket> {
         let i = key.map_or(0, |k| k.index() + 1);
-        let (rate, burst) = (self.rate, self.burst);
+        let (rate, burst) = if pinned {
+            (self.pinned_rate, self.pinned_burst)
+        } else {
+            (self.rate, self.burst)
+        };
         self.buckets
             .get_mut(i)
             .map(|b| b.get_or_insert_with(|| TokenBucket::new(rate, burst, now)))
     }
 
-    /// Takes a copy's token for `key`.
-    pub fn allow(&mut self, key: Option<crate::admit::KeyId>, now: Instant) -> bool {
-        self.slot(key, now).is_some_and(|b| b.allow(now))
+    /// Takes a copy's token for `key` (`pinned`: the key is a server's or a port's).
+    pub fn allow(&mut self, key: Option<crate::admit::KeyId>, pinned: bool, now: Instant) -> bool {
+        self.slot(key, pinned, now).is_some_and(|b| b.allow(now))
     }
 }
 
@@ -310,16 +329,22 @@ mod tests {
         let t0 = Instant::now();
         let k1 = crate::admit::KeyId::new(0);
         let k2 = crate::admit::KeyId::new(1);
-        let mut b = KeyBudgets::new(2, 5, 10);
+        let mut b = KeyBudgets::new(2, (5, 10), (20, 40));
         for _ in 0..10 {
-            assert!(b.allow(Some(k1), t0));
+            assert!(b.allow(Some(k1), false, t0));
         }
-        assert!(!b.allow(Some(k1), t0));
-        assert!(b.allow(Some(k2), t0));
-        assert!(b.allow(None, t0));
-        assert!(b.allow(Some(k1), t0 + Duration::from_millis(200)));
+        assert!(!b.allow(Some(k1), false, t0));
+        assert!(b.allow(Some(k2), false, t0));
+        assert!(b.allow(None, false, t0));
+        assert!(b.allow(Some(k1), false, t0 + Duration::from_millis(200)));
         // A key beyond the directory has no budget at all.
-        assert!(!b.allow(Some(crate::admit::KeyId::new(7)), t0));
+        assert!(!b.allow(Some(crate::admit::KeyId::new(7)), false, t0));
+        // a pinned key (a server's) gets the server-sized budget
+        let mut b = KeyBudgets::new(2, (5, 10), (20, 40));
+        for _ in 0..40 {
+            assert!(b.allow(Some(k2), true, t0));
+        }
+        assert!(!b.allow(Some(k2), true, t0));
     }
 
     #[test]

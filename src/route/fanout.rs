@@ -175,7 +175,13 @@ impl State {
         {
             return false;
         }
-        if !s.proven && s.key.is_some() && !s.prepaid && !self.key_budgets.allow(s.key, now) {
+        if !s.proven
+            && s.key.is_some()
+            && !s.prepaid
+            && !self
+                .key_budgets
+                .allow(s.key, self.pins.is_pinned(s.key), now)
+        {
             return false;
         }
         // Copies between proven endpoints cannot be aimed at a third party: they are bounded

@@ -171,7 +171,8 @@ impl State {
             if proven || key.is_none() || started_by_pin.is_some() {
                 return true;
             }
-            prepaid = st.key_budgets.allow(key, now);
+            let pinned = st.pins.is_pinned(key);
+            prepaid = st.key_budgets.allow(key, pinned, now);
             prepaid
         };
         let challenge = !proven

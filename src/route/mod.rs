@@ -385,8 +385,14 @@ impl State {
                 .map(|rate| TokenBucket::new(rate, rate.saturating_mul(FANOUT_BURST_SECONDS), now)),
             key_budgets: KeyBudgets::new(
                 key_count,
-                UNPROVEN_COPIES_PER_KEY_PER_SECOND,
-                UNPROVEN_COPIES_PER_KEY_BURST,
+                (
+                    UNPROVEN_COPIES_PER_KEY_PER_SECOND,
+                    UNPROVEN_COPIES_PER_KEY_BURST,
+                ),
+                (
+                    UNPROVEN_COPIES_PER_PINNED_KEY_PER_SECOND,
+                    UNPROVEN_COPIES_PER_PINNED_KEY_BURST,
+                ),
             ),
             mac1_work: TokenBucket::new(
                 UNPROVEN_MAC1_TRIALS_PER_SECOND,

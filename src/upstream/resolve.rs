@@ -1279,11 +1279,7 @@ mod tests {
         drop(up);
         // a hang would be forever; 2 s leaves room for a loaded machine symbolising the
         // panic's backtrace (400 ms failed once in a busy CI-like run)
-        assert!(
-            t.elapsed() < Duration::from_secs(2),
-            "{:?}",
-            t.elapsed()
-        );
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
     }
 
     #[test]
