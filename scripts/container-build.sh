@@ -77,4 +77,4 @@ DOCKER_BUILDKIT=0 "$DOCKER" build --quiet \
     --label "org.opencontainers.image.licenses=MIT OR Apache-2.0" \
     "${tag_args[@]}" "$ctx" >/dev/null
 size=$("$DOCKER" image inspect --format '{{.Size}}' "${tags[0]}")
-echo "container-build: built ${tags[*]} ($((size / 1024)) KiB): wgrelay $version + $(echo $libs | tr '\n' ' ')"
+echo "container-build: built ${tags[*]} ($((size / 1024)) KiB): wgrelay $version + $(echo $libs)"
