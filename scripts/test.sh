@@ -6,9 +6,10 @@ cd "$(dirname "$0")/.."
 
 need_root() { [ "$(id -u)" -eq 0 ] || { echo "test.sh: installing $* needs root (or install it yourself)" >&2; exit 1; }; }
 
-# Debian packages: gcc is the linker driver rustc uses on Linux.
+# Debian packages: gcc is the linker driver rustc uses on Linux; binutils' objcopy and readelf
+# split the installed binary from its symbols (scripts/install.sh).
 missing=()
-for pkg in gcc; do
+for pkg in gcc binutils; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 # The end-to-end rig (scripts/e2e.sh) needs wireguard-go and wireguard-tools (the peers and
@@ -17,6 +18,13 @@ done
 # e2e.sh says why it skips. No recommends: wireguard-tools recommends a whole kernel image.
 e2e_missing=()
 for pkg in wireguard-go wireguard-tools nftables iperf3 iproute2 conntrack iputils-ping; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || e2e_missing+=("$pkg")
+done
+# The packaging tests: systemd (systemd-analyze verify on the installed unit) and Debian's
+# docker.io (the container test runs a dockerd of its own, as root). Root only too; without them
+# those tests print why they skip. No recommends: containerd, runc and tini are depends.
+# python3-venv: the offline Kubernetes schema check (scripts/kubernetes-test.sh).
+for pkg in systemd docker.io python3-venv; do
     dpkg -s "$pkg" >/dev/null 2>&1 || e2e_missing+=("$pkg")
 done
 [ "$(id -u)" -eq 0 ] || e2e_missing=()
@@ -42,6 +50,15 @@ cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
 # The loopback suites once more on the portable backend (`auto` picks io_uring where it can run).
 WGRELAY_TEST_BACKEND=mmsg cargo test -p wgrelay --test exchange --test cli --test scale --test proxy --test awg --test attack
+
+# Packaging (README, "Deploying"): scripts/install.sh into a temporary root, checked with
+# systemd-analyze verify; the Kubernetes manifests against the 1.37 schema, offline
+# (kubernetes-validate from PyPI, in target/kubernetes-venv); the container image under a
+# dockerd of its own, with real handshakes through it (root only: otherwise one
+# "container-test: skipped: <why>" line).
+scripts/install-test.sh
+scripts/kubernetes-test.sh
+scripts/container-test.sh
 
 # A second WireGuard implementation for the e2e rig's interop case (boringtun beside
 # wireguard-go). Only as root (the rig needs root anyway); a failed install only skips that
