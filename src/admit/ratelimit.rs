@@ -201,6 +201,17 @@ impl KeyBudgets {
             .map(|b| b.get_or_insert_with(|| TokenBucket::new(rate, burst, now)))
     }
 
+    /// Whether `key` has a token left, taking none: a spent budget means someone is sending
+    /// more initiations for that key than its responder would take (an attack, likely).
+    pub fn has_token(
+        &mut self,
+        key: Option<crate::admit::KeyId>,
+        pinned: bool,
+        now: Instant,
+    ) -> bool {
+        self.slot(key, pinned, now).is_some_and(|b| b.peek(now))
+    }
+
     /// Takes a copy's token for `key` (`pinned`: the key is a server's or a port's).
     pub fn allow(&mut self, key: Option<crate::admit::KeyId>, pinned: bool, now: Instant) -> bool {
         self.slot(key, pinned, now).is_some_and(|b| b.allow(now))

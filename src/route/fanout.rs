@@ -382,16 +382,19 @@ impl State {
         // gone to the wrong peer). An unproven candidate gets one hand-over per initiation it
         // sends, so it gets the likeliest: one that reached nobody.
         // An unproven candidate that retries (peer-like) gets proven or peer-like senders'
-        // only: its own retry, parked as preferred, is the likelier match then, and taking an
-        // unproven one (a spoofer's, under attack) would spend the credit its partner's
-        // initiation needs and hold its own back.
+        // only (peer-like by now: their sender may have retried since it was parked): taking
+        // another unproven one (a spoofer's with a valid mac1, under attack) would spend the
+        // credit its partner's initiation needs and hold its own back. Keyed modes only: open
+        // mode admits no unproven sender that is not peer-like.
         let passes: &[(bool, bool)] = if proven {
             &[(true, false), (false, false), (true, true), (false, true)]
-        } else if retrying {
-            &[(true, false)]
         } else {
             &[(true, false), (false, false)]
         };
+        // a retrying candidate (keyed modes) takes an unproven sender's initiation for a key
+        // whose budget is spent (someone floods it) only if that sender has retried since, as
+        // a peer does and a spoofer does not
+        let strict = retrying && !open;
         for &(preferred_pass, delivered_pass) in passes {
             for g in &groups {
                 let Some(list) = self.parked.by_group.get(g) else {
@@ -404,7 +407,17 @@ impl State {
                     let Some(p) = self.parked.parked.get(sender) else {
                         continue;
                     };
-                    if p.preferred != preferred_pass
+                    let flooded = strict
+                        && !p.preferred
+                        && !self
+                            .key_budgets
+                            .has_token(p.key, self.pins.is_pinned(p.key), now);
+                    let preferred = p.preferred
+                        || (flooded
+                            && (self.endpoints.is_proven(&p.from, t)
+                                || self.endpoints.get(&p.from).is_some_and(|i| i.peer_like)));
+                    if preferred != preferred_pass
+                        || (flooded && !preferred)
                         || p.delivered != delivered_pass
                         || p.from == to
                         || now >= p.expires
