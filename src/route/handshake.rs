@@ -288,7 +288,6 @@ impl State {
         // clients; else unicast to the confirmed holder, and a sweep when there is none or
         // the initiator retries (a binding is a hint: the holder may have moved)
         let mut park = false;
-        let mut held_crossing = false;
         match (pin_route, started_by_pin) {
             (PinRoute::To(e), _) => {
                 if self.copy_rules(now, &mut s, e, false, true) {
@@ -301,9 +300,8 @@ impl State {
             _ if hold_own => {}
             _ => {
                 if let Some(h) = learned.filter(|h| *h != from) {
-                    if self.crossing(&h, &from, t) {
-                        held_crossing = true;
-                    } else if self.copy_rules(now, &mut s, h, false, false) {
+                    if !self.crossing(&h, &from, t) && self.copy_rules(now, &mut s, h, false, false)
+                    {
                         out.targets.push(h);
                     }
                 }
@@ -321,8 +319,6 @@ impl State {
             Decision::Forward
         } else if park || hold_own {
             Decision::Parked
-        } else if held_crossing {
-            self.drop(DropReason::Crossing)
         } else {
             self.drop(DropReason::FanOutLimited)
         }

@@ -67,10 +67,6 @@ pub enum DropReason {
     NotInGroup,
     /// The fan-out rate limit allowed no copy.
     FanOutLimited,
-    /// Held back: the sender holds the peer's own initiation (sent to it, or answered and
-    /// not yet confirmed), and two crossing handshakes would leave the peers on different
-    /// sessions; the one in flight completes.
-    Crossing,
     /// The index is already taken by a live entry.
     IndexCollision,
     /// No live entry for the receiver index.
@@ -102,7 +98,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 22] = [
+    pub const ALL: [DropReason; 21] = [
         DropReason::TooShort,
         DropReason::UnknownType,
         DropReason::BadLength,
@@ -112,7 +108,6 @@ impl DropReason {
         DropReason::RateLimited,
         DropReason::NotInGroup,
         DropReason::FanOutLimited,
-        DropReason::Crossing,
         DropReason::IndexCollision,
         DropReason::UnknownReceiver,
         DropReason::AlreadyPaired,
@@ -138,7 +133,6 @@ impl DropReason {
             DropReason::RateLimited => "rate_limited",
             DropReason::NotInGroup => "not_in_group",
             DropReason::FanOutLimited => "fan_out_limited",
-            DropReason::Crossing => "crossing",
             DropReason::IndexCollision => "index_collision",
             DropReason::UnknownReceiver => "unknown_receiver",
             DropReason::AlreadyPaired => "already_paired",
