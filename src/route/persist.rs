@@ -179,11 +179,13 @@ impl State {
                 done.bindings += 1;
             }
         }
-        // Only whole pairs, pointing at each other, that collide with nothing live.
+        // Only whole pairs, pointing at each other, that collide with nothing live. An entry
+        // that names itself as its peer is no pair.
         let keep: Vec<Index> = restored
             .iter()
             .filter(|(i, e)| {
                 e.peer
+                    .filter(|p| p != *i)
                     .and_then(|p| restored.get(&p).map(|q| q.peer == Some(**i)))
                     .unwrap_or(false)
                     && !self.indices.contains(**i, t)

@@ -961,6 +961,27 @@ fn restore_drops_what_no_longer_fits() {
 }
 
 #[test]
+fn restore_skips_an_entry_that_is_its_own_peer() {
+    // Found by the `state_file` fuzz target: a session line whose peer index is its own index
+    // passed the whole-pair check, so one entry was restored alone (and `sessions` said 0).
+    let (a, b) = (device(1, 1001), device(2, 1002));
+    let mut relay = Relay::allow(&[&a, &b]);
+    let wall = std::time::SystemTime::now();
+    let ms = wall
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let text = format!(
+        "wgrelay-state 1 {ms}\n\
+         s 7 127.0.0.1:51820|127.0.0.1:1001 127.0.0.1:51820|127.0.0.1:1002 7 {} {} 60000 - i\n",
+        a.public, b.public
+    );
+    let r = relay.state.restore(&text, relay.now, wall, &listeners());
+    assert_eq!((r.sessions, r.skipped), (0, 1));
+    assert_eq!(relay.state.indices().len(), 0);
+}
+
+#[test]
 fn nothing_reaches_an_unproven_initiator_before_it_confirms() {
     // Found by the `route` fuzz target: once the response had paired the session, transport
     // towards the initiator's index was forwarded before the initiator's first message, so
