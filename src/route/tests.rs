@@ -982,6 +982,44 @@ fn restore_skips_an_entry_that_is_its_own_peer() {
 }
 
 #[test]
+fn an_initiation_held_back_from_its_partner_is_parked_not_dropped() {
+    // Found by the `route` fuzz target (invariant of the routing_invariants property test: a
+    // drop sends nothing). Open mode: A and B confirm a session while B's next initiation is
+    // parked; A's next initiation then gets B's handed over, and its own, which would cross
+    // B's, was held back from B as the crossing rule says, but dropped as `fan_out_limited`
+    // (with the hand-over sent) where docs/handshake.md parks a held-back initiation.
+    let (a, b) = (device(1, 1001), device(2, 1002));
+    let mut relay = Relay::new(Settings {
+        cookie: CookieMode::Never,
+        ..Settings::default()
+    });
+    let (mut ta, mut tb) = (tunn(&a, &b, 1), tunn(&b, &a, 2));
+    let x_a = initiation(&mut ta);
+    let x_b = initiation(&mut ta);
+    let y_a = initiation(&mut tb);
+    let y_b = initiation(&mut tb);
+    // Open mode admits a source once it retried as a peer does.
+    relay.route(b.ep, &y_a);
+    relay.route(a.ep, &x_b);
+    relay.advance(Duration::from_millis(5250));
+    relay.route(a.ep, &x_b);
+    relay.route(b.ep, &y_b);
+    let resp = feed(&mut tb, &x_b).expect("B answers");
+    assert_eq!(relay.route(b.ep, &resp).0, Decision::Forward);
+    let rekey = initiation(&mut tb);
+    relay.route(b.ep, &rekey);
+    let keepalive = feed(&mut ta, &resp).expect("A confirms");
+    assert_eq!(relay.route(a.ep, &keepalive).0, Decision::Forward);
+    let (d, _) = relay.route(a.ep, &x_a);
+    assert!(
+        relay.out.extra.iter().any(|x| x.to == a.ep),
+        "B's parked initiation is handed to A"
+    );
+    assert!(relay.targets().is_empty(), "A's own would cross B's");
+    assert_eq!(d, Decision::Parked);
+}
+
+#[test]
 fn nothing_reaches_an_unproven_initiator_before_it_confirms() {
     // Found by the `route` fuzz target: once the response had paired the session, transport
     // towards the initiator's index was forwarded before the initiator's first message, so
