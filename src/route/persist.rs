@@ -251,7 +251,9 @@ impl State {
             "i" => false,
             _ => return false,
         };
-        let Some(left) = remaining(left, elapsed, REJECT_AFTER_TIME) else {
+        let Some(expires) =
+            remaining(left, elapsed, REJECT_AFTER_TIME).and_then(|l| deadline(t, l))
+        else {
             return false;
         };
         out.insert(
@@ -262,7 +264,7 @@ impl State {
                 peer: Some(Index(peer)),
                 owner_key,
                 peer_key,
-                expires: t.after(left),
+                expires,
                 max_counter,
                 responder,
                 confirmed: true,
@@ -287,10 +289,10 @@ impl State {
         };
         let longest =
             crate::constants::SOURCE_PROVEN_TIME.max(crate::constants::PROVEN_BY_SESSION_TIME);
-        let Some(left) = remaining(left, elapsed, longest) else {
+        let Some(until) = remaining(left, elapsed, longest).and_then(|l| deadline(t, l)) else {
             return false;
         };
-        self.endpoints.touch(endpoint, t).proven_until = t.after(left);
+        self.endpoints.touch(endpoint, t).proven_until = until;
         true
     }
 
@@ -333,6 +335,13 @@ impl State {
 fn remaining(ms: u64, elapsed: Duration, max: Duration) -> Option<Duration> {
     let left = Duration::from_millis(ms).saturating_sub(elapsed);
     (!left.is_zero() && left <= max).then_some(left)
+}
+
+/// `left` from `t`, if that is still a later tick: the tables count tenths of a second, so a
+/// record with less than one left would be restored already expired.
+fn deadline(t: Tick, left: Duration) -> Option<Tick> {
+    let at = t.after(left);
+    (at > t).then_some(at)
 }
 
 fn now_proven(now: Tick, until: Tick) -> bool {

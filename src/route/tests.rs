@@ -982,6 +982,31 @@ fn restore_skips_an_entry_that_is_its_own_peer() {
 }
 
 #[test]
+fn restore_skips_records_with_less_than_a_tick_left() {
+    // Found by the `state_file` fuzz target: a pair with 10 ms and 1 ms left was counted as a
+    // restored session, but the tables count tenths of a second, so both entries were
+    // expired on arrival (and so was a proof with under 100 ms left).
+    let (a, b) = (device(1, 1001), device(2, 1002));
+    let mut relay = Relay::allow(&[&a, &b]);
+    let wall = std::time::SystemTime::now();
+    let ms = wall
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let l = "127.0.0.1:51820";
+    let text = format!(
+        "wgrelay-state 1 {ms}\n\
+         s 7 {l}|127.0.0.1:1001 {l}|127.0.0.1:1002 8 {0} {1} 10 - i\n\
+         s 8 {l}|127.0.0.1:1002 {l}|127.0.0.1:1001 7 {1} {0} 1 1 r\n\
+         p {l}|127.0.0.1:1001 99\n",
+        a.public, b.public
+    );
+    let r = relay.state.restore(&text, relay.now, wall, &listeners());
+    assert_eq!((r.sessions, r.proven, r.skipped), (0, 0, 3));
+    assert_eq!(relay.state.indices().len(), 0);
+}
+
+#[test]
 fn an_initiation_held_back_from_its_partner_is_parked_not_dropped() {
     // Found by the `route` fuzz target (invariant of the routing_invariants property test: a
     // drop sends nothing). Open mode: A and B confirm a session while B's next initiation is
