@@ -335,7 +335,9 @@ impl Harness {
             Decision::Drop(_) => {
                 assert!(
                     out.targets.is_empty() && out.extra.is_empty(),
-                    "{d:?} sends"
+                    "{d:?} sends {:?} and {:?}",
+                    out.targets,
+                    out.extra
                 )
             }
             Decision::Parked => assert!(out.targets.is_empty(), "parked, but forwarded"),
