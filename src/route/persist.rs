@@ -235,8 +235,13 @@ impl State {
         else {
             return false;
         };
-        // Open mode has no keys; a keyed relay keeps only sessions whose keys it still allows.
-        if !self.keys.is_open() && (owner_key.is_none() || peer_key.is_none()) {
+        // Open mode has no keys; a keyed relay keeps only sessions whose keys it still allows,
+        // but for a pinned key's (proxy server's, port peer's) client, which it need not know.
+        let known = match (owner_key, peer_key) {
+            (Some(_), Some(_)) => true,
+            (None, pinned) | (pinned, None) => self.pins.is_pinned(pinned),
+        };
+        if !self.keys.is_open() && !known {
             return false;
         }
         let max_counter = match counter {

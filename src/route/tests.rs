@@ -982,6 +982,46 @@ fn restore_skips_an_entry_that_is_its_own_peer() {
 }
 
 #[test]
+fn a_proxy_servers_session_with_an_unknown_client_survives_a_restart() {
+    // Found by the `route` fuzz target (invariant: a restart restores its own state file
+    // whole). A pinned key (proxy server, port peer) may answer a client the relay does not
+    // know; `save` writes that session with `-` for the client's key, and `restore` skipped
+    // every keyed session with a missing key, so each restart silently lost such sessions.
+    let (b, c) = (device(2, 1002), device(3, 1003));
+    let mut relay = Relay::new(Settings {
+        servers: vec![b.public],
+        allow: vec![c.public],
+        cookie: CookieMode::Never,
+        ..Settings::default()
+    });
+    let wall = std::time::SystemTime::now();
+    let ms = wall
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let l = "127.0.0.1:51820";
+    let (ea, eb) = ("127.0.0.1:1001", "127.0.0.1:1002");
+    let text = format!(
+        "wgrelay-state 1 {ms}\n\
+         s 7 {l}|{ea} {l}|{eb} 8 - {0} 60000 1 i\n\
+         s 8 {l}|{eb} {l}|{ea} 7 {0} - 60000 2 r\n\
+         s 9 {l}|{ea} {l}|{eb} 10 - - 60000 1 i\n\
+         s 10 {l}|{eb} {l}|{ea} 9 - - 60000 2 r\n\
+         s 11 {l}|{ea} {l}|{eb} 12 - {1} 60000 1 i\n\
+         s 12 {l}|{eb} {l}|{ea} 11 {1} - 60000 2 r\n",
+        b.public, c.public
+    );
+    let r = relay.state.restore(&text, relay.now, wall, &listeners());
+    // The server's session comes back; one with no key at all, or with an unknown peer of a
+    // key that is not pinned, does not.
+    assert_eq!((r.sessions, r.skipped), (1, 4));
+    assert!(relay
+        .state
+        .indices()
+        .contains(wire::Index(7), relay.state.tick(relay.now)));
+}
+
+#[test]
 fn restore_skips_records_with_less_than_a_tick_left() {
     // Found by the `state_file` fuzz target: a pair with 10 ms and 1 ms left was counted as a
     // restored session, but the tables count tenths of a second, so both entries were
