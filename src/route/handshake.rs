@@ -300,8 +300,11 @@ impl State {
             _ if hold_own => {}
             _ => {
                 if let Some(h) = learned.filter(|h| *h != from) {
-                    if !self.crossing(&h, &from, t) && self.copy_rules(now, &mut s, h, false, false)
-                    {
+                    if self.crossing(&h, &from, t) {
+                        // held back so the two do not cross: parked, as a sweep's would be,
+                        // and withdrawn once its sender answers the other one
+                        park = true;
+                    } else if self.copy_rules(now, &mut s, h, false, false) {
                         out.targets.push(h);
                     }
                 }

@@ -179,11 +179,13 @@ impl State {
                 done.bindings += 1;
             }
         }
-        // Only whole pairs, pointing at each other, that collide with nothing live.
+        // Only whole pairs, pointing at each other, that collide with nothing live. An entry
+        // that names itself as its peer is no pair.
         let keep: Vec<Index> = restored
             .iter()
             .filter(|(i, e)| {
                 e.peer
+                    .filter(|p| p != *i)
                     .and_then(|p| restored.get(&p).map(|q| q.peer == Some(**i)))
                     .unwrap_or(false)
                     && !self.indices.contains(**i, t)
@@ -233,8 +235,13 @@ impl State {
         else {
             return false;
         };
-        // Open mode has no keys; a keyed relay keeps only sessions whose keys it still allows.
-        if !self.keys.is_open() && (owner_key.is_none() || peer_key.is_none()) {
+        // Open mode has no keys; a keyed relay keeps only sessions whose keys it still allows,
+        // but for a pinned key's (proxy server's, port peer's) client, which it need not know.
+        let known = match (owner_key, peer_key) {
+            (Some(_), Some(_)) => true,
+            (None, pinned) | (pinned, None) => self.pins.is_pinned(pinned),
+        };
+        if !self.keys.is_open() && !known {
             return false;
         }
         let max_counter = match counter {
@@ -249,7 +256,9 @@ impl State {
             "i" => false,
             _ => return false,
         };
-        let Some(left) = remaining(left, elapsed, REJECT_AFTER_TIME) else {
+        let Some(expires) =
+            remaining(left, elapsed, REJECT_AFTER_TIME).and_then(|l| deadline(t, l))
+        else {
             return false;
         };
         out.insert(
@@ -260,7 +269,7 @@ impl State {
                 peer: Some(Index(peer)),
                 owner_key,
                 peer_key,
-                expires: t.after(left),
+                expires,
                 max_counter,
                 responder,
                 confirmed: true,
@@ -285,10 +294,10 @@ impl State {
         };
         let longest =
             crate::constants::SOURCE_PROVEN_TIME.max(crate::constants::PROVEN_BY_SESSION_TIME);
-        let Some(left) = remaining(left, elapsed, longest) else {
+        let Some(until) = remaining(left, elapsed, longest).and_then(|l| deadline(t, l)) else {
             return false;
         };
-        self.endpoints.touch(endpoint, t).proven_until = t.after(left);
+        self.endpoints.touch(endpoint, t).proven_until = until;
         true
     }
 
@@ -331,6 +340,13 @@ impl State {
 fn remaining(ms: u64, elapsed: Duration, max: Duration) -> Option<Duration> {
     let left = Duration::from_millis(ms).saturating_sub(elapsed);
     (!left.is_zero() && left <= max).then_some(left)
+}
+
+/// `left` from `t`, if that is still a later tick: the tables count tenths of a second, so a
+/// record with less than one left would be restored already expired.
+fn deadline(t: Tick, left: Duration) -> Option<Tick> {
+    let at = t.after(left);
+    (at > t).then_some(at)
 }
 
 fn now_proven(now: Tick, until: Tick) -> bool {

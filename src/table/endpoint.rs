@@ -376,14 +376,24 @@ impl EndpointTable {
     }
 
     /// Forgets idle endpoints and their bindings, and compacts the candidate lists (in
-    /// order) of gone and bound endpoints. Returns how many endpoints went.
+    /// order) of gone and bound endpoints, and of earlier entries of an endpoint listed again
+    /// (it registers anew each time it names another key, which may share a group with the
+    /// last). Returns how many endpoints went.
     pub fn expired_endpoints(&mut self, now: Tick) -> usize {
         let before = self.map.len();
         self.map.retain(|_, info| !info.is_idle(now));
         let map = &mut self.map;
         self.bindings
             .retain(|k, e| map.get(e).is_some_and(|i| i.bound == Some(*k)));
+        let mut last: Map<Endpoint, u64> = Map::default();
         for list in self.candidates.values_mut() {
+            // Keep an endpoint's last entry: every cursor that would reach an earlier one
+            // reaches it too.
+            last.clear();
+            for (seq, e) in &list.entries {
+                last.insert(*e, *seq);
+            }
+            list.entries.retain(|(seq, e)| last.get(e) == Some(seq));
             list.entries.retain(|(_, e)| match map.get_mut(e) {
                 // Bound endpoints leave the lists (a search for their own key finds them as
                 // the holder); they register again if the binding goes.
@@ -433,6 +443,26 @@ mod tests {
             true
         });
         out
+    }
+
+    #[test]
+    fn an_endpoint_naming_keys_in_turn_stays_listed_once() {
+        // Found by the `route` fuzz target: each initiation naming another key of the same
+        // group added one more entry, which expiry kept while the endpoint stayed live, so
+        // one endpoint alternating two keys grew the list without bound.
+        let t = t0();
+        let g = [GroupId(0)];
+        let mut tab = EndpointTable::new();
+        tab.add_candidate(ep(2), Some(KeyId::new(9)), &g, t);
+        for i in 0..100 {
+            tab.add_candidate(ep(1), Some(KeyId::new(1 + i % 2)), &g, t);
+        }
+        tab.add_candidate(ep(3), Some(KeyId::new(9)), &g, t);
+        tab.expired_endpoints(t);
+        assert_eq!(tab.candidate_entries(), 3);
+        // Order kept, the endpoint at its last registration.
+        let out = collect(&mut tab, &want(&g, Some(KeyId::new(7)), ep(9), 64), t);
+        assert_eq!(out, vec![ep(2), ep(1), ep(3)]);
     }
 
     #[test]
