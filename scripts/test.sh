@@ -60,6 +60,10 @@ scripts/install-test.sh
 scripts/kubernetes-test.sh
 scripts/container-test.sh
 
+# Fuzzing smoke run (fuzz/, cargo-fuzz on the nightly toolchain): every target 20 s from its
+# committed seeds; one "fuzz-smoke: skipped: <why>" line where nightly or cargo-fuzz is missing.
+scripts/fuzz-smoke.sh 20
+
 # A second WireGuard implementation for the e2e rig's interop case (boringtun beside
 # wireguard-go). Only as root (the rig needs root anyway); a failed install only skips that
 # case, with the rig's one-line reason.
