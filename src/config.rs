@@ -527,7 +527,7 @@ impl Config {
                 .or(wgproxy.listen)
                 .unwrap_or(defaults.listen),
         );
-        check_dual_stack(&listen, listen_label)?;
+        check_listen_overlap(&listen, listen_label)?;
         let (stats_label, stats_secs) = match (cli.stats_interval, file.stats_interval) {
             (Some(v), _) => ("--stats-interval", Some(v)),
             (None, Some(v)) => ("config: stats_interval =", Some(v)),
@@ -1647,22 +1647,28 @@ fn wpex_listen(bind: Option<IpAddr>, port: Option<u16>) -> Option<SocketAddr> {
 /// Longest `stats_interval`: a longer one is a typo, and past ~2^63 ns it overflows a clock.
 const MAX_STATS_INTERVAL_SECS: u64 = 86_400;
 
-/// `[::]:P` is dual-stack (the relay sets IPV6_V6ONLY=0), so it already receives IPv4 on P:
-/// an IPv4 address on the same port as well cannot be bound beside it.
-fn check_dual_stack(listen: &[SocketAddr], label: &str) -> Result<(), ConfigError> {
-    for wild in listen
-        .iter()
-        .filter(|a| a.is_ipv6() && a.ip().is_unspecified() && a.port() != 0)
-    {
-        if let Some(v4) = listen
-            .iter()
-            .find(|a| a.is_ipv4() && a.port() == wild.port())
-        {
-            return Err(ConfigError::new(format!(
-                "{label}: {wild} is dual-stack and already receives IPv4 on port {}, so {v4} cannot be bound beside it; list one of them",
+/// Two listen addresses that would claim the same datagrams ([`sockets_overlap`]) cannot both
+/// be bound: the second bind fails with "Address already in use" at run time. `[::]:P` is
+/// dual-stack (the relay sets IPV6_V6ONLY=0), so it already receives IPv4 on P.
+fn check_listen_overlap(listen: &[SocketAddr], label: &str) -> Result<(), ConfigError> {
+    for (i, a) in listen.iter().enumerate().filter(|(_, a)| a.port() != 0) {
+        let Some(b) = listen[i + 1..].iter().find(|b| sockets_overlap(*a, **b)) else {
+            continue;
+        };
+        // the covering side: [::] over 0.0.0.0, a wildcard over a specific address
+        let a_covers = a.ip().is_unspecified() && (a.is_ipv6() || !b.ip().is_unspecified());
+        let (wild, other) = if a_covers { (a, b) } else { (b, a) };
+        let message = if wild.is_ipv6() && other.is_ipv4() {
+            format!(
+                "{label}: {wild} is dual-stack and already receives IPv4 on port {}, so {other} cannot be bound beside it; list one of them",
                 wild.port()
-            )));
-        }
+            )
+        } else {
+            format!(
+                "{label}: {wild} already receives what {other} would (the same port, and it covers that address), so {other} cannot be bound beside it; list one of them"
+            )
+        };
+        return Err(ConfigError::new(message));
     }
     Ok(())
 }

@@ -444,6 +444,11 @@ fn bad_inputs_fail_at_check_config_and_name_their_source() {
             "wgrelay: --listen: [::]:5999 is dual-stack and already receives IPv4 on port 5999, so 0.0.0.0:5999 cannot be bound beside it; list one of them".into(),
         ),
         (
+            vec!["check-config", "--listen", "127.0.0.1:5999", "--listen", "0.0.0.0:5999"],
+            vec![],
+            "wgrelay: --listen: 0.0.0.0:5999 already receives what 127.0.0.1:5999 would (the same port, and it covers that address), so 127.0.0.1:5999 cannot be bound beside it; list one of them".into(),
+        ),
+        (
             vec!["check-config"],
             vec![("WGRELAY_THREADS", "abc")],
             "wgrelay: WGRELAY_THREADS=abc: invalid value for --threads <N>: invalid digit found in string".into(),
