@@ -30,13 +30,13 @@ fn bank() -> &'static (Mac1Bank, Vec<Mac1Key>) {
         let mut keys = Vec::new();
         for i in 0..20u8 {
             match devices.get(usize::from(i) / 5) {
-                Some(k) if i % 5 == 3 => keys.push(k.clone()),
+                Some(k) if i % 5 == 3 => keys.push(*k),
                 _ => keys.push(Mac1Key::new(&[i.wrapping_mul(31).wrapping_add(7); 32])),
             }
         }
         let mut bank = Mac1Bank::default();
         for k in &keys {
-            bank.push(k.clone());
+            bank.push(*k);
         }
         (bank, keys)
     })
@@ -113,7 +113,7 @@ pub fn run(data: &[u8]) {
         // Whatever the bytes, decrypting under each device's cookie key only fails cleanly.
         for k in &pool().devices {
             let key = CookieKey::new(&k.0);
-            let mac1 = mac::mac1_of(&data[..]).unwrap_or([0; 16]);
+            let mac1 = mac::mac1_of(data).unwrap_or([0; 16]);
             let _ = mac::open_cookie(&key, &p.nonce(), &p.encrypted_cookie(), &mac1);
         }
     }
