@@ -16,20 +16,27 @@ pub mod wire;
 mod tests {
     use std::path::Path;
 
-    /// Every committed seed of `target` through its `run`.
+    /// Every committed seed of `target`, and every input that once broke it
+    /// (`regressions/<target>/`, minimised crash inputs), through its `run`.
     fn replay(target: &str, run: fn(&[u8])) {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("seeds")
-            .join(target);
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let mut n = 0;
-        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-            let path = entry.unwrap().path();
-            let data = std::fs::read(&path).unwrap();
-            eprintln!("{}", path.display());
-            run(&data);
-            n += 1;
+        for dir in [
+            root.join("seeds").join(target),
+            root.join("regressions").join(target),
+        ] {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries {
+                let path = entry.unwrap().path();
+                let data = std::fs::read(&path).unwrap();
+                eprintln!("{}", path.display());
+                run(&data);
+                n += 1;
+            }
         }
-        assert!(n > 0, "no seeds in {}", dir.display());
+        assert!(n > 0, "no seeds for {target}");
     }
 
     #[test]
