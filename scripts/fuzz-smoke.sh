@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Fuzz smoke run: builds the cargo-fuzz targets in fuzz/ and runs each one for SECONDS
-# (default 30) from its committed seeds (fuzz/seeds/<target>), with a scratch corpus so
-# nothing in the tree changes. Fails if any target crashes, panics, breaks an invariant or
-# hangs (an input running over 10 s); the input that did it is copied to fuzz/artifacts/.
-# Where cargo-fuzz or a nightly toolchain is missing it prints one
-# "fuzz-smoke: skipped: <why>" line and exits 0. docs/fuzzing.md has the targets and the
-# long run.
+# (default 30) from its committed seeds (fuzz/seeds/<target>) and the inputs that once found
+# a bug (fuzz/regressions/<target>), with a scratch corpus so nothing in the tree changes.
+# Fails if any target crashes, panics, breaks an invariant or hangs (an input running over
+# 10 s); the input that did it is copied to fuzz/artifacts/. Where cargo-fuzz or a nightly
+# toolchain is missing it prints one "fuzz-smoke: skipped: <why>" line and exits 0.
+# docs/fuzzing.md has the targets and the long run.
 #
 #   scripts/fuzz-smoke.sh [SECONDS]
 #
@@ -49,7 +49,10 @@ failed=()
 for t in "${targets[@]}"; do
     mkdir -p "$scratch/$t/corpus" "$scratch/$t/artifacts"
     log="$scratch/$t/log"
-    if cargo +nightly fuzz run "${flags[@]}" "$t" "$scratch/$t/corpus" "$PWD/fuzz/seeds/$t" -- \
+    # The seeds, and the inputs that once found a bug (fuzz/regressions/<target>, if any).
+    inputs=("$PWD/fuzz/seeds/$t")
+    [ -d "fuzz/regressions/$t" ] && inputs+=("$PWD/fuzz/regressions/$t")
+    if cargo +nightly fuzz run "${flags[@]}" "$t" "$scratch/$t/corpus" "${inputs[@]}" -- \
         -max_total_time="$secs" -timeout=10 -print_final_stats=1 \
         -artifact_prefix="$scratch/$t/artifacts/" >"$log" 2>&1; then
         runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)

@@ -62,6 +62,12 @@ scripts/container-test.sh
 
 # Fuzzing smoke run (fuzz/, cargo-fuzz on the nightly toolchain): every target 20 s from its
 # committed seeds; one "fuzz-smoke: skipped: <why>" line where nightly or cargo-fuzz is missing.
+# cargo-fuzz is installed here (pinned, from its lock file) where nightly is present; a failed
+# install leaves the smoke run to print its skip line.
+if rustup toolchain list 2>/dev/null | grep -q '^nightly' && ! cargo fuzz --version >/dev/null 2>&1; then
+    cargo install cargo-fuzz --version 0.13.2 --locked || echo "cargo-fuzz install failed"
+fi
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 scripts/fuzz-smoke.sh 20
 
 # A second WireGuard implementation for the e2e rig's interop case (boringtun beside
