@@ -367,19 +367,9 @@ impl Harness {
             assert!(x.contents().len() <= wire::initiation::LEN);
         }
 
-        // Bytes: no more handshake bytes sent to an unproven endpoint than it sent (the rule
-        // of docs/handshake.md). Forwarded transport is left out: transport towards an
-        // initiator that has not confirmed yet is forwarded (boringtun responders send
-        // first), and reflects byte for byte to whatever address sent the initiation; that
-        // finding is open (issue 10's note), its first fix broke legit cold bursts.
+        // Bytes: nothing sent to an unproven endpoint beyond what it sent.
         let t = self.state.tick(self.now);
-        let forwarded = if matches!(kind, Ok(MessageType::Transport)) {
-            0
-        } else {
-            len
-        };
-        let mut sends: Vec<(Endpoint, usize)> =
-            out.targets.iter().map(|e| (*e, forwarded)).collect();
+        let mut sends: Vec<(Endpoint, usize)> = out.targets.iter().map(|e| (*e, len)).collect();
         sends.extend(out.extra.iter().map(|x| (x.to, x.contents().len())));
         for (to, n) in &sends {
             if !self.state.endpoints().is_proven(to, t) && !self.pinned(to) {

@@ -32,8 +32,9 @@ pub struct Session {
     /// Highest counter seen towards this index (roaming checks against it).
     pub max_counter: Option<u64>,
     pub expires: Tick,
-    /// A responder's index whose session is not confirmed yet: the first transport message
-    /// confirms it in the shared state.
+    /// An index whose session is not confirmed yet, so the shared state decides: a
+    /// responder's index is confirmed by the first transport message, and nothing goes to an
+    /// unconfirmed initiator that is unproven.
     pub confirming: bool,
 }
 
@@ -48,7 +49,7 @@ impl Session {
             source: entry.source,
             max_counter: entry.max_counter,
             expires: entry.expires,
-            confirming: entry.responder && !entry.confirmed,
+            confirming: !entry.confirmed,
         })
     }
 }
@@ -264,6 +265,34 @@ mod tests {
         );
         assert_eq!(t.expire(Tick(100)), 2);
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn unconfirmed_sessions_go_to_the_shared_state_both_ways() {
+        // Found by the `route` fuzz target: the responder's side of a paired, unconfirmed
+        // session forwarded transport to an unproven initiator (the State now drops it as
+        // `unproven`, so the fast path must not forward it either).
+        let mut entry = IndexEntry {
+            endpoint: ep(1),
+            source: ep(2),
+            peer: Some(Index(8)),
+            owner_key: None,
+            peer_key: None,
+            expires: Tick(100),
+            max_counter: None,
+            responder: false,
+            confirmed: false,
+        };
+        for responder in [false, true] {
+            entry.responder = responder;
+            let s = Session::of(&entry, Tick(1)).expect("paired and live");
+            assert!(s.confirming);
+            let mut t = SessionTable::new();
+            t.apply((Index(7), Some(s)));
+            assert_eq!(t.route(Tick(1), ep(2), &transport(7, 0)), Fast::Control);
+        }
+        entry.confirmed = true;
+        assert!(!Session::of(&entry, Tick(1)).unwrap().confirming);
     }
 
     #[test]

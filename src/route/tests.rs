@@ -1097,6 +1097,39 @@ fn an_initiation_held_back_from_its_partner_is_parked_not_dropped() {
     assert_eq!(d, Decision::Parked);
 }
 
+#[test]
+fn nothing_reaches_an_unproven_initiator_before_it_confirms() {
+    // Found by the `route` fuzz target: once the response had paired the session, transport
+    // towards the initiator's index was forwarded before the initiator's first message, so
+    // whoever answered a spoofed initiation could send its (possibly spoofed, unproven) source
+    // any number of bytes. A responder never sends on a session before it is confirmed.
+    let (a, b) = (device(1, 1001), device(2, 1002));
+    let mut relay = Relay::allow(&[&a, &b]);
+    let (mut ta, mut tb) = (tunn(&a, &b, 1), tunn(&b, &a, 2));
+    let init_a = initiation(&mut ta);
+    assert_eq!(relay.route(a.ep, &init_a).0, Decision::Parked);
+    relay.route(b.ep, &initiation(&mut tb));
+    let parked = relay.out.extra[0].contents().to_vec();
+    let resp_b = feed(&mut tb, &parked).expect("B answers");
+    assert_eq!(relay.route(b.ep, &resp_b).0, Decision::Forward);
+    let a_index = wire::InitiationPacket::new_checked(&init_a[..])
+        .unwrap()
+        .sender();
+    let mut early = vec![0u8; 1432];
+    early[0] = 4;
+    early[4..8].copy_from_slice(&a_index.0.to_le_bytes());
+    let (d, _) = relay.route(b.ep, &early);
+    assert_eq!(d, Decision::Drop(DropReason::Unproven));
+    assert!(relay.targets().is_empty());
+    // A confirms; from then on B's data reaches A.
+    let keepalive = feed(&mut ta, &resp_b).expect("A confirms");
+    assert_eq!(relay.route(a.ep, &keepalive).0, Decision::Forward);
+    assert!(feed(&mut tb, &keepalive).is_none());
+    let p = data(&mut tb, 64);
+    assert_eq!(relay.route(b.ep, &p).0, Decision::Forward);
+    assert_eq!(relay.targets(), vec![a.ep]);
+}
+
 proptest! {
     // Whatever the file says, restoring never panics and restores only whole pairs.
     #[test]

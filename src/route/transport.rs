@@ -52,6 +52,13 @@ impl State {
         if destination == from {
             return self.drop(DropReason::Loop);
         }
+        // proof before reach: a responder sends nothing on a new session before the
+        // initiator's first transport message confirms it (WireGuard's rule), so anything
+        // towards an unconfirmed initiator is a spoof or a replay, and an unproven initiator's
+        // address may be a victim's
+        if !entry.confirmed && !entry.responder && !self.endpoints.is_proven(&destination, t) {
+            return self.drop(DropReason::Unproven);
+        }
 
         if entry.source == from {
             if entry.max_counter.is_none_or(|m| counter > m) {
