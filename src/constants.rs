@@ -88,6 +88,9 @@ pub const UNPROVEN_COPIES_PER_PINNED_KEY_BURST: u32 = 40;
 /// more than about 0.4 core on them, whatever the number of allowed keys. A trial costs
 /// ~50 ns in the lane search (`wire::mac1_bank`, AVX-512 or AVX2), ~4x that without them.
 pub const UNPROVEN_MAC1_TRIALS_PER_SECOND: u32 = 8_000_000;
+/// How long a key stays at the front of the mac1 search order after it was last expected
+/// (`admit::keys`): three REKEY_TIMEOUTs, a peer's first retries.
+pub const EXPECTED_KEY_TIME: Duration = Duration::from_secs(15);
 /// Copies one proven initiation may sweep out to candidates at most. A proven sender answered
 /// our cookie or a confirmed handshake, so its copies cannot be aimed at a third party.
 pub const PROVEN_SWEEP_CAP: usize = 4096;

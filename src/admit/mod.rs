@@ -11,7 +11,7 @@ pub mod recent;
 pub mod replay;
 
 pub use cookie::{CookieChecker, Entropy, OsEntropy, TestEntropy};
-pub use keys::{GroupId, KeyDirectory, KeyId};
+pub use keys::{GroupId, KeyDirectory, KeyId, Partner};
 pub use ratelimit::{KeyBudgets, LoadTracker, SourceLimiter, TokenBucket};
 pub use recent::RecentSources;
 pub use replay::ReplayFilter;

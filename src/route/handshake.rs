@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use super::fanout::Sender;
 use super::{Actions, Datagram, Decision, DropReason, PinRoute, State};
-use crate::admit::KeyId;
+use crate::admit::{KeyId, Partner};
 use crate::config::CookieMode;
 use crate::constants::{MAX_INDICES, REKEY_TIMEOUT};
 use crate::table::{Endpoint, IndexEntry, Tick};
@@ -97,6 +97,16 @@ impl State {
                     let (found, trials) = self.keys.match_mac1_counted(packet);
                     if !was_proven {
                         self.mac1_work.take_up_to(trials, now);
+                    }
+                    // what the next cold initiation will likely name: in a group of two,
+                    // the sender's own key (its partner's first initiation names it); else
+                    // the key just named (a hub's, named by every new client)
+                    if let Some(k) = found {
+                        match self.keys.only_partner(Some(k)) {
+                            Partner::One(sender) => self.keys.expect(sender, t.0),
+                            Partner::None => {}
+                            Partner::Many => self.keys.expect(k, t.0),
+                        }
                     }
                     found
                 }

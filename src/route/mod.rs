@@ -517,6 +517,11 @@ impl State {
         self.parked.expired(now);
         self.sources.sweep(now);
         self.deliveries.expired(t);
+        // the mac1 search order: stale expectations out of the front, bound keys to the end
+        let stale = t.0.saturating_sub(Tick(0).after(EXPECTED_KEY_TIME).0);
+        let endpoints = &self.endpoints;
+        self.keys
+            .reorder(stale, |k| endpoints.holder_of(k, t).is_some());
     }
 }
 

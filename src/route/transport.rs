@@ -151,6 +151,11 @@ impl State {
         }
         for (k, e) in bind.into_iter().flatten() {
             self.endpoints.bind(k, e, now);
+            // a bound key is searched last, unless many may name it (a hub's key stays
+            // where its clients' initiations put it; the expiry sweep settles it later)
+            if self.keys.only_partner(Some(k)) != crate::admit::Partner::Many {
+                self.keys.settle(k);
+            }
         }
         // both sides answered each other's cryptography: both addresses are proven
         for e in ends.into_iter().flatten() {

@@ -239,9 +239,32 @@ impl Mac1Bank {
         self.keys.is_empty()
     }
 
+    /// Exchanges the keys at two positions (a search visits positions in a chosen order, so
+    /// the directory moves likely keys forward). O(1): one lane of each of 8 words.
+    pub fn swap(&mut self, i: usize, j: usize) {
+        if i == j || i >= self.keys.len() || j >= self.keys.len() {
+            return;
+        }
+        self.keys.swap(i, j);
+        let (ci, li, cj, lj) = (i / LANES, i % LANES, j / LANES, j % LANES);
+        for w in 0..8 {
+            let a = self.chunks[ci][w][li];
+            self.chunks[ci][w][li] = self.chunks[cj][w][lj];
+            self.chunks[cj][w][lj] = a;
+        }
+    }
+
     /// The position of the first key whose mac1 the handshake message carries, and how many
     /// keys were tried (whole chunks: the work spent).
     pub fn find(&self, msg: &[u8]) -> (Option<usize>, usize) {
+        self.find_from(msg, 0)
+    }
+
+    /// As [`Mac1Bank::find`], in this order: positions below `front` from `front - 1` down
+    /// (the newest first), then the rest upwards. Every key is still tried before the answer
+    /// is "none"; only the order, hence the work until a hit, changes. A chunk straddling
+    /// `front` may be tried twice.
+    pub fn find_from(&self, msg: &[u8], front: usize) -> (Option<usize>, usize) {
         let Some(mac1) = mac::mac1_of(msg) else {
             return (None, 0);
         };
@@ -252,8 +275,16 @@ impl Mac1Bank {
         };
         let want = words(&mac1);
         let want = [want[0], want[1], want[2], want[3]];
-        let (chunk, tried) = search(&self.chunks, &body, &want);
-        let tried = tried.min(self.keys.len());
+        let head = front.min(self.keys.len()).div_ceil(LANES);
+        let (mut chunk, mut tried) = search(&self.chunks[..head], &body, &want, true);
+        if chunk.is_none() {
+            let skip = front.min(self.keys.len()) / LANES;
+            let (c, t) = search(&self.chunks[skip..], &body, &want, false);
+            chunk = c.map(|c| c + skip);
+            tried += t;
+        }
+        let straddles = front % LANES != 0 && front < self.keys.len();
+        let tried = tried.min(self.keys.len() + if straddles { LANES } else { 0 });
         let Some(chunk) = chunk else {
             return (None, tried);
         };
@@ -277,21 +308,27 @@ impl Mac1Bank {
     }
 }
 
-/// The first chunk with a lane whose digest is `want`, and the keys tried until then.
-fn search(chunks: &[[Lane<LANES>; 8]], body: &Body, want: &[u32; 4]) -> (Option<usize>, usize) {
+/// The first chunk (from the end when `rev`) with a lane whose digest is `want`, and the keys
+/// tried until then.
+fn search(
+    chunks: &[[Lane<LANES>; 8]],
+    body: &Body,
+    want: &[u32; 4],
+    rev: bool,
+) -> (Option<usize>, usize) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU supports AVX-512F (checked just above), the only requirement
             // of a `target_feature` function; `search_avx512` is otherwise safe code.
-            return unsafe { search_avx512(chunks, body, want) };
+            return unsafe { search_avx512(chunks, body, want, rev) };
         }
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2 (checked just above).
-            return unsafe { search_avx2(chunks, body, want) };
+            return unsafe { search_avx2(chunks, body, want, rev) };
         }
     }
-    search_portable(chunks, body, want)
+    search_portable(chunks, body, want, rev)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -300,8 +337,9 @@ unsafe fn search_avx512(
     chunks: &[[Lane<LANES>; 8]],
     body: &Body,
     want: &[u32; 4],
+    rev: bool,
 ) -> (Option<usize>, usize) {
-    search_portable(chunks, body, want)
+    search_portable(chunks, body, want, rev)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -310,8 +348,9 @@ unsafe fn search_avx2(
     chunks: &[[Lane<LANES>; 8]],
     body: &Body,
     want: &[u32; 4],
+    rev: bool,
 ) -> (Option<usize>, usize) {
-    search_portable(chunks, body, want)
+    search_portable(chunks, body, want, rev)
 }
 
 /// Inlined into each `target_feature` wrapper above, so each gets its own instructions.
@@ -320,19 +359,22 @@ fn search_portable(
     chunks: &[[Lane<LANES>; 8]],
     body: &Body,
     want: &[u32; 4],
+    rev: bool,
 ) -> (Option<usize>, usize) {
-    for (c, states) in chunks.iter().enumerate() {
-        let d = digest_lanes(states, body);
+    let n = chunks.len();
+    for step in 0..n {
+        let c = if rev { n - 1 - step } else { step };
+        let d = digest_lanes(&chunks[c], body);
         let mut hit = 0u32;
         for (((w0, w1), w2), w3) in d[0].iter().zip(&d[1]).zip(&d[2]).zip(&d[3]) {
             let same = (*w0 == want[0]) & (*w1 == want[1]) & (*w2 == want[2]) & (*w3 == want[3]);
             hit |= u32::from(same);
         }
         if hit != 0 {
-            return (Some(c), (c + 1) * LANES);
+            return (Some(c), (step + 1) * LANES);
         }
     }
-    (None, chunks.len() * LANES)
+    (None, n * LANES)
 }
 
 #[cfg(test)]
@@ -391,9 +433,11 @@ mod tests {
         let mac1 = mac::mac1_of(&msg).expect("long enough");
         let w = words(&mac1);
         let want = [w[0], w[1], w[2], w[3]];
-        let portable = search_portable(&b.chunks, &parsed, &want);
-        assert_eq!(portable, (Some(2), 48));
-        assert_eq!(search(&b.chunks, &parsed, &want), portable);
+        for rev in [false, true] {
+            let portable = search_portable(&b.chunks, &parsed, &want, rev);
+            assert_eq!(portable, (Some(2), if rev { 16 } else { 48 }));
+            assert_eq!(search(&b.chunks, &parsed, &want, rev), portable);
+        }
     }
 
     proptest! {
@@ -417,5 +461,58 @@ mod tests {
                 prop_assert_eq!(tried, keys.len());
             }
         }
+
+        // Moving keys around and searching from any front finds the same key, tries every
+        // key before saying none, and keeps every key's lanes with it.
+        #[test]
+        fn any_order_finds_what_the_reference_finds(
+            keys in prop::collection::vec(any::<[u8; 32]>(), 0..70),
+            swaps in prop::collection::vec((any::<prop::sample::Index>(), any::<prop::sample::Index>()), 0..40),
+            front in 0usize..80,
+            pick in any::<prop::sample::Index>(),
+            body in prop::collection::vec(any::<u8>(), 0..150),
+            named in any::<bool>(),
+        ) {
+            let mut b = bank(&keys);
+            let mut order = keys.clone();
+            for (i, j) in &swaps {
+                if !keys.is_empty() {
+                    let (i, j) = (i.index(keys.len()), j.index(keys.len()));
+                    b.swap(i, j);
+                    order.swap(i, j);
+                }
+            }
+            let key = if named && !keys.is_empty() { keys[pick.index(keys.len())] } else { [0xee; 32] };
+            let msg = message(&key, &body);
+            let (found, tried) = b.find_from(&msg, front);
+            match found {
+                Some(i) => {
+                    prop_assert!(mac::check_mac1(&Mac1Key(order[i]), &msg));
+                    prop_assert!(tried >= 1);
+                }
+                None => {
+                    prop_assert!(!order.iter().any(|k| mac::check_mac1(&Mac1Key(*k), &msg)));
+                    prop_assert!(tried >= keys.len());
+                    prop_assert!(tried <= keys.len() + LANES);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_front_is_searched_newest_first() {
+        let keys: Vec<[u8; 32]> = (0..64u8).map(|i| [i; 32]).collect();
+        let b = bank(&keys);
+        let body = [3u8; 116];
+        // front 40: chunks 2, 1, 0, then 2, 3; key 35 is in chunk 2, key 5 in chunk 0, key
+        // 50 in chunk 3
+        assert_eq!(b.find_from(&message(&keys[35], &body), 40), (Some(35), 16));
+        assert_eq!(b.find_from(&message(&keys[5], &body), 40), (Some(5), 48));
+        assert_eq!(b.find_from(&message(&keys[50], &body), 40), (Some(50), 80));
+        assert_eq!(
+            b.find_from(&message(&[0xee; 32], &body), 40),
+            (None, 64 + 16)
+        );
+        assert_eq!(b.find_from(&message(&keys[50], &body), 0), (Some(50), 64));
     }
 }
