@@ -432,6 +432,13 @@ impl State {
         }
         self.endpoints.touch(from, t);
         self.endpoints.credit(&from, resp_len());
+        // It answered, from its own address, an initiation the relay sent only there: the
+        // responder's address is real (return routability, as a cookie proves it). A
+        // responder then waits silently for the initiator's confirmation; if that is lost
+        // (the initiator retried meanwhile), the retry must be able to reach it, and an
+        // unproven candidate gets initiations only by hand-over, when it initiates itself.
+        self.endpoints
+            .mark_proven_for(from, t, crate::constants::SOURCE_PROVEN_TIME);
         if !self.endpoints.is_proven(&initiator, t) {
             self.counters.bytes_to_unproven += resp_len() as u64;
         }
