@@ -354,12 +354,29 @@ pub struct WgPeer {
     limit: Option<u64>,
     limiter: Option<Arc<RateLimiter>>,
     tunn: Option<Box<Tunn>>,
+    /// A `Tunn` built ahead for the next `up` with this index (a device configured before
+    /// it comes up): its x25519 work is not the generator's at come-up time.
+    ready: Option<(u32, Box<Tunn>)>,
     next_tick: Instant,
     /// boringtun would retry at `last_init + REKEY_TIMEOUT`; we let it at `retry_at`.
     last_init: Option<Instant>,
     retry_at: Option<Instant>,
     /// Times this peer came up.
     pub ups: u32,
+    /// What this one peer sent and received (for pairs that never work: the report's
+    /// `stuck` list).
+    pub trace: Trace,
+}
+
+/// One peer's message counts, by type.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Trace {
+    pub sent: [u32; 5],
+    pub received: [u32; 5],
+    pub completed: u32,
+    pub answered: u32,
+    pub data: u32,
+    pub rejected: u32,
 }
 
 impl WgPeer {
@@ -371,10 +388,12 @@ impl WgPeer {
             limit,
             limiter: None,
             tunn: None,
+            ready: None,
             next_tick: now,
             last_init: None,
             retry_at: None,
             ups: 0,
+            trace: Trace::default(),
         }
     }
 
@@ -386,19 +405,36 @@ impl WgPeer {
         &self.public
     }
 
-    /// A new `Tunn` (24-bit `index`), replacing any old one; no packet sent.
-    pub fn up(&mut self, index: u32, now: Instant, rng: &mut Rng) {
-        self.limiter = self
-            .limit
-            .map(|l| Arc::new(RateLimiter::new(&PublicKey::from(self.public), l.max(1))));
-        self.tunn = Some(Box::new(Tunn::new(
+    fn build(&self, index: u32) -> Box<Tunn> {
+        Box::new(Tunn::new(
             StaticSecret::from(self.secret),
             PublicKey::from(self.partner),
             None,
             None,
             index & 0x00ff_ffff,
             self.limiter.clone(),
-        )));
+        ))
+    }
+
+    /// Builds the `Tunn` the next `up(index)` will use (no packet, no timer started).
+    pub fn prepare(&mut self, index: u32) {
+        self.limiter = self
+            .limit
+            .map(|l| Arc::new(RateLimiter::new(&PublicKey::from(self.public), l.max(1))));
+        self.ready = Some((index, self.build(index)));
+    }
+
+    /// A new `Tunn` (24-bit `index`), replacing any old one; no packet sent.
+    pub fn up(&mut self, index: u32, now: Instant, rng: &mut Rng) {
+        self.tunn = match self.ready.take() {
+            Some((i, t)) if i == index => Some(t),
+            _ => {
+                self.limiter = self
+                    .limit
+                    .map(|l| Arc::new(RateLimiter::new(&PublicKey::from(self.public), l.max(1))));
+                Some(self.build(index))
+            }
+        };
         self.next_tick = now + TICK_MIN + rng.duration_below(TICK_SPREAD);
         self.last_init = None;
         self.retry_at = None;
@@ -425,7 +461,9 @@ impl WgPeer {
         rng: &mut Rng,
         c: &mut PeerCounters,
     ) {
-        match pkt.first().copied().unwrap_or(0) {
+        let ty = pkt.first().copied().unwrap_or(0);
+        self.trace.sent[usize::from(ty.min(4))] += 1;
+        match ty {
             1 => {
                 match cause {
                     Cause::ComeUp => c.init_come_up += 1,
@@ -513,6 +551,7 @@ impl WgPeer {
     ) -> Received {
         let mut out = Received::default();
         let ty = data.first().copied().unwrap_or(0);
+        self.trace.received[usize::from(ty.min(4))] += 1;
         if ty == 3 {
             c.cookie_replies_received += 1;
         }
@@ -565,6 +604,10 @@ impl WgPeer {
                 }
             }
         }
+        self.trace.completed += u32::from(out.completed);
+        self.trace.answered += u32::from(out.answered);
+        self.trace.data += u32::from(out.data);
+        self.trace.rejected += u32::from(out.rejected);
         if out.completed {
             // boringtun stops retrying once its handshake completed.
             self.retry_at = None;
@@ -819,10 +862,26 @@ fn drive(
     let mut rng = Rng::from_time();
     let index_base = (rng.next_u64() as u32) & 0x00ff_ffff;
     let relay_ip = IpAddr::V4(*cfg.relay.ip());
-    let t0 = Instant::now();
+    let stride = 2 * n as u32;
+    let index_of = |p: usize, g: u32| {
+        index_base
+            .wrapping_add(g.wrapping_mul(stride))
+            .wrapping_add(p as u32 + 1)
+    };
+    // Every device is configured before the clock starts (its `Tunn` built: x25519 of its
+    // static keys); coming up is its first initiation. Otherwise 20k come-ups cost the
+    // generator ~0.45 ms each and it, not the relay, set the pace.
+    let t_prepare = Instant::now();
     let mut peers: Vec<WgPeer> = (0..2 * n)
-        .map(|p| WgPeer::new(&keys[p], keys[p ^ 1].public, cfg.handshake_limit, t0))
+        .map(|p| {
+            let mut peer =
+                WgPeer::new(&keys[p], keys[p ^ 1].public, cfg.handshake_limit, t_prepare);
+            peer.prepare(index_of(p, 0));
+            peer
+        })
         .collect();
+    let prepare_s = t_prepare.elapsed().as_secs_f64();
+    let t0 = Instant::now();
     let start_at: Vec<Instant> = (0..2 * n)
         .map(|_| t0 + rng.duration_below(cfg.ramp))
         .collect();
@@ -855,12 +914,6 @@ fn drive(
     let mut up_lag_max = Duration::ZERO;
     let mut all_up_at: Option<Instant> = None;
     let mut next_progress = t0 + Duration::from_secs(1);
-    let stride = 2 * n as u32;
-    let index_of = |p: usize, g: u32| {
-        index_base
-            .wrapping_add(g.wrapping_mul(stride))
-            .wrapping_add(p as u32 + 1)
-    };
 
     // One peer's data packet, if it is due (a session, the pair not working, none lately).
     #[allow(clippy::too_many_arguments)]
@@ -1082,6 +1135,21 @@ fn drive(
         (Some(a), Some(b)) => json!((b.sched_ns.saturating_sub(a.sched_ns)) as f64 / 1e9),
         _ => Value::Null,
     };
+    // The first pairs that never worked, each side as the generator saw it.
+    let side = |p: usize| {
+        let w = &peers[p];
+        let t = &w.trace;
+        json!({
+            "peer": p, "up": w.is_up(), "session": w.has_session(), "ups": w.ups,
+            "sent": t.sent, "received": t.received, "completed": t.completed,
+            "answered": t.answered, "data": t.data, "rejected": t.rejected,
+        })
+    };
+    let stuck: Vec<Value> = (0..n)
+        .filter(|&s| pairs[s].working_at.is_none())
+        .take(10)
+        .map(|s| json!({"pair": s, "got": pairs[s].got, "a": side(2 * s), "b": side(2 * s + 1)}))
+        .collect();
     let mut v = json!({
         "mode": "timers",
         "relay": cfg.relay.to_string(),
@@ -1099,6 +1167,7 @@ fn drive(
         "peer_handshake_limit": cfg.handshake_limit.map_or(json!("boringtun (10/s)"), |l| json!(l)),
         "retry_jitter_ms": REKEY_JITTER_MAX.as_millis() as u64,
         "elapsed_s": elapsed,
+        "prepare_s": prepare_s,
         "all_up_s": all_up_at.map(|t| t.duration_since(t0).as_secs_f64()),
         "come_up_lag_max_s": up_lag_max.as_secs_f64(),
         "generator_busy_pct": if elapsed > 0.0 { gen_cpu / elapsed * 100.0 } else { 0.0 },
@@ -1129,6 +1198,7 @@ fn drive(
         "relay_rss_max": relay.pid.map(|_| rss_max),
         "addr_mode": "distinct",
     });
+    v["stuck"] = json!(stuck);
     v["loadavg_before"] = json!(load_before);
     v["loadavg_after"] = json!(procinfo::loadavg());
     Ok(v)
@@ -1195,7 +1265,8 @@ pub fn summary(v: &Value) -> String {
     };
     let _ = writeln!(
         out,
-        "  all peers up after {} s (largest lag behind schedule {} s); generator CPU {} s ({:.0}% of the run, {} datagrams dropped by its socket); relay CPU {} s ({}%), RSS {} -> {} MiB (max {})",
+        "  devices configured in {} s before the clock; all peers up after {} s (largest lag behind schedule {} s); generator CPU {} s ({:.0}% of the run, {} datagrams dropped by its socket); relay CPU {} s ({}%), RSS {} -> {} MiB (max {})",
+        f(&v["prepare_s"]),
         f(&v["all_up_s"]),
         f(&v["come_up_lag_max_s"]),
         f(&v["generator_cpu_s"]),
