@@ -60,7 +60,7 @@ pub fn choose(
         BackendChoice::Auto => match uring_probe() {
             Ok(()) => Ok(BackendKind::Uring),
             Err(why) => {
-                log::info!("io_uring unavailable ({why}); using the mmsg backend");
+                log::info!("io_uring unavailable ({why}); falling back to the mmsg backend");
                 Ok(BackendKind::Mmsg)
             }
         },
@@ -845,7 +845,8 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "--backend uring: io_uring unavailable (io_uring_setup: Operation not permitted \
-             (seccomp?)); use --backend mmsg or auto"
+             (blocked, e.g. by a seccomp profile such as a container runtime's default)); use \
+             --backend mmsg or auto"
         );
         assert_eq!(result.1, Some(BackendKind::Mmsg));
         // Nothing was left bound: the port is free (not even held with SO_REUSEPORT).

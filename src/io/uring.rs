@@ -1420,7 +1420,8 @@ unsafe fn push(ring: &mut IoUring, entry: &squeue::Entry) -> bool {
 /// # Errors
 /// Why not, in one line for the `--backend auto` log, e.g.
 /// `io_uring disabled by kernel.io_uring_disabled=2` or
-/// `io_uring_setup: Operation not permitted (seccomp?)`.
+/// `io_uring_setup: Operation not permitted (blocked, e.g. by a seccomp profile such as a
+/// container runtime's default)`.
 pub fn probe() -> Result<(), String> {
     let sysctl = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
         .ok()
@@ -1560,16 +1561,22 @@ fn probe_multishot(mut ring: IoUring, pool: &mut BufPool) -> Result<(), String> 
     verdict
 }
 
-/// The io_uring_setup error, with the likely cause.
+/// The io_uring_setup error, with what it can mean. ENOSYS does not prove a kernel without
+/// io_uring: a seccomp filter fails a blocked syscall with whatever errno its profile names,
+/// ENOSYS or EPERM as a rule (Docker's default profile blocks io_uring from Docker 25 on;
+/// `scripts/container-test.sh` blocks it both ways).
 fn setup_error(e: &io::Error, sysctl: Option<u8>) -> String {
+    const SECCOMP: &str = "a seccomp profile such as a container runtime's default";
     let msg = strerror(e);
     match e.raw_os_error() {
         Some(libc::EPERM) if sysctl == Some(1) => format!(
-            "io_uring_setup: {msg} (kernel.io_uring_disabled=1 allows only privileged processes; \
-             or seccomp?)"
+            "io_uring_setup: {msg} (kernel.io_uring_disabled=1 allows only privileged processes, \
+             or blocked by {SECCOMP})"
         ),
-        Some(libc::EPERM) => format!("io_uring_setup: {msg} (seccomp?)"),
-        Some(libc::ENOSYS) => format!("io_uring_setup: {msg} (kernel without io_uring?)"),
+        Some(libc::EPERM) => format!("io_uring_setup: {msg} (blocked, e.g. by {SECCOMP})"),
+        Some(libc::ENOSYS) => {
+            format!("io_uring_setup: {msg} (not in this kernel, or blocked by {SECCOMP})")
+        }
         Some(libc::ENOMEM) => format!("io_uring_setup: {msg} (RLIMIT_MEMLOCK too low?)"),
         _ => format!("io_uring_setup: {msg}"),
     }
@@ -1659,14 +1666,26 @@ mod tests {
         .join()
         .expect("seccomp thread");
         println!("probe under seccomp: {why}");
-        assert_eq!(why, "io_uring_setup: Operation not permitted (seccomp?)");
+        assert_eq!(
+            why,
+            "io_uring_setup: Operation not permitted (blocked, e.g. by a seccomp profile such \
+             as a container runtime's default)"
+        );
     }
 
     #[test]
     fn setup_errors_name_the_cause() {
         let e = |n| io::Error::from_raw_os_error(n);
-        assert!(setup_error(&e(libc::EPERM), Some(1)).contains("io_uring_disabled=1"));
-        assert!(setup_error(&e(libc::ENOSYS), None).contains("kernel without io_uring"));
+        let disabled = setup_error(&e(libc::EPERM), Some(1));
+        assert!(disabled.contains("io_uring_disabled=1"), "{disabled}");
+        assert!(disabled.contains("seccomp profile"), "{disabled}");
+        // ENOSYS is also what a seccomp profile can answer: the text must not blame the kernel
+        // alone.
+        assert_eq!(
+            setup_error(&e(libc::ENOSYS), None),
+            "io_uring_setup: Function not implemented (not in this kernel, or blocked by a \
+             seccomp profile such as a container runtime's default)"
+        );
         assert!(setup_error(&e(libc::ENOMEM), Some(0)).contains("RLIMIT_MEMLOCK"));
         assert_eq!(strerror(&e(libc::EPERM)), "Operation not permitted");
     }

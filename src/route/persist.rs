@@ -17,7 +17,9 @@
 //! no longer fits. Keys are public keys: a session whose key is no longer allowed is dropped.
 //! Every line is checked; a bad line is skipped and counted, never trusted half-way. A pair is
 //! restored only if both of its entries are. Nothing older than REJECT_AFTER_TIME survives: the
-//! peers themselves stop using keys that old.
+//! peers themselves stop using keys that old. A restored record dates its endpoint back to when
+//! it was last seen (before this run started: see `table::Tick`), so the endpoint and its
+//! binding expire when they would have, not a whole lifetime after the restart.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -26,7 +28,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::State;
 use crate::admit::KeyId;
-use crate::constants::REJECT_AFTER_TIME;
+use crate::constants::{
+    ENDPOINT_IDLE_TIME, PROVEN_BY_SESSION_TIME, REJECT_AFTER_TIME, SOURCE_PROVEN_TIME,
+};
 use crate::key::PublicKey;
 use crate::table::{Endpoint, IndexEntry, ListenerId, Tick};
 use crate::wire::Index;
@@ -119,7 +123,7 @@ impl State {
             let Some(info) = self.endpoints.get(&e) else {
                 continue;
             };
-            let until = info.last_seen.after(crate::constants::ENDPOINT_IDLE_TIME);
+            let until = info.last_seen.after(ENDPOINT_IDLE_TIME);
             if let (Some(endpoint), true) = (endpoint_text(&e, listeners), t < until) {
                 let key = self.key_text(Some(k));
                 let _ = writeln!(out, "b {key} {endpoint} {}", ms_left(t, until));
@@ -195,9 +199,13 @@ impl State {
         done.skipped += restored.len() - keep.len();
         for index in &keep {
             if let Some(e) = restored.remove(index) {
-                self.endpoints.touch(e.endpoint, t);
+                // A confirmed session expires REJECT_AFTER_TIME after its confirmation, when
+                // both of its endpoints were seen (and bound): seen then, not now, so the
+                // endpoint and its binding expire when they would have.
+                let seen = e.expires.before(REJECT_AFTER_TIME);
+                self.endpoints.touch(e.endpoint, seen);
                 if let Some(k) = e.owner_key {
-                    self.endpoints.bind(k, e.endpoint, t);
+                    self.endpoints.bind(k, e.endpoint, seen);
                 }
                 self.indices.insert(*index, e);
             }
@@ -292,12 +300,16 @@ impl State {
         else {
             return false;
         };
-        let longest =
-            crate::constants::SOURCE_PROVEN_TIME.max(crate::constants::PROVEN_BY_SESSION_TIME);
+        let longest = SOURCE_PROVEN_TIME.max(PROVEN_BY_SESSION_TIME);
         let Some(until) = remaining(left, elapsed, longest).and_then(|l| deadline(t, l)) else {
             return false;
         };
-        self.endpoints.touch(endpoint, t).proven_until = until;
+        // A proof is granted when the endpoint is seen, so it was seen at `until - longest`
+        // or later. Touched as then, not now: the record (and a binding it holds, restored
+        // from its own line) must not outlive what it would have.
+        self.endpoints
+            .touch(endpoint, until.before(longest))
+            .proven_until = until;
         true
     }
 
@@ -319,18 +331,14 @@ impl State {
         ) else {
             return false;
         };
-        let Some(left) = remaining(left, elapsed, crate::constants::ENDPOINT_IDLE_TIME) else {
+        let Some(until) = remaining(left, elapsed, ENDPOINT_IDLE_TIME).and_then(|l| deadline(t, l))
+        else {
             return false;
         };
-        // Remembered as if last seen when it would still have `left` to live.
-        let seen = Tick(
-            t.0.saturating_sub(
-                crate::table::Tick(0)
-                    .after(crate::constants::ENDPOINT_IDLE_TIME.saturating_sub(left))
-                    .0,
-            ),
-        );
-        self.endpoints.bind(key, endpoint, seen);
+        // Remembered as last seen when it was: a binding lives while its holder is not idle,
+        // ENDPOINT_IDLE_TIME from then (before this run started, as a rule; see `Tick`).
+        self.endpoints
+            .bind(key, endpoint, until.before(ENDPOINT_IDLE_TIME));
         true
     }
 }

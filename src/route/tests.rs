@@ -1735,6 +1735,52 @@ fn bindings_outlive_sessions_across_a_restart() {
 }
 
 #[test]
+fn a_restored_binding_expires_when_it_would_have() {
+    // A binding restored right after start lived ENDPOINT_IDLE_TIME (180 s) whatever time it
+    // had left: the tables' ticks began at 1, so "last seen 170 s before start" saturated to
+    // tick 0, and restoring the holder's session or proof touched it as seen at the restart.
+    let (a, b) = (device(1, 1001), device(2, 1002));
+    let mut relay = Relay::allow(&[&a, &b]);
+    establish(&mut relay, &a, &b, 1, 2);
+    // 170 s on: the session, the proofs and the bindings all have 10 s left.
+    relay.advance(ENDPOINT_IDLE_TIME - Duration::from_secs(10));
+    let wall = std::time::SystemTime::now();
+    let saved = relay.state.save(relay.now, wall, &listeners());
+    let count = |c: &str| saved.lines().filter(|l| l.starts_with(c)).count();
+    assert_eq!(
+        (count("s "), count("p "), count("b ")),
+        (2, 2, 2),
+        "{saved}"
+    );
+    let bindings_only: String = saved
+        .lines()
+        .filter(|l| !l.starts_with("s ") && !l.starts_with("p "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    for text in [&saved, &bindings_only] {
+        let mut fresh = Relay::allow(&[&a, &b]);
+        let r = fresh.state.restore(text, fresh.now, wall, &listeners());
+        assert_eq!((r.bindings, r.skipped), (2, 0), "{r:?}");
+        let kb = fresh.state.keys().id_of(&b.public).unwrap();
+        fresh.advance(Duration::from_secs(9));
+        fresh.state.expire(fresh.now);
+        let t = fresh.state.tick(fresh.now);
+        assert_eq!(
+            fresh.state.endpoints().holder_of(kb, t),
+            Some(b.ep),
+            "{text}"
+        );
+        fresh.advance(Duration::from_secs(2));
+        fresh.state.expire(fresh.now);
+        let t = fresh.state.tick(fresh.now);
+        assert_eq!(fresh.state.endpoints().holder_of(kb, t), None, "{text}");
+        assert_eq!(fresh.state.endpoints().bindings_len(), 0, "{text}");
+        assert!(fresh.state.endpoints().is_empty(), "{text}");
+        assert!(fresh.state.indices().is_empty(), "{text}");
+    }
+}
+
+#[test]
 fn an_initiation_right_after_a_response_does_not_cross_the_handshake() {
     // boringtun answers an initiation and sends one of its own a fraction of a millisecond
     // later; wireguard-go consuming both at once ends on a dead keypair (docs/e2e.md). Until

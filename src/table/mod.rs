@@ -14,21 +14,51 @@ use std::fmt;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-/// Time inside the tables: tenths of a second since the tables' epoch, in 32 bits (13 years).
-/// Four bytes instead of an `Instant`'s sixteen, in entries kept per session and per endpoint.
+use crate::constants::{
+    ENDPOINT_IDLE_TIME, PROVEN_BY_SESSION_TIME, REJECT_AFTER_TIME, SOURCE_PROVEN_TIME,
+};
+
+/// Time inside the tables: tenths of a second, in 32 bits (13 years). Four bytes instead of
+/// an `Instant`'s sixteen, in entries kept per session and per endpoint.
+///
+/// `Tick(0)` means "never". The tables' epoch (the `Instant` their [`Clock`] starts at) is
+/// [`Tick::EPOCH`], [`BEFORE_EPOCH`] later, so a time up to that long before the relay started
+/// is a tick too: a record read back from the state file was last seen before this run began,
+/// and must expire when it would have, not a whole lifetime after the restart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Tick(pub u32);
 
 const TICKS_PER_SECOND: u128 = 10;
+
+/// How far before the tables' epoch a tick can date something: the longest any record lives
+/// (a session, a proof, an idle endpoint), so whatever a restored record says about its past
+/// fits.
+pub const BEFORE_EPOCH: Duration = REJECT_AFTER_TIME;
+
+const _: () = {
+    let most = BEFORE_EPOCH.as_millis();
+    assert!(ENDPOINT_IDLE_TIME.as_millis() <= most);
+    assert!(PROVEN_BY_SESSION_TIME.as_millis() <= most);
+    assert!(SOURCE_PROVEN_TIME.as_millis() <= most);
+};
 
 fn ticks(d: Duration) -> u32 {
     u32::try_from(d.as_millis() * TICKS_PER_SECOND / 1000).unwrap_or(u32::MAX)
 }
 
 impl Tick {
+    /// The tables' epoch: [`BEFORE_EPOCH`] after tick 1, the earliest tick that is not
+    /// "never".
+    pub const EPOCH: Tick = Tick(1 + (BEFORE_EPOCH.as_millis() * TICKS_PER_SECOND / 1000) as u32);
+
     /// `d` later. Rounds down: a deadline is never later than asked.
     pub fn after(self, d: Duration) -> Tick {
         Tick(self.0.saturating_add(ticks(d)))
+    }
+
+    /// `d` earlier, but never "never" (`Tick(0)`): no earlier than tick 1.
+    pub fn before(self, d: Duration) -> Tick {
+        Tick(self.0.saturating_sub(ticks(d)).max(1))
     }
 
     /// Whether at least `d` has passed since `earlier`.
@@ -48,10 +78,14 @@ impl Clock {
         Clock { epoch }
     }
 
+    /// `now` as a tick: [`Tick::EPOCH`] at the epoch, later from there.
     pub fn tick(&self, now: Instant) -> Tick {
         let since = now.saturating_duration_since(self.epoch).as_millis() * TICKS_PER_SECOND / 1000;
-        // Tick 0 is the epoch itself; start at 1 so 0 can mean "never".
-        Tick(u32::try_from(since).unwrap_or(u32::MAX).saturating_add(1))
+        Tick(
+            u32::try_from(since)
+                .unwrap_or(u32::MAX)
+                .saturating_add(Tick::EPOCH.0),
+        )
     }
 }
 
@@ -112,6 +146,29 @@ impl fmt::Debug for Endpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_clock_starts_late_enough_to_date_what_came_before() {
+        let epoch = Instant::now();
+        let clock = Clock::new(epoch);
+        assert_eq!(clock.tick(epoch), Tick::EPOCH);
+        if let Some(earlier) = epoch.checked_sub(Duration::from_secs(1)) {
+            assert_eq!(clock.tick(earlier), Tick::EPOCH);
+        }
+        assert_eq!(
+            clock.tick(epoch + Duration::from_millis(1250)),
+            Tick::EPOCH.after(Duration::from_millis(1200))
+        );
+        // Anything a record can have lived before the epoch is a tick, and not "never".
+        let earliest = Tick::EPOCH.before(BEFORE_EPOCH);
+        assert_eq!(earliest, Tick(1));
+        assert!(Tick::EPOCH.at_least_since(earliest, ENDPOINT_IDLE_TIME));
+        assert!(!Tick::EPOCH.at_least_since(
+            Tick::EPOCH.before(Duration::from_secs(170)),
+            ENDPOINT_IDLE_TIME
+        ));
+        assert_eq!(Tick(5).before(Duration::from_secs(1)), Tick(1), "never 0");
+    }
 
     #[test]
     fn endpoints_round_trip_and_v4_mapped_is_v4() {
