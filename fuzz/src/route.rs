@@ -18,8 +18,8 @@
 //!   targets are within `PROVEN_SWEEP_CAP`; the relay's own datagrams are at most an
 //!   initiation long;
 //! - **bytes**: every endpoint has received, while unproven, at most the bytes it sent
-//!   (summed over the run, as the property test does), and the relay's own counters agree
-//!   (`bytes_to_unproven <= bytes_from_unproven`);
+//!   (summed over the run, as the property test does, and counted as datagrams on the wire:
+//!   AmneziaWG prefixes included, a forwarded datagram only where the shard would send it), and the relay's own counters agree (`bytes_to_unproven <= bytes_from_unproven`);
 //! - **reach**: with keys, copies of unproven senders' initiations stay within the per-key
 //!   budgets (burst + rate × elapsed, per key);
 //! - **bounded tables**: index entries at most one per handshake message routed (plus those
@@ -148,6 +148,9 @@ impl Mode {
                 s.groups = vec![keys(&[1, 2])];
                 s.allow = keys(&[3, 4]);
             }
+        }
+        if self.awg {
+            s.framings = vec![Framing::plain(), awg_framing()];
         }
         s
     }
@@ -319,9 +322,10 @@ impl Harness {
                 _ => return,
             }
         };
+        *self.from_bytes.entry(from).or_default() += datagram.len();
+        let on_wire = datagram.len();
         let packet = &mut datagram[offset..];
         let len = packet.len();
-        *self.from_bytes.entry(from).or_default() += len;
         let d = self
             .state
             .route_as(self.now, from, kind, packet, &mut self.out);
@@ -367,10 +371,21 @@ impl Harness {
             assert!(x.contents().len() <= wire::initiation::LEN);
         }
 
-        // Bytes: nothing sent to an unproven endpoint beyond what it sent.
+        // Bytes: nothing sent to an unproven endpoint beyond what it sent, as the shard sends
+        // it: a forwarded datagram whole, and only to a listener that frames like its own; the
+        // relay's own datagrams framed for their listener.
         let t = self.state.tick(self.now);
-        let mut sends: Vec<(Endpoint, usize)> = out.targets.iter().map(|e| (*e, len)).collect();
-        sends.extend(out.extra.iter().map(|x| (x.to, x.contents().len())));
+        let mut sends: Vec<(Endpoint, usize)> = out
+            .targets
+            .iter()
+            .filter(|e| self.framing(e) == framing)
+            .map(|e| (*e, on_wire))
+            .collect();
+        sends.extend(
+            out.extra
+                .iter()
+                .map(|x| (x.to, self.frame_extra(&x.to, x.contents()).len())),
+        );
         for (to, n) in &sends {
             if !self.state.endpoints().is_proven(to, t) && !self.pinned(to) {
                 *self.to_unproven.entry(*to).or_default() += n;
