@@ -258,6 +258,36 @@ fn an_unproven_initiator_gets_no_more_bytes_than_it_sent_on_the_wire() {
     assert!(stats.route.sessions_confirmed >= 1, "{stats}");
 }
 
+/// The same parameters with junk (jc = 3, 40..70 bytes each): the junk datagrams the
+/// initiator sent just before its initiation are bytes it sent too, and they pay for the
+/// longer response, so the first handshake completes without waiting for a retry.
+#[test]
+fn junk_before_an_initiation_pays_for_a_longer_response() {
+    let (ia, ib) = (Identity::from_seed(512), Identity::from_seed(513));
+    let p = long_responses(3);
+    let cfg = Config {
+        awg: p,
+        ..config(&[&ia, &ib])
+    };
+    let (relay, addr) = start(&cfg);
+    let (mut a, mut b) = pair(&ia, &ib, localhost(0, 56, 1), localhost(0, 56, 2), addr, 7);
+    a.awg = Some(Awg::new(p, &ia.public, &ib.public));
+    b.awg = Some(Awg::new(p, &ib.public, &ia.public));
+    a.keep_raw = true;
+    b.keep_raw = true;
+    // Well within REKEY_TIMEOUT: no retry needed.
+    assert!(
+        handshake(&mut a, &mut b, Duration::from_secs(3)),
+        "{}",
+        relay.stats()
+    );
+    let framing = p.framing().expect("framing");
+    unproven_bytes_hold("A", &a, &framing);
+    unproven_bytes_hold("B", &b, &framing);
+    let stats = relay.stop();
+    assert_eq!(stats.route.dropped(DropReason::Unproven), 0, "{stats}");
+}
+
 /// The relay's own cookie reply is framed with s3: with s3 + 64 > s1 + 148 it would be
 /// longer than the initiation it answers, to a source the relay keeps no state for.
 /// `check-config` refuses such parameters unless cookie replies are off; a relay started

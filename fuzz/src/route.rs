@@ -19,7 +19,8 @@
 //!   initiation long;
 //! - **bytes**: every endpoint has received, while unproven, at most the bytes it sent
 //!   (summed over the run, as the property test does, and counted as datagrams on the wire:
-//!   AmneziaWG prefixes included, a forwarded datagram only where the shard would send it), and the relay's own counters agree (`bytes_to_unproven <= bytes_from_unproven`);
+//!   AmneziaWG prefixes and junk included, a forwarded datagram only where the shard would
+//!   send it), and the relay's own counters agree (`bytes_to_unproven <= bytes_from_unproven`);
 //! - **reach**: with keys, copies of unproven senders' initiations stay within the per-key
 //!   budgets (burst + rate × elapsed, per key);
 //! - **bounded tables**: index entries at most one per handshake message routed (plus those
@@ -32,7 +33,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use wgrelay::admit::TestEntropy;
+use wgrelay::admit::{JunkMemory, TestEntropy};
 use wgrelay::config::CookieMode;
 use wgrelay::constants::{
     PROVEN_SWEEP_CAP, UNPROVEN_COPIES_PER_KEY_BURST, UNPROVEN_COPIES_PER_KEY_PER_SECOND,
@@ -241,6 +242,8 @@ struct Harness {
     now: Instant,
     out: Actions,
     awg: Framing,
+    /// The shard's memory of junk (one shard: every source's junk reaches it).
+    junk: JunkMemory,
     restarts: u64,
     /// Counters of the states before the last restart.
     total: Counters,
@@ -274,6 +277,7 @@ impl Harness {
             } else {
                 Framing::plain()
             },
+            junk: JunkMemory::new(64, 7),
             restarts: 0,
             total: Counters::default(),
             routed: 0,
@@ -313,14 +317,25 @@ impl Harness {
         let from = endpoints()[ep];
         let framing = self.framing(&from);
         self.state.expire_if_due(self.now);
+        let t = self.state.tick(self.now);
         let (kind, offset) = if framing.is_plain() {
             (wire::message_type(&datagram), 0)
         } else {
             match framing.classify(&datagram) {
                 Classified::Message { kind, offset } => (Ok(kind), offset),
-                // Junk and unknown datagrams are counted by the shard, never routed.
-                _ => return,
+                // Junk and unknown datagrams are counted by the shard, never routed; junk
+                // counts for the sender's next initiation.
+                Classified::Junk => {
+                    *self.from_bytes.entry(from).or_default() += datagram.len();
+                    self.junk.note(from, datagram.len(), t);
+                    return;
+                }
+                Classified::Unknown => return,
             }
+        };
+        let junk = match kind {
+            Ok(MessageType::Initiation) => self.junk.take(&from, t),
+            _ => 0,
         };
         *self.from_bytes.entry(from).or_default() += datagram.len();
         let on_wire = datagram.len();
@@ -328,7 +343,7 @@ impl Harness {
         let len = packet.len();
         let d = self
             .state
-            .route_as(self.now, from, kind, packet, &mut self.out);
+            .route_as(self.now, from, kind, packet, junk, &mut self.out);
         self.routed += 1;
         if matches!(kind, Ok(MessageType::Initiation | MessageType::Response)) {
             self.handshakes += 1;
@@ -374,7 +389,6 @@ impl Harness {
         // Bytes: nothing sent to an unproven endpoint beyond what it sent, as the shard sends
         // it: a forwarded datagram whole, and only to a listener that frames like its own; the
         // relay's own datagrams framed for their listener.
-        let t = self.state.tick(self.now);
         let mut sends: Vec<(Endpoint, usize)> = out
             .targets
             .iter()

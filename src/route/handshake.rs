@@ -49,6 +49,7 @@ impl State {
         now: Instant,
         from: Endpoint,
         packet: &mut [u8],
+        junk: usize,
         out: &mut Actions,
     ) -> Decision {
         // size gate
@@ -56,8 +57,9 @@ impl State {
             return self.drop(DropReason::BadLength);
         };
         let t = self.clock.tick(now);
-        // what it cost its sender on the wire: the framed initiation
-        let received = self.wire_len(&from, MessageType::Initiation, packet.len());
+        // what it cost its sender on the wire: the framed initiation, and the junk it sent
+        // just before (an AmneziaWG peer's Jc datagrams, dropped unparsed by the shard)
+        let received = self.wire_len(&from, MessageType::Initiation, packet.len()) + junk;
         let sender = init.sender();
         let mac1 = init.mac1();
         let has_mac2 = init.mac2() != [0; 16];

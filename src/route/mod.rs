@@ -228,7 +228,8 @@ pub struct Counters {
     /// named key's budget).
     pub unproven_copies: u64,
     /// Handshake bytes received from, and sent to, unproven endpoints, as they are on the
-    /// wire: with their listener's AmneziaWG prefixes.
+    /// wire: with their listener's AmneziaWG prefixes, and the junk a source sent just before
+    /// its initiation.
     pub bytes_from_unproven: u64,
     pub bytes_to_unproven: u64,
     pub drops: [u64; DropReason::ALL.len()],
@@ -493,18 +494,22 @@ impl State {
         out: &mut Actions,
     ) -> Decision {
         let kind = wire::message_type(packet);
-        self.route_as(now, from, kind, packet, out)
+        self.route_as(now, from, kind, packet, 0, out)
     }
 
     /// [`State::route`] for a message whose type the caller already knows: an AmneziaWG
     /// listener's framing says it (`wire::awg`), and `packet` is the message without its
     /// prefix, its type field holding the listener's H value, which mac1 covers as it is.
+    /// `junk`: bytes of AmneziaWG junk `from` sent just before this message
+    /// ([`crate::admit::JunkMemory`]); an initiation from an unproven source is credited them
+    /// with its own bytes, other messages ignore them.
     pub fn route_as(
         &mut self,
         now: Instant,
         from: Endpoint,
         kind: wire::Result<MessageType>,
         packet: &mut [u8],
+        junk: usize,
         out: &mut Actions,
     ) -> Decision {
         out.clear();
@@ -513,7 +518,7 @@ impl State {
         let decision = match kind {
             Err(_) => self.drop(DropReason::TooShort),
             Ok(MessageType::Transport) => self.on_transport(now, from, packet, out),
-            Ok(MessageType::Initiation) => self.on_initiation(now, from, packet, out),
+            Ok(MessageType::Initiation) => self.on_initiation(now, from, packet, junk, out),
             Ok(MessageType::Response) => self.on_response(now, from, packet, out),
             Ok(MessageType::CookieReply) => self.on_cookie_reply(now, from, packet, out),
             Ok(MessageType::Unknown(_)) => self.drop(DropReason::UnknownType),

@@ -113,6 +113,15 @@ impl Relay {
         (d, p)
     }
 
+    /// Routes a message from an AmneziaWG listener after `junk` bytes of junk from its sender
+    /// (what a shard passes on).
+    fn route_after_junk(&mut self, from: Endpoint, packet: &[u8], junk: usize) -> Decision {
+        let mut p = packet.to_vec();
+        let kind = crate::wire::message_type(&p);
+        self.state
+            .route_as(self.now, from, kind, &mut p, junk, &mut self.out)
+    }
+
     fn targets(&self) -> Vec<Endpoint> {
         self.out.targets.clone()
     }
@@ -1164,8 +1173,9 @@ proptest! {
     // every cookie mode and in open mode), every endpoint that is unproven has received from
     // the relay, while unproven, at most the bytes it sent; and copies of unproven senders'
     // initiations reach third parties only within the per-key budgets. On an AmneziaWG
-    // listener (`framed`) bytes are counted as framed on the wire, with prefixes that make
-    // responses and the relay's cookie replies longer than initiations.
+    // listener (`framed` 1 and 2) bytes are counted as framed on the wire, with prefixes
+    // that make responses and the relay's cookie replies longer than initiations, and (2)
+    // some junk before initiations.
     #[test]
     fn unproven_endpoints_never_get_more_than_they_sent(
         steps in proptest::collection::vec(
@@ -1173,11 +1183,11 @@ proptest! {
             1..120,
         ),
         mode in 0u8..4,
-        framed in any::<bool>(),
+        framed in 0u8..3,
     ) {
         let pool = message_pool();
         let devices: Vec<Device> = (1..=4).map(|i| device(i, 1000 + u16::from(i))).collect();
-        let framing = if framed {
+        let framing = if framed > 0 {
             prefixes(12, 149, 120)
         } else {
             crate::wire::awg::Framing::plain()
@@ -1201,8 +1211,13 @@ proptest! {
             }
             let from = ep(1000 + port);
             // (all on one listener: a forwarded datagram keeps its prefix)
-            *from_bytes.entry(from).or_default() += relay_wire_len(&framing, &bytes);
-            relay.route(from, &bytes);
+            let junk = if framed == 2 && crate::wire::message_type(&bytes) == Ok(MessageType::Initiation) {
+                (millis % 100) as usize
+            } else {
+                0
+            };
+            *from_bytes.entry(from).or_default() += relay_wire_len(&framing, &bytes) + junk;
+            relay.route_after_junk(from, &bytes, junk);
             let t = relay.state.tick(relay.now);
             let mut sends: Vec<(Endpoint, usize)> = relay
                 .out
@@ -1925,6 +1940,35 @@ fn relay_wire_len(framing: &crate::wire::awg::Framing, m: &[u8]) -> usize {
 }
 
 #[test]
+fn junk_before_an_initiation_pays_for_the_longer_response() {
+    let framing = prefixes(12, 149, 0);
+    let (mut relay, a, b) = awg_relay(framing, CookieMode::Never);
+    let (mut ta, mut tb) = (tunn(&a, &b, 1), tunn(&b, &a, 2));
+    // A sent 81 bytes of junk before its initiation: 241 in all, what the response takes.
+    assert_eq!(
+        relay.route_after_junk(a.ep, &initiation(&mut ta), 81),
+        Decision::Parked
+    );
+    relay.route(b.ep, &initiation(&mut tb));
+    let resp = feed(&mut tb, relay.out.extra[0].contents()).expect("B answers");
+    assert_eq!(relay.route(b.ep, &resp).0, Decision::Forward);
+    assert_eq!(relay.targets(), vec![a.ep]);
+    let c = relay.state.counters();
+    assert_eq!(c.bytes_from_unproven, 241 + 160, "{c}");
+    assert_eq!(c.bytes_to_unproven, 160 + 241, "{c}");
+    // One byte less and it would have waited.
+    let (mut relay, a, b) = awg_relay(framing, CookieMode::Never);
+    let (mut ta, mut tb) = (tunn(&a, &b, 1), tunn(&b, &a, 2));
+    relay.route_after_junk(a.ep, &initiation(&mut ta), 80);
+    relay.route(b.ep, &initiation(&mut tb));
+    let resp = feed(&mut tb, relay.out.extra[0].contents()).expect("B answers");
+    assert_eq!(
+        relay.route(b.ep, &resp).0,
+        Decision::Drop(DropReason::Unproven)
+    );
+}
+
+#[test]
 fn the_relays_cookie_reply_is_never_longer_than_the_initiation_it_answers() {
     // s3 + 64 = 184 > s1 + 148 = 158: the framed challenge would amplify, to a source the
     // relay keeps no state for. check-config refuses this; the State drops it anyway.
@@ -1938,6 +1982,18 @@ fn the_relays_cookie_reply_is_never_longer_than_the_initiation_it_answers() {
     assert!(relay.out.extra.is_empty());
     assert_eq!(relay.state.counters().cookie_replies, 0);
     assert!(relay.state.endpoints().is_empty(), "no state either");
+    // Junk the source sent first counts: 158 + 26 = 184.
+    relay.advance(Duration::from_millis(100));
+    assert_eq!(
+        relay.route_after_junk(a.ep, &initiation(&mut ta), 26),
+        Decision::Reply
+    );
+    let c = relay.state.counters();
+    assert_eq!(
+        (c.bytes_from_unproven, c.bytes_to_unproven),
+        (184, 184),
+        "{c}"
+    );
     // Where it fits, the challenge goes out framed: s3 = 84, a 148-byte reply for 158.
     let (mut relay, a, b) = awg_relay(prefixes(10, 30, 84), CookieMode::Always);
     let mut ta = tunn(&a, &b, 1);

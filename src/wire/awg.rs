@@ -699,6 +699,11 @@ impl Framing {
         self.prefix == [0; 4] && self.h == Framing::plain().h
     }
 
+    /// Whether peers send junk datagrams before initiations (`Jc > 0`).
+    pub fn expects_junk(&self) -> bool {
+        self.junk.is_some()
+    }
+
     /// Length of the random prefix before messages of `kind` (0 for `Unknown`).
     pub fn prefix_len(&self, kind: MessageType) -> usize {
         slot(kind).map_or(0, |i| self.prefix[i])
