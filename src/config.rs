@@ -546,12 +546,21 @@ impl Config {
         if let Some(path) = cli.state_file.as_ref().or(file.state_file.as_ref()) {
             check_state_file(path, state_label)?;
         }
-        let peers = resolve_peers(cli.peers.or(file.peers).unwrap_or_default(), &listen)?;
+        let awg_label = if cli.awg.is_some() {
+            "--awg"
+        } else {
+            "config: awg"
+        };
+        let cookie = cli.cookie.or(file.cookie).unwrap_or(defaults.cookie);
+        let awg = cli.awg.or(file.awg).unwrap_or(defaults.awg);
+        let peer_specs = cli.peers.or(file.peers).unwrap_or_default();
+        check_cookie_replies(cookie, &awg, awg_label, &peer_specs)?;
+        let peers = resolve_peers(peer_specs, &listen)?;
         Ok(Config {
             listen,
             allow: dedup(cli.allow.or(file.allow).unwrap_or_default()),
             groups: cli.groups.or(file.groups).unwrap_or_default(),
-            cookie: cli.cookie.or(file.cookie).unwrap_or(defaults.cookie),
+            cookie,
             broadcast_rate: match cli.broadcast_rate.or(file.broadcast_rate) {
                 Some(0) => None,
                 Some(pps) => Some(pps),
@@ -572,7 +581,7 @@ impl Config {
                 .or(wgproxy.servers)
                 .unwrap_or_default(),
             peers,
-            awg: cli.awg.or(file.awg).unwrap_or(defaults.awg),
+            awg,
             wgproxy_timeout: wgproxy.wgproxy_timeout,
             log_level,
             stats_interval: match cli.stats_interval.or(file.stats_interval) {
@@ -582,6 +591,29 @@ impl Config {
             },
         })
     }
+}
+
+/// While the relay sends cookie replies, every listener's AmneziaWG parameters must frame
+/// them no longer than the initiations they answer ([`AwgParams::check_cookie_reply`]).
+fn check_cookie_replies(
+    cookie: CookieMode,
+    awg: &AwgParams,
+    awg_label: &str,
+    peers: &[PeerSpec],
+) -> Result<(), ConfigError> {
+    if cookie == CookieMode::Never {
+        return Ok(());
+    }
+    // (the relay-wide parameters frame every listener, and every peer port without its own)
+    awg.check_cookie_reply()
+        .map_err(|e| ConfigError::new(format!("{awg_label}: {e}")))?;
+    for p in peers {
+        if let Some(awg) = &p.awg {
+            awg.check_cookie_reply()
+                .map_err(|e| ConfigError::new(format!("{}: {e}", p.at)))?;
+        }
+    }
+    Ok(())
 }
 
 /// Why the configuration is invalid: one line naming the offending value,
@@ -3323,6 +3355,40 @@ stats_interval = 9
         assert_eq!(
             parse_err(&["--awg", "obfs_psk=secret"]),
             "--awg: awg: obfs_psk (whole-datagram obfuscation) cannot be relayed: indices are encrypted without its key"
+        );
+    }
+
+    #[test]
+    fn awg_whose_cookie_reply_outgrows_the_initiation_needs_cookies_off() {
+        let why = "(got s3 = 120, s1 = 10: a 184-byte cookie reply to a 158-byte initiation); the relay keeps no state for a source it challenges, so each challenge would send it more bytes than it sent; use s3 < s1 + 84";
+        assert_eq!(
+            parse_err(&["--awg", "s1=10,s3=120"]),
+            format!("--awg: awg: s3 + 64 must be ≤ s1 + 148 unless the cookie mode is never {why}")
+        );
+        assert_eq!(
+            parse_err(&["--awg", "s1=10,s3=120", "--cookie", "always"]),
+            format!("--awg: awg: s3 + 64 must be ≤ s1 + 148 unless the cookie mode is never {why}")
+        );
+        assert_eq!(
+            toml_err("[awg]\ns1 = 10\ns3 = 120\n"),
+            format!("config: awg: awg: s3 + 64 must be ≤ s1 + 148 unless the cookie mode is never {why}")
+        );
+        // Just below is fine (equal lengths are refused anyway: framed lengths must differ),
+        // and so is anything with cookie replies off.
+        assert_eq!(parse(&["--awg", "s1=10,s3=93"]).awg.s3, 93);
+        assert_eq!(
+            parse(&["--awg", "s1=10,s3=120", "--cookie", "never"])
+                .awg
+                .s3,
+            120
+        );
+        // A peer port's own parameters, named by where the peer is.
+        let one = k(1);
+        assert_eq!(
+            toml_err(&format!(
+                "[[peer]]\nport = 5\npublic_key = \"{one}\"\nawg = {{ s1 = 10, s3 = 120 }}\n"
+            )),
+            format!("config: line 2: peer port 5: awg: s3 + 64 must be ≤ s1 + 148 unless the cookie mode is never {why}")
         );
     }
 

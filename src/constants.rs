@@ -66,6 +66,12 @@ pub const RETRY_MIN_GAP: Duration = Duration::from_millis(900);
 pub const RETRY_MAX_GAP: Duration = Duration::from_secs(16);
 /// Slots of the memory of recent unproven sources (8 bytes each).
 pub const RECENT_SOURCES: usize = 1 << 16;
+/// Slots of a shard's memory of AmneziaWG junk (`admit::junk`, 28 bytes each), kept only
+/// when a listener expects junk.
+pub const JUNK_SOURCES: usize = 4096;
+/// Junk counts towards the initiation that follows it if it arrived at most this long before
+/// (an AmneziaWG peer sends it back to back with the initiation).
+pub const JUNK_CREDIT_TIME: Duration = Duration::from_secs(1);
 /// Copies of initiations from unproven sources that may reach third parties, per named key
 /// (open mode: for all of them) and second, and the burst; a key whose budget is spent is
 /// "under load" and unproven initiations naming it get the cookie challenge instead.

@@ -140,6 +140,8 @@ impl Settings {
             servers: config.servers.iter().map(|s| s.key).collect(),
             // Listener ids and endpoints are only known once the sockets are bound.
             port_peers: Vec::new(),
+            // Filled in with the shards' list (`Relay::start`).
+            framings: Vec::new(),
         }
     }
 }
@@ -332,6 +334,8 @@ impl Relay {
             }
         }
         let mut settings = Settings::from_config(config);
+        // The routing core counts handshake bytes as the shards frame them.
+        settings.framings = framings.to_vec();
         let first_peer = config.listen.len();
         for (i, p) in config.peers.iter().enumerate() {
             let Ok(id) = u16::try_from(first_peer + i) else {

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
-use crate::constants::EXPIRE_INTERVAL;
+use crate::admit::JunkMemory;
+use crate::constants::{EXPIRE_INTERVAL, JUNK_SOURCES};
 use crate::io::steer::owner_shard;
 use crate::io::{Backend, Drops, RecvBatch, Transmit};
 use crate::route::{
@@ -227,6 +228,13 @@ pub struct Shard<B: Backend> {
     pub listener_of: Vec<u16>,
 }
 
+/// A seed for a shard's junk memory, unpredictable to peers when the OS can say.
+fn junk_seed() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = getrandom::getrandom(&mut b);
+    u64::from_le_bytes(b)
+}
+
 /// Locks the shared routing state. A panic while holding the lock would be a bug in the
 /// routing core; keep relaying with the state as it is rather than taking every shard (and
 /// the control plane, and the final stats) down with it.
@@ -265,6 +273,8 @@ struct Router {
     framings: Arc<[Framing]>,
     /// Extras framed for AmneziaWG listeners, this batch.
     framed: Vec<(Endpoint, Vec<u8>)>,
+    /// AmneziaWG junk just received, per source: credited to the initiation that follows.
+    junk: JunkMemory,
 }
 
 /// Where the message sits in a datagram, and what it is, per the listener's framing.
@@ -385,13 +395,14 @@ impl Router {
                         ctl.get().note_counter(receiver, c, t);
                     }
                 }
-                self.control(ctl, now, t, from, src, MessageType::Transport, packet);
+                self.control(ctl, now, t, from, src, MessageType::Transport, 0, packet);
             }
         }
     }
 
     /// Routes through the shared State, and takes its changes: this shard's own are applied
-    /// at once (the next packet of the batch may need them), the others' queued.
+    /// at once (the next packet of the batch may need them), the others' queued. `junk`: the
+    /// junk bytes `from` sent just before (`State::route_as`).
     #[allow(clippy::too_many_arguments)]
     fn control(
         &mut self,
@@ -401,10 +412,11 @@ impl Router {
         from: Endpoint,
         src: Src,
         kind: MessageType,
+        junk: usize,
         packet: &mut [u8],
     ) {
         let state = ctl.get();
-        let decision = state.route_as(now, from, Ok(kind), packet, &mut self.actions);
+        let decision = state.route_as(now, from, Ok(kind), packet, junk, &mut self.actions);
         state.take_changes(t, &mut self.scratch, &mut self.changes);
         if decision == Decision::Forward {
             for i in 0..self.actions.targets.len() {
@@ -458,6 +470,14 @@ impl<B: Backend> Shard<B> {
             scratch: Vec::new(),
             framings: self.framings.clone(),
             framed: Vec::new(),
+            junk: JunkMemory::new(
+                if self.framings.iter().any(|f| f.expects_junk()) {
+                    JUNK_SOURCES
+                } else {
+                    0
+                },
+                junk_seed(),
+            ),
         };
         let mut handed: Vec<Handoff> = Vec::new();
         let mut wake = vec![false; self.shards];
@@ -523,6 +543,10 @@ impl<B: Backend> Shard<B> {
                 let (kind, offset) = match parse(&framing, datagram) {
                     Parsed::Message(kind, offset) => (kind, offset),
                     Parsed::Drop(reason) => {
+                        if reason == DropReason::Junk {
+                            // bytes this source sent: they count for its next initiation
+                            router.junk.note(from, datagram.len(), t);
+                        }
                         router.count(reason);
                         continue;
                     }
@@ -549,8 +573,12 @@ impl<B: Backend> Shard<B> {
                             off_owner += 1;
                         }
                     }
+                    let junk = match kind {
+                        MessageType::Initiation => router.junk.take(&from, t),
+                        _ => 0,
+                    };
                     let packet = &mut batch.datagram_mut(i)[offset..];
-                    router.control(&mut ctl, now, t, from, Src::Batch(i), kind, packet);
+                    router.control(&mut ctl, now, t, from, Src::Batch(i), kind, junk, packet);
                 }
             }
             for (j, h) in handed.iter_mut().enumerate() {

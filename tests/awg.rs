@@ -9,7 +9,8 @@ use std::time::Duration;
 use common::*;
 use wgrelay::config::{Config, PortPeer};
 use wgrelay::route::DropReason;
-use wgrelay::wire::awg::Params;
+use wgrelay::wire::awg::{Framing, Params};
+use wgrelay::wire::MessageType;
 
 const LIMIT: Duration = Duration::from_secs(10);
 
@@ -178,4 +179,146 @@ fn the_relays_cookie_reply_is_framed_for_the_listener() {
     );
     let stats = relay.stop();
     assert_eq!(stats.route.cookie_replies, 1, "{stats}");
+}
+
+/// AmneziaWG 1.x parameters whose response prefix is much longer than the initiation's
+/// (s2 > s1 + 56, as about one in six generated configurations has): a framed response
+/// (241 bytes) is longer than the framed initiation it answers (160 bytes).
+fn long_responses(jc: u32) -> Params {
+    params(&[
+        ("jc", &jc.to_string()),
+        ("jmin", "40"),
+        ("jmax", "70"),
+        ("s1", "12"),
+        ("s2", "149"),
+        ("h1", "1020325451"),
+        ("h2", "3288052141"),
+        ("h3", "1766607858"),
+        ("h4", "2528465083"),
+    ])
+}
+
+/// Walks what went over `p`'s socket, in order, up to the first transport datagram either
+/// way (the initiator's confirmation proves both sides): each datagram it received must
+/// leave it having received at most the bytes it sent, junk included, counted as they were
+/// on the wire. Returns (sent, received) up to there.
+fn unproven_bytes_hold(name: &str, p: &Peer, framing: &Framing) -> (usize, usize) {
+    let (mut sent, mut received) = (0, 0);
+    for (way, d) in &p.wire {
+        if framing.classify(d).kind() == Some(MessageType::Transport) {
+            break;
+        }
+        match way {
+            Way::Sent => sent += d.len(),
+            Way::Received => {
+                received += d.len();
+                assert!(
+                    received <= sent,
+                    "{name} got {received} bytes while unproven, having sent {sent} (last: {} \
+                     bytes, {:?})",
+                    d.len(),
+                    framing.classify(d)
+                );
+            }
+        }
+    }
+    (sent, received)
+}
+
+/// With s2 > s1 + 56 and no junk, the response to an unproven initiator's first initiation
+/// would send it more than it sent: the relay holds it back until the initiator's retry has
+/// paid for it (one REKEY_TIMEOUT later). Counted on the peers' sockets: before the fix the
+/// relay forwarded the 241-byte response for a 160-byte initiation.
+#[test]
+fn an_unproven_initiator_gets_no_more_bytes_than_it_sent_on_the_wire() {
+    let (ia, ib) = (Identity::from_seed(510), Identity::from_seed(511));
+    let p = long_responses(0);
+    let cfg = Config {
+        awg: p,
+        ..config(&[&ia, &ib])
+    };
+    let (relay, addr) = start(&cfg);
+    let (mut a, mut b) = pair(&ia, &ib, localhost(0, 55, 1), localhost(0, 55, 2), addr, 6);
+    a.awg = Some(Awg::new(p, &ia.public, &ib.public));
+    b.awg = Some(Awg::new(p, &ib.public, &ia.public));
+    a.keep_raw = true;
+    b.keep_raw = true;
+    let started = std::time::Instant::now();
+    assert!(
+        handshake(&mut a, &mut b, Duration::from_secs(15)),
+        "{}",
+        relay.stats()
+    );
+    let took = started.elapsed();
+    let framing = p.framing().expect("framing");
+    let (sa, ra) = unproven_bytes_hold("A", &a, &framing);
+    let (sb, rb) = unproven_bytes_hold("B", &b, &framing);
+    println!("paired after {took:?}: A sent {sa} got {ra}, B sent {sb} got {rb} before confirming");
+    let stats = relay.stop();
+    assert!(stats.route.sessions_confirmed >= 1, "{stats}");
+}
+
+/// The same parameters with junk (jc = 3, 40..70 bytes each): the junk datagrams the
+/// initiator sent just before its initiation are bytes it sent too, and they pay for the
+/// longer response, so the first handshake completes without waiting for a retry.
+#[test]
+fn junk_before_an_initiation_pays_for_a_longer_response() {
+    let (ia, ib) = (Identity::from_seed(512), Identity::from_seed(513));
+    let p = long_responses(3);
+    let cfg = Config {
+        awg: p,
+        ..config(&[&ia, &ib])
+    };
+    let (relay, addr) = start(&cfg);
+    let (mut a, mut b) = pair(&ia, &ib, localhost(0, 56, 1), localhost(0, 56, 2), addr, 7);
+    a.awg = Some(Awg::new(p, &ia.public, &ib.public));
+    b.awg = Some(Awg::new(p, &ib.public, &ia.public));
+    a.keep_raw = true;
+    b.keep_raw = true;
+    // Well within REKEY_TIMEOUT: no retry needed.
+    assert!(
+        handshake(&mut a, &mut b, Duration::from_secs(3)),
+        "{}",
+        relay.stats()
+    );
+    let framing = p.framing().expect("framing");
+    unproven_bytes_hold("A", &a, &framing);
+    unproven_bytes_hold("B", &b, &framing);
+    let stats = relay.stop();
+    assert_eq!(stats.route.dropped(DropReason::Unproven), 0, "{stats}");
+}
+
+/// The relay's own cookie reply is framed with s3: with s3 + 64 > s1 + 148 it would be
+/// longer than the initiation it answers, to a source the relay keeps no state for.
+/// `check-config` refuses such parameters unless cookie replies are off; a relay started
+/// with them anyway (a `Config` built in code) drops the challenge instead of sending it.
+#[test]
+fn a_cookie_reply_longer_than_the_initiation_is_not_sent() {
+    let (ia, ib) = (Identity::from_seed(514), Identity::from_seed(515));
+    let p = params(&[
+        ("s1", "10"),
+        ("s2", "30"),
+        ("s3", "120"),
+        ("s4", "8"),
+        ("h1", "100000-100800"),
+        ("h2", "200000-200800"),
+        ("h3", "300000-300800"),
+        ("h4", "400000-400800"),
+    ]);
+    let cfg = Config {
+        awg: p,
+        cookie: wgrelay::config::CookieMode::Always,
+        ..config(&[&ia, &ib])
+    };
+    let (relay, addr) = start(&cfg);
+    let (mut a, _b) = pair(&ia, &ib, localhost(0, 57, 1), localhost(0, 57, 2), addr, 8);
+    a.awg = Some(Awg::new(p, &ia.public, &ib.public));
+    a.keep_raw = true;
+    a.initiate();
+    pump_for(&mut [&mut a], Duration::from_millis(500));
+    let framing = p.framing().expect("framing");
+    unproven_bytes_hold("A", &a, &framing);
+    let stats = relay.stop();
+    assert_eq!(stats.route.cookie_replies, 0, "{stats}");
+    assert!(stats.route.dropped(DropReason::Unproven) >= 1, "{stats}");
 }

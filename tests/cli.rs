@@ -234,6 +234,12 @@ fn bad_new_settings_give_a_one_line_error() {
             "wgrelay: --awg: awg: header protection (AWG 3, header_protection_key) cannot be relayed: indices are encrypted without its key".into(),
         ),
         (
+            // The relay's own cookie reply (s3 + 64 = 184 bytes) would be longer than the
+            // initiation it answers (s1 + 148 = 158): refused unless cookie replies are off.
+            vec!["check-config", "--awg", "s1=10", "--awg", "s3=120"],
+            "wgrelay: --awg: awg: s3 + 64 must be ≤ s1 + 148 unless the cookie mode is never (got s3 = 120, s1 = 10: a 184-byte cookie reply to a 158-byte initiation); the relay keeps no state for a source it challenges, so each challenge would send it more bytes than it sent; use s3 < s1 + 84".into(),
+        ),
+        (
             vec!["run", "--server", "vpn.example.net:51820"],
             "wgrelay: --server and --server-key pair up in order, one key per server: got 1 server and 0 server keys".into(),
         ),
@@ -247,6 +253,18 @@ fn bad_new_settings_give_a_one_line_error() {
         assert_eq!(o.status.code(), Some(2), "{args:?} must fail");
         assert_eq!(stderr(&o), format!("{expected}\n"), "{args:?}");
     }
+    // The same parameters with cookie replies off are fine.
+    let o = output(&[
+        "check-config",
+        "--awg",
+        "s1=10",
+        "--awg",
+        "s3=120",
+        "--cookie",
+        "never",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("configuration OK"));
     // wgproxy's variables: both or neither.
     let o = wgrelay()
         .env("WGPROXY_PUBKEY", &key)

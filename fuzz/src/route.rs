@@ -18,8 +18,9 @@
 //!   targets are within `PROVEN_SWEEP_CAP`; the relay's own datagrams are at most an
 //!   initiation long;
 //! - **bytes**: every endpoint has received, while unproven, at most the bytes it sent
-//!   (summed over the run, as the property test does), and the relay's own counters agree
-//!   (`bytes_to_unproven <= bytes_from_unproven`);
+//!   (summed over the run, as the property test does, and counted as datagrams on the wire:
+//!   AmneziaWG prefixes and junk included, a forwarded datagram only where the shard would
+//!   send it), and the relay's own counters agree (`bytes_to_unproven <= bytes_from_unproven`);
 //! - **reach**: with keys, copies of unproven senders' initiations stay within the per-key
 //!   budgets (burst + rate × elapsed, per key);
 //! - **bounded tables**: index entries at most one per handshake message routed (plus those
@@ -32,7 +33,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use wgrelay::admit::TestEntropy;
+use wgrelay::admit::{JunkMemory, TestEntropy};
 use wgrelay::config::CookieMode;
 use wgrelay::constants::{
     PROVEN_SWEEP_CAP, UNPROVEN_COPIES_PER_KEY_BURST, UNPROVEN_COPIES_PER_KEY_PER_SECOND,
@@ -149,6 +150,9 @@ impl Mode {
                 s.allow = keys(&[3, 4]);
             }
         }
+        if self.awg {
+            s.framings = vec![Framing::plain(), awg_framing()];
+        }
         s
     }
 
@@ -238,6 +242,8 @@ struct Harness {
     now: Instant,
     out: Actions,
     awg: Framing,
+    /// The shard's memory of junk (one shard: every source's junk reaches it).
+    junk: JunkMemory,
     restarts: u64,
     /// Counters of the states before the last restart.
     total: Counters,
@@ -271,6 +277,7 @@ impl Harness {
             } else {
                 Framing::plain()
             },
+            junk: JunkMemory::new(64, 7),
             restarts: 0,
             total: Counters::default(),
             routed: 0,
@@ -310,21 +317,33 @@ impl Harness {
         let from = endpoints()[ep];
         let framing = self.framing(&from);
         self.state.expire_if_due(self.now);
+        let t = self.state.tick(self.now);
         let (kind, offset) = if framing.is_plain() {
             (wire::message_type(&datagram), 0)
         } else {
             match framing.classify(&datagram) {
                 Classified::Message { kind, offset } => (Ok(kind), offset),
-                // Junk and unknown datagrams are counted by the shard, never routed.
-                _ => return,
+                // Junk and unknown datagrams are counted by the shard, never routed; junk
+                // counts for the sender's next initiation.
+                Classified::Junk => {
+                    *self.from_bytes.entry(from).or_default() += datagram.len();
+                    self.junk.note(from, datagram.len(), t);
+                    return;
+                }
+                Classified::Unknown => return,
             }
         };
+        let junk = match kind {
+            Ok(MessageType::Initiation) => self.junk.take(&from, t),
+            _ => 0,
+        };
+        *self.from_bytes.entry(from).or_default() += datagram.len();
+        let on_wire = datagram.len();
         let packet = &mut datagram[offset..];
         let len = packet.len();
-        *self.from_bytes.entry(from).or_default() += len;
         let d = self
             .state
-            .route_as(self.now, from, kind, packet, &mut self.out);
+            .route_as(self.now, from, kind, packet, junk, &mut self.out);
         self.routed += 1;
         if matches!(kind, Ok(MessageType::Initiation | MessageType::Response)) {
             self.handshakes += 1;
@@ -367,10 +386,20 @@ impl Harness {
             assert!(x.contents().len() <= wire::initiation::LEN);
         }
 
-        // Bytes: nothing sent to an unproven endpoint beyond what it sent.
-        let t = self.state.tick(self.now);
-        let mut sends: Vec<(Endpoint, usize)> = out.targets.iter().map(|e| (*e, len)).collect();
-        sends.extend(out.extra.iter().map(|x| (x.to, x.contents().len())));
+        // Bytes: nothing sent to an unproven endpoint beyond what it sent, as the shard sends
+        // it: a forwarded datagram whole, and only to a listener that frames like its own; the
+        // relay's own datagrams framed for their listener.
+        let mut sends: Vec<(Endpoint, usize)> = out
+            .targets
+            .iter()
+            .filter(|e| self.framing(e) == framing)
+            .map(|e| (*e, on_wire))
+            .collect();
+        sends.extend(
+            out.extra
+                .iter()
+                .map(|x| (x.to, self.frame_extra(&x.to, x.contents()).len())),
+        );
         for (to, n) in &sends {
             if !self.state.endpoints().is_proven(to, t) && !self.pinned(to) {
                 *self.to_unproven.entry(*to).or_default() += n;

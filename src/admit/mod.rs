@@ -5,12 +5,14 @@
 //! The routing core (`route`) applies them; each piece here is a plain value with time passed in.
 
 pub mod cookie;
+pub mod junk;
 pub mod keys;
 pub mod ratelimit;
 pub mod recent;
 pub mod replay;
 
 pub use cookie::{CookieChecker, Entropy, OsEntropy, TestEntropy};
+pub use junk::JunkMemory;
 pub use keys::{GroupId, KeyDirectory, KeyId, Partner};
 pub use ratelimit::{KeyBudgets, LoadTracker, SourceLimiter, TokenBucket};
 pub use recent::RecentSources;

@@ -16,14 +16,14 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use super::{Actions, Datagram, State};
+use super::{framed_len, Actions, Datagram, State};
 use crate::admit::{GroupId, KeyId};
 use crate::constants::{
     MAX_FANOUT_PER_INITIATION, PROVEN_SWEEP_CAP, REKEY_TIMEOUT, SWEEP_MIN_INTERVAL,
 };
 use crate::table::endpoint::Want;
 use crate::table::{Endpoint, Tick};
-use crate::wire::{self, Index};
+use crate::wire::{self, Index, MessageType};
 
 const INITIATION: usize = wire::initiation::LEN;
 
@@ -174,11 +174,13 @@ impl State {
             return false;
         }
         let recipient_proven = pinned || self.endpoints.is_proven(&to, t);
+        // the copy as it goes out on `to`'s listener (a parked one is framed for it there)
+        let bytes = self.wire_len(&to, MessageType::Initiation, INITIATION);
         if !recipient_proven
             && !self
                 .endpoints
                 .get(&to)
-                .is_some_and(|i| i.may_receive(INITIATION, t))
+                .is_some_and(|i| i.may_receive(bytes, t))
         {
             return false;
         }
@@ -203,8 +205,8 @@ impl State {
             self.counters.unproven_copies += 1;
         }
         if !recipient_proven {
-            self.counters.bytes_to_unproven += INITIATION as u64;
-            self.endpoints.spend(&to, INITIATION, t);
+            self.counters.bytes_to_unproven += bytes as u64;
+            self.endpoints.spend(&to, bytes, t);
         }
         self.deliveries.record(s.index, to, t)
     }
@@ -233,7 +235,7 @@ impl State {
             examine: max.saturating_mul(4),
         };
         let first = out.targets.len();
-        let (indices, deliveries) = (&self.indices, &self.deliveries);
+        let (indices, deliveries, framings) = (&self.indices, &self.deliveries, &self.framings);
         let targets = &mut out.targets;
         let mut seqs: Vec<u64> = Vec::new();
         self.endpoints.sweep(&want, t, |c, info, seq| {
@@ -241,7 +243,10 @@ impl State {
             // can answer by hand-over, one per initiation they send, and a blind copy would
             // spend the credit that hand-over needs
             let eligible = (info.is_proven(t) || (info.peer_like && s.proven))
-                && info.may_receive(INITIATION, t);
+                && info.may_receive(
+                    framed_len(framings, c, MessageType::Initiation, INITIATION),
+                    t,
+                );
             // crossing: c's own unanswered initiation is with the sender already
             let crossing = info.pending.is_some_and(|p| {
                 !t.at_least_since(p.at, REKEY_TIMEOUT)

@@ -8,7 +8,7 @@ use crate::admit::{KeyId, Partner};
 use crate::config::CookieMode;
 use crate::constants::{MAX_INDICES, REKEY_TIMEOUT};
 use crate::table::{Endpoint, IndexEntry, Tick};
-use crate::wire::{CookieReplyPacket, Index, InitiationPacket, ResponsePacket};
+use crate::wire::{self, CookieReplyPacket, Index, InitiationPacket, MessageType, ResponsePacket};
 
 const fn resp_len() -> usize {
     crate::wire::response::LEN
@@ -49,6 +49,7 @@ impl State {
         now: Instant,
         from: Endpoint,
         packet: &mut [u8],
+        junk: usize,
         out: &mut Actions,
     ) -> Decision {
         // size gate
@@ -56,6 +57,9 @@ impl State {
             return self.drop(DropReason::BadLength);
         };
         let t = self.clock.tick(now);
+        // what it cost its sender on the wire: the framed initiation, and the junk it sent
+        // just before (an AmneziaWG peer's Jc datagrams, dropped unparsed by the shard)
+        let received = self.wire_len(&from, MessageType::Initiation, packet.len()) + junk;
         let sender = init.sender();
         let mac1 = init.mac1();
         let has_mac2 = init.mac2() != [0; 16];
@@ -195,6 +199,15 @@ impl State {
             // Sealing a cookie needs the recipient's public key, which open mode lacks.
             if let Some(info) = key.and_then(|k| self.keys.get(k)) {
                 let cookie_key = info.cookie;
+                // No state for a challenged source but the memory of its address: its cookie
+                // reply, framed for its listener, must not be longer than what it sent
+                // (check-config refuses AmneziaWG parameters with s3 + 64 > s1 + 148 unless
+                // cookies are off)
+                let reply_len =
+                    self.wire_len(&from, MessageType::CookieReply, wire::cookie_reply::LEN);
+                if reply_len > received {
+                    return self.drop(DropReason::Unproven);
+                }
                 if let Some(reply) = self.cookies.create_reply(
                     packet,
                     sender,
@@ -203,10 +216,9 @@ impl State {
                     now,
                     self.entropy.as_mut(),
                 ) {
-                    // No state for a challenged source but the memory of its address: it
-                    // got 64 bytes for its 148.
-                    self.counters.bytes_from_unproven += packet.len() as u64;
-                    self.counters.bytes_to_unproven += reply.len() as u64;
+                    // (on a plain listener: 64 bytes for its 148)
+                    self.counters.bytes_from_unproven += received as u64;
+                    self.counters.bytes_to_unproven += reply_len as u64;
                     out.extra.push(Datagram::new(from, &reply));
                     self.counters.cookie_replies += 1;
                     return Decision::Reply;
@@ -260,8 +272,8 @@ impl State {
         });
         let owner_key = info.bound;
         if !proven {
-            self.endpoints.credit(&from, packet.len());
-            self.counters.bytes_from_unproven += packet.len() as u64;
+            self.endpoints.credit(&from, received);
+            self.counters.bytes_from_unproven += received as u64;
         }
         self.endpoints.add_candidate(from, key, &groups, t);
         // The record of this initiation comes first: the copy rules record deliveries on it.
@@ -368,14 +380,6 @@ impl State {
         if initiator == from {
             return self.drop(DropReason::Loop);
         }
-        // an unproven initiator is owed no more bytes than it sent
-        if !self
-            .endpoints
-            .get(&initiator)
-            .is_some_and(|i| i.may_receive(resp_len(), t))
-        {
-            return self.drop(DropReason::Unproven);
-        }
 
         // mac1 names the initiator's key; the pair must share a group
         let initiator_key: Option<KeyId> = match responder_key {
@@ -398,6 +402,24 @@ impl State {
         }
         if let Some(reason) = self.index_unavailable(sender, t) {
             return self.drop(reason);
+        }
+
+        // an unproven initiator is owed no more bytes than it sent (both counted as framed
+        // on the wire: the response leaves on the initiator's listener; on an AmneziaWG one
+        // with s2 > s1 + 56 a response is longer than the initiation it answers)
+        let to_initiator = self.wire_len(&initiator, MessageType::Response, resp_len());
+        if !self
+            .endpoints
+            .get(&initiator)
+            .is_some_and(|i| i.may_receive(to_initiator, t))
+        {
+            // Held back, but the responder's address is as real as if it went through (see
+            // below): proven, it gets the initiator's retry, which pays for the answer, by the
+            // proven sweep. Left unproven it would get nothing: it waits silently for a
+            // confirmation, and only its own initiation would have it handed the retry.
+            self.endpoints
+                .mark_proven_for(from, t, crate::constants::SOURCE_PROVEN_TIME);
+            return self.drop(DropReason::Unproven);
         }
 
         // pair the two indices; unconfirmed until the initiator's first transport message
@@ -431,7 +453,8 @@ impl State {
             }
         }
         self.endpoints.touch(from, t);
-        self.endpoints.credit(&from, resp_len());
+        let from_responder = self.wire_len(&from, MessageType::Response, resp_len());
+        self.endpoints.credit(&from, from_responder);
         // It answered, from its own address, an initiation the relay sent only there: the
         // responder's address is real (return routability, as a cookie proves it). A
         // responder then waits silently for the initiator's confirmation; if that is lost
@@ -440,9 +463,9 @@ impl State {
         self.endpoints
             .mark_proven_for(from, t, crate::constants::SOURCE_PROVEN_TIME);
         if !self.endpoints.is_proven(&initiator, t) {
-            self.counters.bytes_to_unproven += resp_len() as u64;
+            self.counters.bytes_to_unproven += to_initiator as u64;
         }
-        self.endpoints.spend(&initiator, resp_len(), t);
+        self.endpoints.spend(&initiator, to_initiator, t);
         // (the initiator's pending initiation stays recorded: until the session is confirmed,
         // an initiation from the responder to it would cross this handshake; see `crossing`)
         // remember a pinned key's clients, for the handshakes it starts itself
@@ -490,14 +513,16 @@ impl State {
         if to == from {
             return self.drop(DropReason::Loop);
         }
-        // an unproven recipient is owed no more bytes than it sent
+        // an unproven recipient is owed no more bytes than it sent (framed on the wire)
         let len = packet.len();
-        self.endpoints.credit(&from, len);
+        let from_sender = self.wire_len(&from, MessageType::CookieReply, len);
+        let to_recipient = self.wire_len(&to, MessageType::CookieReply, len);
+        self.endpoints.credit(&from, from_sender);
         if !self.endpoints.is_proven(&to, t) {
-            if !self.endpoints.spend(&to, len, t) {
+            if !self.endpoints.spend(&to, to_recipient, t) {
                 return self.drop(DropReason::Unproven);
             }
-            self.counters.bytes_to_unproven += len as u64;
+            self.counters.bytes_to_unproven += to_recipient as u64;
         }
         out.targets.push(to);
         Decision::Forward

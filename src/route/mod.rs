@@ -32,6 +32,7 @@ use crate::config::CookieMode;
 use crate::constants::*;
 use crate::key::PublicKey;
 use crate::table::{Clock, Deliveries, Endpoint, EndpointTable, IndexTable, ListenerId, Tick};
+use crate::wire::awg::Framing;
 use crate::wire::{self, MessageType};
 
 /// What to do with a packet. Targets and extra datagrams are in the caller's `Actions`.
@@ -226,7 +227,9 @@ pub struct Counters {
     /// Copies of unproven senders' initiations that reached a third party (each within the
     /// named key's budget).
     pub unproven_copies: u64,
-    /// Handshake bytes received from, and sent to, unproven endpoints.
+    /// Handshake bytes received from, and sent to, unproven endpoints, as they are on the
+    /// wire: with their listener's AmneziaWG prefixes, and the junk a source sent just before
+    /// its initiation.
     pub bytes_from_unproven: u64,
     pub bytes_to_unproven: u64,
     pub drops: [u64; DropReason::ALL.len()],
@@ -302,6 +305,9 @@ pub struct Settings {
     /// Port-per-peer mode: each dedicated listener's responder key (allowed implicitly), and
     /// its configured endpoint if it has one.
     pub port_peers: Vec<(ListenerId, PublicKey, Option<Endpoint>)>,
+    /// Each listener's framing, by listener id (the shards' list; a listener not in it is
+    /// plain WireGuard). Byte budgets count messages as framed on the wire.
+    pub framings: Vec<Framing>,
 }
 
 impl Default for Settings {
@@ -313,6 +319,7 @@ impl Default for Settings {
             broadcast_rate: Some(1000),
             servers: Vec::new(),
             port_peers: Vec::new(),
+            framings: Vec::new(),
         }
     }
 }
@@ -341,7 +348,17 @@ pub struct State {
     parked: ParkingLot,
     entropy: Box<dyn Entropy>,
     pins: pinned::Pins,
+    /// Each listener's framing, for [`State::wire_len`].
+    framings: Vec<Framing>,
     counters: Counters,
+}
+
+/// [`State::wire_len`] with the framings passed in (for code that borrows other fields).
+fn framed_len(framings: &[Framing], e: &Endpoint, kind: MessageType, len: usize) -> usize {
+    let prefix = framings
+        .get(usize::from(e.listener.0))
+        .map_or(0, |f| f.prefix_len(kind));
+    len + prefix
 }
 
 impl State {
@@ -403,8 +420,17 @@ impl State {
             parked: ParkingLot::new(MAX_PARKED_INITIATIONS),
             entropy,
             pins,
+            framings: settings.framings.clone(),
             counters: Counters::default(),
         }
+    }
+
+    /// The bytes a message of `kind`, `len` bytes long, takes on the wire from or to `e`: the
+    /// message and the AmneziaWG prefix of `e`'s listener (none on a plain one). A forwarded
+    /// datagram keeps its sender's prefix, and leaves only on a listener that frames like the
+    /// sender's (shard.rs), so this is its length at its destination too.
+    pub fn wire_len(&self, e: &Endpoint, kind: MessageType, len: usize) -> usize {
+        framed_len(&self.framings, e, kind, len)
     }
 
     /// `now` as the tables count time.
@@ -468,18 +494,22 @@ impl State {
         out: &mut Actions,
     ) -> Decision {
         let kind = wire::message_type(packet);
-        self.route_as(now, from, kind, packet, out)
+        self.route_as(now, from, kind, packet, 0, out)
     }
 
     /// [`State::route`] for a message whose type the caller already knows: an AmneziaWG
     /// listener's framing says it (`wire::awg`), and `packet` is the message without its
     /// prefix, its type field holding the listener's H value, which mac1 covers as it is.
+    /// `junk`: bytes of AmneziaWG junk `from` sent just before this message
+    /// ([`crate::admit::JunkMemory`]); an initiation from an unproven source is credited them
+    /// with its own bytes, other messages ignore them.
     pub fn route_as(
         &mut self,
         now: Instant,
         from: Endpoint,
         kind: wire::Result<MessageType>,
         packet: &mut [u8],
+        junk: usize,
         out: &mut Actions,
     ) -> Decision {
         out.clear();
@@ -488,7 +518,7 @@ impl State {
         let decision = match kind {
             Err(_) => self.drop(DropReason::TooShort),
             Ok(MessageType::Transport) => self.on_transport(now, from, packet, out),
-            Ok(MessageType::Initiation) => self.on_initiation(now, from, packet, out),
+            Ok(MessageType::Initiation) => self.on_initiation(now, from, packet, junk, out),
             Ok(MessageType::Response) => self.on_response(now, from, packet, out),
             Ok(MessageType::CookieReply) => self.on_cookie_reply(now, from, packet, out),
             Ok(MessageType::Unknown(_)) => self.drop(DropReason::UnknownType),

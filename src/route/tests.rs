@@ -113,6 +113,15 @@ impl Relay {
         (d, p)
     }
 
+    /// Routes a message from an AmneziaWG listener after `junk` bytes of junk from its sender
+    /// (what a shard passes on).
+    fn route_after_junk(&mut self, from: Endpoint, packet: &[u8], junk: usize) -> Decision {
+        let mut p = packet.to_vec();
+        let kind = crate::wire::message_type(&p);
+        self.state
+            .route_as(self.now, from, kind, &mut p, junk, &mut self.out)
+    }
+
     fn targets(&self) -> Vec<Endpoint> {
         self.out.targets.clone()
     }
@@ -1163,7 +1172,10 @@ proptest! {
     // two pairs, corrupted or not, from any of eight sources, in any order and timing, in
     // every cookie mode and in open mode), every endpoint that is unproven has received from
     // the relay, while unproven, at most the bytes it sent; and copies of unproven senders'
-    // initiations reach third parties only within the per-key budgets.
+    // initiations reach third parties only within the per-key budgets. On an AmneziaWG
+    // listener (`framed` 1 and 2) bytes are counted as framed on the wire, with prefixes
+    // that make responses and the relay's cookie replies longer than initiations, and (2)
+    // some junk before initiations.
     #[test]
     fn unproven_endpoints_never_get_more_than_they_sent(
         steps in proptest::collection::vec(
@@ -1171,13 +1183,20 @@ proptest! {
             1..120,
         ),
         mode in 0u8..4,
+        framed in 0u8..3,
     ) {
         let pool = message_pool();
         let devices: Vec<Device> = (1..=4).map(|i| device(i, 1000 + u16::from(i))).collect();
+        let framing = if framed > 0 {
+            prefixes(12, 149, 120)
+        } else {
+            crate::wire::awg::Framing::plain()
+        };
         let mut relay = Relay::new(Settings {
             allow: if mode == 3 { Vec::new() } else { devices.iter().map(|d| d.public).collect() },
             cookie: [CookieMode::Never, CookieMode::UnderLoad, CookieMode::Always, CookieMode::Never]
                 [usize::from(mode)],
+            framings: vec![framing],
             ..Settings::default()
         });
         let start = relay.now;
@@ -1191,12 +1210,28 @@ proptest! {
                 bytes[at] ^= xor;
             }
             let from = ep(1000 + port);
-            *from_bytes.entry(from).or_default() += bytes.len();
-            let (_, sent) = relay.route(from, &bytes);
+            // (all on one listener: a forwarded datagram keeps its prefix)
+            let junk = if framed == 2 && crate::wire::message_type(&bytes) == Ok(MessageType::Initiation) {
+                (millis % 100) as usize
+            } else {
+                0
+            };
+            *from_bytes.entry(from).or_default() += relay_wire_len(&framing, &bytes) + junk;
+            relay.route_after_junk(from, &bytes, junk);
             let t = relay.state.tick(relay.now);
-            let mut sends: Vec<(Endpoint, usize)> =
-                relay.out.targets.iter().map(|e| (*e, sent.len())).collect();
-            sends.extend(relay.out.extra.iter().map(|x| (x.to, x.contents().len())));
+            let mut sends: Vec<(Endpoint, usize)> = relay
+                .out
+                .targets
+                .iter()
+                .map(|e| (*e, relay_wire_len(&framing, &bytes)))
+                .collect();
+            sends.extend(
+                relay
+                    .out
+                    .extra
+                    .iter()
+                    .map(|x| (x.to, relay_wire_len(&framing, x.contents()))),
+            );
             for (to, n) in sends {
                 if !relay.state.endpoints().is_proven(&to, t) {
                     *to_unproven.entry(to).or_default() += n;
@@ -1206,6 +1241,8 @@ proptest! {
                 let gave = from_bytes.get(e).copied().unwrap_or(0);
                 prop_assert!(*got <= gave, "{} got {} bytes while unproven, sent {}", e, got, gave);
             }
+            let c = relay.state.counters();
+            prop_assert!(c.bytes_to_unproven <= c.bytes_from_unproven, "{}", c);
         }
         if mode != 3 {
             let secs = relay.now.duration_since(start).as_secs_f64();
@@ -1816,4 +1853,155 @@ fn an_initiation_right_after_a_response_does_not_cross_the_handshake() {
         Decision::Forward
     );
     assert_eq!(relay.targets(), vec![b.ep]);
+}
+
+// ---- AmneziaWG: bytes are counted as framed on the wire ----
+
+/// Prefixes only (plain type values, so boringtun's messages are valid as they are): a framed
+/// initiation is s1 + 148 = 160 bytes, a response s2 + 92 = 241 (s2 > s1 + 56, as about one in
+/// six generated configurations has), the relay's cookie reply s3 + 64.
+fn prefixes(s1: u32, s2: u32, s3: u32) -> crate::wire::awg::Framing {
+    crate::wire::awg::Params {
+        s1,
+        s2,
+        s3,
+        ..crate::wire::awg::Params::plain()
+    }
+    .framing()
+    .expect("valid framing")
+}
+
+/// A relay whose listener 1 frames with `framing`, and two devices on it.
+fn awg_relay(framing: crate::wire::awg::Framing, cookie: CookieMode) -> (Relay, Device, Device) {
+    let (mut a, mut b) = (device(1, 0), device(2, 0));
+    a.ep = on(1, 6001);
+    b.ep = on(1, 6002);
+    let relay = Relay::new(Settings {
+        allow: vec![a.public, b.public],
+        cookie,
+        framings: vec![crate::wire::awg::Framing::plain(), framing],
+        ..Settings::default()
+    });
+    (relay, a, b)
+}
+
+#[test]
+fn a_framed_response_waits_until_the_unproven_initiator_has_paid_for_it() {
+    // Before the fix the State counted plain bytes (92 for a response, 148 for an
+    // initiation) while the shard added the prefixes: the 241-byte framed response to A's
+    // 160-byte framed initiation went out, 81 bytes more than A sent.
+    let framing = prefixes(12, 149, 0);
+    let (mut relay, a, b) = awg_relay(framing, CookieMode::Never);
+    let wire = |m: &[u8]| relay_wire_len(&framing, m);
+    let (mut ta, mut tb) = (tunn(&a, &b, 1), tunn(&b, &a, 2));
+    let init_a = initiation(&mut ta);
+    let mut a_sent = wire(&init_a);
+    assert_eq!(relay.route(a.ep, &init_a).0, Decision::Parked);
+    relay.route(b.ep, &initiation(&mut tb));
+    assert_eq!(relay.out.extra.len(), 1, "A's initiation handed to B");
+    let resp = feed(&mut tb, relay.out.extra[0].contents()).expect("B answers");
+    assert_eq!(wire(&resp), 241);
+    assert!(wire(&resp) > a_sent);
+    assert_eq!(
+        relay.route(b.ep, &resp).0,
+        Decision::Drop(DropReason::Unproven),
+        "241 bytes for A's 160"
+    );
+    // B answered, from its own address, an initiation sent only there: proven, though its
+    // answer was held back (a boringtun responder now waits silently and would not initiate
+    // again, so only a proven sweep can bring it A's retry).
+    let t = relay.state.tick(relay.now);
+    assert!(relay.state.endpoints().is_proven(&b.ep, t));
+    // A retries, as WireGuard does after REKEY_TIMEOUT: now it has sent 320 bytes, and its
+    // retry reaches B.
+    relay.advance(REKEY_TIMEOUT);
+    let retry = initiation(&mut ta);
+    a_sent += wire(&retry);
+    assert_eq!(relay.route(a.ep, &retry).0, Decision::Forward);
+    assert_eq!(relay.targets(), vec![b.ep]);
+    let resp = feed(&mut tb, &retry).expect("B answers the retry");
+    assert_eq!(relay.route(b.ep, &resp).0, Decision::Forward);
+    assert_eq!(relay.targets(), vec![a.ep]);
+    assert!(wire(&resp) <= a_sent);
+    let c = relay.state.counters();
+    assert_eq!(c.bytes_from_unproven, 3 * 160, "{c}");
+    // to B, unproven: A's first initiation, handed over; to A: one response
+    assert_eq!(c.bytes_to_unproven, 160 + 241, "{c}");
+    let keepalive = feed(&mut ta, &resp).expect("A confirms");
+    assert_eq!(relay.route(a.ep, &keepalive).0, Decision::Forward);
+}
+
+/// A message's length on the wire under `framing`.
+fn relay_wire_len(framing: &crate::wire::awg::Framing, m: &[u8]) -> usize {
+    match crate::wire::message_type(m) {
+        Ok(kind) => m.len() + framing.prefix_len(kind),
+        Err(_) => m.len(),
+    }
+}
+
+#[test]
+fn junk_before_an_initiation_pays_for_the_longer_response() {
+    let framing = prefixes(12, 149, 0);
+    let (mut relay, a, b) = awg_relay(framing, CookieMode::Never);
+    let (mut ta, mut tb) = (tunn(&a, &b, 1), tunn(&b, &a, 2));
+    // A sent 81 bytes of junk before its initiation: 241 in all, what the response takes.
+    assert_eq!(
+        relay.route_after_junk(a.ep, &initiation(&mut ta), 81),
+        Decision::Parked
+    );
+    relay.route(b.ep, &initiation(&mut tb));
+    let resp = feed(&mut tb, relay.out.extra[0].contents()).expect("B answers");
+    assert_eq!(relay.route(b.ep, &resp).0, Decision::Forward);
+    assert_eq!(relay.targets(), vec![a.ep]);
+    let c = relay.state.counters();
+    assert_eq!(c.bytes_from_unproven, 241 + 160, "{c}");
+    assert_eq!(c.bytes_to_unproven, 160 + 241, "{c}");
+    // One byte less and it would have waited.
+    let (mut relay, a, b) = awg_relay(framing, CookieMode::Never);
+    let (mut ta, mut tb) = (tunn(&a, &b, 1), tunn(&b, &a, 2));
+    relay.route_after_junk(a.ep, &initiation(&mut ta), 80);
+    relay.route(b.ep, &initiation(&mut tb));
+    let resp = feed(&mut tb, relay.out.extra[0].contents()).expect("B answers");
+    assert_eq!(
+        relay.route(b.ep, &resp).0,
+        Decision::Drop(DropReason::Unproven)
+    );
+}
+
+#[test]
+fn the_relays_cookie_reply_is_never_longer_than_the_initiation_it_answers() {
+    // s3 + 64 = 184 > s1 + 148 = 158: the framed challenge would amplify, to a source the
+    // relay keeps no state for. check-config refuses this; the State drops it anyway.
+    let framing = prefixes(10, 30, 120);
+    let (mut relay, a, b) = awg_relay(framing, CookieMode::Always);
+    let mut ta = tunn(&a, &b, 1);
+    assert_eq!(
+        relay.route(a.ep, &initiation(&mut ta)).0,
+        Decision::Drop(DropReason::Unproven)
+    );
+    assert!(relay.out.extra.is_empty());
+    assert_eq!(relay.state.counters().cookie_replies, 0);
+    assert!(relay.state.endpoints().is_empty(), "no state either");
+    // Junk the source sent first counts: 158 + 26 = 184.
+    relay.advance(Duration::from_millis(100));
+    assert_eq!(
+        relay.route_after_junk(a.ep, &initiation(&mut ta), 26),
+        Decision::Reply
+    );
+    let c = relay.state.counters();
+    assert_eq!(
+        (c.bytes_from_unproven, c.bytes_to_unproven),
+        (184, 184),
+        "{c}"
+    );
+    // Where it fits, the challenge goes out framed: s3 = 84, a 148-byte reply for 158.
+    let (mut relay, a, b) = awg_relay(prefixes(10, 30, 84), CookieMode::Always);
+    let mut ta = tunn(&a, &b, 1);
+    assert_eq!(relay.route(a.ep, &initiation(&mut ta)).0, Decision::Reply);
+    let c = relay.state.counters();
+    assert_eq!(
+        (c.bytes_from_unproven, c.bytes_to_unproven),
+        (158, 148),
+        "{c}"
+    );
 }

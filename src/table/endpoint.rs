@@ -5,7 +5,8 @@
 //! - **Proof.** An endpoint is *proven* while `now < proven_until`: it answered the relay's
 //!   cookie (mac2), took part in a confirmed session, or roamed with a continuing counter.
 //!   Anything else is *unproven*, and the relay sends it at most as many handshake bytes as it
-//!   received from it: `credit` is that balance, spent by every handshake message sent to it.
+//!   received from it: `credit` is that balance, spent by every handshake message sent to it
+//!   (bytes as framed on the wire: `State::wire_len`).
 //! - **Peer-like.** An unproven endpoint that retried from the same address after a pause, as
 //!   a WireGuard peer does every REKEY_TIMEOUT, is `peer_like`; a spoofer cycling fresh source
 //!   addresses never is. Only proven or peer-like endpoints are fan-out (sweep) targets.

@@ -59,6 +59,10 @@
 //!   those are advice to peers (path MTU), not rules receivers apply, so the relay does not
 //!   impose them. [`Params::check_fits`] checks the framed lengths against the relay's own
 //!   receive buffer.
+//!   The relay adds one rule of its own while it sends cookie replies
+//!   ([`Params::check_cookie_reply`]): `S3 + 64 ≤ S1 + 148`, so its framed cookie reply is no
+//!   longer than the framed initiation it answers. Peers do not need it; a relay that
+//!   challenges sources it keeps no state for does.
 //! - **Junk.** Before each initiation a peer sends `Jc` datagrams of random bytes, of length
 //!   `Jmin + rand(Jmax - Jmin)` (with `Jc > 0` and `Jmin == Jmax`, AWG 2.0 bumps `Jmax` by one so
 //!   that works); one documented variant draws from `[Jmin, Jmax]` inclusive. Receivers never
@@ -273,6 +277,9 @@ pub enum ParamError {
         b: &'static str,
         len: usize,
     },
+    /// The relay's own framed cookie reply (`s3 + 64`) would be longer than the framed
+    /// initiation it answers (`s1 + 148`): see [`Params::check_cookie_reply`].
+    CookieReplyLonger { s1: u32, s3: u32 },
     /// AWG 3 header protection is configured.
     HeaderProtection,
     /// Whole-datagram obfuscation (named by its key) is configured.
@@ -321,6 +328,15 @@ impl fmt::Display for ParamError {
                 f,
                 "awg: {a} and {b} give two messages the same framed length ({len} bytes); \
                  framed lengths s1+148, s2+92, s3+64, s4+32 must all differ (so s2 ≠ s1+56)"
+            ),
+            ParamError::CookieReplyLonger { s1, s3 } => write!(
+                f,
+                "awg: s3 + 64 must be ≤ s1 + 148 unless the cookie mode is never (got s3 = {s3}, \
+                 s1 = {s1}: a {}-byte cookie reply to a {}-byte initiation); the relay keeps no \
+                 state for a source it challenges, so each challenge would send it more bytes \
+                 than it sent; use s3 < s1 + 84",
+                u64::from(*s3) + cookie_reply::LEN as u64,
+                u64::from(*s1) + initiation::LEN as u64
             ),
             ParamError::HeaderProtection => f.write_str(
                 "awg: header protection (AWG 3, header_protection_key) cannot be relayed: \
@@ -571,6 +587,24 @@ impl Params {
         Ok(())
     }
 
+    /// Checks that the relay's own cookie reply, framed with `s3`, is no longer than the
+    /// framed initiation it answers (`s3 + 64 ≤ s1 + 148`). The relay challenges an unproven
+    /// source without keeping any state for it, so a longer reply would send each challenged
+    /// (possibly spoofed) address more bytes than it sent (docs/handshake.md, invariant 1).
+    /// Only needed while the relay sends cookie replies; configurations in the ranges Amnezia's
+    /// clients generate (`s1` from 12, `s3` below 64) always pass.
+    pub fn check_cookie_reply(&self) -> core::result::Result<(), ParamError> {
+        let reply = u64::from(self.s3) + cookie_reply::LEN as u64;
+        let initiation = u64::from(self.s1) + initiation::LEN as u64;
+        if reply > initiation {
+            return Err(ParamError::CookieReplyLonger {
+                s1: self.s1,
+                s3: self.s3,
+            });
+        }
+        Ok(())
+    }
+
     /// The data-path form of these parameters (validated).
     pub fn framing(&self) -> core::result::Result<Framing, ParamError> {
         Framing::new(self)
@@ -663,6 +697,11 @@ impl Framing {
 
     pub fn is_plain(&self) -> bool {
         self.prefix == [0; 4] && self.h == Framing::plain().h
+    }
+
+    /// Whether peers send junk datagrams before initiations (`Jc > 0`).
+    pub fn expects_junk(&self) -> bool {
+        self.junk.is_some()
     }
 
     /// Length of the random prefix before messages of `kind` (0 for `Unknown`).
@@ -1730,5 +1769,36 @@ mod properties {
                 other => prop_assert!(false, "{:?} classified {:?}", kind, other),
             }
         }
+    }
+
+    #[test]
+    fn generated_amnezia_parameters_keep_cookie_replies_no_longer_than_initiations() {
+        // Amnezia's clients draw s1 in 12..150 and s3 below 64 (s3 = 0 on AWG 1.x); any s1
+        // will do for s3 < 84.
+        for s1 in 0..150 {
+            for s3 in 0..64 {
+                let p = Params {
+                    s1,
+                    s3,
+                    ..Params::plain()
+                };
+                assert!(p.check_cookie_reply().is_ok(), "s1 = {s1}, s3 = {s3}");
+            }
+        }
+        let p = Params {
+            s1: 10,
+            s3: 95,
+            ..Params::plain()
+        };
+        assert_eq!(
+            p.check_cookie_reply(),
+            Err(ParamError::CookieReplyLonger { s1: 10, s3: 95 })
+        );
+        assert!(Params {
+            s3: 84,
+            ..Params::plain()
+        }
+        .check_cookie_reply()
+        .is_ok());
     }
 }

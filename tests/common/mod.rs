@@ -71,10 +71,20 @@ pub struct Peer {
     pub keep_raw: bool,
     /// Every datagram sent, when `keep_raw` is set.
     pub sent: Vec<Vec<u8>>,
+    /// Every datagram on the socket in order, both ways, AmneziaWG junk included, as it went
+    /// on or came off the wire, when `keep_raw` is set.
+    pub wire: Vec<(Way, Vec<u8>)>,
     buf: Vec<u8>,
     out: Vec<u8>,
     /// Speak AmneziaWG on the wire: what boringtun sends is framed, what arrives unframed.
     pub awg: Option<Awg>,
+}
+
+/// Which way a datagram went on a peer's socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Way {
+    Sent,
+    Received,
 }
 
 /// What an AmneziaWG peer does to plain WireGuard messages: a prefix, its H type values with
@@ -140,6 +150,7 @@ impl Peer {
             raw: Vec::new(),
             keep_raw: false,
             sent: Vec::new(),
+            wire: Vec::new(),
             buf: vec![0u8; 65536],
             out: vec![0u8; 65536],
             awg: None,
@@ -159,6 +170,9 @@ impl Peer {
                     let span = awg.params.jmax - awg.params.jmin + 1;
                     let mut junk = vec![0u8; (awg.params.jmin + j % span) as usize];
                     awg.fill(&mut junk);
+                    if self.keep_raw {
+                        self.wire.push((Way::Sent, junk.clone()));
+                    }
                     let _ = self.sock.send_to(&junk, self.relay);
                 }
             }
@@ -177,6 +191,7 @@ impl Peer {
             awg.seed = seed;
             if self.keep_raw {
                 self.sent.push(framed[..n].to_vec());
+                self.wire.push((Way::Sent, framed[..n].to_vec()));
             }
             let _ = self.sock.send_to(&framed[..n], self.relay);
             self.awg = Some(awg);
@@ -185,6 +200,7 @@ impl Peer {
         let datagram = &self.out[..len];
         if self.keep_raw {
             self.sent.push(datagram.to_vec());
+            self.wire.push((Way::Sent, datagram.to_vec()));
         }
         // Loopback sends only fail when the buffer is full; the test then sees loss.
         let _ = self.sock.send_to(datagram, self.relay);
@@ -232,6 +248,9 @@ impl Peer {
             };
             count += 1;
             let mut datagram = self.buf[..n].to_vec();
+            if self.keep_raw {
+                self.wire.push((Way::Received, datagram.clone()));
+            }
             if self.keep_raw && self.awg.is_some() {
                 // as it came off the wire
                 self.raw.push(datagram.clone());
