@@ -477,8 +477,6 @@ impl State {
             };
             // a copy its own key's budget cannot pay (spoofers draining it) must not keep the
             // next one, maybe the recipient's real partner, from being handed over
-            // a copy its own key's budget cannot pay (spoofers draining it) must not keep the
-            // next one, maybe the recipient's real partner, from being handed over
             if !self.copy_rules(now, &mut s, to, handed > 0, false) {
                 continue;
             }
