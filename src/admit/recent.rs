@@ -11,7 +11,7 @@ use crate::constants::{RECENT_SOURCES, RETRY_MAX_GAP, RETRY_MIN_GAP};
 use crate::table::Tick;
 
 pub struct RecentSources {
-    /// (fingerprint, tick) per slot, `WAYS` slots a bucket; tick 0 = empty.
+    /// (fingerprint, tick) per slot, `WAYS` slots a bucket; fingerprint 0 = empty.
     slots: Vec<(u32, Tick)>,
     hasher: foldhash::fast::FixedState,
 }
@@ -40,17 +40,16 @@ impl RecentSources {
         let h = self.hasher.hash_one(src);
         let buckets = self.slots.len() / WAYS;
         let base = (h as usize % buckets) * WAYS;
-        // never 0, so a fingerprint cannot look like an empty slot
+        // never 0, so an empty slot never matches
         let fp = ((h >> 32) as u32).max(1);
         let bucket = &mut self.slots[base..base + WAYS];
-        if let Some(slot) = bucket.iter_mut().find(|(f, at)| *f == fp && *at != Tick(0)) {
+        if let Some(slot) = bucket.iter_mut().find(|(f, _)| *f == fp) {
             let at = slot.1;
-            let retry =
-                now.at_least_since(at, RETRY_MIN_GAP) && !now.at_least_since(at, RETRY_MAX_GAP);
-            if now.at_least_since(at, RETRY_MIN_GAP) {
+            let waited = now.at_least_since(at, RETRY_MIN_GAP);
+            if waited {
                 slot.1 = now;
             }
-            return retry;
+            return waited && !now.at_least_since(at, RETRY_MAX_GAP);
         }
         // a new source takes an empty slot, else the one written longest ago
         if let Some(slot) = bucket.iter_mut().min_by_key(|(_, at)| at.0) {
@@ -116,7 +115,7 @@ mod tests {
     }
 
     #[test]
-    fn a_flood_of_fresh_sources_evicts_the_oldest_first() {
+    fn a_peer_outlives_a_flood_smaller_than_the_memory() {
         let mut r = RecentSources::new(3);
         let peer: SocketAddr = "198.51.100.1:51820".parse().unwrap();
         let t = Tick(10);
