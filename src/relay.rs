@@ -14,7 +14,7 @@ use crate::config::{BackendChoice, Config};
 use crate::control::{Control, DevicePeer, ServerUpstream};
 use crate::io::steer::owner_shard;
 use crate::io::{
-    bind_udp, buffer_sizes, steer, uring, Backend, MmsgBackend, Offload, SocketOptions,
+    bind_group, buffer_sizes, steer, uring, Backend, MmsgBackend, Offload, SocketOptions,
     UringBackend,
 };
 use crate::route::{Counters, SessionTable, Settings, State};
@@ -146,34 +146,6 @@ impl Settings {
     }
 }
 
-/// Binds `threads` sockets to `addr` with SO_REUSEPORT. A plain bind first makes sure no
-/// other process holds the port (a second reuseport group member would silently take a share
-/// of the traffic) and resolves port 0 to one port for all shards.
-fn bind_listener(addr: SocketAddr, threads: usize) -> io::Result<Vec<UdpSocket>> {
-    let first = if addr.port() == 0 {
-        // The kernel picks a free port for the group's first member; nobody else holds it,
-        // and there is no window in which another process could take it.
-        bind_udp(addr, &SocketOptions::default())?
-    } else {
-        let probe = bind_udp(
-            addr,
-            &SocketOptions {
-                reuse_port: false,
-                recv_buffer: 0,
-                send_buffer: 0,
-            },
-        )?;
-        drop(probe);
-        bind_udp(addr, &SocketOptions::default())?
-    };
-    let actual = first.local_addr()?;
-    let mut sockets = vec![first];
-    for _ in 1..threads {
-        sockets.push(bind_udp(actual, &SocketOptions::default())?);
-    }
-    Ok(sockets)
-}
-
 /// Reads a state file written by an earlier run into `state`. A missing file is a first
 /// start; anything else that goes wrong is logged and the relay starts empty.
 fn restore_state(path: &Path, state: &mut State, listeners: &[SocketAddr]) {
@@ -290,13 +262,13 @@ impl Relay {
             let plain = framings.get(n).is_none_or(|f| f.is_plain());
             let steered = config.steering && plain;
             let members = threads + usize::from(steered);
-            let mut sockets = match bind_listener(*addr, members) {
+            let mut sockets = match bind_group(*addr, members, &SocketOptions::default()) {
                 Ok(s) => s,
                 // A host without IPv6: the default [::] falls back to IPv4 with a warning.
                 Err(e) if addr.ip().is_unspecified() && addr.is_ipv6() && is_no_ipv6(&e) => {
                     let v4 = SocketAddr::from(([0, 0, 0, 0], addr.port()));
                     log::warn!("IPv6 unavailable ({e}); listening on {v4} instead of {addr}");
-                    bind_listener(v4, members)?
+                    bind_group(v4, members, &SocketOptions::default())?
                 }
                 Err(e) => return Err(e),
             };

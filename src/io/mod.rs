@@ -24,7 +24,7 @@ use std::time::Duration;
 
 pub use mmsg::MmsgBackend;
 pub use socket::{
-    bind_udp, buffer_sizes, enable_gro, probe_gso, SocketOptions, GRO_MAX_SEGMENTS,
+    bind_group, bind_udp, buffer_sizes, enable_gro, probe_gso, SocketOptions, GRO_MAX_SEGMENTS,
     GSO_MAX_SEGMENTS,
 };
 pub use uring::UringBackend;

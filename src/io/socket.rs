@@ -121,6 +121,47 @@ pub fn bind_udp(addr: SocketAddr, opts: &SocketOptions) -> io::Result<UdpSocket>
     Ok(socket.into())
 }
 
+/// Binds `members` sockets to `addr` as one SO_REUSEPORT group (one per shard).
+///
+/// A plain bind (no SO_REUSEPORT) comes first and is closed again: it fails if anyone holds
+/// the port, even with SO_REUSEPORT (a stranger in the group would silently take a share of
+/// the traffic), and for port 0 it makes the kernel pick a port nobody holds. A reuseport
+/// bind of port 0 does not: it may return a port that another reuseport socket of the same
+/// user already has, and the two then split each other's datagrams. Between the probe's
+/// close and the group's first bind, only another process binding that very port can slip
+/// in (a few microseconds, one port in the ephemeral range).
+///
+/// # Errors
+/// The port is in use, `members` is 0, or a socket option or bind failed (the message names
+/// the address, as `bind_udp`'s do).
+pub fn bind_group(
+    addr: SocketAddr,
+    members: usize,
+    opts: &SocketOptions,
+) -> io::Result<Vec<UdpSocket>> {
+    if members == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("bind {addr}: a socket group needs at least one member"),
+        ));
+    }
+    let probe = bind_udp(
+        addr,
+        &SocketOptions {
+            reuse_port: false,
+            recv_buffer: 0,
+            send_buffer: 0,
+        },
+    )?;
+    let actual = probe.local_addr()?;
+    drop(probe);
+    let member = SocketOptions {
+        reuse_port: true,
+        ..*opts
+    };
+    (0..members).map(|_| bind_udp(actual, &member)).collect()
+}
+
 /// Effective (SO_RCVBUF, SO_SNDBUF) as the kernel reports them, for the startup log line.
 ///
 /// Linux reports twice the requested size (it reserves room for bookkeeping).
@@ -270,6 +311,46 @@ mod tests {
         let addr = a.local_addr().expect("local_addr");
         let b = bind_udp(addr, &opts).expect("second bind with SO_REUSEPORT");
         assert_eq!(b.local_addr().expect("local_addr"), addr);
+    }
+
+    /// Groups bound to port 0 at the same time each get a port of their own. Binding the
+    /// first member with SO_REUSEPORT directly shares ports: of 400 groups held at once,
+    /// several land on a port another group already has.
+    #[test]
+    fn groups_on_port_zero_never_share_a_port() {
+        let groups: Vec<Vec<UdpSocket>> = (0..400)
+            .map(|_| bind_group(loopback_any_port(), 2, &SocketOptions::default()).expect("group"))
+            .collect();
+        let mut ports = std::collections::HashSet::new();
+        for g in &groups {
+            let a = g[0].local_addr().expect("local_addr");
+            assert_eq!(
+                g[1].local_addr().expect("local_addr"),
+                a,
+                "one port per group"
+            );
+            assert!(
+                ports.insert(a.port()),
+                "port {} handed to two groups",
+                a.port()
+            );
+        }
+    }
+
+    #[test]
+    fn a_group_refuses_a_port_in_use() {
+        let opts = SocketOptions::default();
+        // Held with SO_REUSEPORT by someone else: joining it would split their traffic.
+        let other = bind_udp(loopback_any_port(), &opts).expect("bind");
+        let addr = other.local_addr().expect("local_addr");
+        let err = bind_group(addr, 2, &opts).expect_err("port is held");
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        assert!(
+            err.to_string().starts_with(&format!("bind {addr}: ")),
+            "{err}"
+        );
+        let err = bind_group(loopback_any_port(), 0, &opts).expect_err("no members");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     }
 
     #[test]

@@ -129,17 +129,12 @@ pub fn attach(socket: &impl AsRawFd, shards: usize, handshake_queue: bool) -> io
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::io::{bind_udp, SocketOptions};
+    use crate::io::{bind_group, SocketOptions};
     use std::net::{SocketAddr, UdpSocket};
     use std::time::{Duration, Instant};
 
     fn group(n: usize) -> Vec<UdpSocket> {
-        let first = bind_udp("127.0.0.1:0".parse().unwrap(), &SocketOptions::default()).unwrap();
-        let addr = first.local_addr().unwrap();
-        let mut v = vec![first];
-        for _ in 1..n {
-            v.push(bind_udp(addr, &SocketOptions::default()).unwrap());
-        }
+        let v = bind_group("127.0.0.1:0".parse().unwrap(), n, &SocketOptions::default()).unwrap();
         for s in &v {
             s.set_nonblocking(true).unwrap();
         }

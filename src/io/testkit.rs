@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
-use crate::io::socket::{bind_udp, SocketOptions};
+use crate::io::socket::{bind_group, bind_udp, SocketOptions};
 use crate::io::{
     Backend, Capabilities, Drops, Offload, RecvBatch, RecvMeta, SendStats, Transmit, BATCH_SIZE,
     MAX_DATAGRAM_LEN,
@@ -45,7 +45,11 @@ pub(in crate::io) fn skip<B: TestBackend>() -> bool {
 pub(in crate::io) fn sockets(addrs: &[&str]) -> Vec<UdpSocket> {
     addrs
         .iter()
-        .map(|a| bind_udp(addr(a), &SocketOptions::default()).expect("bind"))
+        .map(|a| {
+            // A group of one: a port of its own (see `bind_group`), with the relay's options.
+            let mut g = bind_group(addr(a), 1, &SocketOptions::default()).expect("bind");
+            g.remove(0)
+        })
         .collect()
 }
 
