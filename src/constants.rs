@@ -102,5 +102,18 @@ pub const EXPECTED_KEY_TIME: Duration = Duration::from_secs(15);
 pub const PROVEN_SWEEP_CAP: usize = 4096;
 /// One initiator sweeps at most once in this long (its retries come every REKEY_TIMEOUT).
 pub const SWEEP_MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// Parked initiations handed at once to a proven newcomer at most. The rest of the search
+/// is its own sweep, which goes out in steps (a newcomer of a big group is as likely to be
+/// any parked initiation's responder: the newest 16 are a guess, not a search).
+pub const PROVEN_HANDOVERS: usize = 16;
+/// A proven sweep goes out in steps of this many copies, one step per initiation every
+/// SWEEP_STEP_INTERVAL, and stops as soon as the initiation is answered: in one big group the
+/// partner is found about halfway through, and candidates bound meanwhile are skipped.
+pub const PROVEN_SWEEP_STEP: usize = 16;
+pub const SWEEP_STEP_INTERVAL: Duration = Duration::from_millis(5);
+/// Copies all continuing sweeps send per SWEEP_STEP_INTERVAL at most (~330k/s): a cold start
+/// in one group cannot take the whole send path from transport, and answers come back while
+/// the sweep goes on, which is what lets it stop early.
+pub const SWEEP_STEP_BUDGET: usize = 1024;
 /// Deliveries (initiation index, endpoint) remembered at most, for the exact answer checks.
 pub const MAX_DELIVERIES: usize = 1 << 20;

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::admit::JunkMemory;
-use crate::constants::{EXPIRE_INTERVAL, JUNK_SOURCES};
+use crate::constants::{EXPIRE_INTERVAL, JUNK_SOURCES, SWEEP_STEP_INTERVAL};
 use crate::io::steer::owner_shard;
 use crate::io::{Backend, Drops, RecvBatch, Transmit};
 use crate::route::{
@@ -483,8 +483,17 @@ impl<B: Backend> Shard<B> {
         let mut wake = vec![false; self.shards];
         let mut drops = Drops::default();
         let mut next_expire = Instant::now() + EXPIRE_INTERVAL;
+        // proven sweeps going on in the State (learned whenever a batch locks it): step them
+        let mut sweeping = false;
+        let mut next_step = Instant::now();
+        let mut swept: Vec<Datagram> = Vec::new();
         while !self.shutdown.load(Ordering::Relaxed) {
-            let n = match self.backend.recv(&mut batch, POLL_INTERVAL) {
+            let wait = if sweeping {
+                SWEEP_STEP_INTERVAL.min(POLL_INTERVAL)
+            } else {
+                POLL_INTERVAL
+            };
+            let n = match self.backend.recv(&mut batch, wait) {
                 Ok(n) => n,
                 Err(e) => {
                     self.io.recv_errors.fetch_add(1, Ordering::Relaxed);
@@ -509,7 +518,8 @@ impl<B: Backend> Shard<B> {
                     .try_iter()
                     .for_each(|c| router.sessions.apply(c));
             }
-            if n == 0 && handed.is_empty() && Instant::now() < next_expire {
+            let step_due = sweeping && Instant::now() >= next_step;
+            if n == 0 && handed.is_empty() && !step_due && Instant::now() < next_expire {
                 continue;
             }
             router.outs.clear();
@@ -590,6 +600,15 @@ impl<B: Backend> Shard<B> {
                 if let Some(packet) = h.packet.get_mut(offset..) {
                     router.transport(&mut ctl, now, t, h.from, Src::Handed(j), packet);
                 }
+            }
+            if step_due {
+                sweeping = ctl.get().step_sweeps(now, &mut swept);
+                for x in swept.drain(..) {
+                    router.push_extra(x);
+                }
+                next_step = now + SWEEP_STEP_INTERVAL;
+            } else if let Some(state) = ctl.guard.as_ref() {
+                sweeping = state.sweeps_pending();
             }
             drop(ctl);
             // changes out before any packet that depends on them

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use super::{framed_len, Actions, Datagram, State};
 use crate::admit::{GroupId, KeyId};
 use crate::constants::{
-    MAX_FANOUT_PER_INITIATION, PROVEN_SWEEP_CAP, REKEY_TIMEOUT, SWEEP_MIN_INTERVAL,
+    MAX_FANOUT_PER_INITIATION, PROVEN_HANDOVERS, PROVEN_SWEEP_CAP, PROVEN_SWEEP_STEP,
+    REKEY_TIMEOUT, SWEEP_MIN_INTERVAL, SWEEP_STEP_BUDGET, SWEEP_STEP_INTERVAL,
 };
 use crate::table::endpoint::Want;
 use crate::table::{Endpoint, Tick};
@@ -43,6 +44,8 @@ struct Parked {
     /// The token its admission took is still unspent: it pays for its first hand-over, so
     /// spoofers draining the named key's budget cannot strand it.
     prepaid: bool,
+    /// Copies its proven sweep sent so far (at most PROVEN_SWEEP_CAP).
+    swept: usize,
     expires: Instant,
     bytes: [u8; INITIATION],
 }
@@ -52,6 +55,10 @@ pub struct ParkingLot {
     by_group: HashMap<GroupId, Vec<Index>>,
     parked: HashMap<Index, Parked>,
     order: VecDeque<Index>,
+    /// Proven sweeps still going, in turn (an entry whose initiation is gone or answered is
+    /// dropped when its turn comes).
+    sweeping: VecDeque<Index>,
+    next_step: Option<Instant>,
     capacity: usize,
 }
 
@@ -61,6 +68,8 @@ impl ParkingLot {
             by_group: HashMap::new(),
             parked: HashMap::new(),
             order: VecDeque::new(),
+            sweeping: VecDeque::new(),
+            next_step: None,
             capacity: capacity.max(1),
         }
     }
@@ -71,6 +80,12 @@ impl ParkingLot {
 
     pub fn is_empty(&self) -> bool {
         self.parked.is_empty()
+    }
+
+    /// Whether a proven sweep is still going (the shards then step it every
+    /// SWEEP_STEP_INTERVAL).
+    pub fn sweeping(&self) -> bool {
+        !self.sweeping.is_empty()
     }
 
     fn park(&mut self, p: Parked) {
@@ -98,6 +113,7 @@ impl ParkingLot {
         self.parked.retain(|_, p| now < p.expires);
         let parked = &self.parked;
         self.order.retain(|i| parked.contains_key(i));
+        self.sweeping.retain(|i| parked.contains_key(i));
         for list in self.by_group.values_mut() {
             list.retain(|i| parked.contains_key(i));
         }
@@ -126,6 +142,14 @@ pub(super) struct Sender {
     /// Admission already took a token from the named key's budget for this (unproven)
     /// initiation: it pays for the first copy.
     pub prepaid: bool,
+}
+
+/// What a sweep did: copies added to the targets, and whether candidates are left for the
+/// next step.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Swept {
+    pub copies: usize,
+    pub more: bool,
 }
 
 /// Whether initiation `index` (entry `e`) of some peer is still in flight with `from`: sent to
@@ -214,17 +238,28 @@ impl State {
     /// A sweep for `s`'s initiation: candidates of `key`'s groups that could be WireGuard
     /// peers (proven; for a proven sender also peer-like ones with credit), never crossing, continuing where `s.from`'s
     /// last sweep stopped. Returns the copies added to `out.targets`.
-    pub(super) fn sweep(&mut self, now: Instant, s: &mut Sender, out: &mut Actions) -> usize {
+    ///
+    /// A proven sender's sweep sends its first PROVEN_SWEEP_STEP copies here; `more` in the
+    /// result says candidates are left (the initiation is then parked as sweeping, and
+    /// [`State::step_sweeps`] goes on). `step`: such a continuation, with at most this many
+    /// copies (not limited to one per SWEEP_MIN_INTERVAL: it is the same sweep).
+    pub(super) fn sweep(
+        &mut self,
+        now: Instant,
+        s: &mut Sender,
+        out: &mut Actions,
+        step: Option<usize>,
+    ) -> Swept {
         let t = self.clock.tick(now);
-        if let Some(info) = self.endpoints.get(&s.from) {
+        if let (Some(info), None) = (self.endpoints.get(&s.from), step) {
             if info.swept_at != Tick(0) && !t.at_least_since(info.swept_at, SWEEP_MIN_INTERVAL) {
-                return 0;
+                return Swept::default();
             }
         }
-        let max = if s.proven {
-            PROVEN_SWEEP_CAP
-        } else {
-            MAX_FANOUT_PER_INITIATION
+        let max = match step {
+            Some(n) => n,
+            None if s.proven => PROVEN_SWEEP_STEP,
+            None => MAX_FANOUT_PER_INITIATION,
         };
         let groups: Vec<GroupId> = self.keys.groups_of(s.key).to_vec();
         let want = Want {
@@ -282,7 +317,81 @@ impl State {
         out.targets.truncate(kept);
         let n = kept - first;
         self.counters.fanout_copies += n as u64;
-        n
+        // the cursor is back at 0 when the lap ended (or a refused copy rewound it there);
+        // a step that found few eligible candidates (most bound by now) still goes on
+        let more = s.proven
+            && self
+                .endpoints
+                .get(&s.from)
+                .is_some_and(|i| i.sweep_from != 0);
+        Swept { copies: n, more }
+    }
+
+    /// One turn of the proven sweeps still going (at most once per SWEEP_STEP_INTERVAL,
+    /// whichever shard asks first): each, in turn, sends its next PROVEN_SWEEP_STEP copies,
+    /// up to SWEEP_STEP_BUDGET in all. A sweep ends when its initiation was answered, its
+    /// sender got bound (it paired with someone), less than HANDOVER_MARGIN of its life is
+    /// left (a late answer reaches an initiator that has moved on), its lap ended, or it sent
+    /// PROVEN_SWEEP_CAP. The copies go to `out`. Returns whether sweeps are left.
+    pub fn step_sweeps(&mut self, now: Instant, out: &mut Vec<Datagram>) -> bool {
+        if self.parked.sweeping.is_empty() {
+            return false;
+        }
+        if self.parked.next_step.is_some_and(|at| now < at) {
+            return true;
+        }
+        self.parked.next_step = Some(now + SWEEP_STEP_INTERVAL);
+        let t = self.clock.tick(now);
+        let mut budget = SWEEP_STEP_BUDGET;
+        let mut scratch = Actions::new();
+        for _ in 0..self.parked.sweeping.len() {
+            if budget == 0 {
+                break;
+            }
+            let Some(index) = self.parked.sweeping.pop_front() else {
+                break;
+            };
+            let Some(p) = self.parked.parked.get(&index) else {
+                continue;
+            };
+            let waiting = self
+                .indices
+                .lookup(index, t)
+                .is_some_and(|e| e.peer.is_none() && e.endpoint == p.from);
+            if !waiting
+                || !p.proven
+                || p.swept >= PROVEN_SWEEP_CAP
+                || now + HANDOVER_MARGIN >= p.expires
+                || self.endpoints.bound_key(&p.from).is_some()
+            {
+                continue;
+            }
+            let (from, key, bytes) = (p.from, p.key, p.bytes);
+            let room = PROVEN_SWEEP_STEP
+                .min(PROVEN_SWEEP_CAP - p.swept)
+                .min(budget);
+            let mut s = Sender {
+                index,
+                from,
+                key,
+                proven: true,
+                prepaid: false,
+            };
+            scratch.clear();
+            let swept = self.sweep(now, &mut s, &mut scratch, Some(room));
+            budget -= swept.copies;
+            for to in &scratch.targets {
+                out.push(Datagram::new(*to, &bytes));
+            }
+            self.counters.forwarded += swept.copies as u64;
+            if let Some(p) = self.parked.parked.get_mut(&index) {
+                p.swept += swept.copies;
+                if swept.more && p.swept < PROVEN_SWEEP_CAP {
+                    self.parked.sweeping.push_back(index);
+                }
+            }
+        }
+        !self.parked.sweeping.is_empty()
     }
 
     /// Fills `out.targets` with a pinned key's recent clients, for a handshake it starts with
@@ -334,6 +443,7 @@ impl State {
         s: &Sender,
         preferred: bool,
         delivered: bool,
+        swept: Swept,
         packet: &[u8],
     ) {
         let mut bytes = [0u8; INITIATION];
@@ -351,9 +461,13 @@ impl State {
             preferred,
             delivered,
             prepaid: s.prepaid,
+            swept: swept.copies,
             expires: now + REKEY_TIMEOUT,
             bytes,
         });
+        if swept.more && s.proven {
+            self.parked.sweeping.push_back(s.index);
+        }
         self.counters.parked += 1;
     }
 
@@ -381,7 +495,7 @@ impl State {
         }
         let t = self.clock.tick(now);
         let limit = if self.endpoints.is_proven(&to, t) {
-            MAX_FANOUT_PER_INITIATION
+            PROVEN_HANDOVERS
         } else {
             1
         };

@@ -310,6 +310,7 @@ impl State {
         // clients; else unicast to the confirmed holder, and a sweep when there is none or
         // the initiator retries (a binding is a hint: the holder may have moved)
         let mut park = false;
+        let mut swept = super::fanout::Swept::default();
         match (pin_route, started_by_pin) {
             (PinRoute::To(e), _) => {
                 if self.copy_rules(now, &mut s, e, false, true) {
@@ -331,14 +332,14 @@ impl State {
                     }
                 }
                 if learned.is_none() || retry {
-                    self.sweep(now, &mut s, out);
+                    swept = self.sweep(now, &mut s, out, None);
                     park = true;
                 }
             }
         }
         if park {
             // (a sweep's copies are probes; only a hand-over marks a parked one as held)
-            self.park(now, &s, proven || peer_like, false, packet);
+            self.park(now, &s, proven || peer_like, false, swept, packet);
         }
         if !out.targets.is_empty() {
             Decision::Forward

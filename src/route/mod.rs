@@ -530,6 +530,12 @@ impl State {
         decision
     }
 
+    /// Whether proven sweeps are still going: a shard that sees it calls
+    /// [`State::step_sweeps`] at least every SWEEP_STEP_INTERVAL.
+    pub fn sweeps_pending(&self) -> bool {
+        self.parked.sweeping()
+    }
+
     /// Runs `expire` if EXPIRE_INTERVAL has passed since it last ran. Every shard calls this
     /// once per batch; the state itself remembers when the sweep is due.
     pub fn expire_if_due(&mut self, now: Instant) {

@@ -10,7 +10,10 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::admit::TestEntropy;
-use crate::constants::{UNPROVEN_COPIES_PER_KEY_BURST, UNPROVEN_COPIES_PER_KEY_PER_SECOND};
+use crate::constants::{
+    PROVEN_SWEEP_STEP, SWEEP_STEP_INTERVAL, UNPROVEN_COPIES_PER_KEY_BURST,
+    UNPROVEN_COPIES_PER_KEY_PER_SECOND,
+};
 use crate::table::ListenerId;
 
 /// A WireGuard device made by boringtun: one key, tunnels to named peers.
@@ -2003,5 +2006,134 @@ fn the_relays_cookie_reply_is_never_longer_than_the_initiation_it_answers() {
         (c.bytes_from_unproven, c.bytes_to_unproven),
         (158, 148),
         "{c}"
+    );
+}
+
+/// `n` candidates in one allow-list with `extra`, one in eight proven, each registered by one
+/// initiation of its own (naming the next one's key, so none answers another's search here).
+fn proven_crowd(n: u8, extra: &[&Device]) -> (Relay, Vec<Device>) {
+    let crowd: Vec<Device> = (0..n)
+        .map(|i| device(100 + i, 3000 + u16::from(i)))
+        .collect();
+    let mut all: Vec<&Device> = crowd.iter().collect();
+    all.extend_from_slice(extra);
+    let mut relay = Relay::allow(&all);
+    for (i, d) in crowd.iter().enumerate() {
+        // one in eight proven: a step examines 4 * PROVEN_SWEEP_STEP entries and finds
+        // fewer eligible ones than it may send, yet the sweep goes on
+        if i % 8 == 0 {
+            prove(&mut relay, d.ep);
+        }
+        let next = &crowd[(i + 1) % crowd.len()];
+        relay.route(d.ep, &initiation(&mut tunn(d, next, 50_000 + i as u32)));
+    }
+    // their own sweeps run out (nobody answers), and no initiation of theirs is still out
+    relay.advance(REKEY_TIMEOUT + Duration::from_secs(1));
+    let mut sink = Vec::new();
+    for _ in 0..2000 {
+        relay.advance(SWEEP_STEP_INTERVAL);
+        if !relay.state.step_sweeps(relay.now, &mut sink) {
+            break;
+        }
+    }
+    (relay, crowd)
+}
+
+/// Steps the proven sweeps `steps` times; returns where copies of `packet` went.
+fn step_copies(relay: &mut Relay, packet: &[u8], steps: usize) -> Vec<Endpoint> {
+    let mut got = Vec::new();
+    let mut out = Vec::new();
+    for _ in 0..steps {
+        relay.advance(SWEEP_STEP_INTERVAL);
+        out.clear();
+        relay.state.step_sweeps(relay.now, &mut out);
+        got.extend(out.iter().filter(|d| d.contents() == packet).map(|d| d.to));
+    }
+    got
+}
+
+/// A proven initiation in a big group goes out in steps of PROVEN_SWEEP_STEP, reaches every
+/// eligible (proven) candidate exactly once when nobody answers, and then stops.
+#[test]
+fn a_proven_sweep_goes_out_in_steps_and_covers_every_candidate() {
+    let (a, nobody) = (device(1, 1001), device(2, 1002));
+    let (mut relay, crowd) = proven_crowd(150, &[&a, &nobody]);
+    prove(&mut relay, a.ep);
+    let init = initiation(&mut tunn(&a, &nobody, 7));
+    let (d, _) = relay.route(a.ep, &init);
+    assert_eq!(d, Decision::Forward);
+    let mut reached = relay.targets();
+    assert!(
+        !reached.is_empty() && reached.len() <= PROVEN_SWEEP_STEP,
+        "first step: {}",
+        reached.len()
+    );
+    assert!(relay.state.sweeps_pending());
+    reached.extend(step_copies(&mut relay, &init, 200));
+    let mut sorted = reached.clone();
+    sorted.sort_by_key(|e| e.addr().port());
+    sorted.dedup();
+    assert_eq!(sorted.len(), reached.len(), "no candidate twice");
+    let mut want: Vec<Endpoint> = crowd.iter().step_by(8).map(|d| d.ep).collect();
+    want.sort_by_key(|e| e.addr().port());
+    assert_eq!(sorted, want, "every proven candidate once");
+    assert!(!relay.state.sweeps_pending(), "the lap ended");
+}
+
+/// A proven sweep stops at the answer: the responder found in the middle of a crowd ends it,
+/// and the rest of the crowd gets no copy.
+#[test]
+fn a_proven_sweep_stops_when_answered() {
+    let (a, b) = (device(1, 1001), device(2, 1002));
+    // B registered in the middle of the crowd
+    let crowd: Vec<Device> = (0..120u8)
+        .map(|i| device(100 + i, 3000 + u16::from(i)))
+        .collect();
+    let mut all: Vec<&Device> = crowd.iter().collect();
+    all.extend([&a, &b]);
+    let mut relay = Relay::allow(&all);
+    let mut tb = tunn(&b, &a, 9);
+    for (i, d) in crowd.iter().enumerate() {
+        if i == 60 {
+            prove(&mut relay, b.ep);
+            relay.route(b.ep, &initiation(&mut tunn(&b, &crowd[0], 8)));
+        }
+        prove(&mut relay, d.ep);
+        let next = &crowd[(i + 1) % crowd.len()];
+        relay.route(d.ep, &initiation(&mut tunn(d, next, 50_000 + i as u32)));
+    }
+    relay.advance(REKEY_TIMEOUT + Duration::from_secs(1));
+    let mut sink = Vec::new();
+    for _ in 0..2000 {
+        relay.advance(SWEEP_STEP_INTERVAL);
+        if !relay.state.step_sweeps(relay.now, &mut sink) {
+            break;
+        }
+    }
+    prove(&mut relay, a.ep);
+    let mut ta = tunn(&a, &b, 7);
+    let init = initiation(&mut ta);
+    relay.route(a.ep, &init);
+    let mut reached = relay.targets();
+    let mut answered = false;
+    for _ in 0..200 {
+        if reached.contains(&b.ep) && !answered {
+            let resp = feed(&mut tb, &init).expect("B answers A");
+            let (d, _) = relay.route(b.ep, &resp);
+            assert_eq!(d, Decision::Forward);
+            assert_eq!(relay.targets(), vec![a.ep]);
+            answered = true;
+            let after = step_copies(&mut relay, &init, 50);
+            assert!(after.is_empty(), "copies after the answer: {after:?}");
+            break;
+        }
+        reached.extend(step_copies(&mut relay, &init, 1));
+    }
+    assert!(answered, "B was reached");
+    assert!(
+        reached.len() < crowd.len(),
+        "stopped early: {} copies for {} candidates",
+        reached.len(),
+        crowd.len()
     );
 }
