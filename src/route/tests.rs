@@ -2009,9 +2009,16 @@ fn the_relays_cookie_reply_is_never_longer_than_the_initiation_it_answers() {
     );
 }
 
-/// `n` candidates in one allow-list with `extra`, one in eight proven, each registered by one
-/// initiation of its own (naming the next one's key, so none answers another's search here).
-fn proven_crowd(n: u8, extra: &[&Device]) -> (Relay, Vec<Device>) {
+/// `n` candidates in one allow-list with `extra`, one in `proven_every` proven, each registered
+/// by one initiation of its own (naming the next one's key, so none answers another's search
+/// here); `inserted` registers that device too, proven, just before candidate `at`. Their own
+/// sweeps are run out (nobody answers) before it returns.
+fn crowd(
+    n: u8,
+    extra: &[&Device],
+    proven_every: usize,
+    inserted: Option<(usize, &Device)>,
+) -> (Relay, Vec<Device>) {
     let crowd: Vec<Device> = (0..n)
         .map(|i| device(100 + i, 3000 + u16::from(i)))
         .collect();
@@ -2019,15 +2026,17 @@ fn proven_crowd(n: u8, extra: &[&Device]) -> (Relay, Vec<Device>) {
     all.extend_from_slice(extra);
     let mut relay = Relay::allow(&all);
     for (i, d) in crowd.iter().enumerate() {
-        // one in eight proven: a step examines 4 * PROVEN_SWEEP_STEP entries and finds
-        // fewer eligible ones than it may send, yet the sweep goes on
-        if i % 8 == 0 {
+        if let Some((_, x)) = inserted.filter(|(at, _)| *at == i) {
+            prove(&mut relay, x.ep);
+            relay.route(x.ep, &initiation(&mut tunn(x, &crowd[0], 8)));
+        }
+        if i % proven_every == 0 {
             prove(&mut relay, d.ep);
         }
         let next = &crowd[(i + 1) % crowd.len()];
         relay.route(d.ep, &initiation(&mut tunn(d, next, 50_000 + i as u32)));
     }
-    // their own sweeps run out (nobody answers), and no initiation of theirs is still out
+    // no initiation of theirs is still out, and their sweeps have ended
     relay.advance(REKEY_TIMEOUT + Duration::from_secs(1));
     let mut sink = Vec::new();
     for _ in 0..2000 {
@@ -2057,7 +2066,9 @@ fn step_copies(relay: &mut Relay, packet: &[u8], steps: usize) -> Vec<Endpoint> 
 #[test]
 fn a_proven_sweep_goes_out_in_steps_and_covers_every_candidate() {
     let (a, nobody) = (device(1, 1001), device(2, 1002));
-    let (mut relay, crowd) = proven_crowd(150, &[&a, &nobody]);
+    // one in eight proven: a step examines 4 * PROVEN_SWEEP_STEP entries and finds fewer
+    // eligible ones than it may send, yet the sweep goes on
+    let (mut relay, crowd) = crowd(150, &[&a, &nobody], 8, None);
     prove(&mut relay, a.ep);
     let init = initiation(&mut tunn(&a, &nobody, 7));
     let (d, _) = relay.route(a.ep, &init);
@@ -2086,30 +2097,8 @@ fn a_proven_sweep_goes_out_in_steps_and_covers_every_candidate() {
 fn a_proven_sweep_stops_when_answered() {
     let (a, b) = (device(1, 1001), device(2, 1002));
     // B registered in the middle of the crowd
-    let crowd: Vec<Device> = (0..120u8)
-        .map(|i| device(100 + i, 3000 + u16::from(i)))
-        .collect();
-    let mut all: Vec<&Device> = crowd.iter().collect();
-    all.extend([&a, &b]);
-    let mut relay = Relay::allow(&all);
+    let (mut relay, crowd) = crowd(120, &[&a, &b], 1, Some((60, &b)));
     let mut tb = tunn(&b, &a, 9);
-    for (i, d) in crowd.iter().enumerate() {
-        if i == 60 {
-            prove(&mut relay, b.ep);
-            relay.route(b.ep, &initiation(&mut tunn(&b, &crowd[0], 8)));
-        }
-        prove(&mut relay, d.ep);
-        let next = &crowd[(i + 1) % crowd.len()];
-        relay.route(d.ep, &initiation(&mut tunn(d, next, 50_000 + i as u32)));
-    }
-    relay.advance(REKEY_TIMEOUT + Duration::from_secs(1));
-    let mut sink = Vec::new();
-    for _ in 0..2000 {
-        relay.advance(SWEEP_STEP_INTERVAL);
-        if !relay.state.step_sweeps(relay.now, &mut sink) {
-            break;
-        }
-    }
     prove(&mut relay, a.ep);
     let mut ta = tunn(&a, &b, 7);
     let init = initiation(&mut ta);
