@@ -51,6 +51,8 @@ pub struct KeyInfo {
     pub mac1: Mac1Key,
     pub cookie: CookieKey,
     pub groups: Vec<GroupId>,
+    /// Configured now; `false` for a tombstone left by a reload.
+    pub live: bool,
 }
 
 #[derive(Clone, Default)]
@@ -72,7 +74,34 @@ const OPEN_GROUPS: &[GroupId] = &[OPEN_GROUP];
 impl KeyDirectory {
     /// Builds the directory from an allow-list and groups (see module docs for the rules).
     pub fn new(allow: &[PublicKey], groups: &[Vec<PublicKey>]) -> Self {
+        KeyDirectory::default().reconfigured(allow, groups).0
+    }
+
+    /// The directory for a new allow-list and groups (a reload), and the keys it no longer
+    /// holds. Every key keeps its id, so the tables that name keys by id stay right: a key
+    /// that is gone keeps its slot as a tombstone (no mac1 matches it, it is in no group),
+    /// and comes back to it if a later configuration names it again. The search order starts
+    /// over (the once-a-second `reorder` puts bound keys back at the end).
+    pub fn reconfigured(
+        &self,
+        allow: &[PublicKey],
+        groups: &[Vec<PublicKey>],
+    ) -> (KeyDirectory, Vec<KeyId>) {
+        let wanted: std::collections::HashSet<PublicKey> = allow
+            .iter()
+            .chain(groups.iter().flatten())
+            .copied()
+            .collect();
         let mut dir = KeyDirectory::default();
+        let mut removed = Vec::new();
+        for (i, old) in self.keys.iter().enumerate() {
+            let id = KeyId::new(i as u32);
+            let live = wanted.contains(&old.public);
+            if !live && old.live {
+                removed.push(id);
+            }
+            dir.push_slot(old.public, live);
+        }
         for group in groups {
             let g = GroupId(dir.group_count);
             dir.group_count += 1;
@@ -84,16 +113,17 @@ impl KeyDirectory {
                 }
             }
         }
-        let loose: Vec<PublicKey> = allow
-            .iter()
-            .copied()
-            .filter(|k| !dir.by_public.contains_key(k))
-            .collect();
+        let mut loose = Vec::new();
+        for key in allow {
+            let id = dir.intern(*key);
+            if dir.keys[id.index()].groups.is_empty() && !loose.contains(&id) {
+                loose.push(id);
+            }
+        }
         if !loose.is_empty() {
             let g = GroupId(dir.group_count);
             dir.group_count += 1;
-            for key in loose {
-                let id = dir.intern(key);
+            for id in loose {
                 dir.keys[id.index()].groups.push(g);
             }
         }
@@ -103,32 +133,57 @@ impl KeyDirectory {
                 dir.members[g.0 as usize].push(KeyId::new(i as u32));
             }
         }
-        dir
+        (dir, removed)
     }
 
-    fn intern(&mut self, public: PublicKey) -> KeyId {
-        if let Some(id) = self.by_public.get(&public) {
-            return *id;
-        }
+    /// The members of every group, as public keys in id order: two directories with the same
+    /// signature give every `GroupId` the same meaning.
+    pub fn group_signature(&self) -> Vec<Vec<PublicKey>> {
+        self.members
+            .iter()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|k| self.get(*k))
+                    .map(|i| i.public)
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Appends a key slot: live (searched by mac1) or a tombstone.
+    fn push_slot(&mut self, public: PublicKey, live: bool) -> KeyId {
         let id = KeyId::new(self.keys.len() as u32);
         let mac1 = Mac1Key::new(public.as_bytes());
-        self.bank.push(mac1);
-        self.order.push(id);
+        if live {
+            self.bank.push(mac1);
+            self.order.push(id);
+            self.by_public.insert(public, id);
+        } else {
+            self.order.push_absent();
+        }
         self.keys.push(KeyInfo {
             public,
             mac1,
             cookie: CookieKey::new(public.as_bytes()),
             groups: Vec::new(),
+            live,
         });
-        self.by_public.insert(public, id);
         id
+    }
+
+    fn intern(&mut self, public: PublicKey) -> KeyId {
+        match self.by_public.get(&public) {
+            Some(id) => *id,
+            None => self.push_slot(public, true),
+        }
     }
 
     /// No keys configured: relay any key, check no mac1.
     pub fn is_open(&self) -> bool {
-        self.keys.is_empty()
+        self.by_public.is_empty()
     }
 
+    /// Key slots, tombstones included: ids are below this.
     pub fn len(&self) -> usize {
         self.keys.len()
     }
@@ -137,12 +192,17 @@ impl KeyDirectory {
         self.keys.is_empty()
     }
 
+    /// Keys configured now (tombstones left out).
+    pub fn live_len(&self) -> usize {
+        self.by_public.len()
+    }
+
     pub fn group_count(&self) -> u32 {
         self.group_count.max(1)
     }
 
     pub fn get(&self, id: KeyId) -> Option<&KeyInfo> {
-        self.keys.get(id.index())
+        self.keys.get(id.index()).filter(|k| k.live)
     }
 
     pub fn id_of(&self, public: &PublicKey) -> Option<KeyId> {
@@ -192,7 +252,7 @@ impl KeyDirectory {
     /// the middle, bound keys (`bound(key)`) to the end, unbound keys out of the end. Linear
     /// in the keys; the State runs it with its once-a-second expiry.
     pub fn reorder(&mut self, stale: u32, bound: impl Fn(KeyId) -> bool) {
-        for i in 0..self.order.at.len() {
+        for i in 0..self.order.pos.len() {
             let k = KeyId::new(i as u32);
             let Some(p) = self.order.position(k) else {
                 continue;
@@ -318,6 +378,9 @@ impl KeyDirectory {
 /// Moves are swaps, O(1). Measured by simulation on a cold start of 10k pairs with a group per
 /// pair (docs/benchmarks.md): 0.59 of the keys tried in a fixed order when peers come up in a
 /// random order, 0.25 when both peers of a pair come up together.
+/// `SearchOrder::pos` of a key with no bank position (a tombstone).
+const ABSENT: u32 = u32::MAX;
+
 #[derive(Clone, Default)]
 struct SearchOrder {
     /// Bank position -> key.
@@ -340,8 +403,17 @@ impl SearchOrder {
         self.back = self.at.len();
     }
 
+    /// A tombstone's slot: no bank position.
+    fn push_absent(&mut self) {
+        self.pos.push(ABSENT);
+        self.marked.push(0);
+    }
+
     fn position(&self, key: KeyId) -> Option<usize> {
-        self.pos.get(key.index()).map(|p| *p as usize)
+        self.pos
+            .get(key.index())
+            .filter(|p| **p != ABSENT)
+            .map(|p| *p as usize)
     }
 
     fn swap(&mut self, bank: &mut Mac1Bank, i: usize, j: usize) {
@@ -621,5 +693,89 @@ mod tests {
         let mut bad = INITIATION_BYTES;
         bad[20] ^= 1;
         assert_eq!(d.match_mac1(&bad), None);
+    }
+
+    /// A handshake-shaped message whose mac1 names `key`.
+    fn named(key: &PublicKey) -> Vec<u8> {
+        let mut msg = vec![7u8; 148];
+        let mac1 = mac::compute_mac1(&Mac1Key::new(key.as_bytes()), &msg).unwrap();
+        msg[116..132].copy_from_slice(&mac1);
+        msg
+    }
+
+    #[test]
+    fn a_reload_keeps_ids_and_leaves_tombstones() {
+        let d = KeyDirectory::new(&[k(1), k(2), k(3)], &[]);
+        let (id1, id2) = (d.id_of(&k(1)).unwrap(), d.id_of(&k(2)).unwrap());
+        let (d2, removed) = d.reconfigured(&[k(1), k(3), k(4)], &[]);
+        assert_eq!(removed, vec![id2]);
+        assert_eq!(d2.id_of(&k(1)), Some(id1));
+        assert_eq!(d2.id_of(&k(2)), None);
+        assert!(d2.get(id2).is_none(), "a tombstone is no key");
+        assert_eq!(d2.match_mac1(&named(&k(2))), None);
+        assert!(!d2.check_mac1_of(id2, &named(&k(2))));
+        assert_eq!(d2.match_mac1(&named(&k(4))), d2.id_of(&k(4)));
+        assert_eq!((d2.len(), d2.live_len()), (4, 3));
+        // named again: back in its old slot
+        let (d3, removed) = d2.reconfigured(&[k(2)], &[]);
+        assert_eq!(d3.id_of(&k(2)), Some(id2));
+        assert_eq!(removed.len(), 3);
+        assert_eq!(d3.match_mac1(&named(&k(2))), Some(id2));
+        // every key gone: open mode
+        let (open, _) = d3.reconfigured(&[], &[]);
+        assert!(open.is_open());
+        assert_eq!(open.match_mac1(&named(&k(2))), None);
+    }
+
+    proptest::proptest! {
+        /// Across any sequence of reloads (allow-lists and groups drawn from eight keys): a key
+        /// keeps the id it first got, mac1 finds exactly the configured keys, two keys share
+        /// a group exactly as a directory built from scratch says, and the search order
+        /// stays a permutation of the live keys after expect/settle/reorder.
+        #[test]
+        fn reloads_keep_ids_and_match_exactly(
+            configs in proptest::collection::vec(
+                (proptest::collection::vec(0u8..8, 0..8),
+                 proptest::collection::vec(proptest::collection::vec(0u8..8, 2..4), 0..3)),
+                1..6),
+            touches in proptest::collection::vec((0u8..8, 0u8..3), 0..12),
+        ) {
+            let mut dir = KeyDirectory::default();
+            let mut first_id: HashMap<u8, KeyId> = HashMap::new();
+            for (allow, groups) in &configs {
+                let allow: Vec<PublicKey> = allow.iter().map(|b| k(*b)).collect();
+                let groups: Vec<Vec<PublicKey>> =
+                    groups.iter().map(|g| g.iter().map(|b| k(*b)).collect()).collect();
+                let (next, _) = dir.reconfigured(&allow, &groups);
+                dir = next;
+                for (b, op) in &touches {
+                    if let Some(id) = dir.id_of(&k(*b)) {
+                        match op { 0 => dir.expect(id, 1), 1 => dir.settle(id), _ => dir.release(id) }
+                    }
+                }
+                dir.reorder(0, |id| id.index() % 2 == 0);
+                let fresh = KeyDirectory::new(&allow, &groups);
+                proptest::prop_assert_eq!(dir.is_open(), fresh.is_open());
+                proptest::prop_assert_eq!(dir.live_len(), fresh.live_len());
+                for b in 0u8..8 {
+                    let id = dir.id_of(&k(b));
+                    if let Some(id) = id {
+                        let first = *first_id.entry(b).or_insert(id);
+                        proptest::prop_assert_eq!(first, id, "key {} changed id", b);
+                    }
+                    proptest::prop_assert_eq!(id.is_some(), fresh.id_of(&k(b)).is_some());
+                    proptest::prop_assert_eq!(dir.match_mac1(&named(&k(b))), id);
+                    for c in 0u8..8 {
+                        let (x, y) = (dir.id_of(&k(c)), fresh.id_of(&k(c)));
+                        if let (Some(id), Some(_)) = (id, x) {
+                            proptest::prop_assert_eq!(
+                                dir.share_group(Some(id), x),
+                                fresh.share_group(fresh.id_of(&k(b)), y)
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 }

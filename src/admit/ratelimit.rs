@@ -184,6 +184,13 @@ impl KeyBudgets {
         }
     }
 
+    /// Room for `keys` key slots (a reload appends keys; existing buckets stay).
+    pub fn grow(&mut self, keys: usize) {
+        if self.buckets.len() < keys + 1 {
+            self.buckets.resize(keys + 1, None);
+        }
+    }
+
     fn slot(
         &mut self,
         key: Option<crate::admit::KeyId>,

@@ -109,6 +109,35 @@ impl ParkingLot {
     }
 
     /// Drops what has expired; group lists are pruned of gone entries.
+    /// A reload changed the key directory: each parked initiation moves to the groups
+    /// `regroup` gives its named key, or is dropped (`None`: its key is gone). Returns how
+    /// many were dropped.
+    pub fn reconfigure(
+        &mut self,
+        regroup: impl Fn(Option<KeyId>) -> Option<Vec<GroupId>>,
+    ) -> usize {
+        let before = self.parked.len();
+        self.parked.retain(|_, p| match regroup(p.key) {
+            Some(groups) => {
+                p.groups = groups;
+                true
+            }
+            None => false,
+        });
+        let parked = &self.parked;
+        self.order.retain(|i| parked.contains_key(i));
+        self.sweeping.retain(|i| parked.contains_key(i));
+        self.by_group.clear();
+        for i in &self.order {
+            if let Some(p) = self.parked.get(i) {
+                for g in &p.groups {
+                    self.by_group.entry(*g).or_default().push(*i);
+                }
+            }
+        }
+        before - self.parked.len()
+    }
+
     pub fn expired(&mut self, now: Instant) {
         self.parked.retain(|_, p| now < p.expires);
         let parked = &self.parked;

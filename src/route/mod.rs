@@ -13,12 +13,14 @@ mod fanout;
 mod handshake;
 mod persist;
 mod pinned;
+mod reconfigure;
 mod session;
 mod transport;
 
 pub use fanout::ParkingLot;
 pub use persist::Restored;
 pub use pinned::{PinKind, PinRoute, MAX_RECENT_CLIENTS};
+pub use reconfigure::Reconfigured;
 pub use session::{Change, Fast, Session, SessionTable};
 
 use std::fmt;
@@ -332,8 +334,9 @@ pub struct State {
     replay: ReplayFilter,
     load: LoadTracker,
     sources: SourceLimiter,
-    /// Copies that involve an unproven endpoint (`--broadcast-rate`).
+    /// Copies that involve an unproven endpoint (`--broadcast-rate`), and that rate.
     fanout: Option<TokenBucket>,
+    broadcast_rate: Option<u32>,
     /// Per responder key: copies of unproven senders' initiations.
     key_budgets: KeyBudgets,
     /// BLAKE2s spent on unproven sources' mac1 searches.
@@ -394,6 +397,7 @@ impl State {
             fanout: settings
                 .broadcast_rate
                 .map(|rate| TokenBucket::new(rate, rate.saturating_mul(FANOUT_BURST_SECONDS), now)),
+            broadcast_rate: settings.broadcast_rate,
             key_budgets: KeyBudgets::new(
                 key_count,
                 (
@@ -436,6 +440,11 @@ impl State {
     /// `now` as the tables count time.
     pub fn tick(&self, now: Instant) -> Tick {
         self.clock.tick(now)
+    }
+
+    /// Each listener's framing (the shards' list).
+    pub fn framings(&self) -> &[Framing] {
+        &self.framings
     }
 
     pub fn counters(&self) -> &Counters {

@@ -77,6 +77,25 @@ impl Pins {
         }
     }
 
+    /// The pins of a new configuration (a reload): a pin this set already has, same key
+    /// and kind, keeps where it is now (unless the new one fixes an endpoint) and the
+    /// initiators it answered.
+    pub fn rebuilt(&self, wanted: &[(KeyId, PinKind, Option<Endpoint>)]) -> Pins {
+        let mut next = Pins::default();
+        for (key, kind, endpoint) in wanted {
+            let old = self
+                .by_key
+                .get(key)
+                .and_then(|i| self.pins.get(*i))
+                .filter(|p| p.kind == *kind);
+            next.add(*key, *kind, endpoint.or(old.and_then(|p| p.endpoint)));
+            if let (Some(old), Some(new)) = (old, next.pins.last_mut()) {
+                new.recent = old.recent.clone();
+            }
+        }
+        next
+    }
+
     pub fn is_pinned(&self, key: Option<KeyId>) -> bool {
         key.is_some_and(|k| self.by_key.contains_key(&k))
     }

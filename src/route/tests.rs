@@ -2126,3 +2126,128 @@ fn a_proven_sweep_stops_when_answered() {
         crowd.len()
     );
 }
+
+/// The routing part of a reload: `allow`, every other setting as in `Relay::allow`.
+fn reload_allow(relay: &mut Relay, keys: &[&Device]) -> Reconfigured {
+    let settings = Settings {
+        allow: keys.iter().map(|d| d.public).collect(),
+        cookie: CookieMode::Never,
+        ..Settings::default()
+    };
+    relay.state.reconfigure(&settings, relay.now)
+}
+
+#[test]
+fn a_reload_keeps_the_sessions_of_kept_keys_and_ends_those_of_removed_ones() {
+    let (a, b, c, d) = (
+        device(1, 1001),
+        device(2, 1002),
+        device(3, 1003),
+        device(4, 1004),
+    );
+    let (e, f) = (device(5, 1005), device(6, 1006));
+    let mut relay = Relay::allow(&[&a, &b, &c, &d]);
+    relay.state.track_changes();
+    let (mut ta, mut tb) = establish(&mut relay, &a, &b, 1, 2);
+    let (mut tc, mut td) = establish(&mut relay, &c, &d, 3, 4);
+    let t = relay.state.tick(relay.now);
+    relay
+        .state
+        .take_changes(t, &mut Vec::new(), &mut Vec::new());
+    let kc = relay.state.keys().id_of(&c.public).unwrap();
+    // e's initiation names a key nobody configured yet
+    let (verdict, _) = relay.route(e.ep, &initiation(&mut tunn(&e, &f, 50)));
+    assert!(matches!(verdict, Decision::Drop(_)), "{verdict:?}");
+
+    let done = reload_allow(&mut relay, &[&a, &b, &c, &e, &f]);
+    assert_eq!(done.keys_added, 2);
+    assert_eq!(done.keys_removed, 1);
+    assert_eq!(done.sessions_ended, 2, "both indices of c<->d");
+    assert_eq!(done.bindings_ended, 1, "d's binding; c keeps its own");
+    let t = relay.state.tick(relay.now);
+    assert_eq!(relay.state.endpoints().holder_of(kc, t), Some(c.ep));
+    let mut changes = Vec::new();
+    relay.state.take_changes(t, &mut Vec::new(), &mut changes);
+    assert_eq!(changes.len(), 2, "the shards are told: {changes:?}");
+    assert!(changes.iter().all(|(_, view)| view.is_none()));
+
+    // a<->b goes on without a new handshake
+    for _ in 0..3 {
+        let p = data(&mut ta, 64);
+        assert_eq!(relay.route(a.ep, &p).0, Decision::Forward);
+        assert_eq!(relay.targets(), vec![b.ep]);
+        assert!(received(&mut tb, &p));
+        let p = data(&mut tb, 64);
+        assert_eq!(relay.route(b.ep, &p).0, Decision::Forward);
+        assert!(received(&mut ta, &p));
+    }
+    // c<->d is over, both ways
+    let p = data(&mut tc, 64);
+    assert!(matches!(relay.route(c.ep, &p).0, Decision::Drop(_)));
+    let p = data(&mut td, 64);
+    assert!(matches!(relay.route(d.ep, &p).0, Decision::Drop(_)));
+    // and the new keys work
+    let (mut te, mut tf) = establish(&mut relay, &e, &f, 5, 6);
+    let p = data(&mut te, 100);
+    assert_eq!(relay.route(e.ep, &p).0, Decision::Forward);
+    assert!(received(&mut tf, &p));
+    assert_eq!(relay.state.counters().sessions_confirmed, 3);
+}
+
+#[test]
+fn a_reload_that_splits_a_group_ends_the_pairs_it_separates() {
+    let (a, b, c, d) = (
+        device(1, 1001),
+        device(2, 1002),
+        device(3, 1003),
+        device(4, 1004),
+    );
+    let keys = |ds: &[&Device]| ds.iter().map(|d| d.public).collect::<Vec<_>>();
+    let mut relay = Relay::new(Settings {
+        groups: vec![keys(&[&a, &b, &c, &d])],
+        cookie: CookieMode::Never,
+        ..Settings::default()
+    });
+    let (mut ta, _tb) = establish(&mut relay, &a, &b, 1, 2);
+    let (mut tc, mut td) = establish(&mut relay, &c, &d, 3, 4);
+    let done = relay.state.reconfigure(
+        &Settings {
+            groups: vec![keys(&[&a, &c]), keys(&[&b, &c, &d])],
+            cookie: CookieMode::Never,
+            ..Settings::default()
+        },
+        relay.now,
+    );
+    assert_eq!((done.keys_added, done.keys_removed), (0, 0));
+    assert_eq!(done.sessions_ended, 2, "a and b share no group now");
+    assert_eq!(done.bindings_ended, 0);
+    assert!(matches!(
+        relay.route(a.ep, &data(&mut ta, 64)).0,
+        Decision::Drop(_)
+    ));
+    let p = data(&mut tc, 64);
+    assert_eq!(relay.route(c.ep, &p).0, Decision::Forward);
+    assert!(received(&mut td, &p));
+}
+
+#[test]
+fn a_reload_changes_the_cookie_mode_and_an_unchanged_one_changes_nothing() {
+    let (a, b) = (device(1, 1001), device(2, 1002));
+    let mut relay = Relay::allow(&[&a, &b]);
+    let (mut ta, mut tb) = establish(&mut relay, &a, &b, 1, 2);
+    assert_eq!(reload_allow(&mut relay, &[&a, &b]), Reconfigured::default());
+    let p = data(&mut ta, 64);
+    assert_eq!(relay.route(a.ep, &p).0, Decision::Forward);
+    assert!(received(&mut tb, &p));
+    let settings = Settings {
+        allow: vec![a.public, b.public],
+        cookie: CookieMode::Always,
+        ..Settings::default()
+    };
+    relay.state.reconfigure(&settings, relay.now);
+    let c = device(3, 1003);
+    let fresh = Endpoint::new(ListenerId(0), ([127, 0, 0, 9], 4000).into());
+    let mut t = tunn(&c, &a, 77);
+    let (verdict, _) = relay.route(fresh, &initiation(&mut t));
+    assert_eq!(verdict, Decision::Reply, "cookie always: a cookie reply");
+}

@@ -376,6 +376,53 @@ impl EndpointTable {
         }
     }
 
+    /// A reload changed the key directory: bindings of keys `gone` says are gone end, and
+    /// every candidate entry moves to the groups `regroup` gives its endpoint's named key
+    /// (`None`: it leaves the lists and registers again with its next initiation). Entries
+    /// keep their sequence numbers, so the sweeps' cursors stay where they were. Returns the
+    /// bindings that ended.
+    pub fn reconfigure(
+        &mut self,
+        gone: impl Fn(KeyId) -> bool,
+        regroup: impl Fn(Option<KeyId>) -> Option<Vec<GroupId>>,
+    ) -> usize {
+        let before = self.bindings.len();
+        self.bindings.retain(|k, _| !gone(*k));
+        for info in self.map.values_mut() {
+            if info.bound.is_some_and(&gone) {
+                info.bound = None;
+                info.registered = false;
+            }
+        }
+        let mut entries: Vec<(u64, Endpoint)> = self
+            .candidates
+            .drain()
+            .flat_map(|(_, list)| list.entries)
+            .collect();
+        entries.sort_unstable_by_key(|(seq, _)| *seq);
+        entries.dedup();
+        for (seq, e) in entries {
+            let Some(info) = self.map.get_mut(&e) else {
+                continue;
+            };
+            if !info.registered {
+                continue;
+            }
+            match regroup(info.registered_key) {
+                Some(groups) => {
+                    for g in groups {
+                        let list = &mut self.candidates.entry(g).or_default().entries;
+                        if list.last() != Some(&(seq, e)) {
+                            list.push((seq, e));
+                        }
+                    }
+                }
+                None => info.registered = false,
+            }
+        }
+        before - self.bindings.len()
+    }
+
     /// Forgets idle endpoints and their bindings, and compacts the candidate lists (in
     /// order) of gone and bound endpoints, and of earlier entries of an endpoint listed again
     /// (it registers anew each time it names another key, which may share a group with the

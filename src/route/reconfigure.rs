@@ -1,0 +1,134 @@
+//! A reload: the routing state takes a new configuration in place.
+//!
+//! What a reload keeps: every session whose two keys are still configured and still share a
+//! group, every key → endpoint binding of a key still configured, the proof of every source,
+//! parked initiations and candidate lists (moved to the new groups), the counters. What it
+//! ends: sessions naming a key that is gone, or whose keys no longer share a group (the pair
+//! could not handshake again), and, when open mode becomes an allow-list, sessions of
+//! unknown keys (they could not be admitted now). Keys keep their ids across reloads
+//! (`KeyDirectory::reconfigured`), so nothing that names a key by id needs rewriting.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use super::{PinKind, Settings, State};
+use crate::admit::keys::OPEN_GROUP;
+use crate::admit::ratelimit::TokenBucket;
+use crate::admit::{GroupId, KeyId};
+use crate::constants::FANOUT_BURST_SECONDS;
+use crate::table::index::IndexEntry;
+use crate::wire::Index;
+
+/// What a reload changed in the routing state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reconfigured {
+    pub keys_added: usize,
+    pub keys_removed: usize,
+    /// Index entries removed (a session has one per direction).
+    pub sessions_ended: usize,
+    pub bindings_ended: usize,
+    pub parked_dropped: usize,
+}
+
+impl std::fmt::Display for Reconfigured {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "keys +{} -{}, {} session indices ended, {} key bindings ended, {} parked initiations dropped",
+            self.keys_added,
+            self.keys_removed,
+            self.sessions_ended,
+            self.bindings_ended,
+            self.parked_dropped
+        )
+    }
+}
+
+impl State {
+    /// Takes `settings` (the routing part of a new configuration) without a restart. The
+    /// sessions it ends are recorded as changes (`take_changes`): the caller hands them to
+    /// the shards that hold them.
+    pub fn reconfigure(&mut self, settings: &Settings, now: Instant) -> Reconfigured {
+        let mut allow = settings.allow.clone();
+        allow.extend(settings.servers.iter().copied());
+        allow.extend(settings.port_peers.iter().map(|p| p.1));
+        let was_open = self.keys.is_open();
+        let live_before = self.keys.live_len();
+        let signature = self.keys.group_signature();
+        let (keys, removed) = self.keys.reconfigured(&allow, &settings.groups);
+        let regrouped = keys.group_signature() != signature;
+        self.keys = keys;
+        let open = self.keys.is_open();
+        let gone: HashSet<KeyId> = removed.iter().copied().collect();
+        let mut done = Reconfigured {
+            keys_added: (self.keys.live_len() + removed.len()).saturating_sub(live_before),
+            keys_removed: removed.len(),
+            ..Reconfigured::default()
+        };
+        self.key_budgets.grow(self.keys.len());
+
+        let mut pins = Vec::new();
+        for server in &settings.servers {
+            if let Some(k) = self.keys.id_of(server) {
+                pins.push((k, PinKind::Server, None));
+            }
+        }
+        for (listener, key, endpoint) in &settings.port_peers {
+            if let Some(k) = self.keys.id_of(key) {
+                pins.push((k, PinKind::PortPeer(*listener), *endpoint));
+            }
+        }
+        self.pins = self.pins.rebuilt(&pins);
+
+        let keys = &self.keys;
+        let allowed = |e: &IndexEntry| -> bool {
+            if open {
+                return true;
+            }
+            let (a, b) = (e.owner_key, e.peer_key);
+            if a.is_some_and(|k| gone.contains(&k)) || b.is_some_and(|k| gone.contains(&k)) {
+                return false;
+            }
+            match (a, b) {
+                (Some(_), Some(_)) => keys.share_group(a, b),
+                (None, None) => !was_open,
+                // one side unknown (a proxy client, say): its known key decides
+                _ => true,
+            }
+        };
+        let ended: Vec<Index> = self
+            .indices
+            .iter()
+            .filter(|(_, e)| !allowed(e))
+            .map(|(i, _)| *i)
+            .collect();
+        for index in &ended {
+            self.indices.remove(*index);
+        }
+        done.sessions_ended = ended.len();
+
+        if regrouped || !gone.is_empty() || was_open != open {
+            let regroup = |key: Option<KeyId>| -> Option<Vec<GroupId>> {
+                match key {
+                    Some(k) => keys.get(k).map(|info| info.groups.clone()),
+                    None if open => Some(vec![OPEN_GROUP]),
+                    None => None,
+                }
+            };
+            done.bindings_ended = self.endpoints.reconfigure(|k| gone.contains(&k), regroup);
+            done.parked_dropped = self.parked.reconfigure(regroup);
+        }
+
+        self.cookie_mode = settings.cookie;
+        if self.broadcast_rate != settings.broadcast_rate {
+            self.broadcast_rate = settings.broadcast_rate;
+            self.fanout = settings
+                .broadcast_rate
+                .map(|rate| TokenBucket::new(rate, rate.saturating_mul(FANOUT_BURST_SECONDS), now));
+        }
+        if !settings.framings.is_empty() {
+            self.framings = settings.framings.clone();
+        }
+        done
+    }
+}
