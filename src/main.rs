@@ -30,11 +30,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The level is the global maximum, not the logger's own filter, so a reload can change
+    // it; WGRELAY_LOG's per-module directives, when given, filter below it.
     env_logger::Builder::new()
-        .filter_level(config.log_level)
+        .filter_level(log::LevelFilter::Trace)
         .parse_env("WGRELAY_LOG")
         .format_target(false)
         .init();
+    if std::env::var_os("WGRELAY_LOG").is_none() {
+        log::set_max_level(config.log_level);
+    }
     match mode {
         Mode::CheckConfig => {
             // stdout may be closed or full (`| true`, `> /dev/full`): say so, never panic
@@ -54,13 +59,19 @@ fn main() -> ExitCode {
 
 fn run(config: &Config) -> ExitCode {
     let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        if let Err(e) = signal_hook::flag::register(signal, stop.clone()) {
+    let hup = Arc::new(AtomicBool::new(false));
+    for (signal, flag) in [
+        (signal_hook::consts::SIGINT, &stop),
+        (signal_hook::consts::SIGTERM, &stop),
+        // SIGHUP reloads the configuration (it would otherwise end the process)
+        (signal_hook::consts::SIGHUP, &hup),
+    ] {
+        if let Err(e) = signal_hook::flag::register(signal, flag.clone()) {
             eprintln!("wgrelay: cannot install a signal handler: {e}");
             return ExitCode::from(1);
         }
     }
-    let relay = match Relay::start(config) {
+    let mut relay = match Relay::start(config) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("wgrelay: cannot start: {e}");
@@ -81,7 +92,17 @@ fn run(config: &Config) -> ExitCode {
     let mut next_stats = config.stats_interval.map(|d| Instant::now() + d);
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
-        if let (Some(at), Some(every)) = (next_stats, config.stats_interval) {
+        if hup.swap(false, Ordering::Relaxed) {
+            let before = relay.config().stats_interval;
+            match reload(&mut relay) {
+                Ok(what) => log::info!("reload: {what}"),
+                Err(why) => log::error!("reload refused, nothing changed: {why}"),
+            }
+            if relay.config().stats_interval != before {
+                next_stats = relay.config().stats_interval.map(|d| Instant::now() + d);
+            }
+        }
+        if let (Some(at), Some(every)) = (next_stats, relay.config().stats_interval) {
             if Instant::now() >= at {
                 log::info!("stats: {}", relay.stats());
                 next_stats = Some(at + every);
@@ -92,6 +113,25 @@ fn run(config: &Config) -> ExitCode {
     let stats = relay.stop();
     log::info!("final stats: {stats}");
     ExitCode::SUCCESS
+}
+
+/// Reads the configuration again from every source (the same command line, the environment
+/// and the file as they are now), validates it and applies it to `relay`. A configuration
+/// that does not validate changes nothing.
+fn reload(relay: &mut Relay) -> Result<String, String> {
+    let matches = Cli::command()
+        .try_get_matches_from(std::env::args_os())
+        .map_err(|e| e.to_string().trim().to_string())?;
+    let cli = Cli::from_arg_matches(&matches).map_err(|e| e.to_string().trim().to_string())?;
+    let from_env = env_sourced(&matches);
+    let (_, args) = cli.into_parts();
+    let config =
+        Config::from_args(&args).map_err(|e| name_the_variable(&e.to_string(), &from_env))?;
+    let done = relay.reload(&config).map_err(|e| e.to_string())?;
+    if std::env::var_os("WGRELAY_LOG").is_none() {
+        log::set_max_level(config.log_level);
+    }
+    Ok(done.to_string())
 }
 
 /// The flags whose value came from their environment variable, as (`--flag`, `VARIABLE`),

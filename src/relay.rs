@@ -17,7 +17,7 @@ use crate::io::{
     bind_group, buffer_sizes, steer, uring, Backend, MmsgBackend, Offload, SocketOptions,
     UringBackend,
 };
-use crate::route::{Counters, SessionTable, Settings, State};
+use crate::route::{Counters, Reconfigured, SessionTable, Settings, State};
 use crate::shard::{lock, FastCounters, IoCounters, Mesh, Shard};
 use crate::table::{Endpoint, ListenerId};
 use crate::wire::awg::Framing;
@@ -87,6 +87,10 @@ pub struct Relay {
     threads: Vec<JoinHandle<SessionTable>>,
     /// Where confirmed sessions are saved on `stop`.
     state_file: Option<PathBuf>,
+    /// The configuration running now (a reload compares the new one with it).
+    config: Config,
+    /// The shards' channels: a reload hands them the sessions it ended.
+    mesh: Arc<Mesh>,
 }
 
 /// Counters of a running relay: the routing core's and the I/O layer's.
@@ -186,6 +190,93 @@ fn write_state(path: &Path, text: &str) -> io::Result<()> {
     f.write_all(text.as_bytes())?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
+}
+
+/// The control thread for `config`'s proxy servers and device-backed port peers (`None`
+/// when there are none). Port peer i is listener `config.listen.len() + i`.
+fn start_control(
+    config: &Config,
+    local_addrs: &[SocketAddr],
+    state: &Arc<Mutex<State>>,
+    io: &Arc<IoCounters>,
+) -> io::Result<Option<Control>> {
+    let first_peer = config.listen.len();
+    let servers = config
+        .servers
+        .iter()
+        .map(|s| ServerUpstream {
+            key: s.key,
+            addr: s.addr.clone(),
+        })
+        .collect();
+    let devices = config
+        .peers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| {
+            let device = p.uapi.clone()?;
+            let listener = ListenerId(u16::try_from(first_peer + i).ok()?);
+            Some(DevicePeer {
+                key: p.key,
+                device,
+                listener,
+            })
+        })
+        .collect();
+    Control::start(
+        servers,
+        devices,
+        local_addrs.to_vec(),
+        state.clone(),
+        io.clone(),
+    )
+}
+
+/// The routing settings of `config` for listeners already bound: port peer i is listener
+/// `config.listen.len() + i`, and `framings` are the shards' list.
+fn routing_settings(config: &Config, framings: Vec<Framing>) -> io::Result<Settings> {
+    let mut settings = Settings::from_config(config);
+    settings.framings = framings;
+    let first_peer = config.listen.len();
+    for (i, p) in config.peers.iter().enumerate() {
+        let Ok(id) = u16::try_from(first_peer + i) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "too many listeners",
+            ));
+        };
+        let listener = ListenerId(id);
+        let endpoint = p.endpoint.map(|e| Endpoint::new(listener, e));
+        settings.port_peers.push((listener, p.key, endpoint));
+    }
+    Ok(settings)
+}
+
+/// What a reload did: the settings it applied, those that wait for a restart, and what the
+/// routing state changed.
+#[derive(Debug, Clone, Default)]
+pub struct Reloaded {
+    pub applied: Vec<&'static str>,
+    pub needs_restart: Vec<&'static str>,
+    pub routing: Reconfigured,
+}
+
+impl std::fmt::Display for Reloaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.applied.is_empty() {
+            write!(f, "nothing changed")?;
+        } else {
+            write!(f, "applied {}; {}", self.applied.join(", "), self.routing)?;
+        }
+        if !self.needs_restart.is_empty() {
+            write!(
+                f,
+                "; not applied until a restart: {}",
+                self.needs_restart.join(", ")
+            )?;
+        }
+        Ok(())
+    }
 }
 
 impl Relay {
@@ -305,21 +396,8 @@ impl Relay {
                 );
             }
         }
-        let mut settings = Settings::from_config(config);
         // The routing core counts handshake bytes as the shards frame them.
-        settings.framings = framings.to_vec();
-        let first_peer = config.listen.len();
-        for (i, p) in config.peers.iter().enumerate() {
-            let Ok(id) = u16::try_from(first_peer + i) else {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "too many listeners",
-                ));
-            };
-            let listener = ListenerId(id);
-            let endpoint = p.endpoint.map(|e| Endpoint::new(listener, e));
-            settings.port_peers.push((listener, p.key, endpoint));
-        }
+        let settings = routing_settings(config, framings.to_vec())?;
         let mut initial = State::new(&settings, entropy, Instant::now());
         initial.track_changes();
         if let Some(path) = &config.state_file {
@@ -338,35 +416,7 @@ impl Relay {
         let (mesh, mut mailboxes) = Mesh::new(threads)?;
         let state = Arc::new(Mutex::new(initial));
         let io = Arc::new(IoCounters::default());
-        let servers = config
-            .servers
-            .iter()
-            .map(|s| ServerUpstream {
-                key: s.key,
-                addr: s.addr.clone(),
-            })
-            .collect();
-        let devices = config
-            .peers
-            .iter()
-            .enumerate()
-            .filter_map(|(i, p)| {
-                let device = p.uapi.clone()?;
-                let listener = ListenerId(u16::try_from(first_peer + i).ok()?);
-                Some(DevicePeer {
-                    key: p.key,
-                    device,
-                    listener,
-                })
-            })
-            .collect();
-        let control = Control::start(
-            servers,
-            devices,
-            local_addrs.clone(),
-            state.clone(),
-            io.clone(),
-        )?;
+        let control = start_control(config, &local_addrs, &state, &io)?;
         let shutdown = Arc::new(AtomicBool::new(false));
         let mut relay = Relay {
             local_addrs,
@@ -378,6 +428,8 @@ impl Relay {
             shutdown,
             threads: Vec::new(),
             state_file: config.state_file.clone(),
+            config: config.clone(),
+            mesh: mesh.clone(),
         };
         // Pin shard t to the t-th core this process may run on, when there are enough of them
         // (sched_getaffinity, so a container's cpuset is respected).
@@ -455,6 +507,102 @@ impl Relay {
             }
         }
         Ok(relay)
+    }
+
+    /// Applies a new configuration without a restart: keys, groups, cookie mode, fan-out
+    /// rate, proxy servers and the keys and endpoints of port peers. Sessions whose keys are
+    /// still allowed go on; the others end (`State::reconfigure`). Settings that shape the
+    /// sockets or threads (listen addresses and peer ports, AmneziaWG framing, threads,
+    /// backend, offloads, steering, state file) are reported as waiting for a restart and
+    /// kept as they run. Log level and statistics period are the caller's (main's).
+    ///
+    /// # Errors
+    /// The new proxy servers' resolvers cannot start; the routing state is then unchanged.
+    pub fn reload(&mut self, new: &Config) -> io::Result<Reloaded> {
+        let old = &self.config;
+        let mut done = Reloaded::default();
+        let peer_ports = |c: &Config| c.peers.iter().map(|p| p.listen).collect::<Vec<_>>();
+        let shape_same = old.listen == new.listen && peer_ports(old) == peer_ports(new);
+        for (name, same) in [
+            ("listen", shape_same),
+            (
+                "awg",
+                old.awg == new.awg
+                    && old
+                        .peers
+                        .iter()
+                        .map(|p| &p.awg)
+                        .eq(new.peers.iter().map(|p| &p.awg)),
+            ),
+            ("threads", old.threads == new.threads),
+            ("backend", old.backend == new.backend),
+            ("gso", old.gso == new.gso),
+            ("gro", old.gro == new.gro),
+            ("steering", old.steering == new.steering),
+            ("state_file", old.state_file == new.state_file),
+        ] {
+            if !same {
+                done.needs_restart.push(name);
+            }
+        }
+        // What applies: the new routing settings over the sockets that run.
+        let mut next = old.clone();
+        next.allow = new.allow.clone();
+        next.groups = new.groups.clone();
+        next.cookie = new.cookie;
+        next.broadcast_rate = new.broadcast_rate;
+        next.servers = new.servers.clone();
+        next.log_level = new.log_level;
+        next.stats_interval = new.stats_interval;
+        if shape_same {
+            for (running, wanted) in next.peers.iter_mut().zip(&new.peers) {
+                running.key = wanted.key;
+                running.endpoint = wanted.endpoint;
+                running.uapi = wanted.uapi.clone();
+            }
+        }
+        for (name, changed) in [
+            ("allow", old.allow != next.allow),
+            ("groups", old.groups != next.groups),
+            ("cookie", old.cookie != next.cookie),
+            ("broadcast_rate", old.broadcast_rate != next.broadcast_rate),
+            ("servers", old.servers != next.servers),
+            ("peers", old.peers != next.peers),
+            ("log_level", old.log_level != next.log_level),
+            ("stats_interval", old.stats_interval != next.stats_interval),
+        ] {
+            if changed {
+                done.applied.push(name);
+            }
+        }
+        let upstreams_changed = old.servers != next.servers || old.peers != next.peers;
+        let framings = lock(&self.state).framings().to_vec();
+        let settings = routing_settings(&next, framings)?;
+        // The old control thread writes server endpoints into the state: stop it first, so
+        // it cannot pin a removed server again after the reconfiguration.
+        if upstreams_changed {
+            self.control = None;
+        }
+        let mut changes = Vec::new();
+        {
+            let mut state = lock(&self.state);
+            let now = Instant::now();
+            done.routing = state.reconfigure(&settings, now);
+            let t = state.tick(now);
+            state.take_changes(t, &mut Vec::new(), &mut changes);
+        }
+        let shards = self.threads.len().max(1);
+        self.mesh.deliver(changes, shards);
+        if upstreams_changed {
+            self.control = start_control(&next, &self.local_addrs, &self.state, &self.io)?;
+        }
+        self.config = next;
+        Ok(done)
+    }
+
+    /// The configuration running now (after the reloads applied to it).
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     /// The backend the shards run on.

@@ -186,6 +186,25 @@ impl Mesh {
         }
         Ok((Arc::new(mesh), mailboxes))
     }
+
+    /// Hands each change to the shard that owns its index and wakes the shards that got one
+    /// (a reload's ended sessions; shards send their own changes themselves).
+    pub fn deliver(&self, changes: Vec<Change>, shards: usize) {
+        let mut woken = vec![false; self.wakers.len()];
+        for change in changes {
+            let owner = owner_shard(change.0, shards);
+            if let Some(tx) = self.changes.get(owner) {
+                // Only fails when the owner has exited (shutdown).
+                let _ = tx.send(change);
+                woken[owner] = true;
+            }
+        }
+        for (owner, wake) in woken.into_iter().enumerate() {
+            if let (true, Some(w)) = (wake, self.wakers.get(owner)) {
+                w.wake();
+            }
+        }
+    }
 }
 
 /// Where a routed packet's copies go, recorded per batch.
