@@ -279,8 +279,10 @@ udp_errs() {
 # ---- relay ---------------------------------------------------------------------------------------
 start_relay() {
     RELAY_LOG="$LOG/relay.$1.log"
+    # the keys come from a file, so that a reload (SIGHUP) can change them (case_reload)
+    [ -f "$LOG/relay.toml" ] || relay_keys "$PUB_A" "$PUB_B"
     ip netns exec "$NS_RELAY" "$RELAY_BIN" run --listen "$RELAY_IP:$RELAY_PORT" \
-        --allow "$PUB_A" --allow "$PUB_B" --cookie "$COOKIE" --log-level info --stats-interval 1 \
+        --config "$LOG/relay.toml" --cookie "$COOKIE" --log-level info --stats-interval 1 \
         --state-file "$LOG/relay.state" 2>"$RELAY_LOG" &
     RELAY_PID=$!
     PIDS+=("$RELAY_PID")
@@ -289,6 +291,20 @@ start_relay() {
         cat "$RELAY_LOG" >&2
         return 1
     }
+}
+# relay_keys KEY...: the relay's configuration file, allowing exactly these keys
+relay_keys() {
+    local list="" k
+    for k in "$@"; do list="$list${list:+, }\"$k\""; done
+    echo "allow = [$list]" >"$LOG/relay.toml"
+}
+# reload_relay: SIGHUP, then wait for the relay to log the outcome; prints that line
+reload_relay() {
+    local n
+    n=$(grep -cE 'reload: |reload refused' "$RELAY_LOG" || true)
+    kill -HUP "$RELAY_PID"
+    wait_for 5 awk -v n="$n" '/reload: |reload refused/ { c++ } END { exit !(c > n) }' "$RELAY_LOG" || true
+    grep -E 'reload: |reload refused' "$RELAY_LOG" | tail -1 | sed -E 's/^\[[^]]*\] //'
 }
 stop_relay() {
     kill -TERM "$RELAY_PID" 2>/dev/null || true
@@ -684,6 +700,56 @@ case_not_allowed() {
     info "relay counters during the attempt: $(stats_delta "$s0" "$s1")"
 }
 
+# ---- case 5b: reload (SIGHUP) adds peer-c's key, then removes it, while a and b ping ------------
+case_reload() {
+    local name="reload adds a third key, then removes it"
+    [ "$TUNNEL_OK" = 1 ] || {
+        fail "$name" "no tunnel (exchange failed)"
+        return
+    }
+    local fa="$LOG/ping.reload.ab" fb="$LOG/ping.reload.ba" pa pb hs0 h0 t0 line1 line2 pc gone
+    ping_bg "$NS_A" "$TUN_B" "$fa"
+    pa=$BG_PID
+    ping_bg "$NS_B" "$TUN_A" "$fb"
+    pb=$BG_PID
+    sleep 1.5
+    hs0=$(handshake_at "$NS_A" "$WG_A" "$PUB_B")
+    h0=$(handshakes "$LOG/$WG_A.log")
+    t0=$(now)
+    relay_keys "$PUB_A" "$PUB_B" "$PUB_C"
+    line1=$(reload_relay)
+    # peer-c now gets through: its cookie round, then pings to a
+    nsx "$NS_C" wg set "$WG_C" \
+        peer "$PUB_A" allowed-ips "$TUN_A/32" endpoint "$RELAY_EP" persistent-keepalive 25
+    pc=$(nsx "$NS_C" ping -n -c 14 -i 1 -W 1 "$TUN_A" | grep -c 'bytes from' || true)
+    # and out again: its sessions end, a and b carry on
+    relay_keys "$PUB_A" "$PUB_B"
+    line2=$(reload_relay)
+    sleep 1
+    gone=$(nsx "$NS_C" ping -n -c 4 -i 0.5 -W 1 "$TUN_A" | grep -c 'bytes from' || true)
+    sleep 1
+    kill -INT "$pa" "$pb" 2>/dev/null || true
+    nsx "$NS_C" wg set "$WG_C" peer "$PUB_A" remove
+    local ra rb hs1 h1 hsnote="no new a-b handshake"
+    ra=$(recovery "$fa" "$t0")
+    rb=$(recovery "$fb" "$t0")
+    hs1=$(handshake_at "$NS_A" "$WG_A" "$PUB_B")
+    h1=$(handshakes "$LOG/$WG_A.log")
+    # wireguard-go rekeys every 120 s by itself (REKEY_AFTER_TIME): only an earlier one counts
+    if [ "$hs1" != "$hs0" ] && [ $((hs1 - hs0)) -lt 120 ]; then
+        hsnote="a new a-b handshake ($((hs1 - hs0)) s after the last)"
+    fi
+    info "reload 1: $line1"
+    info "reload 2: $line2"
+    if [ "$ra" = "0.0 0" ] && [ "$rb" = "0.0 0" ] && [ "$hsnote" = "no new a-b handshake" ] &&
+        [ "$pc" -gt 0 ] && [ "$gone" -eq 0 ] && [[ "$line1" == *"applied allow"* ]] &&
+        [[ "$line2" == *"session indices ended"* ]]; then
+        pass "$name" "a<->b pings: none lost over both reloads, $hsnote; c->a $pc/14 after the first, $gone/4 after the second"
+    else
+        fail "$name" "a->b $ra, b->a $rb (seconds, lost), $hsnote (handshakes logged $h0 -> $h1); c->a $pc/14, then $gone/4"
+    fi
+}
+
 # ---- case 6: baseline, the same peers directly (NAT B forwards its port to peer-b) ----------------
 case_direct() {
     local name="iperf3 direct baseline (${IPERF_SECS} s, a->b)"
@@ -1008,6 +1074,7 @@ case_exchange
 case_iperf_relay
 case_rebind
 case_not_allowed
+case_reload
 case_proxy
 case_boringtun
 case_restart keep 2
