@@ -199,6 +199,11 @@ fn busy(stream: TcpStream) {
     if stream.set_nonblocking(true).is_ok() {
         let mut stream = stream;
         let _ = stream.write_all(&response(503, "Service Unavailable", &[], b"busy\n"));
+        // Closing with the request unread would reset the connection, and the client might
+        // lose the 503: take what already arrived, without waiting for more.
+        let _ = stream.shutdown(Shutdown::Write);
+        let mut sink = [0u8; 4096];
+        let _ = stream.read(&mut sink);
     }
 }
 
