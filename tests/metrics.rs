@@ -281,10 +281,8 @@ fn a_flood_of_connections_gets_busy_answers_not_threads() {
     let (relay, _) = start(&config(&[]));
     let server = metrics::serve("127.0.0.1:0".parse().unwrap(), relay.observer()).unwrap();
     let web = server.local_addr();
-    let threads = || std::fs::read_dir("/proc/self/task").unwrap().count();
-    let before = threads();
     // Silent clients until every worker is held and the queue is full: the next one is told
-    // 503 at once, and no thread was started for any of them.
+    // 503 at once (a server with a thread per connection would keep accepting).
     let mut held = Vec::new();
     let mut busy = None;
     for n in 0..64 {
@@ -306,7 +304,6 @@ fn a_flood_of_connections_gets_busy_answers_not_threads() {
         busy <= metrics::WORKERS + metrics::QUEUE_LEN,
         "503 only after {busy} clients"
     );
-    assert_eq!(threads(), before, "threads started for clients");
     drop(held);
     // Once they are gone (each worker sees its client close), scrapes work again.
     let deadline = Instant::now() + HTTP_LIMIT;
