@@ -2672,7 +2672,8 @@ stats_interval = 9
              steering: on\n\
              state file: none\n\
              log level: info\n\
-             stats: every 60s"
+             stats: every 60s\n\
+             metrics: off"
         );
     }
 
@@ -2740,6 +2741,7 @@ stats_interval = 9
              state file: none\n\
              log level: info\n\
              stats: every 60s\n\
+             metrics: off\n\
              wgproxy timeout: 30s (WGPROXY_TIMEOUT, superseded: sessions expire by WireGuard's own timers)"
         );
     }
@@ -2780,7 +2782,8 @@ stats_interval = 9
         assert!(s.contains("mode: allow-list (1 key)\n"), "{s}");
         assert!(s.contains("broadcast rate: unlimited\n"), "{s}");
         assert!(s.contains("cookie replies: never\n"), "{s}");
-        assert!(s.ends_with("stats: off"), "{s}");
+        assert!(s.contains("\nstats: off\n"), "{s}");
+        assert!(s.ends_with("metrics: off"), "{s}");
 
         let c = parse(&["--group", &format!("{},{};{},{}", k(1), k(2), k(2), k(3))]);
         assert!(c

@@ -185,7 +185,7 @@ impl Collector for Scrape {
 
         let mut m = e.encode_descriptor(
             "wgrelay_shard_fast_path_packets_received",
-            "Transport packets a shard routed from its own session table, without the shared state (handshakes and roams are in the totals only).",
+            "Datagrams a shard handled without the shared state: transport routed from its own session table, and what it dropped before routing (malformed, AmneziaWG junk). Handshakes and roams are in the totals only.",
             None,
             MetricType::Counter,
         )?;
