@@ -272,7 +272,13 @@ fn read_head(stream: &mut TcpStream) -> Result<Option<Vec<u8>>, (u16, &'static s
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
     loop {
-        if started.elapsed() > REQUEST_DEADLINE {
+        // Each read waits at most what is left of the deadline.
+        let left = REQUEST_DEADLINE.saturating_sub(started.elapsed());
+        if left.is_zero()
+            || stream
+                .set_read_timeout(Some(left.min(READ_TIMEOUT)))
+                .is_err()
+        {
             return Err((408, "Request Timeout"));
         }
         match stream.read(&mut buf) {
@@ -300,9 +306,7 @@ fn read_head(stream: &mut TcpStream) -> Result<Option<Vec<u8>>, (u16, &'static s
 
 /// Serves one connection: one request, one response, then close.
 fn answer(mut stream: TcpStream, source: &Source) {
-    if stream.set_read_timeout(Some(READ_TIMEOUT)).is_err()
-        || stream.set_write_timeout(Some(WRITE_TIMEOUT)).is_err()
-    {
+    if stream.set_write_timeout(Some(WRITE_TIMEOUT)).is_err() {
         return;
     }
     let _ = stream.set_nodelay(true);
