@@ -212,6 +212,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE", env = "WGRELAY_STATE_FILE")]
     pub state_file: Option<std::path::PathBuf>,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics (IP:PORT, IPv6 in brackets; port 0
+    /// picks a free port, logged at start). [default: off]
+    #[arg(long, value_name = "ADDR", env = "WGRELAY_METRICS")]
+    pub metrics: Option<String>,
+
     /// TOML configuration file; flags and environment variables override
     /// its settings.
     #[arg(long, value_name = "FILE", env = "WGRELAY_CONFIG")]

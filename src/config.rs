@@ -89,6 +89,7 @@
 //! steering = "on"              # on | off: steer packets to their owner shard in the kernel
 //! log_level = "info"           # error | warn | info | debug | trace
 //! stats_interval = 60          # seconds, 0 = off
+//! metrics = "127.0.0.1:9586"   # serve Prometheus metrics at /metrics (default: off)
 //! bind = "0.0.0.0"             # wpex style, same rule as the flags
 //! port = 40000
 //!
@@ -175,6 +176,7 @@ pub const FILE_KEYS: &[&str] = &[
     "state_file",
     "log_level",
     "stats_interval",
+    "metrics",
     "bind",
     "port",
     "server",
@@ -338,6 +340,8 @@ pub struct Config {
     pub log_level: log::LevelFilter,
     /// Period of statistics log lines; `None` = off.
     pub stats_interval: Option<Duration>,
+    /// Where Prometheus metrics are served (`/metrics`); `None` = nowhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -360,6 +364,7 @@ impl Default for Config {
             wgproxy_timeout: None,
             log_level: log::LevelFilter::Info,
             stats_interval: Some(Duration::from_secs(DEFAULT_STATS_INTERVAL_SECS)),
+            metrics: None,
         }
     }
 }
@@ -477,7 +482,7 @@ impl Config {
             None => String::new(),
         };
         format!(
-            "listen: {}\nmode: {}\nservers: {}\npeers: {}\nawg: {}\ncookie replies: {}\nbroadcast rate: {}\nthreads: {}\nbackend: {}\noffload: gso {}, gro {}\nsteering: {}\nstate file: {}\nlog level: {}\nstats: {}{}",
+            "listen: {}\nmode: {}\nservers: {}\npeers: {}\nawg: {}\ncookie replies: {}\nbroadcast rate: {}\nthreads: {}\nbackend: {}\noffload: gso {}, gro {}\nsteering: {}\nstate file: {}\nlog level: {}\nstats: {}\nmetrics: {}{}",
             listen.join(", "),
             mode,
             servers,
@@ -495,6 +500,8 @@ impl Config {
                 .map_or("none".into(), |p| p.display().to_string()),
             self.log_level.as_str().to_ascii_lowercase(),
             stats,
+            self.metrics
+                .map_or("off".into(), |a| format!("http://{a}/metrics")),
             wgproxy,
         )
     }
@@ -589,6 +596,7 @@ impl Config {
                 Some(secs) => Some(Duration::from_secs(secs)),
                 None => defaults.stats_interval,
             },
+            metrics: cli.metrics.or(file.metrics),
         })
     }
 }
@@ -662,6 +670,7 @@ struct Layer {
     wgproxy_timeout: Option<Duration>,
     log_level: Option<LogLevel>,
     stats_interval: Option<u64>,
+    metrics: Option<SocketAddr>,
 }
 
 /// A port-per-peer responder as one source gives it, before its port is placed on the
@@ -756,6 +765,10 @@ impl Layer {
             wgproxy_timeout: None,
             log_level: a.log_level,
             stats_interval: a.stats_interval,
+            metrics: match &a.metrics {
+                Some(s) => Some(parse_metrics("--metrics", s).map_err(ConfigError::new)?),
+                None => None,
+            },
         })
     }
 
@@ -978,6 +991,12 @@ impl Layer {
             wgproxy_timeout: None,
             log_level: f.log_level,
             stats_interval: f.stats_interval,
+            metrics: match &f.metrics {
+                Some(s) => {
+                    Some(parse_metrics("metrics", s.get_ref()).map_err(|m| ctx.at(s.span(), m))?)
+                }
+                None => None,
+            },
         })
     }
 }
@@ -1000,6 +1019,7 @@ struct FileConfig {
     state_file: Option<std::path::PathBuf>,
     log_level: Option<LogLevel>,
     stats_interval: Option<u64>,
+    metrics: Option<Spanned<String>>,
     bind: Option<Spanned<String>>,
     port: Option<Spanned<u16>>,
     server: Option<Vec<Spanned<FileServer>>>,
@@ -1219,6 +1239,13 @@ fn parse_listen(name: &str, s: &str) -> Result<SocketAddr, String> {
         ));
     }
     Ok(addr)
+}
+
+/// The metrics address: any IP:PORT, port 0 included (the kernel picks one; it is logged).
+fn parse_metrics(name: &str, s: &str) -> Result<SocketAddr, String> {
+    s.trim().parse().map_err(|_| {
+        format!("{name} {s:?}: invalid socket address (expected IP:PORT, IPv6 as [ADDR]:PORT)")
+    })
 }
 
 fn parse_key(name: &str, s: &str) -> Result<PublicKey, String> {
@@ -2645,7 +2672,8 @@ stats_interval = 9
              steering: on\n\
              state file: none\n\
              log level: info\n\
-             stats: every 60s"
+             stats: every 60s\n\
+             metrics: off"
         );
     }
 
@@ -2713,6 +2741,7 @@ stats_interval = 9
              state file: none\n\
              log level: info\n\
              stats: every 60s\n\
+             metrics: off\n\
              wgproxy timeout: 30s (WGPROXY_TIMEOUT, superseded: sessions expire by WireGuard's own timers)"
         );
     }
@@ -2753,7 +2782,8 @@ stats_interval = 9
         assert!(s.contains("mode: allow-list (1 key)\n"), "{s}");
         assert!(s.contains("broadcast rate: unlimited\n"), "{s}");
         assert!(s.contains("cookie replies: never\n"), "{s}");
-        assert!(s.ends_with("stats: off"), "{s}");
+        assert!(s.contains("\nstats: off\n"), "{s}");
+        assert!(s.ends_with("metrics: off"), "{s}");
 
         let c = parse(&["--group", &format!("{},{};{},{}", k(1), k(2), k(2), k(3))]);
         assert!(c

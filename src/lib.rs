@@ -12,6 +12,7 @@ pub mod constants;
 pub mod control;
 pub mod io;
 pub mod key;
+pub mod metrics;
 pub mod relay;
 pub mod route;
 pub mod shard;

@@ -78,6 +78,18 @@ fn run(config: &Config) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // After the relay, so a scrape always has a relay to read; a bind error stops it cleanly.
+    let metrics = match config.metrics {
+        Some(addr) => match wgrelay::metrics::serve(addr, relay.observer()) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                eprintln!("wgrelay: cannot serve metrics on {addr}: {e}");
+                relay.stop();
+                return ExitCode::from(1);
+            }
+        },
+        None => None,
+    };
     for line in config.summary().lines() {
         log::info!("{line}");
     }
@@ -110,6 +122,9 @@ fn run(config: &Config) -> ExitCode {
         }
     }
     log::info!("stopping");
+    if let Some(m) = metrics {
+        m.stop();
+    }
     let stats = relay.stop();
     log::info!("final stats: {stats}");
     ExitCode::SUCCESS

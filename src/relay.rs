@@ -616,26 +616,19 @@ impl Relay {
     }
 
     pub fn stats(&self) -> Stats {
-        let state = lock(&self.state);
-        let mut route = state.counters().clone();
-        let mut fast_forwarded = 0;
-        for fast in &self.fast {
-            let c = fast.snapshot();
-            fast_forwarded += c.forwarded;
-            route.add(&c);
-        }
-        Stats {
-            route,
-            send_failed: self.io.send_failed.load(Ordering::Relaxed),
-            recv_errors: self.io.recv_errors.load(Ordering::Relaxed),
-            kernel_drops: self.io.kernel_drops.load(Ordering::Relaxed),
-            enobufs: self.io.enobufs.load(Ordering::Relaxed),
-            off_owner: self.io.off_owner.load(Ordering::Relaxed),
-            handoffs: self.io.handoffs.load(Ordering::Relaxed),
-            handoff_drops: self.io.handoff_drops.load(Ordering::Relaxed),
-            fast_forwarded,
-            indices: state.indices().len(),
-            endpoints: state.endpoints().len(),
+        collect_stats(&self.state, &self.io, &self.fast)
+    }
+
+    /// A read-only view of this relay's counters for the metrics endpoint, usable from other
+    /// threads while the relay runs.
+    pub fn observer(&self) -> Observer {
+        let latency = lock(&self.state).handshake_latency();
+        Observer {
+            state: self.state.clone(),
+            io: self.io.clone(),
+            fast: self.fast.clone(),
+            latency,
+            backend: self.backend,
         }
     }
 
@@ -680,6 +673,108 @@ impl Relay {
 impl Drop for Relay {
     fn drop(&mut self) {
         self.halt();
+    }
+}
+
+/// The relay's totals: the shared State's counters plus every shard's fast path. Holds the
+/// State's lock only to copy its counters.
+fn collect_stats(state: &Mutex<State>, io: &IoCounters, fast: &[Arc<FastCounters>]) -> Stats {
+    let state = lock(state);
+    let mut route = state.counters().clone();
+    let mut fast_forwarded = 0;
+    for fast in fast {
+        let c = fast.snapshot();
+        fast_forwarded += c.forwarded;
+        route.add(&c);
+    }
+    Stats {
+        route,
+        send_failed: io.send_failed.load(Ordering::Relaxed),
+        recv_errors: io.recv_errors.load(Ordering::Relaxed),
+        kernel_drops: io.kernel_drops.load(Ordering::Relaxed),
+        enobufs: io.enobufs.load(Ordering::Relaxed),
+        off_owner: io.off_owner.load(Ordering::Relaxed),
+        handoffs: io.handoffs.load(Ordering::Relaxed),
+        handoff_drops: io.handoff_drops.load(Ordering::Relaxed),
+        fast_forwarded,
+        indices: state.indices().len(),
+        endpoints: state.endpoints().len(),
+    }
+}
+
+/// Sizes of the shared routing tables, as gauges.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TableSizes {
+    /// Live paired index pairs: confirmed (the initiator's first transport packet came) and
+    /// not yet.
+    pub sessions_confirmed: usize,
+    pub sessions_confirming: usize,
+    pub indices: usize,
+    pub endpoints: usize,
+    /// Keys bound to the endpoint confirmed to hold them.
+    pub bindings: usize,
+    pub parked: usize,
+    /// Entries on the fan-out candidate lists (an endpoint is on one list per group).
+    pub candidates: usize,
+}
+
+/// What the metrics endpoint reads of a running relay ([`Relay::observer`]): atomics, and
+/// the routing State's lock held only to copy counters or count a table.
+#[derive(Clone)]
+pub struct Observer {
+    state: Arc<Mutex<State>>,
+    io: Arc<IoCounters>,
+    fast: Vec<Arc<FastCounters>>,
+    latency: Arc<crate::metrics::histogram::Histogram>,
+    backend: BackendKind,
+}
+
+impl Observer {
+    /// The relay's totals, as [`Relay::stats`] gives them.
+    pub fn stats(&self) -> Stats {
+        collect_stats(&self.state, &self.io, &self.fast)
+    }
+
+    /// Each shard's fast-path counters (what it routed from its own session table without
+    /// the shared State), by shard number.
+    pub fn shards(&self) -> Vec<Counters> {
+        self.fast.iter().map(|f| f.snapshot()).collect()
+    }
+
+    /// Handshake latency at the relay (lock-free).
+    pub fn handshake_latency(&self) -> &crate::metrics::histogram::Histogram {
+        &self.latency
+    }
+
+    pub fn backend(&self) -> BackendKind {
+        self.backend
+    }
+
+    /// Counts the tables. Sessions are counted by walking the index table under the State's
+    /// lock: linear in it (like the once-a-second expiry sweep), so callers rate-limit it.
+    pub fn table_sizes(&self) -> TableSizes {
+        let state = lock(&self.state);
+        let t = state.tick(Instant::now());
+        let (mut confirmed, mut confirming) = (0, 0);
+        // One entry per pair: the initiator's (the responder's entry mirrors it).
+        for (_, e) in state.indices().iter() {
+            if e.peer.is_some() && !e.responder && e.is_live(t) {
+                if e.confirmed {
+                    confirmed += 1;
+                } else {
+                    confirming += 1;
+                }
+            }
+        }
+        TableSizes {
+            sessions_confirmed: confirmed,
+            sessions_confirming: confirming,
+            indices: state.indices().len(),
+            endpoints: state.endpoints().len(),
+            bindings: state.endpoints().bindings_len(),
+            parked: state.parked_len(),
+            candidates: state.endpoints().candidate_entries(),
+        }
     }
 }
 

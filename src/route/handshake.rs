@@ -292,6 +292,7 @@ impl State {
                 confirmed: false,
             },
         );
+        self.latency.on_initiation(sender, now);
         let mut s = Sender {
             index: sender,
             from,
@@ -478,6 +479,7 @@ impl State {
             self.pins.note_client(p, from);
         }
         self.counters.handshakes_paired += 1;
+        self.latency.on_response(receiver, now);
         out.targets.push(initiator);
         Decision::Forward
     }

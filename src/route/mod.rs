@@ -11,6 +11,7 @@
 
 mod fanout;
 mod handshake;
+mod latency;
 mod persist;
 mod pinned;
 mod reconfigure;
@@ -354,6 +355,7 @@ pub struct State {
     /// Each listener's framing, for [`State::wire_len`].
     framings: Vec<Framing>,
     counters: Counters,
+    latency: latency::HandshakeTimer,
 }
 
 /// [`State::wire_len`] with the framings passed in (for code that borrows other fields).
@@ -426,6 +428,7 @@ impl State {
             pins,
             framings: settings.framings.clone(),
             counters: Counters::default(),
+            latency: latency::HandshakeTimer::new(now),
         }
     }
 
@@ -449,6 +452,16 @@ impl State {
 
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// Handshake latency at the relay (`route::latency`), readable without this state's lock.
+    pub fn handshake_latency(&self) -> std::sync::Arc<crate::metrics::histogram::Histogram> {
+        self.latency.histogram()
+    }
+
+    /// Initiations parked until a candidate shows up.
+    pub fn parked_len(&self) -> usize {
+        self.parked.len()
     }
 
     pub fn keys(&self) -> &KeyDirectory {
