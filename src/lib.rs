@@ -12,6 +12,8 @@ pub mod constants;
 pub mod control;
 pub mod io;
 pub mod key;
+pub mod logging;
+pub mod notify;
 pub mod relay;
 pub mod route;
 pub mod shard;

@@ -26,15 +26,11 @@ fn main() -> ExitCode {
     let config = match Config::from_args(&args) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("wgrelay: {}", name_the_variable(&e.to_string(), &from_env));
+            wgrelay::logging::fatal(&name_the_variable(&e.to_string(), &from_env));
             return ExitCode::from(2);
         }
     };
-    env_logger::Builder::new()
-        .filter_level(config.log_level)
-        .parse_env("WGRELAY_LOG")
-        .format_target(false)
-        .init();
+    wgrelay::logging::init(config.log_level, config.log_format);
     match mode {
         Mode::CheckConfig => {
             // stdout may be closed or full (`| true`, `> /dev/full`): say so, never panic
@@ -56,14 +52,14 @@ fn run(config: &Config) -> ExitCode {
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         if let Err(e) = signal_hook::flag::register(signal, stop.clone()) {
-            eprintln!("wgrelay: cannot install a signal handler: {e}");
+            wgrelay::logging::fatal(&format!("cannot install a signal handler: {e}"));
             return ExitCode::from(1);
         }
     }
     let relay = match Relay::start(config) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("wgrelay: cannot start: {e}");
+            wgrelay::logging::fatal(&format!("cannot start: {e}"));
             return ExitCode::from(1);
         }
     };
@@ -78,6 +74,8 @@ fn run(config: &Config) -> ExitCode {
     }
     let addrs: Vec<String> = relay.local_addrs().iter().map(|a| a.to_string()).collect();
     log::info!("relaying on {}", addrs.join(", "));
+    // Every socket is bound (Relay::start returned): systemd may start what waits on us.
+    wgrelay::notify::ready(&format!("relaying on {}", addrs.join(", ")));
     let mut next_stats = config.stats_interval.map(|d| Instant::now() + d);
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
@@ -88,6 +86,7 @@ fn run(config: &Config) -> ExitCode {
             }
         }
     }
+    wgrelay::notify::stopping();
     log::info!("stopping");
     let stats = relay.stop();
     log::info!("final stats: {stats}");
