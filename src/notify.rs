@@ -27,11 +27,15 @@ pub fn ready(status: &str) {
 
 /// `RELOADING=1` and `MONOTONIC_USEC=now`: a reload began; [`ready`] ends it.
 pub fn reloading() {
+    send(&reloading_states());
+}
+
+fn reloading_states() -> Vec<NotifyState<'static>> {
     match NotifyState::monotonic_usec_now() {
-        Ok(now) => send(&[NotifyState::Reloading, now]),
+        Ok(now) => vec![NotifyState::Reloading, now],
         // CLOCK_MONOTONIC cannot fail on Linux; should it, RELOADING=1 alone is what
         // systemd before 253 expects anyway.
-        Err(_) => send(&[NotifyState::Reloading]),
+        Err(_) => vec![NotifyState::Reloading],
     }
 }
 
@@ -106,6 +110,25 @@ mod tests {
             "RELOADING=1\nMONOTONIC_USEC=12\n"
         );
         assert_eq!(message(&[NotifyState::Stopping]), "STOPPING=1\n");
+    }
+
+    #[test]
+    fn reloading_carries_the_monotonic_clock_in_microseconds() {
+        let before = std::time::Instant::now();
+        let text = message(&reloading_states());
+        let usec = text
+            .strip_prefix("RELOADING=1\nMONOTONIC_USEC=")
+            .and_then(|r| r.strip_suffix('\n'))
+            .and_then(|v| v.parse::<u64>().ok());
+        assert!(usec.is_some_and(|u| u > 0), "{text:?}");
+        let again = message(&reloading_states());
+        let later = again
+            .trim_end()
+            .rsplit('=')
+            .next()
+            .and_then(|v| v.parse::<u64>().ok());
+        assert!(later >= usec, "monotonic: {text:?} then {again:?}");
+        assert!(before.elapsed() < std::time::Duration::from_secs(5));
     }
 
     #[test]

@@ -275,6 +275,23 @@ fn ready_comes_once_every_socket_is_bound_and_stopping_on_sigterm() {
 }
 
 #[test]
+fn a_failed_start_never_reports_ready() {
+    let dir = TempDir::new("failed");
+    let notify = NotifySocket::bind(&dir);
+    // The second listen address is taken: the first was bound, but not every socket.
+    let taken = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let ports = [free_port(), taken.local_addr().expect("addr").port()];
+    let status = wgrelay()
+        .args(run_args(&ports))
+        .env("NOTIFY_SOCKET", &notify.path)
+        .stderr(Stdio::null())
+        .status()
+        .expect("run wgrelay");
+    assert_eq!(status.code(), Some(1));
+    assert_eq!(notify.recv(Duration::from_millis(300)), None, "no READY=1");
+}
+
+#[test]
 fn an_abstract_notify_socket_gets_ready_too() {
     use std::os::linux::net::SocketAddrExt;
     let name = format!("wgrelay-sd-test-{}", std::process::id());
@@ -453,6 +470,39 @@ fn a_full_stderr_neither_panics_nor_stops_the_relay() {
                     .open("/dev/full")
                     .expect("/dev/full"),
             );
+        let relay = Running::spawn(&mut cmd);
+        let ready = notify.recv(Duration::from_secs(10)).expect("READY=1");
+        assert!(ready.starts_with("READY=1\n"), "{ready:?}");
+        let status = relay.terminate();
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "--log-format {format}: a clean exit, no panic"
+        );
+        assert_eq!(
+            notify.recv(Duration::from_secs(5)).as_deref(),
+            Some("STOPPING=1\n")
+        );
+    }
+}
+
+#[test]
+fn a_closed_stderr_neither_panics_nor_stops_the_relay() {
+    use std::os::unix::process::CommandExt;
+    let dir = TempDir::new("closed");
+    let notify = NotifySocket::bind(&dir);
+    for format in ["text", "json"] {
+        let mut cmd = wgrelay();
+        cmd.args(run_args(&[free_port()]))
+            .args(["--log-level", "trace", "--log-format", format])
+            .env("NOTIFY_SOCKET", &notify.path);
+        // SAFETY: close(2) is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::close(2);
+                Ok(())
+            });
+        }
         let relay = Running::spawn(&mut cmd);
         let ready = notify.recv(Duration::from_secs(10)).expect("READY=1");
         assert!(ready.starts_with("READY=1\n"), "{ready:?}");
