@@ -53,6 +53,8 @@ check "the installed binary accepts it (the unit's ExecStartPre)" \
 check "unit installed" cmp -s packaging/wgrelay.service "$root/etc/systemd/system/wgrelay.service"
 check "state directory: /var/lib/wgrelay -> private/wgrelay, as systemd makes it for DynamicUser=yes" \
     bash -c '[ "$(readlink "$1/var/lib/wgrelay")" = private/wgrelay ] && [ -d "$1/var/lib/wgrelay/" ] && [ "$(stat -c %a "$1/var/lib/private")" = 700 ]' _ "$root"
+check "the unit waits for READY=1 (Type=notify, from the relay's main process only)" \
+    bash -c 'grep -qx "Type=notify" "$1" && grep -qx "NotifyAccess=main" "$1"' _ "$root/etc/systemd/system/wgrelay.service"
 check "the unit's state file path is in it" grep -q -- '--state-file /var/lib/wgrelay/state' "$root/etc/systemd/system/wgrelay.service"
 
 # Again, over an edited configuration: it stays, everything else is replaced.

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
-use crate::config::{BackendChoice, CookieMode, Switch};
+use crate::config::{BackendChoice, CookieMode, LogFormat, Switch};
 
 /// A WireGuard relay: forwards packets between peers by receiver index,
 /// never decrypting them.
@@ -225,6 +225,12 @@ pub struct RunArgs {
     /// Log verbosity. [default: info]
     #[arg(long, value_enum, value_name = "LEVEL", env = "WGRELAY_LOG_LEVEL")]
     pub log_level: Option<LogLevel>,
+
+    /// Log line format: text ([timestamp LEVEL] message; syslog priority prefixes instead
+    /// when stderr is the systemd journal) or json (one object per line with timestamp, level,
+    /// target and message, for log shippers). [default: text]
+    #[arg(long, value_enum, value_name = "FORMAT", env = "WGRELAY_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
 
     /// Log at least at debug level (wpex compatibility).
     #[arg(

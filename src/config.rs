@@ -88,6 +88,7 @@
 //! gro = "on"                   # on | off: UDP GRO receives
 //! steering = "on"              # on | off: steer packets to their owner shard in the kernel
 //! log_level = "info"           # error | warn | info | debug | trace
+//! log_format = "text"          # text | json (one object per line, for log shippers)
 //! stats_interval = 60          # seconds, 0 = off
 //! metrics = "127.0.0.1:9586"   # serve Prometheus metrics at /metrics (default: off)
 //! bind = "0.0.0.0"             # wpex style, same rule as the flags
@@ -175,6 +176,7 @@ pub const FILE_KEYS: &[&str] = &[
     "steering",
     "state_file",
     "log_level",
+    "log_format",
     "stats_interval",
     "metrics",
     "bind",
@@ -224,6 +226,32 @@ impl CookieMode {
 }
 
 impl fmt::Display for CookieMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How log lines are written (see [`crate::logging`]): text (`[timestamp LEVEL] message`, or
+/// syslog priority prefixes when stderr is the journal) or one JSON object per line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    /// The spelling used on the command line and in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+impl fmt::Display for LogFormat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
@@ -338,6 +366,7 @@ pub struct Config {
     /// kept to be reported.
     pub wgproxy_timeout: Option<Duration>,
     pub log_level: log::LevelFilter,
+    pub log_format: LogFormat,
     /// Period of statistics log lines; `None` = off.
     pub stats_interval: Option<Duration>,
     /// Where Prometheus metrics are served (`/metrics`); `None` = nowhere.
@@ -363,6 +392,7 @@ impl Default for Config {
             awg: crate::wire::awg::Params::plain(),
             wgproxy_timeout: None,
             log_level: log::LevelFilter::Info,
+            log_format: LogFormat::Text,
             stats_interval: Some(Duration::from_secs(DEFAULT_STATS_INTERVAL_SECS)),
             metrics: None,
         }
@@ -482,7 +512,7 @@ impl Config {
             None => String::new(),
         };
         format!(
-            "listen: {}\nmode: {}\nservers: {}\npeers: {}\nawg: {}\ncookie replies: {}\nbroadcast rate: {}\nthreads: {}\nbackend: {}\noffload: gso {}, gro {}\nsteering: {}\nstate file: {}\nlog level: {}\nstats: {}\nmetrics: {}{}",
+            "listen: {}\nmode: {}\nservers: {}\npeers: {}\nawg: {}\ncookie replies: {}\nbroadcast rate: {}\nthreads: {}\nbackend: {}\noffload: gso {}, gro {}\nsteering: {}\nstate file: {}\nlog level: {}\nlog format: {}\nstats: {}\nmetrics: {}{}",
             listen.join(", "),
             mode,
             servers,
@@ -499,6 +529,7 @@ impl Config {
                 .as_ref()
                 .map_or("none".into(), |p| p.display().to_string()),
             self.log_level.as_str().to_ascii_lowercase(),
+            self.log_format,
             stats,
             self.metrics
                 .map_or("off".into(), |a| format!("http://{a}/metrics")),
@@ -591,6 +622,10 @@ impl Config {
             awg,
             wgproxy_timeout: wgproxy.wgproxy_timeout,
             log_level,
+            log_format: cli
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(defaults.log_format),
             stats_interval: match cli.stats_interval.or(file.stats_interval) {
                 Some(0) => None,
                 Some(secs) => Some(Duration::from_secs(secs)),
@@ -669,6 +704,7 @@ struct Layer {
     awg: Option<AwgParams>,
     wgproxy_timeout: Option<Duration>,
     log_level: Option<LogLevel>,
+    log_format: Option<LogFormat>,
     stats_interval: Option<u64>,
     metrics: Option<SocketAddr>,
 }
@@ -764,6 +800,7 @@ impl Layer {
             awg,
             wgproxy_timeout: None,
             log_level: a.log_level,
+            log_format: a.log_format,
             stats_interval: a.stats_interval,
             metrics: match &a.metrics {
                 Some(s) => Some(parse_metrics("--metrics", s).map_err(ConfigError::new)?),
@@ -990,6 +1027,7 @@ impl Layer {
             awg,
             wgproxy_timeout: None,
             log_level: f.log_level,
+            log_format: f.log_format,
             stats_interval: f.stats_interval,
             metrics: match &f.metrics {
                 Some(s) => {
@@ -1018,6 +1056,7 @@ struct FileConfig {
     steering: Option<Switch>,
     state_file: Option<std::path::PathBuf>,
     log_level: Option<LogLevel>,
+    log_format: Option<LogFormat>,
     stats_interval: Option<u64>,
     metrics: Option<Spanned<String>>,
     bind: Option<Spanned<String>>,
@@ -2347,6 +2386,31 @@ mod tests {
     }
 
     #[test]
+    fn log_format_from_flag_and_file() {
+        assert_eq!(parse(&[]).log_format, LogFormat::Text);
+        assert_eq!(parse(&["--log-format", "json"]).log_format, LogFormat::Json);
+        assert_eq!(parse(&["--log-format", "text"]).log_format, LogFormat::Text);
+        let c = Config::from_toml_str("log_format = \"json\"").unwrap();
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert!(
+            c.summary().contains("\nlog format: json\n"),
+            "{}",
+            c.summary()
+        );
+        let f = TempFile::new("log_format = \"json\"");
+        assert_eq!(
+            parse(&["--config", f.path(), "--log-format", "text"]).log_format,
+            LogFormat::Text,
+            "the flag wins over the file"
+        );
+        let e = Config::from_toml_str("log_format = \"xml\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("log_format") && e.contains("xml"), "{e}");
+        assert!(e.contains("text") && e.contains("json"), "{e}");
+    }
+
+    #[test]
     fn stats_interval_values() {
         assert_eq!(parse(&["--stats-interval", "0"]).stats_interval, None);
         assert_eq!(
@@ -2672,6 +2736,7 @@ stats_interval = 9
              steering: on\n\
              state file: none\n\
              log level: info\n\
+             log format: text\n\
              stats: every 60s\n\
              metrics: off"
         );
@@ -2740,6 +2805,7 @@ stats_interval = 9
              steering: on\n\
              state file: none\n\
              log level: info\n\
+             log format: text\n\
              stats: every 60s\n\
              metrics: off\n\
              wgproxy timeout: 30s (WGPROXY_TIMEOUT, superseded: sessions expire by WireGuard's own timers)"

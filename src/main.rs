@@ -26,20 +26,11 @@ fn main() -> ExitCode {
     let config = match Config::from_args(&args) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("wgrelay: {}", name_the_variable(&e.to_string(), &from_env));
+            wgrelay::logging::fatal(&name_the_variable(&e.to_string(), &from_env));
             return ExitCode::from(2);
         }
     };
-    // The level is the global maximum, not the logger's own filter, so a reload can change
-    // it; WGRELAY_LOG's per-module directives, when given, filter below it.
-    env_logger::Builder::new()
-        .filter_level(log::LevelFilter::Trace)
-        .parse_env("WGRELAY_LOG")
-        .format_target(false)
-        .init();
-    if std::env::var_os("WGRELAY_LOG").is_none() {
-        log::set_max_level(config.log_level);
-    }
+    wgrelay::logging::init(config.log_level, config.log_format);
     match mode {
         Mode::CheckConfig => {
             // stdout may be closed or full (`| true`, `> /dev/full`): say so, never panic
@@ -67,14 +58,14 @@ fn run(config: &Config) -> ExitCode {
         (signal_hook::consts::SIGHUP, &hup),
     ] {
         if let Err(e) = signal_hook::flag::register(signal, flag.clone()) {
-            eprintln!("wgrelay: cannot install a signal handler: {e}");
+            wgrelay::logging::fatal(&format!("cannot install a signal handler: {e}"));
             return ExitCode::from(1);
         }
     }
     let mut relay = match Relay::start(config) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("wgrelay: cannot start: {e}");
+            wgrelay::logging::fatal(&format!("cannot start: {e}"));
             return ExitCode::from(1);
         }
     };
@@ -101,15 +92,19 @@ fn run(config: &Config) -> ExitCode {
     }
     let addrs: Vec<String> = relay.local_addrs().iter().map(|a| a.to_string()).collect();
     log::info!("relaying on {}", addrs.join(", "));
+    // Every socket is bound (Relay::start returned): systemd may start what waits on us.
+    wgrelay::notify::ready(&format!("relaying on {}", addrs.join(", ")));
     let mut next_stats = config.stats_interval.map(|d| Instant::now() + d);
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
         if hup.swap(false, Ordering::Relaxed) {
             let before = relay.config().stats_interval;
+            wgrelay::notify::reloading();
             match reload(&mut relay) {
                 Ok(what) => log::info!("reload: {what}"),
                 Err(why) => log::error!("reload refused, nothing changed: {why}"),
             }
+            wgrelay::notify::ready(&format!("relaying on {}", addrs.join(", ")));
             if relay.config().stats_interval != before {
                 next_stats = relay.config().stats_interval.map(|d| Instant::now() + d);
             }
@@ -121,6 +116,7 @@ fn run(config: &Config) -> ExitCode {
             }
         }
     }
+    wgrelay::notify::stopping();
     log::info!("stopping");
     if let Some(m) = metrics {
         m.stop();
@@ -143,9 +139,7 @@ fn reload(relay: &mut Relay) -> Result<String, String> {
     let config =
         Config::from_args(&args).map_err(|e| name_the_variable(&e.to_string(), &from_env))?;
     let done = relay.reload(&config).map_err(|e| e.to_string())?;
-    if std::env::var_os("WGRELAY_LOG").is_none() {
-        log::set_max_level(config.log_level);
-    }
+    wgrelay::logging::set_level(config.log_level);
     Ok(done.to_string())
 }
 
