@@ -16,9 +16,8 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use serde::Deserialize;
 
-use crate::config::{BackendChoice, CookieMode, Switch};
+use super::*;
 
 /// A WireGuard relay: forwards packets between peers by receiver index,
 /// never decrypting them.
@@ -242,4 +241,196 @@ pub struct RunArgs {
     /// is given). With --bind, defines one listen address added to --listen.
     #[arg(long, value_name = "PORT", env = "WGRELAY_PORT")]
     pub port: Option<u16>,
+}
+
+impl Layer {
+    pub(super) fn from_args(a: &RunArgs) -> Result<Layer, ConfigError> {
+        let mut listen = a
+            .listen
+            .iter()
+            .map(|s| parse_listen("--listen", s))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ConfigError::new)?;
+        let bind = match &a.bind {
+            Some(b) => Some(parse_bind("--bind", b).map_err(ConfigError::new)?),
+            None => None,
+        };
+        let port = match a.port {
+            Some(p) => Some(check_port("--port", p).map_err(ConfigError::new)?),
+            None => None,
+        };
+        listen.extend(wpex_listen(bind, port));
+
+        let allow = a
+            .allow
+            .iter()
+            .map(|s| parse_key("--allow", s))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ConfigError::new)?;
+
+        let mut groups = Vec::new();
+        for g in &a.group {
+            let keys = g
+                .split(',')
+                .map(|s| parse_key("--group", s))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(ConfigError::new)?;
+            groups.push(check_group("--group", &format!("{g:?}"), keys).map_err(ConfigError::new)?);
+        }
+
+        let threads = match a.threads {
+            Some(n) => Some(check_threads("--threads", n).map_err(ConfigError::new)?),
+            None => None,
+        };
+
+        let servers = servers_from_args(&a.server, &a.server_key).map_err(ConfigError::new)?;
+        let peers = a
+            .peer
+            .iter()
+            .map(|s| parse_peer_flag(s))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ConfigError::new)?;
+        check_peer_keys(&peers).map_err(ConfigError::new)?;
+        let awg = awg_from_args(&a.awg).map_err(ConfigError::new)?;
+
+        Ok(Layer {
+            listen: non_empty(listen),
+            allow: non_empty(allow),
+            groups: non_empty(groups),
+            cookie: a.cookie,
+            broadcast_rate: a.broadcast_rate,
+            threads,
+            backend: a.backend,
+            gso: a.gso,
+            gro: a.gro,
+            steering: a.steering,
+            state_file: a.state_file.clone(),
+            servers: non_empty(servers),
+            peers: non_empty(peers),
+            awg,
+            wgproxy_timeout: None,
+            log_level: a.log_level,
+            stats_interval: a.stats_interval,
+        })
+    }
+}
+
+/// `--server`/`--server-key` pairs, in order.
+pub(super) fn servers_from_args(addrs: &[String], keys: &[String]) -> Result<Vec<Server>, String> {
+    let addrs = addrs
+        .iter()
+        .map(|s| s.parse::<HostPort>().map_err(|e| format!("--server: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let keys = keys
+        .iter()
+        .map(|s| parse_key("--server-key", s))
+        .collect::<Result<Vec<_>, _>>()?;
+    if addrs.len() != keys.len() {
+        return Err(format!(
+            "--server and --server-key pair up in order, one key per server: got {} and {}",
+            plural(addrs.len(), "server"),
+            plural(keys.len(), "server key")
+        ));
+    }
+    let mut seen = HashSet::new();
+    for key in &keys {
+        if !seen.insert(*key) {
+            return Err(format!(
+                "--server-key {key}: given for two servers (a key chooses one server)"
+            ));
+        }
+    }
+    Ok(addrs
+        .into_iter()
+        .zip(keys)
+        .map(|(addr, key)| Server { addr, key })
+        .collect())
+}
+
+/// `--peer [ADDR:]PORT=PUBKEY[@IP:PORT|@uapi:DEVICE]`.
+pub(super) fn parse_peer_flag(s: &str) -> Result<PeerSpec, String> {
+    let at = format!("--peer {s:?}");
+    let syntax = || {
+        format!(
+            "{at}: expected [ADDR:]PORT=PUBKEY, optionally followed by @IP:PORT (a fixed endpoint) or @uapi:DEVICE"
+        )
+    };
+    let (place, rest) = s.split_once('=').ok_or_else(syntax)?;
+    let place = place.trim();
+    let listen = if !place.is_empty() && place.bytes().all(|b| b.is_ascii_digit()) {
+        let port: u16 = place
+            .parse()
+            .map_err(|_| format!("{at}: port {place} is out of range (1-65535)"))?;
+        PeerListen::Port(check_port(&at, port).map_err(|_| {
+            format!("{at}: port 0 is not allowed (expected a fixed port 1-65535 that peers can point at)")
+        })?)
+    } else {
+        match place.parse::<SocketAddr>() {
+            Ok(addr) if addr.port() == 0 => {
+                return Err(format!(
+                    "{at}: port 0 is not allowed (expected a fixed port 1-65535 that peers can point at)"
+                ))
+            }
+            Ok(addr) => PeerListen::Addr(addr),
+            Err(_) => {
+                return Err(format!(
+                    "{at}: {place:?} is neither a PORT nor an ADDR:PORT (IPv6 as [ADDR]:PORT)"
+                ))
+            }
+        }
+    };
+    let (key, how) = match rest.split_once('@') {
+        Some((key, how)) => (key, Some(how)),
+        None => (rest, None),
+    };
+    let key = parse_key("--peer", key)?;
+    let (mut endpoint, mut uapi) = (None, None);
+    match how {
+        None => {}
+        Some(how) => match how.trim().strip_prefix("uapi:") {
+            Some(dev) => uapi = Some(check_uapi(&format!("{at}: uapi"), dev.trim())?),
+            None => {
+                endpoint = Some(parse_endpoint(
+                    &format!("{at}: endpoint"),
+                    how,
+                    ", or uapi:DEVICE for a local WireGuard device",
+                )?)
+            }
+        },
+    }
+    Ok(PeerSpec {
+        name: at.clone(),
+        at,
+        listen,
+        key,
+        endpoint,
+        uapi,
+        awg: None,
+    })
+}
+
+/// `--awg KEY=VALUE ...`: `None` when not given.
+pub(super) fn awg_from_args(items: &[String]) -> Result<Option<AwgParams>, String> {
+    if items.is_empty() {
+        return Ok(None);
+    }
+    let mut params = AwgParams::plain();
+    let mut seen = HashSet::new();
+    for item in items {
+        let (key, value) = item.split_once('=').ok_or_else(|| {
+            format!("--awg {item:?}: expected KEY=VALUE (e.g. jc=4 or h1=100000-100099)")
+        })?;
+        let key = key.trim();
+        let norm: String = key
+            .chars()
+            .filter(|c| *c != '_' && *c != '-')
+            .map(|c| c.to_ascii_lowercase())
+            .collect();
+        if !seen.insert(norm) {
+            return Err(format!("--awg {item:?}: {key} is given twice"));
+        }
+        params.set(key, value).map_err(|e| format!("--awg: {e}"))?;
+    }
+    check_awg(&params).map_err(|e| format!("--awg: {e}"))?;
+    Ok(Some(params))
 }
