@@ -16,6 +16,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
 
 use super::*;
 
@@ -166,59 +167,10 @@ pub struct RunArgs {
     )]
     pub awg: Vec<String>,
 
-    /// When unproven sources must answer a cookie challenge (DoS protection):
-    /// always; under-load (when the named key's budget is spent, or a search
-    /// is needed); never. [default: under-load]
-    #[arg(long, value_enum, value_name = "MODE", env = "WGRELAY_COOKIE")]
-    pub cookie: Option<CookieMode>,
-
-    /// Fan-out copies of handshake initiations per second that involve an
-    /// unproven endpoint; 0 means unlimited (copies between proven peers are
-    /// bounded per sender instead: 4096 per sweep, one sweep a second). [default: 1000]
-    #[arg(long, value_name = "PPS", env = "WGRELAY_BROADCAST_RATE")]
-    pub broadcast_rate: Option<u32>,
-
-    /// Number of worker threads (1-1024). [default: number of CPUs]
-    #[arg(long, value_name = "N", env = "WGRELAY_THREADS")]
-    pub threads: Option<usize>,
-
-    /// Datagram I/O backend: uring (io_uring; an error where io_uring cannot run), mmsg
-    /// (poll + recvmmsg/sendmmsg) or auto: io_uring where it can run (a container's seccomp
-    /// profile or kernel.io_uring_disabled may forbid it), else mmsg, with one log line saying
-    /// why. [default: auto]
-    #[arg(long, value_enum, value_name = "BACKEND", env = "WGRELAY_BACKEND")]
-    pub backend: Option<BackendChoice>,
-
-    /// UDP GSO: send runs of datagrams to one destination as one segmentation-offload send
-    /// (Linux 4.18+). on is turned off at runtime if the kernel refuses it.
-    /// [default: on]
-    #[arg(long, value_enum, value_name = "on|off", env = "WGRELAY_GSO")]
-    pub gso: Option<Switch>,
-
-    /// UDP GRO: let the kernel coalesce received datagrams of one flow (Linux
-    /// 5.0+); they are split again before routing. [default: on]
-    #[arg(long, value_enum, value_name = "on|off", env = "WGRELAY_GRO")]
-    pub gro: Option<Switch>,
-
-    /// Kernel steering: with several threads, a reuseport BPF program hands each packet to
-    /// the shard that owns its receiver index. off leaves it to the kernel's hash, and shards
-    /// hand packets to their owner themselves. [default: on]
-    #[arg(long, value_enum, value_name = "on|off", env = "WGRELAY_STEERING")]
-    pub steering: Option<Switch>,
-
-    /// Keep confirmed sessions across a restart: written here on a clean stop (SIGINT or
-    /// SIGTERM) and read back at start, so peers need no new handshake. [default: none]
-    #[arg(long, value_name = "FILE", env = "WGRELAY_STATE_FILE")]
-    pub state_file: Option<std::path::PathBuf>,
-
     /// TOML configuration file; flags and environment variables override
     /// its settings.
     #[arg(long, value_name = "FILE", env = "WGRELAY_CONFIG")]
     pub config: Option<PathBuf>,
-
-    /// Log verbosity. [default: info]
-    #[arg(long, value_enum, value_name = "LEVEL", env = "WGRELAY_LOG_LEVEL")]
-    pub log_level: Option<LogLevel>,
 
     /// Log at least at debug level (wpex compatibility).
     #[arg(
@@ -228,19 +180,114 @@ pub struct RunArgs {
     )]
     pub debug: bool,
 
+    /// Every setting that each source gives as one value.
+    #[command(flatten)]
+    pub scalars: Scalars,
+}
+
+/// Declares the single-valued settings once: the flag, its variable and help (clap), the
+/// file key (serde, the field's name) and the generic merge all come from this list. Lists
+/// (listen, allow, groups, servers, peers, awg) are spelled differently per source and are
+/// read by hand.
+macro_rules! scalar_settings {
+    ($( $(#[$meta:meta])* $name:ident: $ty:ty, )*) => {
+        /// The single-valued settings of one source; `None` = that source does not set it.
+        #[derive(Debug, Clone, Default, PartialEq, Eq, Args, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct Scalars {
+            $( $(#[$meta])* pub $name: Option<$ty>, )*
+        }
+
+        impl Scalars {
+            /// Their keys in the configuration file.
+            pub const KEYS: &'static [&'static str] = &[$(stringify!($name)),*];
+
+            /// Each setting from `self` where it is set, else from `lower`.
+            pub fn or(self, lower: Scalars) -> Scalars {
+                Scalars { $( $name: self.$name.or(lower.$name), )* }
+            }
+        }
+    };
+}
+
+scalar_settings! {
+    /// When unproven sources must answer a cookie challenge (DoS protection):
+    /// always; under-load (when the named key's budget is spent, or a search
+    /// is needed); never. [default: under-load]
+    #[arg(long, value_enum, value_name = "MODE", env = "WGRELAY_COOKIE")]
+    cookie: CookieMode,
+
+    /// Fan-out copies of handshake initiations per second that involve an
+    /// unproven endpoint; 0 means unlimited (copies between proven peers are
+    /// bounded per sender instead: 4096 per sweep, one sweep a second). [default: 1000]
+    #[arg(long, value_name = "PPS", env = "WGRELAY_BROADCAST_RATE")]
+    broadcast_rate: u32,
+
+    /// Number of worker threads (1-1024). [default: number of CPUs]
+    #[arg(long, value_name = "N", env = "WGRELAY_THREADS")]
+    threads: usize,
+
+    /// Datagram I/O backend: uring (io_uring; an error where io_uring cannot run), mmsg
+    /// (poll + recvmmsg/sendmmsg) or auto: io_uring where it can run (a container's seccomp
+    /// profile or kernel.io_uring_disabled may forbid it), else mmsg, with one log line saying
+    /// why. [default: auto]
+    #[arg(long, value_enum, value_name = "BACKEND", env = "WGRELAY_BACKEND")]
+    backend: BackendChoice,
+
+    /// UDP GSO: send runs of datagrams to one destination as one segmentation-offload send
+    /// (Linux 4.18+). on is turned off at runtime if the kernel refuses it.
+    /// [default: on]
+    #[arg(long, value_enum, value_name = "on|off", env = "WGRELAY_GSO")]
+    gso: Switch,
+
+    /// UDP GRO: let the kernel coalesce received datagrams of one flow (Linux
+    /// 5.0+); they are split again before routing. [default: on]
+    #[arg(long, value_enum, value_name = "on|off", env = "WGRELAY_GRO")]
+    gro: Switch,
+
+    /// Kernel steering: with several threads, a reuseport BPF program hands each packet to
+    /// the shard that owns its receiver index. off leaves it to the kernel's hash, and shards
+    /// hand packets to their owner themselves. [default: on]
+    #[arg(long, value_enum, value_name = "on|off", env = "WGRELAY_STEERING")]
+    steering: Switch,
+
+    /// Keep confirmed sessions across a restart: written here on a clean stop (SIGINT or
+    /// SIGTERM) and read back at start, so peers need no new handshake. [default: none]
+    #[arg(long, value_name = "FILE", env = "WGRELAY_STATE_FILE")]
+    state_file: std::path::PathBuf,
+
+    /// Log verbosity. [default: info]
+    #[arg(long, value_enum, value_name = "LEVEL", env = "WGRELAY_LOG_LEVEL")]
+    log_level: LogLevel,
+
     /// Seconds between statistics log lines; 0 turns them off. [default: 60]
     #[arg(long, value_name = "SECS", env = "WGRELAY_STATS_INTERVAL")]
-    pub stats_interval: Option<u64>,
+    stats_interval: u64,
 
     /// wpex compatibility: IP address to listen on ("" = all addresses).
     /// With --port, defines one listen address added to --listen.
     #[arg(long, value_name = "ADDR", env = "WGRELAY_BIND")]
-    pub bind: Option<String>,
+    bind: String,
 
     /// wpex compatibility: UDP port to listen on (default 40000 when --bind
     /// is given). With --bind, defines one listen address added to --listen.
     #[arg(long, value_name = "PORT", env = "WGRELAY_PORT")]
-    pub port: Option<u16>,
+    port: u16,
+
+    /// Log line format: text (plain lines; with syslog priority prefixes when stderr is the
+    /// journal) or json (one object per line, for log shippers). [default: text]
+    #[arg(long, value_enum, value_name = "FORMAT", env = "WGRELAY_LOG_FORMAT")]
+    log_format: LogFormat,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9586).
+    /// [default: off]
+    #[arg(long, value_name = "ADDR", env = "WGRELAY_METRICS")]
+    metrics: std::net::SocketAddr,
+
+    /// Unix socket (owner-only) that `wgrelay show` and `wgrelay reload` talk to; off turns it
+    /// off. [default: /run/wgrelay/control.sock]
+    #[arg(long, value_name = "PATH", env = "WGRELAY_CONTROL_SOCKET")]
+    control_socket: PathBuf,
 }
 
 impl Layer {
@@ -251,15 +298,8 @@ impl Layer {
             .map(|s| parse_listen("--listen", s))
             .collect::<Result<Vec<_>, _>>()
             .map_err(ConfigError::new)?;
-        let bind = match &a.bind {
-            Some(b) => Some(parse_bind("--bind", b).map_err(ConfigError::new)?),
-            None => None,
-        };
-        let port = match a.port {
-            Some(p) => Some(check_port("--port", p).map_err(ConfigError::new)?),
-            None => None,
-        };
-        listen.extend(wpex_listen(bind, port));
+        let flag = |key: &str| format!("--{}", key.replace('_', "-"));
+        listen.extend(check_scalars(&a.scalars, flag, |_, m| ConfigError::new(m))?);
 
         let allow = a
             .allow
@@ -278,11 +318,6 @@ impl Layer {
             groups.push(check_group("--group", &format!("{g:?}"), keys).map_err(ConfigError::new)?);
         }
 
-        let threads = match a.threads {
-            Some(n) => Some(check_threads("--threads", n).map_err(ConfigError::new)?),
-            None => None,
-        };
-
         let servers = servers_from_args(&a.server, &a.server_key).map_err(ConfigError::new)?;
         let peers = a
             .peer
@@ -297,20 +332,11 @@ impl Layer {
             listen: non_empty(listen),
             allow: non_empty(allow),
             groups: non_empty(groups),
-            cookie: a.cookie,
-            broadcast_rate: a.broadcast_rate,
-            threads,
-            backend: a.backend,
-            gso: a.gso,
-            gro: a.gro,
-            steering: a.steering,
-            state_file: a.state_file.clone(),
             servers: non_empty(servers),
             peers: non_empty(peers),
             awg,
             wgproxy_timeout: None,
-            log_level: a.log_level,
-            stats_interval: a.stats_interval,
+            scalars: a.scalars.clone(),
         })
     }
 }

@@ -18,6 +18,31 @@ impl Layer {
     /// `origin` starts every error message, e.g. `config file /etc/x.toml`.
     pub(super) fn from_toml(text: &str, origin: &str) -> Result<Layer, ConfigError> {
         let ctx = FileCtx { origin, text };
+        // Two passes over the text: every top-level value with its position, for the
+        // single-valued settings and unknown keys; then the lists, whose items keep theirs.
+        let top: std::collections::BTreeMap<String, Spanned<toml::Value>> =
+            toml::from_str(text).map_err(|e| ctx.toml_error(&e))?;
+        let mut in_order: Vec<_> = top.iter().collect();
+        in_order.sort_by_key(|(_, v)| v.span().start);
+        let mut scalars = Scalars::default();
+        for (key, value) in in_order {
+            if Scalars::KEYS.contains(&key.as_str()) {
+                // one key at a time, so a type error is placed on its line
+                let one = toml::Table::from_iter([(key.clone(), value.get_ref().clone())]);
+                let s: Scalars = one.try_into().map_err(|e: toml::de::Error| {
+                    ctx.at(
+                        value.span(),
+                        format!("{key}: {}", humanize_types(e.message())),
+                    )
+                })?;
+                scalars = scalars.or(s);
+            } else if !LIST_KEYS.contains(&key.as_str()) {
+                let known: Vec<&str> = LIST_KEYS.iter().chain(Scalars::KEYS).copied().collect();
+                return Err(ctx.at(value.span(), unknown_key(key, &known)));
+            }
+        }
+        let span = |key: &str| top.get(key).map_or(0..0, |v| v.span());
+        let wpex = check_scalars(&scalars, str::to_string, |key, m| ctx.at(span(key), m))?;
         let f: FileConfig = toml::from_str(text).map_err(|e| ctx.toml_error(&e))?;
 
         let mut listen = None;
@@ -28,15 +53,7 @@ impl Layer {
             }
             listen = Some(addrs);
         }
-        let bind = match &f.bind {
-            Some(b) => Some(parse_bind("bind", b.get_ref()).map_err(|m| ctx.at(b.span(), m))?),
-            None => None,
-        };
-        let port = match &f.port {
-            Some(p) => Some(check_port("port", *p.get_ref()).map_err(|m| ctx.at(p.span(), m))?),
-            None => None,
-        };
-        if let Some(addr) = wpex_listen(bind, port) {
+        if let Some(addr) = wpex {
             listen.get_or_insert_with(Vec::new).push(addr);
         }
 
@@ -67,13 +84,6 @@ impl Layer {
                     );
                 }
                 Some(out)
-            }
-            None => None,
-        };
-
-        let threads = match &f.threads {
-            Some(n) => {
-                Some(check_threads("threads", *n.get_ref()).map_err(|m| ctx.at(n.span(), m))?)
             }
             None => None,
         };
@@ -125,44 +135,22 @@ impl Layer {
             listen: listen.and_then(non_empty),
             allow: allow.and_then(non_empty),
             groups: groups.and_then(non_empty),
-            cookie: f.cookie,
-            broadcast_rate: f.broadcast_rate,
-            threads,
-            backend: f.backend,
-            gso: f.gso,
-            gro: f.gro,
-            steering: f.steering,
-            state_file: f.state_file,
             servers: non_empty(servers),
             peers: non_empty(peers),
             awg,
             wgproxy_timeout: None,
-            log_level: f.log_level,
-            stats_interval: f.stats_interval,
+            scalars,
         })
     }
 }
 
-/// The configuration file as written; values needing validation keep their
-/// position for error messages.
+/// The file's list settings as written ([`LIST_KEYS`]; the rest are [`Scalars`]); items keep
+/// their position for error messages.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(super) struct FileConfig {
     listen: Option<Vec<Spanned<String>>>,
     allow: Option<Vec<Spanned<String>>>,
     groups: Option<Vec<Spanned<Vec<Spanned<String>>>>>,
-    cookie: Option<CookieMode>,
-    broadcast_rate: Option<u32>,
-    threads: Option<Spanned<usize>>,
-    backend: Option<BackendChoice>,
-    gso: Option<Switch>,
-    gro: Option<Switch>,
-    steering: Option<Switch>,
-    state_file: Option<std::path::PathBuf>,
-    log_level: Option<LogLevel>,
-    stats_interval: Option<u64>,
-    bind: Option<Spanned<String>>,
-    port: Option<Spanned<u16>>,
     server: Option<Vec<Spanned<FileServer>>>,
     peer: Option<Vec<Spanned<FilePeer>>>,
     awg: Option<Spanned<AwgTable>>,
@@ -327,11 +315,12 @@ pub(super) fn rewrite_unknown_field(message: &str) -> String {
     let name = &rest[..end];
     // serde names the expected fields in backquotes, in declaration order.
     let expected: Vec<&str> = rest[end + 1..].split('`').skip(1).step_by(2).collect();
-    let expected = if expected.is_empty() {
-        FILE_KEYS.to_vec()
-    } else {
-        expected
-    };
+    unknown_key(name, &expected)
+}
+
+/// `unknown key "x" (did you mean "y"?; expected one of: a, b)`, `expected` being the keys of
+/// the table the key is in.
+pub(super) fn unknown_key(name: &str, expected: &[&str]) -> String {
     let suggestion = expected
         .iter()
         .map(|k| (edit_distance(name, k), *k))

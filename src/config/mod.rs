@@ -124,7 +124,7 @@ use std::fmt;
 use std::hash::Hash;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -142,7 +142,7 @@ mod tests;
 mod validate;
 mod wgproxy;
 
-pub use args::{Cli, Command, LogLevel, Mode, RunArgs};
+pub use args::{Cli, Command, LogLevel, Mode, RunArgs, Scalars};
 use summary::plural;
 use validate::*;
 
@@ -171,27 +171,11 @@ pub const DEFAULT_STATS_INTERVAL_SECS: u64 = 60;
 /// Largest accepted `threads` value.
 pub const MAX_THREADS: usize = 1024;
 
-/// Names of the keys accepted in the configuration file.
-pub const FILE_KEYS: &[&str] = &[
-    "listen",
-    "allow",
-    "groups",
-    "cookie",
-    "broadcast_rate",
-    "threads",
-    "backend",
-    "gso",
-    "gro",
-    "steering",
-    "state_file",
-    "log_level",
-    "stats_interval",
-    "bind",
-    "port",
-    "server",
-    "peer",
-    "awg",
-];
+/// The file's keys that are not single-valued settings ([`Scalars::KEYS`] are the others).
+pub const LIST_KEYS: &[&str] = &["listen", "allow", "groups", "server", "peer", "awg"];
+
+/// Where the control socket is when no source says (`off` turns it off).
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/wgrelay/control.sock";
 
 /// Keys of a `[[server]]` table.
 pub const SERVER_KEYS: &[&str] = &["address", "public_key"];
@@ -282,6 +266,26 @@ impl Switch {
     }
 }
 
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Plain lines (with syslog priority prefixes when stderr is the journal).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        })
+    }
+}
+
 /// A WireGuard server behind the relay (proxy mode): initiations whose mac1 names `key` go to
 /// `addr`, re-resolved when it is a name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -347,8 +351,13 @@ pub struct Config {
     /// kept to be reported.
     pub wgproxy_timeout: Option<Duration>,
     pub log_level: log::LevelFilter,
+    pub log_format: LogFormat,
     /// Period of statistics log lines; `None` = off.
     pub stats_interval: Option<Duration>,
+    /// Where Prometheus metrics are served; `None` = nowhere.
+    pub metrics: Option<SocketAddr>,
+    /// The control socket of `wgrelay show` / `reload`; `None` = none.
+    pub control_socket: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -370,7 +379,10 @@ impl Default for Config {
             awg: crate::wire::awg::Params::plain(),
             wgproxy_timeout: None,
             log_level: log::LevelFilter::Info,
+            log_format: LogFormat::Text,
             stats_interval: Some(Duration::from_secs(DEFAULT_STATS_INTERVAL_SECS)),
+            metrics: None,
+            control_socket: Some(PathBuf::from(DEFAULT_CONTROL_SOCKET)),
         }
     }
 }
@@ -426,13 +438,18 @@ impl Config {
     /// Merges the sources (`cli` > `file` > `wgproxy` > defaults) and checks what relates
     /// values to each other.
     fn merge(cli: Layer, file: Layer, wgproxy: Layer, debug: bool) -> Result<Config, ConfigError> {
-        let defaults = Config::default();
-        let mut log_level = cli
-            .log_level
-            .or(file.log_level)
-            .or(wgproxy.log_level)
-            .map(log::LevelFilter::from)
-            .unwrap_or(defaults.log_level);
+        let d = Config::default();
+        // (these two checks name the effective value by the source it came from)
+        let stats_label = match cli.scalars.stats_interval {
+            Some(_) => "--stats-interval",
+            None => "config: stats_interval =",
+        };
+        let state_label = match cli.scalars.state_file {
+            Some(_) => "--state-file",
+            None => "config: state_file =",
+        };
+        let s = cli.scalars.or(file.scalars).or(wgproxy.scalars);
+        let mut log_level = s.log_level.map_or(d.log_level, log::LevelFilter::from);
         if debug {
             log_level = log_level.max(log::LevelFilter::Debug);
         }
@@ -449,25 +466,15 @@ impl Config {
             cli.listen
                 .or(file.listen)
                 .or(wgproxy.listen)
-                .unwrap_or(defaults.listen),
+                .unwrap_or(d.listen),
         );
         check_listen_overlap(&listen, listen_label)?;
-        let (stats_label, stats_secs) = match (cli.stats_interval, file.stats_interval) {
-            (Some(v), _) => ("--stats-interval", Some(v)),
-            (None, Some(v)) => ("config: stats_interval =", Some(v)),
-            (None, None) => ("", None),
-        };
-        if let Some(secs) = stats_secs.filter(|s| *s > MAX_STATS_INTERVAL_SECS) {
+        if let Some(secs) = s.stats_interval.filter(|s| *s > MAX_STATS_INTERVAL_SECS) {
             return Err(ConfigError::new(format!(
                 "{stats_label} {secs}: at most {MAX_STATS_INTERVAL_SECS} seconds (one day); 0 turns the statistics line off"
             )));
         }
-        let state_label = if cli.state_file.is_some() {
-            "--state-file"
-        } else {
-            "config: state_file ="
-        };
-        if let Some(path) = cli.state_file.as_ref().or(file.state_file.as_ref()) {
+        if let Some(path) = &s.state_file {
             check_state_file(path, state_label)?;
         }
         let awg_label = if cli.awg.is_some() {
@@ -475,30 +482,27 @@ impl Config {
         } else {
             "config: awg"
         };
-        let cookie = cli.cookie.or(file.cookie).unwrap_or(defaults.cookie);
-        let awg = cli.awg.or(file.awg).unwrap_or(defaults.awg);
+        let cookie = s.cookie.unwrap_or(d.cookie);
+        let awg = cli.awg.or(file.awg).unwrap_or(d.awg);
         let peer_specs = cli.peers.or(file.peers).unwrap_or_default();
         check_cookie_replies(cookie, &awg, awg_label, &peer_specs)?;
         let peers = resolve_peers(peer_specs, &listen)?;
+        let on = |v: Option<Switch>, default: bool| v.map_or(default, Switch::is_on);
         Ok(Config {
             listen,
             allow: dedup(cli.allow.or(file.allow).unwrap_or_default()),
             groups: cli.groups.or(file.groups).unwrap_or_default(),
             cookie,
-            broadcast_rate: match cli.broadcast_rate.or(file.broadcast_rate) {
-                Some(0) => None,
-                Some(pps) => Some(pps),
-                None => defaults.broadcast_rate,
-            },
-            threads: cli.threads.or(file.threads).unwrap_or(defaults.threads),
-            backend: cli.backend.or(file.backend).unwrap_or(defaults.backend),
-            gso: cli.gso.or(file.gso).map_or(defaults.gso, Switch::is_on),
-            gro: cli.gro.or(file.gro).map_or(defaults.gro, Switch::is_on),
-            steering: cli
-                .steering
-                .or(file.steering)
-                .map_or(defaults.steering, Switch::is_on),
-            state_file: cli.state_file.or(file.state_file),
+            // 0 lifts the cap / turns the statistics line off
+            broadcast_rate: s
+                .broadcast_rate
+                .map_or(d.broadcast_rate, |r| Some(r).filter(|r| *r > 0)),
+            threads: s.threads.unwrap_or(d.threads),
+            backend: s.backend.unwrap_or(d.backend),
+            gso: on(s.gso, d.gso),
+            gro: on(s.gro, d.gro),
+            steering: on(s.steering, d.steering),
+            state_file: s.state_file,
             servers: cli
                 .servers
                 .or(file.servers)
@@ -508,10 +512,15 @@ impl Config {
             awg,
             wgproxy_timeout: wgproxy.wgproxy_timeout,
             log_level,
-            stats_interval: match cli.stats_interval.or(file.stats_interval) {
-                Some(0) => None,
-                Some(secs) => Some(Duration::from_secs(secs)),
-                None => defaults.stats_interval,
+            log_format: s.log_format.unwrap_or(d.log_format),
+            stats_interval: s.stats_interval.map_or(d.stats_interval, |secs| {
+                Some(Duration::from_secs(secs)).filter(|_| secs > 0)
+            }),
+            metrics: s.metrics,
+            control_socket: match s.control_socket {
+                Some(p) if p.as_os_str() == "off" => None,
+                Some(p) => Some(p),
+                None => d.control_socket,
             },
         })
     }
@@ -549,20 +558,11 @@ struct Layer {
     listen: Option<Vec<SocketAddr>>,
     allow: Option<Vec<PublicKey>>,
     groups: Option<Vec<Vec<PublicKey>>>,
-    cookie: Option<CookieMode>,
-    broadcast_rate: Option<u32>,
-    threads: Option<usize>,
-    backend: Option<BackendChoice>,
-    gso: Option<Switch>,
-    gro: Option<Switch>,
-    steering: Option<Switch>,
-    state_file: Option<std::path::PathBuf>,
     servers: Option<Vec<Server>>,
     peers: Option<Vec<PeerSpec>>,
     awg: Option<AwgParams>,
     wgproxy_timeout: Option<Duration>,
-    log_level: Option<LogLevel>,
-    stats_interval: Option<u64>,
+    scalars: Scalars,
 }
 
 /// A port-per-peer responder as one source gives it, before its port is placed on the

@@ -70,7 +70,7 @@ impl Config {
             None => String::new(),
         };
         format!(
-            "listen: {}\nmode: {}\nservers: {}\npeers: {}\nawg: {}\ncookie replies: {}\nbroadcast rate: {}\nthreads: {}\nbackend: {}\noffload: gso {}, gro {}\nsteering: {}\nstate file: {}\nlog level: {}\nstats: {}{}",
+            "listen: {}\nmode: {}\nservers: {}\npeers: {}\nawg: {}\ncookie replies: {}\nbroadcast rate: {}\nthreads: {}\nbackend: {}\noffload: gso {}, gro {}\nsteering: {}\nstate file: {}\ncontrol socket: {}\nmetrics: {}\nlog level: {}\nlog format: {}\nstats: {}{}",
             listen.join(", "),
             mode,
             servers,
@@ -86,7 +86,13 @@ impl Config {
             self.state_file
                 .as_ref()
                 .map_or("none".into(), |p| p.display().to_string()),
+            self.control_socket
+                .as_ref()
+                .map_or("off".into(), |p| p.display().to_string()),
+            self.metrics
+                .map_or("off".into(), |a| format!("http://{a}/metrics")),
             self.log_level.as_str().to_ascii_lowercase(),
+            self.log_format,
             stats,
             wgproxy,
         )

@@ -132,7 +132,7 @@ fn into_parts_uses_subcommand_args() {
     let cli = Cli::try_parse_from(["wgrelay", "check-config", "--port", "7"]).unwrap();
     let (mode, args) = cli.into_parts();
     assert_eq!(mode, Mode::CheckConfig);
-    assert_eq!(args.port, Some(7));
+    assert_eq!(args.scalars.port, Some(7));
 }
 
 // ---- defaults ----
@@ -871,7 +871,10 @@ fn summary_open_defaults() {
          offload: gso on, gro on\n\
          steering: on\n\
          state file: none\n\
+         control socket: /run/wgrelay/control.sock\n\
+         metrics: off\n\
          log level: info\n\
+         log format: text\n\
          stats: every 60s"
     );
 }
@@ -938,7 +941,10 @@ fn summary_servers_peers_awg_and_wgproxy_timeout() {
          offload: gso on, gro on\n\
          steering: on\n\
          state file: none\n\
+         control socket: /run/wgrelay/control.sock\n\
+         metrics: off\n\
          log level: info\n\
+         log format: text\n\
          stats: every 60s\n\
          wgproxy timeout: 30s (WGPROXY_TIMEOUT, superseded: sessions expire by WireGuard's own timers)"
     );
@@ -2181,4 +2187,125 @@ fn environment_variables() {
 
     // Back to defaults once cleared.
     assert_eq!(parse(&[]), Config::default());
+}
+
+// ---- log format, metrics, control socket ----
+
+#[test]
+fn operating_settings_from_flags_and_file() {
+    let json = |c: &Config| c.log_format == LogFormat::Json;
+    let d = Config::default();
+    assert_eq!(d.log_format, LogFormat::Text);
+    assert_eq!(d.metrics, None);
+    assert_eq!(
+        d.control_socket.as_deref(),
+        Some(Path::new("/run/wgrelay/control.sock"))
+    );
+    let f = TempFile::new(
+        "log_format = \"json\"\nmetrics = \"127.0.0.1:9586\"\ncontrol_socket = \"/tmp/wgr.sock\"\n",
+    );
+    // (argv, metrics, control socket, json logs)
+    type Case<'a> = (Vec<&'a str>, Option<&'a str>, Option<&'a str>, bool);
+    let cases: Vec<Case> = vec![
+        (
+            vec!["--log-format", "json"],
+            None,
+            Some("/run/wgrelay/control.sock"),
+            true,
+        ),
+        (
+            vec!["--metrics", "[::1]:9586"],
+            Some("[::1]:9586"),
+            Some("/run/wgrelay/control.sock"),
+            false,
+        ),
+        (vec!["--control-socket", "off"], None, None, false),
+        (
+            vec!["--control-socket", "/tmp/c.sock"],
+            None,
+            Some("/tmp/c.sock"),
+            false,
+        ),
+        (
+            vec!["--config", f.path()],
+            Some("127.0.0.1:9586"),
+            Some("/tmp/wgr.sock"),
+            true,
+        ),
+        // flags win over the file
+        (
+            vec![
+                "--config",
+                f.path(),
+                "--log-format",
+                "text",
+                "--control-socket",
+                "off",
+            ],
+            Some("127.0.0.1:9586"),
+            None,
+            false,
+        ),
+    ];
+    for (argv, metrics, socket, is_json) in cases {
+        let c = parse(&argv);
+        assert_eq!(c.metrics, metrics.map(sa), "{argv:?}");
+        assert_eq!(
+            c.control_socket.as_deref(),
+            socket.map(Path::new),
+            "{argv:?}"
+        );
+        assert_eq!(json(&c), is_json, "{argv:?}");
+    }
+    let s = parse(&[
+        "--metrics",
+        "127.0.0.1:9",
+        "--log-format",
+        "json",
+        "--control-socket",
+        "off",
+    ])
+    .summary();
+    for line in [
+        "\nmetrics: http://127.0.0.1:9/metrics\n",
+        "\nlog format: json\n",
+        "\ncontrol socket: off\n",
+    ] {
+        assert!(s.contains(line), "{s}");
+    }
+}
+
+#[test]
+fn operating_settings_errors() {
+    let long = format!("/tmp/{}", "s".repeat(120));
+    for (argv, expected) in [
+        (vec!["--control-socket", "/run/wgrelay/"], "--control-socket \"/run/wgrelay/\": expected a path for the socket, or off".to_string()),
+        (vec!["--control-socket", long.as_str()], format!("--control-socket {long}: 125 bytes long, but a Unix socket path may have at most 107")),
+    ] {
+        assert_eq!(parse_err(&argv), expected, "{argv:?}");
+    }
+    for argv in [["--metrics", "localhost:9586"], ["--log-format", "xml"]] {
+        let e = try_parse(&argv).unwrap_err().to_string();
+        assert!(e.contains(argv[1]), "{e}");
+    }
+    for (text, expected) in [
+        (
+            "log_format = \"xml\"",
+            "config: line 1: log_format: unknown variant `xml`, expected `text` or `json`",
+        ),
+        (
+            "\nmetrics = \"nowhere\"",
+            "config: line 2: metrics: invalid socket address syntax",
+        ),
+        (
+            "metrics = 9586",
+            "config: line 1: metrics: invalid type: integer `9586`, expected socket address",
+        ),
+        (
+            "control_socket = \"\"",
+            "config: line 1: control_socket \"\": expected a path for the socket, or off",
+        ),
+    ] {
+        assert_eq!(toml_err(text), expected, "{text}");
+    }
 }

@@ -310,3 +310,50 @@ pub(super) fn non_empty<T>(v: Vec<T>) -> Option<Vec<T>> {
         Some(v)
     }
 }
+
+/// Checks one source's single-valued settings and returns its wpex-style listen address.
+/// `name` spells a key as the source does (`--port`, `port`); `at` places a message (on its
+/// file line).
+pub(super) fn check_scalars(
+    s: &Scalars,
+    name: impl Fn(&str) -> String,
+    at: impl Fn(&str, String) -> ConfigError,
+) -> Result<Option<SocketAddr>, ConfigError> {
+    if let Some(n) = s.threads {
+        check_threads(&name("threads"), n).map_err(|m| at("threads", m))?;
+    }
+    if let Some(path) = &s.control_socket {
+        check_control_socket(&name("control_socket"), path).map_err(|m| at("control_socket", m))?;
+    }
+    let bind = match &s.bind {
+        Some(b) => Some(parse_bind(&name("bind"), b).map_err(|m| at("bind", m))?),
+        None => None,
+    };
+    let port = match s.port {
+        Some(p) => Some(check_port(&name("port"), p).map_err(|m| at("port", m))?),
+        None => None,
+    };
+    Ok(wpex_listen(bind, port))
+}
+
+/// A path a Unix socket can be bound at (`off` is no socket).
+fn check_control_socket(name: &str, path: &Path) -> Result<(), String> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    // sun_path holds 108 bytes, the terminating NUL included
+    const MAX: usize = 107;
+    if bytes.is_empty() || bytes.contains(&0) || bytes.ends_with(b"/") {
+        return Err(format!(
+            "{name} {:?}: expected a path for the socket, or off",
+            path.display().to_string()
+        ));
+    }
+    if bytes.len() > MAX {
+        return Err(format!(
+            "{name} {}: {} bytes long, but a Unix socket path may have at most {MAX}",
+            path.display(),
+            bytes.len()
+        ));
+    }
+    Ok(())
+}

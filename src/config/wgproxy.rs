@@ -81,7 +81,10 @@ impl Layer {
             listen: Some(vec![listen.unwrap_or(WGPROXY_DEFAULT_LISTEN)]),
             servers: Some(vec![server]),
             wgproxy_timeout: timeout,
-            log_level: Some(log_level.unwrap_or(LogLevel::Warn)),
+            scalars: Scalars {
+                log_level: Some(log_level.unwrap_or(LogLevel::Warn)),
+                ..Scalars::default()
+            },
             ..Layer::default()
         })
     }
