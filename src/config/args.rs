@@ -460,3 +460,89 @@ pub(super) fn awg_from_args(items: &[String]) -> Result<Option<AwgParams>, Strin
     check_awg(&params).map_err(|e| format!("--awg: {e}"))?;
     Ok(Some(params))
 }
+
+/// The flags whose value came from their environment variable, as (`--flag`, `VARIABLE`),
+/// for the subcommand that runs.
+pub(super) fn env_sourced(matches: &clap::ArgMatches) -> Vec<(String, String)> {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    let (sub, m) = match matches.subcommand() {
+        Some((name, m)) => (cmd.find_subcommand(name).cloned(), m),
+        None => (None, matches),
+    };
+    let cmd = sub.unwrap_or(cmd);
+    cmd.get_arguments()
+        .filter(|a| {
+            m.value_source(a.get_id().as_str()) == Some(clap::parser::ValueSource::EnvVariable)
+        })
+        .filter_map(|a| {
+            let long = a.get_long()?;
+            let var = a.get_env()?.to_str()?;
+            Some((format!("--{long}"), var.to_string()))
+        })
+        .collect()
+}
+
+/// An error about `--flag` names `VARIABLE` instead when that is where the value came from.
+pub(super) fn name_the_variable(message: &str, from_env: &[(String, String)]) -> String {
+    for (flag, var) in from_env {
+        if let Some(rest) = message.strip_prefix(flag.as_str()) {
+            if let Some(value) = rest.strip_prefix(' ') {
+                return format!("{var}={value}");
+            }
+            if rest.is_empty() || rest.starts_with(':') {
+                return format!("{var}{rest}");
+            }
+        }
+    }
+    message.to_string()
+}
+
+/// clap's own error, or, for a bad value that came from an environment variable (clap names
+/// only the flag), one line naming the variable: `VAR=value: invalid value for --flag: why`.
+pub(super) fn env_clap_error(
+    e: clap::Error,
+    argv: &[std::ffi::OsString],
+) -> Result<clap::Error, String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    use clap::CommandFactory;
+    if !matches!(
+        e.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        return Ok(e);
+    }
+    let arg = match e.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(s)) => s.clone(),
+        _ => String::new(),
+    };
+    let long = arg
+        .split([' ', '='])
+        .next()
+        .unwrap_or("")
+        .trim_start_matches("--");
+    let (flag, flag_eq) = (format!("--{long}"), format!("--{long}="));
+    let on_argv = argv.iter().skip(1).any(|a| {
+        let a = a.to_string_lossy();
+        a == flag || a.starts_with(&flag_eq)
+    });
+    let var = Cli::command()
+        .get_arguments()
+        .find(|a| a.get_long() == Some(long))
+        .and_then(|a| a.get_env().and_then(|v| v.to_str()).map(str::to_string));
+    match (var, on_argv) {
+        (Some(var), false) => match std::env::var_os(&var) {
+            Some(value) => {
+                let why = std::error::Error::source(&e)
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "invalid value".to_string());
+                Err(format!(
+                    "{var}={}: invalid value for {arg}: {why}",
+                    value.to_string_lossy()
+                ))
+            }
+            None => Ok(e),
+        },
+        _ => Ok(e),
+    }
+}

@@ -135,6 +135,7 @@ use crate::upstream::resolve::HostPort;
 use crate::wire::awg::Params as AwgParams;
 
 pub mod args;
+mod diff;
 mod file;
 mod summary;
 #[cfg(test)]
@@ -143,7 +144,8 @@ mod validate;
 mod wgproxy;
 
 pub use args::{Cli, Command, LogLevel, Mode, RunArgs, Scalars};
-use summary::plural;
+pub use diff::{Change, Diff};
+use summary::{awg_text, on_off, plural};
 use validate::*;
 
 /// Listen address when no source gives one.
@@ -395,6 +397,73 @@ pub fn default_threads() -> usize {
         .unwrap_or(1)
         .clamp(1, MAX_THREADS)
 }
+
+/// Builds the effective configuration from every source, as at start-up: parses `argv`
+/// (the program name first) with clap, which reads the `WGRELAY_*` environment as it is now,
+/// reads the `--config` file afresh, and the `WGPROXY_*` variables. A reload calls it again
+/// with the original argv.
+pub fn load<T: Into<std::ffi::OsString> + Clone>(argv: &[T]) -> Result<(Mode, Config), LoadError> {
+    use clap::{CommandFactory, FromArgMatches};
+    let argv: Vec<std::ffi::OsString> = argv.iter().cloned().map(Into::into).collect();
+    let clap = |e| match args::env_clap_error(e, &argv) {
+        Ok(e) => LoadError::Clap(e),
+        Err(line) => LoadError::Invalid(line),
+    };
+    let matches = Cli::command().try_get_matches_from(&argv).map_err(clap)?;
+    let cli = Cli::from_arg_matches(&matches).map_err(clap)?;
+    let from_env = args::env_sourced(&matches);
+    let (mode, run) = cli.into_parts();
+    match Config::from_args(&run) {
+        Ok(config) => Ok((mode, config)),
+        Err(e) => Err(LoadError::Invalid(args::name_the_variable(
+            &e.to_string(),
+            &from_env,
+        ))),
+    }
+}
+
+/// Why [`load`] built no configuration. Its `Display` is what `wgrelay` prints on stderr
+/// (without the final newline), and [`LoadError::exit_code`] what it exits with.
+#[derive(Debug)]
+pub enum LoadError {
+    /// clap's own answer: a usage error, or the help or version text that was asked for.
+    Clap(clap::Error),
+    /// A value that no source may give: one line naming it as the operator wrote it
+    /// (`--listen "x": ...`, `WGRELAY_THREADS=0: ...`, `config file F: line N: ...`), also
+    /// for a value clap refused when it came from a variable.
+    Invalid(String),
+}
+
+impl LoadError {
+    /// 2 for an invalid configuration; clap's code (0 for help and version) otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            LoadError::Clap(e) => u8::try_from(e.exit_code()).unwrap_or(2),
+            LoadError::Invalid(_) => 2,
+        }
+    }
+
+    /// Prints it as `wgrelay` does: help and version on stdout, errors on stderr.
+    pub fn print(&self) {
+        match self {
+            LoadError::Clap(e) => {
+                let _ = e.print();
+            }
+            _ => eprintln!("{self}"),
+        }
+    }
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LoadError::Clap(e) => f.write_str(e.render().to_string().trim_end()),
+            LoadError::Invalid(message) => write!(f, "wgrelay: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for LoadError {}
 
 impl Config {
     /// Builds the configuration from parsed flags/env, reading the `--config`

@@ -2309,3 +2309,249 @@ fn operating_settings_errors() {
         assert_eq!(toml_err(text), expected, "{text}");
     }
 }
+
+// ---- load and diff (what reload needs) ----
+
+#[test]
+fn load_builds_what_start_up_builds_and_fails_the_same_way() {
+    let _env = env_read();
+    let f = TempFile::new("threads = 3\ncookie = \"always\"\n");
+    let (mode, c) = load(&["wgrelay", "check-config", "--config", f.path()]).unwrap();
+    assert_eq!(mode, Mode::CheckConfig);
+    assert_eq!((c.threads, c.cookie), (3, CookieMode::Always));
+    // the file is read again at every call
+    std::fs::write(&f.0, "threads = 4\n").unwrap();
+    let (mode, c) = load(&["wgrelay", "--config", f.path()]).unwrap();
+    assert_eq!(
+        (mode, c.threads, c.cookie),
+        (Mode::Run, 4, CookieMode::UnderLoad)
+    );
+    for (argv, shown, code) in [
+        (
+            vec!["wgrelay", "--threads", "0"],
+            "wgrelay: --threads 0: must be at least 1",
+            2,
+        ),
+        (
+            vec!["wgrelay", "--peer", "10001"],
+            "wgrelay: --peer \"10001\": expected [ADDR:]PORT=PUBKEY, optionally followed by @IP:PORT (a fixed endpoint) or @uapi:DEVICE",
+            2,
+        ),
+        (vec!["wgrelay", "--threads", "x"], "error: invalid value 'x' for '--threads <N>'", 2),
+        (vec!["wgrelay", "--version"], "wgrelay ", 0),
+    ] {
+        let e = load(&argv).unwrap_err();
+        assert!(e.to_string().starts_with(shown), "{argv:?}: {e}");
+        assert_eq!(e.exit_code(), code, "{argv:?}");
+    }
+}
+
+#[test]
+fn name_the_variable_rewrites_only_what_came_from_it() {
+    let env = [("--threads".to_string(), "WGRELAY_THREADS".to_string())];
+    for (message, shown) in [
+        (
+            "--threads 0: must be at least 1",
+            "WGRELAY_THREADS=0: must be at least 1",
+        ),
+        ("--threads: bad", "WGRELAY_THREADS: bad"),
+        ("--threads-x 0: other", "--threads-x 0: other"),
+        ("--listen \"x\": bad", "--listen \"x\": bad"),
+    ] {
+        assert_eq!(args::name_the_variable(message, &env), shown);
+    }
+}
+
+#[test]
+fn diff_names_each_changed_setting_and_whether_it_is_live() {
+    let old = Config {
+        threads: 2,
+        allow: vec![key(1), key(2), key(3)],
+        ..Config::default()
+    };
+    assert!(old.diff(&old.clone()).is_empty());
+    assert_eq!(old.diff(&old).to_string(), "no changes");
+    // reordering a list is no change
+    let reordered = Config {
+        allow: vec![key(3), key(1), key(2)],
+        ..old.clone()
+    };
+    assert!(old.diff(&reordered).is_empty());
+    let new = Config {
+        allow: vec![key(1), key(2), key(4), key(5)],
+        cookie: CookieMode::Always,
+        threads: 4,
+        ..old.clone()
+    };
+    let d = old.diff(&new);
+    assert_eq!(
+        d.to_string(),
+        "allow: +2 -1 keys; cookie: under-load → always; threads: 2 → 4 (needs a restart)"
+    );
+    assert!(d.changed("allow") && !d.changed("groups"));
+    assert_eq!(
+        d.restart_only().map(|c| c.setting).collect::<Vec<_>>(),
+        ["threads"]
+    );
+    // every setting, one at a time: (changed config, setting, detail, live)
+    let mut awg = AwgParams::plain();
+    awg.jc = 4;
+    let d0 = Config::default();
+    let cases: Vec<(Config, &str, &str, bool)> = vec![
+        (
+            Config {
+                listen: vec![sa("127.0.0.1:5")],
+                ..d0.clone()
+            },
+            "listen",
+            "+127.0.0.1:5 -[::]:51820",
+            true,
+        ),
+        (
+            Config {
+                groups: vec![vec![key(1), key(2)]],
+                ..d0.clone()
+            },
+            "groups",
+            "+1 -0 group",
+            true,
+        ),
+        (
+            Config {
+                servers: vec![server("a.example:1", 1)],
+                ..d0.clone()
+            },
+            "server",
+            "+1 -0 server",
+            true,
+        ),
+        (
+            Config {
+                peers: vec![port_peer("[::]:7", 1)],
+                ..d0.clone()
+            },
+            "peer",
+            "+1 -0 peer",
+            true,
+        ),
+        (
+            Config { awg, ..d0.clone() },
+            "awg",
+            "plain → jc=4 jmin=0 jmax=0 s1=0 s2=0 s3=0 s4=0 h1=1 h2=2 h3=3 h4=4",
+            true,
+        ),
+        (
+            Config {
+                broadcast_rate: None,
+                ..d0.clone()
+            },
+            "broadcast_rate",
+            "1000 → unlimited",
+            true,
+        ),
+        (
+            Config {
+                log_level: log::LevelFilter::Debug,
+                ..d0.clone()
+            },
+            "log_level",
+            "info → debug",
+            true,
+        ),
+        (
+            Config {
+                log_format: LogFormat::Json,
+                ..d0.clone()
+            },
+            "log_format",
+            "text → json",
+            true,
+        ),
+        (
+            Config {
+                stats_interval: None,
+                ..d0.clone()
+            },
+            "stats_interval",
+            "60s → off",
+            true,
+        ),
+        (
+            Config {
+                backend: BackendChoice::Mmsg,
+                ..d0.clone()
+            },
+            "backend",
+            "auto → mmsg",
+            false,
+        ),
+        (
+            Config {
+                gso: false,
+                ..d0.clone()
+            },
+            "gso",
+            "on → off",
+            false,
+        ),
+        (
+            Config {
+                gro: false,
+                ..d0.clone()
+            },
+            "gro",
+            "on → off",
+            false,
+        ),
+        (
+            Config {
+                steering: false,
+                ..d0.clone()
+            },
+            "steering",
+            "on → off",
+            false,
+        ),
+        (
+            Config {
+                state_file: Some("/tmp/s".into()),
+                ..d0.clone()
+            },
+            "state_file",
+            "none → /tmp/s",
+            false,
+        ),
+        (
+            Config {
+                control_socket: None,
+                ..d0.clone()
+            },
+            "control_socket",
+            "/run/wgrelay/control.sock → off",
+            false,
+        ),
+        (
+            Config {
+                metrics: Some(sa("127.0.0.1:9")),
+                ..d0.clone()
+            },
+            "metrics",
+            "off → 127.0.0.1:9",
+            false,
+        ),
+    ];
+    for (new, setting, detail, live) in cases {
+        let d = d0.diff(&new);
+        assert_eq!(
+            d.changes,
+            vec![Change {
+                setting,
+                detail: detail.to_string(),
+                live
+            }],
+            "{setting}"
+        );
+        // and back
+        assert_eq!(new.diff(&d0).changes.len(), 1, "{setting}");
+    }
+}
