@@ -1,5 +1,9 @@
 //! One validated [`Config`] from the configuration file, the environment and
-//! the command line.
+//! the command line: [`load`] builds it from argv, [`Config::diff`] compares two.
+//!
+//! Sources, one file each: `args` (clap; the single-valued settings are declared once, in
+//! its `scalar_settings!` list), `file` (TOML), `wgproxy` (`WGPROXY_*`); `validate` holds
+//! the checks every source shares, `summary` the printed form, `diff` what a reload changes.
 //!
 //! Precedence for every setting: command-line flag > `WGRELAY_*` environment
 //! variable (clap merges these two) > configuration file > wgproxy's
@@ -89,6 +93,9 @@
 //! steering = "on"              # on | off: steer packets to their owner shard in the kernel
 //! log_level = "info"           # error | warn | info | debug | trace
 //! stats_interval = 60          # seconds, 0 = off
+//! log_format = "text"          # text | json
+//! metrics = "127.0.0.1:9586"   # Prometheus /metrics over HTTP (default: off)
+//! control_socket = "/run/wgrelay/control.sock"  # for show/reload; "off" = none
 //! bind = "0.0.0.0"             # wpex style, same rule as the flags
 //! port = 40000
 //!
