@@ -21,7 +21,7 @@ impl Layer {
         // Two passes over the text: every top-level value with its position, for the
         // single-valued settings and unknown keys; then the lists, whose items keep theirs.
         let top: std::collections::BTreeMap<String, Spanned<toml::Value>> =
-            toml::from_str(text).map_err(|e| ctx.toml_error(&e))?;
+            toml::from_str(text).map_err(|e| ctx.toml_error(&e, None))?;
         let mut in_order: Vec<_> = top.iter().collect();
         in_order.sort_by_key(|(_, v)| v.span().start);
         let mut scalars = Scalars::default();
@@ -43,7 +43,7 @@ impl Layer {
         }
         let span = |key: &str| top.get(key).map_or(0..0, |v| v.span());
         let wpex = check_scalars(&scalars, str::to_string, |key, m| ctx.at(span(key), m))?;
-        let f: FileConfig = toml::from_str(text).map_err(|e| ctx.toml_error(&e))?;
+        let f: FileConfig = toml::from_str(text).map_err(|e| ctx.toml_error(&e, Some(&top)))?;
 
         let mut listen = None;
         if let Some(items) = &f.listen {
@@ -91,26 +91,23 @@ impl Layer {
         let mut servers = Vec::new();
         let mut server_lines: Vec<(PublicKey, usize)> = Vec::new();
         for entry in f.server.iter().flatten() {
-            let e = entry.get_ref();
+            let e = Fields::new(&ctx, "server", entry, SERVER_KEYS)?;
             let missing = |what: &str| ctx.at(entry.span(), format!("server: missing {what}"));
-            let address = e
-                .address
-                .as_ref()
+            let (address, span) = e
+                .string("address")?
                 .ok_or_else(|| missing("address = \"HOST:PORT\""))?;
             let addr = address
-                .get_ref()
                 .parse::<HostPort>()
-                .map_err(|err| ctx.at(address.span(), format!("server address: {err}")))?;
-            let public_key = e
-                .public_key
-                .as_ref()
+                .map_err(|err| ctx.at(span, format!("server address: {err}")))?;
+            let (public_key, span) = e
+                .string("public_key")?
                 .ok_or_else(|| missing("public_key = \"...\" (the server's base64 public key)"))?;
-            let key = parse_key("server public_key", public_key.get_ref())
-                .map_err(|m| ctx.at(public_key.span(), m))?;
-            let line = ctx.line(&public_key.span());
+            let key =
+                parse_key("server public_key", public_key).map_err(|m| ctx.at(span.clone(), m))?;
+            let line = ctx.line(&span);
             if let Some((_, first)) = server_lines.iter().find(|(k, _)| *k == key) {
                 return Err(ctx.at(
-                    public_key.span(),
+                    span,
                     format!(
                         "server public_key {key}: already the key of the server on line {first} (a key chooses one server)"
                     ),
@@ -151,33 +148,114 @@ pub(super) struct FileConfig {
     listen: Option<Vec<Spanned<String>>>,
     allow: Option<Vec<Spanned<String>>>,
     groups: Option<Vec<Spanned<Vec<Spanned<String>>>>>,
-    server: Option<Vec<Spanned<FileServer>>>,
-    peer: Option<Vec<Spanned<FilePeer>>>,
-    awg: Option<Spanned<AwgTable>>,
+    server: Option<Vec<Spanned<Table>>>,
+    peer: Option<Vec<Spanned<Table>>>,
+    awg: Option<Spanned<Table>>,
 }
 
-/// A `[[server]]` table.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct FileServer {
-    address: Option<Spanned<String>>,
-    public_key: Option<Spanned<String>>,
+/// A table as written (`[[server]]`, `[[peer]]`, `[awg]`): values by key, each with its
+/// position; [`Fields`] checks the keys and the types.
+pub(super) type Table = std::collections::BTreeMap<String, Spanned<toml::Value>>;
+
+/// The values of one `[[server]]` or `[[peer]]` table, its keys checked.
+pub(super) struct Fields<'a> {
+    ctx: &'a FileCtx<'a>,
+    /// The table's name, which starts its errors (`peer port: ...`).
+    name: &'static str,
+    table: &'a Table,
 }
 
-/// A `[[peer]]` table.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct FilePeer {
-    port: Option<Spanned<u16>>,
-    listen: Option<Spanned<String>>,
-    public_key: Option<Spanned<String>>,
-    endpoint: Option<Spanned<String>>,
-    uapi: Option<Spanned<String>>,
-    awg: Option<Spanned<AwgTable>>,
-}
+impl<'a> Fields<'a> {
+    /// Refuses a key that is not one of `keys` (the first in file order).
+    fn new(
+        ctx: &'a FileCtx<'a>,
+        name: &'static str,
+        table: &'a Spanned<Table>,
+        keys: &[&str],
+    ) -> Result<Fields<'a>, ConfigError> {
+        let unknown = table
+            .get_ref()
+            .iter()
+            .filter(|(k, _)| !keys.contains(&k.as_str()))
+            .min_by_key(|(_, v)| v.span().start);
+        if let Some((key, value)) = unknown {
+            let message = unknown_key(key, keys);
+            return Err(ctx.at(value.span(), format!("{name}: {message}")));
+        }
+        Ok(Fields {
+            ctx,
+            name,
+            table: table.get_ref(),
+        })
+    }
 
-/// An `[awg]` table: parameter name → value, checked by [`AwgParams::set`].
-pub(super) type AwgTable = std::collections::BTreeMap<String, Spanned<toml::Value>>;
+    fn get(&self, key: &str) -> Option<&'a Spanned<toml::Value>> {
+        self.table.get(key)
+    }
+
+    /// `key`'s text and where it is, if given; anything but a string is an error.
+    fn string(&self, key: &str) -> Result<Option<(&'a str, Range<usize>)>, ConfigError> {
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        match v.get_ref() {
+            toml::Value::String(s) => Ok(Some((s.as_str(), v.span()))),
+            other => Err(self.wrong(key, v, "invalid type", other, "a string")),
+        }
+    }
+
+    /// `key` as a port number (0 included: the caller refuses it with its own message).
+    fn port(&self, key: &str) -> Result<Option<(u16, Range<usize>)>, ConfigError> {
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        let expected = "an integer from 0 to 65535";
+        match v.get_ref() {
+            toml::Value::Integer(i) => match u16::try_from(*i) {
+                Ok(p) => Ok(Some((p, v.span()))),
+                Err(_) => Err(self.wrong(key, v, "invalid value", v.get_ref(), expected)),
+            },
+            other => Err(self.wrong(key, v, "invalid type", other, expected)),
+        }
+    }
+
+    /// `key`'s value as a table, if given.
+    fn table(&self, key: &str) -> Result<Option<Spanned<Table>>, ConfigError> {
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        match v.get_ref() {
+            toml::Value::Table(t) => {
+                // (a sub-table's values carry no position of their own: they are placed on the
+                // line of the table itself)
+                let table = t
+                    .iter()
+                    .map(|(k, x)| (k.clone(), Spanned::new(v.span(), x.clone())))
+                    .collect();
+                Ok(Some(Spanned::new(v.span(), table)))
+            }
+            other => Err(self.wrong(key, v, "invalid type", other, "a table")),
+        }
+    }
+
+    fn wrong(
+        &self,
+        key: &str,
+        at: &Spanned<toml::Value>,
+        what: &str,
+        got: &toml::Value,
+        expected: &str,
+    ) -> ConfigError {
+        let got = match got {
+            toml::Value::String(s) => format!("string {s:?}"),
+            toml::Value::Array(_) => "array".to_string(),
+            toml::Value::Table(_) => "table".to_string(),
+            other => format!("{} `{other}`", other.type_str()),
+        };
+        let message = format!("{} {key}: {what}: {got}, expected {expected}", self.name);
+        self.ctx.at(at.span(), message)
+    }
+}
 
 /// Where file errors come from, to prefix them with `origin: line N:`.
 pub(super) struct FileCtx<'a> {
@@ -203,81 +281,26 @@ impl FileCtx<'_> {
         ))
     }
 
-    fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
-        let mut message = humanize_types(&rewrite_unknown_field(e.message()));
-        // An unknown key is named by the message; say which table it is in.
-        let name = |pos: usize| {
-            if message.starts_with("unknown key") {
-                self.table_before(pos).map(str::to_string)
-            } else {
-                self.key_before(pos)
-            }
+    /// A parse or type error, named by the top-level setting (of `top`) whose value it is in.
+    fn toml_error(&self, e: &toml::de::Error, top: Option<&Table>) -> ConfigError {
+        let message = humanize_types(e.message().trim());
+        let Some(span) = e.span() else {
+            return ConfigError::new(format!("{}: {message}", self.origin));
         };
-        match e.span() {
-            Some(span) => match name(span.start) {
-                Some(key) => {
-                    if (key == "server" || key == "peer") && message.contains("invalid type") {
-                        message.push_str(&format!(" (write one [[{key}]] table per {key})"));
-                    }
-                    self.at(span, format!("{key}: {message}"))
-                }
-                None => self.at(span, message),
-            },
-            None => ConfigError::new(format!("{}: {message}", self.origin)),
+        let key = top
+            .into_iter()
+            .flatten()
+            .find(|(_, v)| v.span().contains(&span.start))
+            .map(|(k, _)| k.as_str());
+        match key {
+            Some(k @ ("server" | "peer")) => self.at(
+                span,
+                format!("{k}: {message} (write one [[{k}]] table per {k})"),
+            ),
+            Some(k) => self.at(span, format!("{k}: {message}")),
+            None => self.at(span, message),
         }
     }
-
-    /// The `key` of the `key = value` line that `pos` (inside the value) is
-    /// on, so that type errors, which point at the value, can name the
-    /// setting, after the table it is in (`peer port`); the table alone for
-    /// an error on a key of it or on its header. `None` on continuation lines
-    /// of multi-line arrays outside tables.
-    fn key_before(&self, pos: usize) -> Option<String> {
-        let before = self.text.get(..pos)?;
-        let start = before.rfind('\n').map_or(0, |i| i + 1);
-        let end = self.text[pos..]
-            .find('\n')
-            .map_or(self.text.len(), |i| pos + i);
-        if let Some(header) = header_name(&self.text[start..end]) {
-            return Some(header.to_string());
-        }
-        let key = before[start..]
-            .split_once('=')
-            .map(|(key, _)| key.trim())
-            .filter(|key| is_bare_key(key));
-        let table = self.table_before(pos);
-        match (table, key) {
-            (Some(table), Some(key)) => Some(format!("{table} {key}")),
-            (None, Some(key)) => Some(key.to_string()),
-            (Some(table), None) => Some(table.to_string()),
-            (None, None) => None,
-        }
-    }
-
-    /// The table that the line of `pos` is in (the last header above it), if any.
-    fn table_before(&self, pos: usize) -> Option<&str> {
-        let before = self.text.get(..pos)?;
-        let start = before.rfind('\n').map_or(0, |i| i + 1);
-        before[..start].lines().rev().find_map(header_name)
-    }
-}
-
-/// The name in a table header line (`[awg]`, `[[peer]]`, `[peer.awg]`).
-pub(super) fn header_name(line: &str) -> Option<&str> {
-    let line = line.trim();
-    let inner = line.strip_prefix('[')?;
-    let inner = inner.strip_prefix('[').unwrap_or(inner);
-    let (name, rest) = inner.split_once(']')?;
-    let rest = rest.strip_prefix(']').unwrap_or(rest).trim();
-    let name = name.trim();
-    (is_bare_key(name) && (rest.is_empty() || rest.starts_with('#'))).then_some(name)
-}
-
-pub(super) fn is_bare_key(key: &str) -> bool {
-    !key.is_empty()
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
 }
 
 /// Replaces Rust type names in serde messages with what a user would write.
@@ -290,8 +313,6 @@ pub(super) fn humanize_types(message: &str) -> String {
         ("expected usize", "expected a non-negative integer"),
         ("expected a sequence", "expected an array"),
         ("expected a map", "expected a table"),
-        ("expected struct FileServer", "expected a table"),
-        ("expected struct FilePeer", "expected a table"),
     ] {
         if out.ends_with(rust) {
             out.truncate(out.len() - rust.len());
@@ -299,23 +320,6 @@ pub(super) fn humanize_types(message: &str) -> String {
         }
     }
     out
-}
-
-/// Turns serde's "unknown field `x`, expected one of `a`, `b`" into
-/// `unknown key "x" (did you mean "y"?; expected one of: a, b)`, the keys being those of the
-/// table the key is in.
-pub(super) fn rewrite_unknown_field(message: &str) -> String {
-    let message = message.trim();
-    let Some(rest) = message.strip_prefix("unknown field `") else {
-        return message.to_string();
-    };
-    let Some(end) = rest.find('`') else {
-        return message.to_string();
-    };
-    let name = &rest[..end];
-    // serde names the expected fields in backquotes, in declaration order.
-    let expected: Vec<&str> = rest[end + 1..].split('`').skip(1).step_by(2).collect();
-    unknown_key(name, &expected)
 }
 
 /// `unknown key "x" (did you mean "y"?; expected one of: a, b)`, `expected` being the keys of
@@ -358,26 +362,21 @@ pub(super) fn edit_distance(a: &str, b: &str) -> usize {
 /// A `[[peer]]` table.
 pub(super) fn peer_from_file(
     ctx: &FileCtx<'_>,
-    entry: &Spanned<FilePeer>,
+    entry: &Spanned<Table>,
 ) -> Result<PeerSpec, ConfigError> {
-    let e = entry.get_ref();
-    let (listen, place_span, at) = match (&e.port, &e.listen) {
-        (Some(port), None) => {
-            let p = check_port("peer port", *port.get_ref()).map_err(|m| ctx.at(port.span(), m))?;
-            (PeerListen::Port(p), port.span(), format!("peer port {p}"))
+    let e = Fields::new(ctx, "peer", entry, PEER_KEYS)?;
+    let (listen, place_span, at) = match (e.port("port")?, e.string("listen")?) {
+        (Some((port, span)), None) => {
+            let p = check_port("peer port", port).map_err(|m| ctx.at(span.clone(), m))?;
+            (PeerListen::Port(p), span, format!("peer port {p}"))
         }
-        (None, Some(listen)) => {
-            let addr =
-                parse_listen("peer listen", listen.get_ref()).map_err(|m| ctx.at(listen.span(), m))?;
-            (
-                PeerListen::Addr(addr),
-                listen.span(),
-                format!("peer listen {:?}", listen.get_ref()),
-            )
+        (None, Some((listen, span))) => {
+            let addr = parse_listen("peer listen", listen).map_err(|m| ctx.at(span.clone(), m))?;
+            (PeerListen::Addr(addr), span, format!("peer listen {listen:?}"))
         }
-        (Some(port), Some(_)) => {
+        (Some((_, span)), Some(_)) => {
             return Err(ctx.at(
-                port.span(),
+                span,
                 "peer: give port = N or listen = \"ADDR:PORT\", not both".to_string(),
             ))
         }
@@ -388,33 +387,32 @@ pub(super) fn peer_from_file(
             ))
         }
     };
-    let public_key = e.public_key.as_ref().ok_or_else(|| {
+    let (public_key, span) = e.string("public_key")?.ok_or_else(|| {
         ctx.at(
             entry.span(),
             "peer: missing public_key = \"...\" (the responder's base64 public key)".to_string(),
         )
     })?;
-    let key = parse_key("peer public_key", public_key.get_ref())
-        .map_err(|m| ctx.at(public_key.span(), m))?;
-    let endpoint = match &e.endpoint {
-        Some(ep) => Some(
-            parse_endpoint("peer endpoint", ep.get_ref(), "").map_err(|m| ctx.at(ep.span(), m))?,
-        ),
+    let key = parse_key("peer public_key", public_key).map_err(|m| ctx.at(span, m))?;
+    let endpoint = match e.string("endpoint")? {
+        Some((ep, span)) => {
+            Some(parse_endpoint("peer endpoint", ep, "").map_err(|m| ctx.at(span, m))?)
+        }
         None => None,
     };
-    let uapi = match &e.uapi {
-        Some(u) => Some(check_uapi("peer uapi", u.get_ref()).map_err(|m| ctx.at(u.span(), m))?),
+    let uapi = match e.string("uapi")? {
+        Some((u, span)) => Some(check_uapi("peer uapi", u).map_err(|m| ctx.at(span, m))?),
         None => None,
     };
-    if let (Some(_), Some(u)) = (&e.endpoint, &e.uapi) {
+    if let (Some(_), Some(u)) = (&endpoint, e.get("uapi")) {
         return Err(ctx.at(
             u.span(),
             "peer: endpoint and uapi exclude each other (a fixed endpoint, or the one the device knows)"
                 .to_string(),
         ));
     }
-    let awg = match &e.awg {
-        Some(table) => awg_from_file(ctx, table, "peer ")?,
+    let awg = match e.table("awg")? {
+        Some(table) => awg_from_file(ctx, &table, "peer ")?,
         None => None,
     };
     let line = ctx.line(&place_span);
@@ -433,7 +431,7 @@ pub(super) fn peer_from_file(
 /// `"peer "`). `None` when the table is empty.
 pub(super) fn awg_from_file(
     ctx: &FileCtx<'_>,
-    table: &Spanned<AwgTable>,
+    table: &Spanned<Table>,
     prefix: &str,
 ) -> Result<Option<AwgParams>, ConfigError> {
     if table.get_ref().is_empty() {

@@ -1686,7 +1686,7 @@ fn awg_file_errors() {
     );
     assert_eq!(
         toml_err("[awg]\njc = 1\n[awg]\njc = 2\n"),
-        "config: line 3: awg: invalid table header; duplicate key `awg` in document root"
+        "config: line 3: invalid table header; duplicate key `awg` in document root"
     );
 }
 
