@@ -1654,30 +1654,16 @@ fn awg_in_file() {
 
 #[test]
 fn awg_file_errors() {
-    assert_eq!(
-        toml_err("threads = 1\n[awg]\njc = true\n"),
-        "config: line 3: awg: jc must be an integer, or for h1..h4 also a \"N-M\" string (got boolean)"
-    );
-    assert_eq!(
-        toml_err("[awg]\njc = -1\n"),
-        "config: line 2: awg: jc must be a non-negative decimal integer (got \"-1\")"
-    );
-    assert_eq!(
-        toml_err("[awg]\njc = 4294967296\n"),
-        "config: line 2: awg: jc must be ≤ 4294967295 (got 4294967296): it must fit 32 bits"
-    );
-    assert_eq!(
-        toml_err("[awg]\nh1 = \"9-5\"\n"),
-        "config: line 2: awg: h1 must be a type value N or a range N-M (decimal, 0..=4294967295, N <= M) (got \"9-5\")"
-    );
-    assert_eq!(
-        toml_err("threads = 1\n[awg]\njmin = 10\njmax = 5\n"),
-        "config: line 2: awg: jmin must be ≤ jmax (got jmin 10, jmax 5)"
-    );
-    assert_eq!(
-        toml_err("[awg]\nheader_protection_key = \"0123456789abcdef\"\n"),
-        "config: line 2: awg: header protection (AWG 3, header_protection_key) cannot be relayed: indices are encrypted without its key"
-    );
+    for (text, expected) in [
+        ("threads = 1\n[awg]\njc = true\n".to_string(), "config: line 3: awg: jc must be an integer, or for h1..h4 also a \"N-M\" string (got boolean)".to_string()),
+        ("[awg]\njc = -1\n".to_string(), "config: line 2: awg: jc must be a non-negative decimal integer (got \"-1\")".to_string()),
+        ("[awg]\njc = 4294967296\n".to_string(), "config: line 2: awg: jc must be ≤ 4294967295 (got 4294967296): it must fit 32 bits".to_string()),
+        ("[awg]\nh1 = \"9-5\"\n".to_string(), "config: line 2: awg: h1 must be a type value N or a range N-M (decimal, 0..=4294967295, N <= M) (got \"9-5\")".to_string()),
+        ("threads = 1\n[awg]\njmin = 10\njmax = 5\n".to_string(), "config: line 2: awg: jmin must be ≤ jmax (got jmin 10, jmax 5)".to_string()),
+        ("[awg]\nheader_protection_key = \"0123456789abcdef\"\n".to_string(), "config: line 2: awg: header protection (AWG 3, header_protection_key) cannot be relayed: indices are encrypted without its key".to_string()),
+    ] {
+        assert_eq!(toml_err(&text), expected, "{text}");
+    }
     assert!(toml_err("[awg]\nfoo = 1\n")
         .starts_with("config: line 2: awg: unknown parameter \"foo\" (known: jc,"));
     assert_eq!(
