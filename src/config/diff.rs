@@ -6,7 +6,7 @@ use super::*;
 /// One setting that differs between two configurations.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
-    /// The setting's file key (`allow`, `threads`, ...).
+    /// The setting, named as its [`Config`] field (`allow`, `servers`, `threads`, ...).
     pub setting: &'static str,
     /// What changed: `+2 -1 keys`, `under-load → always`.
     pub detail: String,
@@ -27,7 +27,7 @@ impl Diff {
         self.changes.is_empty()
     }
 
-    /// Whether `setting` (a file key) changed.
+    /// Whether `setting` (a [`Config`] field name) changed.
     pub fn changed(&self, setting: &str) -> bool {
         self.changes.iter().any(|c| c.setting == setting)
     }
@@ -73,11 +73,11 @@ impl Config {
         push("allow", true, key_counts(&self.allow, &new.allow));
         push("groups", true, counted(&self.groups, &new.groups, "group"));
         push(
-            "server",
+            "servers",
             true,
             counted(&self.servers, &new.servers, "server"),
         );
-        push("peer", true, counted(&self.peers, &new.peers, "peer"));
+        push("peers", true, counted(&self.peers, &new.peers, "peer"));
         push(
             "awg",
             true,

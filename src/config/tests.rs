@@ -2407,7 +2407,7 @@ fn diff_names_each_changed_setting_and_whether_it_is_live() {
                 servers: vec![server("a.example:1", 1)],
                 ..d0.clone()
             },
-            "server",
+            "servers",
             "+1 -0 server",
             true,
         ),
@@ -2416,7 +2416,7 @@ fn diff_names_each_changed_setting_and_whether_it_is_live() {
                 peers: vec![port_peer("[::]:7", 1)],
                 ..d0.clone()
             },
-            "peer",
+            "peers",
             "+1 -0 peer",
             true,
         ),
