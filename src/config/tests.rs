@@ -2156,6 +2156,20 @@ fn environment_variables() {
     env.clear();
     env.set("WGRELAY_THREADS", "0");
     assert_eq!(parse_err(&[]), "--threads 0: must be at least 1");
+    // load() reads the environment as it is at the call, and names the variable
+    let e = load(&["wgrelay", "check-config"]).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "wgrelay: WGRELAY_THREADS=0: must be at least 1"
+    );
+    env.set("WGRELAY_THREADS", "5");
+    assert_eq!(load(&["wgrelay"]).unwrap().1.threads, 5);
+    assert_eq!(
+        load(&["wgrelay", "--threads", "0"])
+            .unwrap_err()
+            .to_string(),
+        "wgrelay: --threads 0: must be at least 1"
+    );
     env.set("WGRELAY_THREADS", "lots");
     let e = try_parse_with_env_held(&[]).unwrap_err().to_string();
     assert!(e.contains("lots"), "{e}");
@@ -2192,7 +2206,7 @@ fn operating_settings_from_flags_and_file() {
     );
     // (argv, metrics, control socket, json logs)
     type Case<'a> = (Vec<&'a str>, Option<&'a str>, Option<&'a str>, bool);
-    let cases: Vec<Case> = vec![
+    let mut cases: Vec<Case> = vec![
         (
             vec!["--log-format", "json"],
             None,
@@ -2233,6 +2247,8 @@ fn operating_settings_from_flags_and_file() {
             false,
         ),
     ];
+    let off = TempFile::new("control_socket = \"off\"\n");
+    cases.push((vec!["--config", off.path()], None, None, false));
     for (argv, metrics, socket, is_json) in cases {
         let c = parse(&argv);
         assert_eq!(c.metrics, metrics.map(sa), "{argv:?}");
