@@ -6,8 +6,9 @@
 //! `upstream` and `control` keep the proxy and port-per-peer modes' addresses current.
 
 pub mod admit;
-pub mod cli;
 pub mod config;
+/// The command line's clap types (kept at this path for callers; they live in `config::args`).
+pub use config::args as cli;
 pub mod constants;
 pub mod control;
 pub mod io;

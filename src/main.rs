@@ -7,27 +7,20 @@ use std::time::{Duration, Instant};
 
 use std::io::Write;
 
-use clap::{CommandFactory, FromArgMatches};
-use wgrelay::cli::{Cli, Mode};
-use wgrelay::config::Config;
+use wgrelay::config::{self, Config, Mode};
 use wgrelay::relay::Relay;
 
 fn main() -> ExitCode {
-    let matches = match Cli::command().try_get_matches() {
-        Ok(m) => m,
-        Err(e) => return clap_error(e),
-    };
-    let cli = match Cli::from_arg_matches(&matches) {
-        Ok(c) => c,
-        Err(e) => return clap_error(e),
-    };
-    let from_env = env_sourced(&matches);
-    let (mode, args) = cli.into_parts();
-    let config = match Config::from_args(&args) {
-        Ok(c) => c,
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let (mode, config) = match config::load(&argv) {
+        Ok(loaded) => loaded,
         Err(e) => {
-            wgrelay::logging::fatal(&name_the_variable(&e.to_string(), &from_env));
-            return ExitCode::from(2);
+            match &e {
+                // in the style of the logs (the journal's priority prefix under systemd)
+                config::LoadError::Invalid(message) => wgrelay::logging::fatal(message),
+                config::LoadError::Clap(_) => e.print(),
+            }
+            return ExitCode::from(e.exit_code());
         }
     };
     wgrelay::logging::init(config.log_level, config.log_format);
@@ -130,92 +123,16 @@ fn run(config: &Config) -> ExitCode {
 /// and the file as they are now), validates it and applies it to `relay`. A configuration
 /// that does not validate changes nothing.
 fn reload(relay: &mut Relay) -> Result<String, String> {
-    let matches = Cli::command()
-        .try_get_matches_from(std::env::args_os())
-        .map_err(|e| e.to_string().trim().to_string())?;
-    let cli = Cli::from_arg_matches(&matches).map_err(|e| e.to_string().trim().to_string())?;
-    let from_env = env_sourced(&matches);
-    let (_, args) = cli.into_parts();
-    let config =
-        Config::from_args(&args).map_err(|e| name_the_variable(&e.to_string(), &from_env))?;
-    let done = relay.reload(&config).map_err(|e| e.to_string())?;
-    wgrelay::logging::set_level(config.log_level);
-    Ok(done.to_string())
-}
-
-/// The flags whose value came from their environment variable, as (`--flag`, `VARIABLE`),
-/// for the subcommand that runs.
-fn env_sourced(matches: &clap::ArgMatches) -> Vec<(String, String)> {
-    let cmd = Cli::command();
-    let (sub, m) = match matches.subcommand() {
-        Some((name, m)) => (cmd.find_subcommand(name).cloned(), m),
-        None => (None, matches),
-    };
-    let cmd = sub.unwrap_or(cmd);
-    cmd.get_arguments()
-        .filter(|a| {
-            m.value_source(a.get_id().as_str()) == Some(clap::parser::ValueSource::EnvVariable)
-        })
-        .filter_map(|a| {
-            let long = a.get_long()?;
-            let var = a.get_env()?.to_str()?;
-            Some((format!("--{long}"), var.to_string()))
-        })
-        .collect()
-}
-
-/// An error about `--flag` names `VARIABLE` instead when that is where the value came from.
-fn name_the_variable(message: &str, from_env: &[(String, String)]) -> String {
-    for (flag, var) in from_env {
-        if let Some(rest) = message.strip_prefix(flag.as_str()) {
-            if let Some(value) = rest.strip_prefix(' ') {
-                return format!("{var}={value}");
-            }
-            if rest.is_empty() || rest.starts_with(':') {
-                return format!("{var}{rest}");
-            }
-        }
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let (_, new) = config::load(&argv).map_err(|e| match e {
+        config::LoadError::Invalid(message) => message,
+        config::LoadError::Clap(e) => e.render().to_string().trim_end().to_string(),
+    })?;
+    let diff = relay.config().diff(&new);
+    if diff.is_empty() {
+        return Ok("no changes".to_string());
     }
-    message.to_string()
-}
-
-/// clap's own errors (help and version included), with a bad value that came from an
-/// environment variable reported as that variable: clap names only the flag.
-fn clap_error(e: clap::Error) -> ExitCode {
-    use clap::error::{ContextKind, ContextValue, ErrorKind};
-    if matches!(
-        e.kind(),
-        ErrorKind::InvalidValue | ErrorKind::ValueValidation
-    ) {
-        let arg = match e.get(ContextKind::InvalidArg) {
-            Some(ContextValue::String(s)) => s.clone(),
-            _ => String::new(),
-        };
-        let long = arg
-            .split([' ', '='])
-            .next()
-            .unwrap_or("")
-            .trim_start_matches("--");
-        let on_argv = std::env::args()
-            .any(|a| a == format!("--{long}") || a.starts_with(&format!("--{long}=")));
-        let var = Cli::command()
-            .get_arguments()
-            .find(|a| a.get_long() == Some(long))
-            .and_then(|a| a.get_env().and_then(|v| v.to_str()).map(str::to_string));
-        if let (Some(var), false) = (var, on_argv) {
-            if let Some(value) = std::env::var_os(&var) {
-                let why = std::error::Error::source(&e)
-                    .map(|s| s.to_string())
-                    .unwrap_or_else(|| "invalid value".to_string());
-                eprintln!(
-                    "wgrelay: {var}={}: invalid value for {arg}: {why}",
-                    value.to_string_lossy()
-                );
-                return ExitCode::from(2);
-            }
-        }
-    }
-    let code = e.exit_code();
-    let _ = e.print();
-    ExitCode::from(u8::try_from(code).unwrap_or(2))
+    let done = relay.reload(&new).map_err(|e| e.to_string())?;
+    wgrelay::logging::set_level(new.log_level);
+    Ok(format!("applied {diff}; {}", done.routing))
 }

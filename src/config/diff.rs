@@ -1,0 +1,169 @@
+//! What changed between two configurations, for reload: each setting that differs, and
+//! whether the running relay can take it live or only at a restart.
+
+use super::*;
+
+/// One setting that differs between two configurations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The setting, named as its [`Config`] field (`allow`, `servers`, `threads`, ...).
+    pub setting: &'static str,
+    /// What changed: `+2 -1 keys`, `under-load → always`.
+    pub detail: String,
+    /// True when a running relay can apply it; false when it takes effect at a restart.
+    pub live: bool,
+}
+
+/// The settings that differ between two configurations, in [`Config`] field order
+/// ([`Config::diff`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Diff {
+    pub changes: Vec<Change>,
+}
+
+impl Diff {
+    /// Nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    /// Whether `setting` (a [`Config`] field name) changed.
+    pub fn changed(&self, setting: &str) -> bool {
+        self.changes.iter().any(|c| c.setting == setting)
+    }
+
+    /// The changes that take effect only at a restart.
+    pub fn restart_only(&self) -> impl Iterator<Item = &Change> {
+        self.changes.iter().filter(|c| !c.live)
+    }
+}
+
+impl fmt::Display for Diff {
+    /// `allow: +2 -1 keys; cookie: under-load → always; threads: 2 → 4 (needs a restart)`, or
+    /// `no changes`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_empty() {
+            return f.write_str("no changes");
+        }
+        for (i, c) in self.changes.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "; " };
+            let restart = if c.live { "" } else { " (needs a restart)" };
+            write!(f, "{sep}{}: {}{restart}", c.setting, c.detail)?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// The settings in which `new` differs from `self` (the running configuration). Lists
+    /// are compared as sets: reordering them is no change.
+    pub fn diff(&self, new: &Config) -> Diff {
+        let mut changes = Vec::new();
+        let mut push = |setting, live, detail: Option<String>| {
+            if let Some(detail) = detail {
+                changes.push(Change {
+                    setting,
+                    detail,
+                    live,
+                });
+            }
+        };
+        // live
+        push("listen", true, listed(&self.listen, &new.listen));
+        push("allow", true, key_counts(&self.allow, &new.allow));
+        push("groups", true, counted(&self.groups, &new.groups, "group"));
+        push(
+            "servers",
+            true,
+            counted(&self.servers, &new.servers, "server"),
+        );
+        push("peers", true, counted(&self.peers, &new.peers, "peer"));
+        push(
+            "awg",
+            true,
+            moved(&awg_text(&self.awg), &awg_text(&new.awg)),
+        );
+        push("cookie", true, moved(&self.cookie, &new.cookie));
+        let rate = |r: Option<u32>| r.map_or("unlimited".into(), |r| r.to_string());
+        let (r0, r1) = (rate(self.broadcast_rate), rate(new.broadcast_rate));
+        push("broadcast_rate", true, moved(&r0, &r1));
+        let level = |l: log::LevelFilter| l.as_str().to_ascii_lowercase();
+        let (l0, l1) = (level(self.log_level), level(new.log_level));
+        push("log_level", true, moved(&l0, &l1));
+        push("log_format", true, moved(&self.log_format, &new.log_format));
+        let every = |d: Option<Duration>| d.map_or("off".into(), |d| format!("{}s", d.as_secs()));
+        let (s0, s1) = (every(self.stats_interval), every(new.stats_interval));
+        push("stats_interval", true, moved(&s0, &s1));
+        // restart-only: they shape the threads and sockets the relay was started with
+        push("threads", false, moved(&self.threads, &new.threads));
+        push("backend", false, moved(&self.backend, &new.backend));
+        push("gso", false, moved(&on_off(self.gso), &on_off(new.gso)));
+        push("gro", false, moved(&on_off(self.gro), &on_off(new.gro)));
+        let (t0, t1) = (on_off(self.steering), on_off(new.steering));
+        push("steering", false, moved(&t0, &t1));
+        let path = |p: &Option<PathBuf>, none: &str| {
+            p.as_ref()
+                .map_or(none.to_string(), |p| p.display().to_string())
+        };
+        let (p0, p1) = (
+            path(&self.state_file, "none"),
+            path(&new.state_file, "none"),
+        );
+        push("state_file", false, moved(&p0, &p1));
+        let (c0, c1) = (
+            path(&self.control_socket, "off"),
+            path(&new.control_socket, "off"),
+        );
+        push("control_socket", false, moved(&c0, &c1));
+        let addr = |a: Option<SocketAddr>| a.map_or("off".into(), |a| a.to_string());
+        let (m0, m1) = (addr(self.metrics), addr(new.metrics));
+        push("metrics", false, moved(&m0, &m1));
+        Diff { changes }
+    }
+}
+
+/// `old → new`, if they differ.
+fn moved<T: PartialEq + fmt::Display + ?Sized>(old: &T, new: &T) -> Option<String> {
+    (old != new).then(|| format!("{old} → {new}"))
+}
+
+/// The items only in `new` and those only in `old`.
+fn added_removed<'a, T: PartialEq>(old: &'a [T], new: &'a [T]) -> (Vec<&'a T>, Vec<&'a T>) {
+    // (quadratic: for the short lists; the allow-list goes through key_counts)
+    let added = new.iter().filter(|x| !old.contains(x)).collect();
+    let removed = old.iter().filter(|x| !new.contains(x)).collect();
+    (added, removed)
+}
+
+/// `+2 -1 keys`, if the sets differ.
+fn counted<T: PartialEq>(old: &[T], new: &[T], what: &str) -> Option<String> {
+    let (added, removed) = added_removed(old, new);
+    counts(added.len(), removed.len(), what)
+}
+
+/// [`counted`] for an allow-list, which may hold many thousands of keys.
+fn key_counts(old: &[PublicKey], new: &[PublicKey]) -> Option<String> {
+    let (old, new): (HashSet<_>, HashSet<_>) = (old.iter().collect(), new.iter().collect());
+    counts(
+        new.difference(&old).count(),
+        old.difference(&new).count(),
+        "key",
+    )
+}
+
+fn counts(added: usize, removed: usize, what: &str) -> Option<String> {
+    if added == 0 && removed == 0 {
+        return None;
+    }
+    let s = if added + removed == 1 { "" } else { "s" };
+    Some(format!("+{added} -{removed} {what}{s}"))
+}
+
+/// `+127.0.0.1:5 -[::]:51820`, if the sets differ.
+fn listed<T: PartialEq + fmt::Display>(old: &[T], new: &[T]) -> Option<String> {
+    let (added, removed) = added_removed(old, new);
+    let items: Vec<String> = (added.iter().map(|a| format!("+{a}")))
+        .chain(removed.iter().map(|r| format!("-{r}")))
+        .collect();
+    (!items.is_empty()).then(|| items.join(" "))
+}
