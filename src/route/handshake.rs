@@ -478,6 +478,9 @@ impl State {
             self.pins.note_client(p, from);
         }
         self.counters.handshakes_paired += 1;
+        for k in [responder_key, initiator_key].into_iter().flatten() {
+            self.activity_of(k).last_handshake = t;
+        }
         out.targets.push(initiator);
         Decision::Forward
     }

@@ -19,7 +19,7 @@ mod transport;
 pub use fanout::ParkingLot;
 pub use persist::Restored;
 pub use pinned::{PinKind, PinRoute, MAX_RECENT_CLIENTS};
-pub use session::{Change, Fast, Session, SessionTable};
+pub use session::{Change, Fast, KeyTraffic, Session, SessionTable, Traffic};
 
 use std::fmt;
 use std::time::Instant;
@@ -351,6 +351,17 @@ pub struct State {
     /// Each listener's framing, for [`State::wire_len`].
     framings: Vec<Framing>,
     counters: Counters,
+    /// Per key (by `KeyId`): its last handshake and roams, for `wgrelay show`.
+    activity: Vec<KeyActivity>,
+}
+
+/// What the routing core remembers of one key's sessions (their traffic is in the shards).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyActivity {
+    /// When a response last paired a handshake of this key (`Tick(0)`: never).
+    pub last_handshake: Tick,
+    /// Counter-verified moves of this key's endpoint.
+    pub roams: u64,
 }
 
 /// [`State::wire_len`] with the framings passed in (for code that borrows other fields).
@@ -422,6 +433,7 @@ impl State {
             pins,
             framings: settings.framings.clone(),
             counters: Counters::default(),
+            activity: vec![KeyActivity::default(); key_count],
         }
     }
 
@@ -444,6 +456,24 @@ impl State {
 
     pub fn keys(&self) -> &KeyDirectory {
         &self.keys
+    }
+
+    /// A key's last handshake and roams (all zero for a key not in the directory).
+    pub fn key_activity(&self, key: crate::admit::KeyId) -> KeyActivity {
+        self.activity.get(key.index()).copied().unwrap_or_default()
+    }
+
+    fn activity_of(&mut self, key: crate::admit::KeyId) -> &mut KeyActivity {
+        let i = key.index();
+        if i >= self.activity.len() {
+            self.activity.resize(i + 1, KeyActivity::default());
+        }
+        &mut self.activity[i]
+    }
+
+    /// Initiations parked for a candidate that has not shown up yet.
+    pub fn parked_len(&self) -> usize {
+        self.parked.len()
     }
 
     pub fn indices(&self) -> &IndexTable {
