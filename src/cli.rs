@@ -4,6 +4,8 @@
 //! wgrelay [RUN-FLAGS]               run the relay (no subcommand = run)
 //! wgrelay run [RUN-FLAGS]           run the relay
 //! wgrelay check-config [RUN-FLAGS]  validate and print the effective configuration
+//! wgrelay show [--json]             show a running relay (over its control socket)
+//! wgrelay reload                    ask a running relay to re-read its configuration
 //! ```
 //!
 //! Every flag can also be set through a `WGRELAY_*` environment variable;
@@ -39,6 +41,28 @@ pub enum Command {
     /// Validate everything `run` would, print the effective configuration and
     /// exit (non-zero on error).
     CheckConfig(RunArgs),
+    /// Show a running relay: listeners, keys, sessions, counters (like `wg show`).
+    Show(ShowArgs),
+    /// Ask a running relay to re-read its configuration; non-zero exit if it refuses.
+    Reload(SocketArgs),
+}
+
+/// Where a running relay's control socket is (`show`, `reload`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Args)]
+pub struct SocketArgs {
+    /// The relay's control socket. [default: /run/wgrelay/control.sock]
+    #[arg(long, value_name = "PATH", env = "WGRELAY_CONTROL_SOCKET")]
+    pub control_socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Args)]
+pub struct ShowArgs {
+    /// Print the snapshot as JSON, for scripts.
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub socket: SocketArgs,
 }
 
 /// What the process was asked to do.
@@ -46,6 +70,8 @@ pub enum Command {
 pub enum Mode {
     Run,
     CheckConfig,
+    /// `show` or `reload`: talks to a running relay (`Cli::command`), needs no configuration.
+    Client,
 }
 
 impl Cli {
@@ -55,6 +81,7 @@ impl Cli {
         match self.command {
             Some(Command::Run(args)) => (Mode::Run, args),
             Some(Command::CheckConfig(args)) => (Mode::CheckConfig, args),
+            Some(Command::Show(_) | Command::Reload(_)) => (Mode::Client, RunArgs::default()),
             None => (Mode::Run, self.run),
         }
     }
@@ -211,6 +238,12 @@ pub struct RunArgs {
     /// SIGTERM) and read back at start, so peers need no new handshake. [default: none]
     #[arg(long, value_name = "FILE", env = "WGRELAY_STATE_FILE")]
     pub state_file: Option<std::path::PathBuf>,
+
+    /// Control socket answering `wgrelay show` and `wgrelay reload` (owner-only; its
+    /// directory is created 0700 if missing); off turns it off. Two relays on one host need
+    /// two paths. [default: /run/wgrelay/control.sock]
+    #[arg(long, value_name = "PATH", env = "WGRELAY_CONTROL_SOCKET")]
+    pub control_socket: Option<PathBuf>,
 
     /// TOML configuration file; flags and environment variables override
     /// its settings.

@@ -160,6 +160,9 @@ pub const DEFAULT_STATS_INTERVAL_SECS: u64 = 60;
 /// Largest accepted `threads` value.
 pub const MAX_THREADS: usize = 1024;
 
+/// Where the control socket is unless `control_socket` says otherwise.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/wgrelay/control.sock";
+
 /// Names of the keys accepted in the configuration file.
 pub const FILE_KEYS: &[&str] = &[
     "listen",
@@ -173,6 +176,7 @@ pub const FILE_KEYS: &[&str] = &[
     "gro",
     "steering",
     "state_file",
+    "control_socket",
     "log_level",
     "stats_interval",
     "bind",
@@ -325,6 +329,8 @@ pub struct Config {
     pub steering: bool,
     /// Where confirmed sessions are kept across a restart; `None` = nowhere.
     pub state_file: Option<std::path::PathBuf>,
+    /// The control socket (`wgrelay show`, `reload`); `None` = off.
+    pub control_socket: Option<std::path::PathBuf>,
     /// Proxy mode: servers chosen by the key mac1 names. Their keys are allowed implicitly.
     pub servers: Vec<Server>,
     /// Port-per-peer mode: one relay port per responder. Their keys are allowed implicitly.
@@ -354,6 +360,7 @@ impl Default for Config {
             gro: true,
             steering: true,
             state_file: None,
+            control_socket: Some(DEFAULT_CONTROL_SOCKET.into()),
             servers: Vec::new(),
             peers: Vec::new(),
             awg: crate::wire::awg::Params::plain(),
@@ -477,7 +484,7 @@ impl Config {
             None => String::new(),
         };
         format!(
-            "listen: {}\nmode: {}\nservers: {}\npeers: {}\nawg: {}\ncookie replies: {}\nbroadcast rate: {}\nthreads: {}\nbackend: {}\noffload: gso {}, gro {}\nsteering: {}\nstate file: {}\nlog level: {}\nstats: {}{}",
+            "listen: {}\nmode: {}\nservers: {}\npeers: {}\nawg: {}\ncookie replies: {}\nbroadcast rate: {}\nthreads: {}\nbackend: {}\noffload: gso {}, gro {}\nsteering: {}\nstate file: {}\ncontrol socket: {}\nlog level: {}\nstats: {}{}",
             listen.join(", "),
             mode,
             servers,
@@ -493,6 +500,9 @@ impl Config {
             self.state_file
                 .as_ref()
                 .map_or("none".into(), |p| p.display().to_string()),
+            self.control_socket
+                .as_ref()
+                .map_or("off".into(), |p| p.display().to_string()),
             self.log_level.as_str().to_ascii_lowercase(),
             stats,
             wgproxy,
@@ -575,6 +585,12 @@ impl Config {
                 .or(file.steering)
                 .map_or(defaults.steering, Switch::is_on),
             state_file: cli.state_file.or(file.state_file),
+            // `off` turns it off
+            control_socket: match cli.control_socket.or(file.control_socket) {
+                Some(p) if p.as_os_str() == "off" => None,
+                Some(p) => Some(p),
+                None => defaults.control_socket,
+            },
             servers: cli
                 .servers
                 .or(file.servers)
@@ -656,6 +672,7 @@ struct Layer {
     gro: Option<Switch>,
     steering: Option<Switch>,
     state_file: Option<std::path::PathBuf>,
+    control_socket: Option<std::path::PathBuf>,
     servers: Option<Vec<Server>>,
     peers: Option<Vec<PeerSpec>>,
     awg: Option<AwgParams>,
@@ -750,6 +767,7 @@ impl Layer {
             gro: a.gro,
             steering: a.steering,
             state_file: a.state_file.clone(),
+            control_socket: a.control_socket.clone(),
             servers: non_empty(servers),
             peers: non_empty(peers),
             awg,
@@ -972,6 +990,7 @@ impl Layer {
             gro: f.gro,
             steering: f.steering,
             state_file: f.state_file,
+            control_socket: f.control_socket,
             servers: non_empty(servers),
             peers: non_empty(peers),
             awg,
@@ -998,6 +1017,7 @@ struct FileConfig {
     gro: Option<Switch>,
     steering: Option<Switch>,
     state_file: Option<std::path::PathBuf>,
+    control_socket: Option<std::path::PathBuf>,
     log_level: Option<LogLevel>,
     stats_interval: Option<u64>,
     bind: Option<Spanned<String>>,
@@ -2644,6 +2664,7 @@ stats_interval = 9
              offload: gso on, gro on\n\
              steering: on\n\
              state file: none\n\
+             control socket: /run/wgrelay/control.sock\n\
              log level: info\n\
              stats: every 60s"
         );
@@ -2711,6 +2732,7 @@ stats_interval = 9
              offload: gso on, gro on\n\
              steering: on\n\
              state file: none\n\
+             control socket: /run/wgrelay/control.sock\n\
              log level: info\n\
              stats: every 60s\n\
              wgproxy timeout: 30s (WGPROXY_TIMEOUT, superseded: sessions expire by WireGuard's own timers)"
@@ -2732,6 +2754,22 @@ stats_interval = 9
             c.state_file.as_deref(),
             Some(std::path::Path::new("/tmp/s"))
         );
+    }
+
+    #[test]
+    fn control_socket_from_flag_and_file_and_off() {
+        let path = |c: &Config| c.control_socket.clone();
+        assert_eq!(path(&parse(&[])), Some(DEFAULT_CONTROL_SOCKET.into()));
+        let c = parse(&["--control-socket", "/tmp/w.sock"]);
+        assert_eq!(path(&c), Some("/tmp/w.sock".into()));
+        assert!(c.summary().contains("\ncontrol socket: /tmp/w.sock\n"));
+        let c = parse(&["--control-socket", "off"]);
+        assert_eq!(path(&c), None);
+        assert!(c.summary().contains("\ncontrol socket: off\n"));
+        let c = Config::from_toml_str("control_socket = \"/tmp/f.sock\"").unwrap();
+        assert_eq!(path(&c), Some("/tmp/f.sock".into()));
+        let c = Config::from_toml_str("control_socket = \"off\"").unwrap();
+        assert_eq!(path(&c), None);
     }
 
     #[test]

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use std::io::Write;
 
 use clap::{CommandFactory, FromArgMatches};
-use wgrelay::cli::{Cli, Mode};
+use wgrelay::cli::{Cli, Command, Mode};
 use wgrelay::config::Config;
+use wgrelay::ctl;
 use wgrelay::relay::Relay;
 
 fn main() -> ExitCode {
@@ -21,6 +22,14 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return clap_error(e),
     };
+    // show and reload talk to a running relay: no configuration of their own
+    match &cli.command {
+        Some(Command::Show(a)) => {
+            return ctl::client::show(a.socket.control_socket.as_deref(), a.json)
+        }
+        Some(Command::Reload(a)) => return ctl::client::reload(a.control_socket.as_deref()),
+        _ => {}
+    }
     let from_env = env_sourced(&matches);
     let (mode, args) = cli.into_parts();
     let config = match Config::from_args(&args) {
@@ -49,6 +58,8 @@ fn main() -> ExitCode {
             }
         }
         Mode::Run => run(&config),
+        // dispatched above, before any configuration is read
+        Mode::Client => ExitCode::from(2),
     }
 }
 
@@ -66,6 +77,18 @@ fn run(config: &Config) -> ExitCode {
             eprintln!("wgrelay: cannot start: {e}");
             return ExitCode::from(1);
         }
+    };
+    // the control socket, once the relay runs (it answers from the shards)
+    let control = match &config.control_socket {
+        Some(path) => match ctl::serve(path, relay.inspector(), ctl::no_reload()) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                eprintln!("wgrelay: cannot start: {e}");
+                relay.stop();
+                return ExitCode::from(1);
+            }
+        },
+        None => None,
     };
     for line in config.summary().lines() {
         log::info!("{line}");
@@ -89,6 +112,7 @@ fn run(config: &Config) -> ExitCode {
         }
     }
     log::info!("stopping");
+    drop(control);
     let stats = relay.stop();
     log::info!("final stats: {stats}");
     ExitCode::SUCCESS

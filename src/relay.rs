@@ -12,6 +12,7 @@ use std::time::{Instant, SystemTime};
 use crate::admit::{Entropy, OsEntropy};
 use crate::config::{BackendChoice, Config};
 use crate::control::{Control, DevicePeer, ServerUpstream};
+use crate::ctl::{Inspector, ListenerView};
 use crate::io::steer::owner_shard;
 use crate::io::{
     bind_group, buffer_sizes, steer, uring, Backend, MmsgBackend, Offload, SocketOptions,
@@ -87,6 +88,10 @@ pub struct Relay {
     threads: Vec<JoinHandle<SessionTable>>,
     /// Where confirmed sessions are saved on `stop`.
     state_file: Option<PathBuf>,
+    /// For `inspector`: the shards' channels, what each listener is for, the start.
+    mesh: Arc<Mesh>,
+    listeners: Arc<[ListenerView]>,
+    started: Instant,
 }
 
 /// Counters of a running relay: the routing core's and the I/O layer's.
@@ -368,6 +373,7 @@ impl Relay {
             io.clone(),
         )?;
         let shutdown = Arc::new(AtomicBool::new(false));
+        let listeners = listener_views(config, &local_addrs, &framings).into();
         let mut relay = Relay {
             local_addrs,
             backend: kind,
@@ -378,6 +384,9 @@ impl Relay {
             shutdown,
             threads: Vec::new(),
             state_file: config.state_file.clone(),
+            mesh: mesh.clone(),
+            listeners,
+            started: Instant::now(),
         };
         // Pin shard t to the t-th core this process may run on, when there are enough of them
         // (sched_getaffinity, so a container's cpuset is respected).
@@ -468,26 +477,19 @@ impl Relay {
     }
 
     pub fn stats(&self) -> Stats {
-        let state = lock(&self.state);
-        let mut route = state.counters().clone();
-        let mut fast_forwarded = 0;
-        for fast in &self.fast {
-            let c = fast.snapshot();
-            fast_forwarded += c.forwarded;
-            route.add(&c);
-        }
-        Stats {
-            route,
-            send_failed: self.io.send_failed.load(Ordering::Relaxed),
-            recv_errors: self.io.recv_errors.load(Ordering::Relaxed),
-            kernel_drops: self.io.kernel_drops.load(Ordering::Relaxed),
-            enobufs: self.io.enobufs.load(Ordering::Relaxed),
-            off_owner: self.io.off_owner.load(Ordering::Relaxed),
-            handoffs: self.io.handoffs.load(Ordering::Relaxed),
-            handoff_drops: self.io.handoff_drops.load(Ordering::Relaxed),
-            fast_forwarded,
-            indices: state.indices().len(),
-            endpoints: state.endpoints().len(),
+        stats_of(&self.state, &self.io, &self.fast)
+    }
+
+    /// A view of the running relay for the control socket (`ctl::serve`).
+    pub fn inspector(&self) -> Inspector {
+        Inspector {
+            state: self.state.clone(),
+            io: self.io.clone(),
+            fast: self.fast.clone(),
+            mesh: self.mesh.clone(),
+            listeners: self.listeners.clone(),
+            backend: self.backend,
+            started: self.started,
         }
     }
 
@@ -533,6 +535,61 @@ impl Drop for Relay {
     fn drop(&mut self) {
         self.halt();
     }
+}
+
+/// The relay's counters: the shared state's plus every shard's fast path, and the I/O layer's.
+pub(crate) fn stats_of(state: &Mutex<State>, io: &IoCounters, fast: &[Arc<FastCounters>]) -> Stats {
+    let state = lock(state);
+    let mut route = state.counters().clone();
+    let mut fast_forwarded = 0;
+    for fast in fast {
+        let c = fast.snapshot();
+        fast_forwarded += c.forwarded;
+        route.add(&c);
+    }
+    Stats {
+        route,
+        send_failed: io.send_failed.load(Ordering::Relaxed),
+        recv_errors: io.recv_errors.load(Ordering::Relaxed),
+        kernel_drops: io.kernel_drops.load(Ordering::Relaxed),
+        enobufs: io.enobufs.load(Ordering::Relaxed),
+        off_owner: io.off_owner.load(Ordering::Relaxed),
+        handoffs: io.handoffs.load(Ordering::Relaxed),
+        handoff_drops: io.handoff_drops.load(Ordering::Relaxed),
+        fast_forwarded,
+        indices: state.indices().len(),
+        endpoints: state.endpoints().len(),
+    }
+}
+
+/// What each listener is for, as `wgrelay show` lists them (ids in `start_on`'s order: the
+/// main listeners, then one per port peer).
+fn listener_views(
+    config: &Config,
+    addrs: &[SocketAddr],
+    framings: &[Framing],
+) -> Vec<ListenerView> {
+    let main = if config.servers.is_empty() {
+        "exchange"
+    } else {
+        "exchange+proxy"
+    };
+    addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let peer = i
+                .checked_sub(config.listen.len())
+                .and_then(|p| config.peers.get(p));
+            let plain = framings.get(i).is_none_or(|f| f.is_plain());
+            ListenerView {
+                address: a.to_string(),
+                mode: if peer.is_some() { "port-peer" } else { main }.to_string(),
+                peer: peer.map(|p| p.key.to_base64()),
+                framing: if plain { "wireguard" } else { "amneziawg" }.to_string(),
+            }
+        })
+        .collect()
 }
 
 fn is_no_ipv6(e: &io::Error) -> bool {
