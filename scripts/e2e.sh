@@ -283,7 +283,7 @@ start_relay() {
     [ -f "$LOG/relay.toml" ] || relay_keys "$PUB_A" "$PUB_B"
     ip netns exec "$NS_RELAY" "$RELAY_BIN" run --listen "$RELAY_IP:$RELAY_PORT" \
         --config "$LOG/relay.toml" --cookie "$COOKIE" --log-level info --stats-interval 1 \
-        --state-file "$LOG/relay.state" 2>"$RELAY_LOG" &
+        --state-file "$LOG/relay.state" --control-socket "$LOG/ctl.$1.sock" 2>"$RELAY_LOG" &
     RELAY_PID=$!
     PIDS+=("$RELAY_PID")
     wait_for 10 grep -q "relaying on" "$RELAY_LOG" || {
@@ -815,7 +815,7 @@ case_proxy() {
     PROXY_LOG="$LOG/relay.proxy.log"
     ip netns exec "$NS_RELAY" "$RELAY_BIN" run "${listen[@]}" \
         --server "$SRV_IP:$WG_PORT" --server-key "$PUB_S" --cookie "$COOKIE" \
-        --log-level info --stats-interval 1 2>"$PROXY_LOG" &
+        --log-level info --stats-interval 1 --control-socket "$LOG/ctl.proxy.sock" 2>"$PROXY_LOG" &
     PROXY_PID=$!
     PIDS+=("$PROXY_PID")
     if ! wait_for 10 grep -q "relaying on" "$PROXY_LOG"; then
@@ -1013,7 +1013,8 @@ bt_case() { # always|default
     local name="boringtun (peer-e) + wireguard-go (peer-f) via relay, $label, $BT_ROUNDS restarts"
     log="$LOG/relay.bt-$mode.log"
     ip netns exec "$NS_RELAY" "$RELAY_BIN" run --listen "$RELAY_IP:$BT_PORT" \
-        --allow "$PUB_E" --allow "$PUB_F" "${flags[@]}" --log-level info --stats-interval 1 2>"$log" &
+        --allow "$PUB_E" --allow "$PUB_F" "${flags[@]}" --log-level info --stats-interval 1 \
+        --control-socket "$LOG/ctl.bt-$mode.sock" 2>"$log" &
     pid=$!
     PIDS+=("$pid")
     if ! wait_for 10 grep -q "relaying on" "$log"; then

@@ -3,7 +3,8 @@
 //! Layers, each a folder: `wire` (typed views of the four messages, mac1/mac2, cookie crypto),
 //! `admit` (who may start a handshake), `table` (index and identity state), `route` (the pure
 //! routing decision), `io` (backends that only move bytes) and `shard` (the datapath loop);
-//! `upstream` and `control` keep the proxy and port-per-peer modes' addresses current.
+//! `upstream` and `control` keep the proxy and port-per-peer modes' addresses current; `ctl`
+//! is the control socket and `wgrelay show`.
 
 pub mod admit;
 pub mod config;
@@ -11,6 +12,7 @@ pub mod config;
 pub use config::args as cli;
 pub mod constants;
 pub mod control;
+pub mod ctl;
 pub mod io;
 pub mod key;
 pub mod logging;

@@ -7,11 +7,24 @@ use std::time::{Duration, Instant};
 
 use std::io::Write;
 
+use clap::Parser;
+use wgrelay::cli::{Cli, Command};
 use wgrelay::config::{self, Config, Mode};
+use wgrelay::ctl;
 use wgrelay::relay::Relay;
 
 fn main() -> ExitCode {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // show and reload talk to a running relay: no configuration of their own
+    if let Ok(cli) = Cli::try_parse_from(&argv) {
+        match &cli.command {
+            Some(Command::Show(a)) => {
+                return ctl::client::show(a.socket.control_socket.as_deref(), a.json)
+            }
+            Some(Command::Reload(a)) => return ctl::client::reload(a.control_socket.as_deref()),
+            _ => {}
+        }
+    }
     let (mode, config) = match config::load(&argv) {
         Ok(loaded) => loaded,
         Err(e) => {
@@ -38,6 +51,8 @@ fn main() -> ExitCode {
             }
         }
         Mode::Run => run(&config),
+        // dispatched above, before any configuration is read
+        Mode::Client => ExitCode::from(2),
     }
 }
 
@@ -74,6 +89,32 @@ fn run(config: &Config) -> ExitCode {
         },
         None => None,
     };
+    // The control socket's `reload` runs here, on the thread that owns the relay: the
+    // socket's thread asks over a channel and waits for the answer.
+    let (reload_tx, reload_rx) = crossbeam_channel::bounded::<ReloadReply>(1);
+    let hook: ctl::ReloadHook = Box::new(move || {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        reload_tx
+            .send_timeout(tx, Duration::from_secs(5))
+            .map_err(|_| "the relay is busy with another reload".to_string())?;
+        rx.recv_timeout(Duration::from_secs(30))
+            .map_err(|_| "the relay did not answer within 30 s".to_string())?
+    });
+    // once the relay runs (it answers from the shards)
+    let control = match &config.control_socket {
+        Some(path) => match ctl::serve(path, relay.inspector(), hook) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                wgrelay::logging::fatal(&format!("cannot start: {e}"));
+                if let Some(m) = metrics {
+                    m.stop();
+                }
+                relay.stop();
+                return ExitCode::from(1);
+            }
+        },
+        None => None,
+    };
     for line in config.summary().lines() {
         log::info!("{line}");
     }
@@ -90,12 +131,18 @@ fn run(config: &Config) -> ExitCode {
     let mut next_stats = config.stats_interval.map(|d| Instant::now() + d);
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
-        if hup.swap(false, Ordering::Relaxed) {
+        let asked = reload_rx.try_recv().ok();
+        if hup.swap(false, Ordering::Relaxed) || asked.is_some() {
             let before = relay.config().stats_interval;
             wgrelay::notify::reloading();
-            match reload(&mut relay) {
+            let result = reload(&mut relay);
+            match &result {
                 Ok(what) => log::info!("reload: {what}"),
                 Err(why) => log::error!("reload refused, nothing changed: {why}"),
+            }
+            if let Some(reply) = asked {
+                // the asking client may have given up: nothing to do then
+                let _ = reply.send(result);
             }
             wgrelay::notify::ready(&format!("relaying on {}", addrs.join(", ")));
             if relay.config().stats_interval != before {
@@ -111,6 +158,7 @@ fn run(config: &Config) -> ExitCode {
     }
     wgrelay::notify::stopping();
     log::info!("stopping");
+    drop(control);
     if let Some(m) = metrics {
         m.stop();
     }
@@ -118,6 +166,9 @@ fn run(config: &Config) -> ExitCode {
     log::info!("final stats: {stats}");
     ExitCode::SUCCESS
 }
+
+/// Where the main loop answers a control-socket `reload`.
+type ReloadReply = crossbeam_channel::Sender<Result<String, String>>;
 
 /// Reads the configuration again from every source (the same command line, the environment
 /// and the file as they are now), validates it and applies it to `relay`. A configuration

@@ -12,6 +12,7 @@ use std::time::{Instant, SystemTime};
 use crate::admit::{Entropy, OsEntropy};
 use crate::config::{BackendChoice, Config};
 use crate::control::{Control, DevicePeer, ServerUpstream};
+use crate::ctl::{Inspector, ListenerView};
 use crate::io::steer::owner_shard;
 use crate::io::{
     bind_group, buffer_sizes, steer, uring, Backend, MmsgBackend, Offload, SocketOptions,
@@ -91,6 +92,9 @@ pub struct Relay {
     config: Config,
     /// The shards' channels: a reload hands them the sessions it ended.
     mesh: Arc<Mesh>,
+    /// For `inspector`: what each listener is for, and when the relay started.
+    listeners: Arc<[ListenerView]>,
+    started: Instant,
 }
 
 /// Counters of a running relay: the routing core's and the I/O layer's.
@@ -418,6 +422,7 @@ impl Relay {
         let io = Arc::new(IoCounters::default());
         let control = start_control(config, &local_addrs, &state, &io)?;
         let shutdown = Arc::new(AtomicBool::new(false));
+        let listeners = listener_views(config, &local_addrs, &framings).into();
         let mut relay = Relay {
             local_addrs,
             backend: kind,
@@ -430,6 +435,8 @@ impl Relay {
             state_file: config.state_file.clone(),
             config: config.clone(),
             mesh: mesh.clone(),
+            listeners,
+            started: Instant::now(),
         };
         // Pin shard t to the t-th core this process may run on, when there are enough of them
         // (sched_getaffinity, so a container's cpuset is respected).
@@ -632,6 +639,19 @@ impl Relay {
         }
     }
 
+    /// A view of the running relay for the control socket (`ctl::serve`).
+    pub fn inspector(&self) -> Inspector {
+        Inspector {
+            state: self.state.clone(),
+            io: self.io.clone(),
+            fast: self.fast.clone(),
+            mesh: self.mesh.clone(),
+            listeners: self.listeners.clone(),
+            backend: self.backend,
+            started: self.started,
+        }
+    }
+
     /// Stops the shards, waits for them, and saves the sessions to the state file if one is
     /// configured.
     pub fn stop(mut self) -> Stats {
@@ -678,7 +698,11 @@ impl Drop for Relay {
 
 /// The relay's totals: the shared State's counters plus every shard's fast path. Holds the
 /// State's lock only to copy its counters.
-fn collect_stats(state: &Mutex<State>, io: &IoCounters, fast: &[Arc<FastCounters>]) -> Stats {
+pub(crate) fn collect_stats(
+    state: &Mutex<State>,
+    io: &IoCounters,
+    fast: &[Arc<FastCounters>],
+) -> Stats {
     let state = lock(state);
     let mut route = state.counters().clone();
     let mut fast_forwarded = 0;
@@ -776,6 +800,36 @@ impl Observer {
             candidates: state.endpoints().candidate_entries(),
         }
     }
+}
+
+/// What each listener is for, as `wgrelay show` lists them (ids in `start_on`'s order: the
+/// main listeners, then one per port peer).
+fn listener_views(
+    config: &Config,
+    addrs: &[SocketAddr],
+    framings: &[Framing],
+) -> Vec<ListenerView> {
+    let main = if config.servers.is_empty() {
+        "exchange"
+    } else {
+        "exchange+proxy"
+    };
+    addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let peer = i
+                .checked_sub(config.listen.len())
+                .and_then(|p| config.peers.get(p));
+            let plain = framings.get(i).is_none_or(|f| f.is_plain());
+            ListenerView {
+                address: a.to_string(),
+                mode: if peer.is_some() { "port-peer" } else { main }.to_string(),
+                peer: peer.map(|p| p.key.to_base64()),
+                framing: if plain { "wireguard" } else { "amneziawg" }.to_string(),
+            }
+        })
+        .collect()
 }
 
 fn is_no_ipv6(e: &io::Error) -> bool {

@@ -12,6 +12,7 @@
 //! kernel could not steer them). A shard that sends either writes the owner's eventfd, which
 //! its backend waits on next to its sockets: no spinning, one wake-up per batch.
 
+use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -20,11 +21,13 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::admit::JunkMemory;
+use crate::admit::KeyId;
 use crate::constants::{EXPIRE_INTERVAL, JUNK_SOURCES, SWEEP_STEP_INTERVAL};
 use crate::io::steer::owner_shard;
 use crate::io::{Backend, Drops, RecvBatch, Transmit};
 use crate::route::{
-    Actions, Change, Counters, Datagram, Decision, DropReason, Fast, SessionTable, State,
+    Actions, Change, Counters, Datagram, Decision, DropReason, Fast, KeyTraffic, Session,
+    SessionTable, State,
 };
 use crate::table::{Endpoint, ListenerId, Tick};
 use crate::wire::awg::{Classified, Framing};
@@ -95,6 +98,32 @@ impl FastCounters {
     }
 }
 
+/// Sessions one shard lists in a [`ShardReport`] at most (it still counts them all): a
+/// snapshot of a million sessions would be a hundred megabytes nobody reads.
+pub const MAX_REPORTED_SESSIONS: usize = 10_000;
+
+/// Inspection requests one shard may have waiting (each a `show` on the control socket).
+const INSPECT_QUEUE: usize = 8;
+
+/// What a shard says about itself when asked ([`Mesh::inspect`]): its sessions and their
+/// counters, its keys' traffic, and how busy it is.
+#[derive(Debug, Clone)]
+pub struct ShardReport {
+    pub id: usize,
+    /// Up to [`MAX_REPORTED_SESSIONS`] sessions, with their receiver index.
+    pub sessions: Vec<(Index, Session)>,
+    /// How many sessions the shard owns.
+    pub session_count: usize,
+    /// Per key, the traffic of its sessions owned here (live and ended).
+    pub keys: HashMap<KeyId, KeyTraffic>,
+    /// Time spent routing and sending, and time since the shard started.
+    pub busy: Duration,
+    pub uptime: Duration,
+}
+
+/// An inspection request: where to send the report.
+type Inspect = Sender<ShardReport>;
+
 /// A transport packet that arrived at the wrong shard, on its way to the owner.
 #[derive(Debug)]
 pub struct Handoff {
@@ -149,6 +178,7 @@ impl Waker {
 pub struct Mesh {
     changes: Vec<Sender<Change>>,
     handoffs: Vec<Sender<Handoff>>,
+    inspect: Vec<Sender<Inspect>>,
     wakers: Vec<Arc<Waker>>,
 }
 
@@ -157,6 +187,7 @@ pub struct Mesh {
 pub struct Mailbox {
     changes: Receiver<Change>,
     handoffs: Receiver<Handoff>,
+    inspect: Receiver<Inspect>,
     waker: Arc<Waker>,
 }
 
@@ -166,6 +197,7 @@ impl Mesh {
         let mut mesh = Mesh {
             changes: Vec::new(),
             handoffs: Vec::new(),
+            inspect: Vec::new(),
             wakers: Vec::new(),
         };
         let mut mailboxes = Vec::new();
@@ -174,13 +206,16 @@ impl Mesh {
             // at most one per handshake message, so this channel is unbounded.
             let (ctx, crx) = crossbeam_channel::unbounded();
             let (htx, hrx) = crossbeam_channel::bounded(HANDOFF_QUEUE);
+            let (itx, irx) = crossbeam_channel::bounded(INSPECT_QUEUE);
             let waker = Arc::new(Waker::new()?);
             mesh.changes.push(ctx);
             mesh.handoffs.push(htx);
+            mesh.inspect.push(itx);
             mesh.wakers.push(waker.clone());
             mailboxes.push(Mailbox {
                 changes: crx,
                 handoffs: hrx,
+                inspect: irx,
                 waker,
             });
         }
@@ -204,6 +239,32 @@ impl Mesh {
                 w.wake();
             }
         }
+    }
+
+    /// Asks every shard for its report and waits at most `timeout` for the answers. The
+    /// datapath never stops for it: each shard answers between two batches (at the latest
+    /// after [`POLL_INTERVAL`]). A shard that does not answer in time (or whose queue of
+    /// requests is full) is missing from the result.
+    pub fn inspect(&self, timeout: Duration) -> Vec<ShardReport> {
+        let deadline = Instant::now() + timeout;
+        let (tx, rx) = crossbeam_channel::bounded(self.inspect.len());
+        let mut asked = 0;
+        for (queue, waker) in self.inspect.iter().zip(&self.wakers) {
+            if queue.try_send(tx.clone()).is_ok() {
+                asked += 1;
+                waker.wake();
+            }
+        }
+        drop(tx);
+        let mut reports = Vec::with_capacity(asked);
+        while reports.len() < asked {
+            match rx.recv_deadline(deadline) {
+                Ok(r) => reports.push(r),
+                Err(_) => break,
+            }
+        }
+        reports.sort_by_key(|r| r.id);
+        reports
     }
 }
 
@@ -409,12 +470,18 @@ impl Router {
             }
             Fast::Drop(reason) => self.count(reason),
             Fast::Control => {
-                if let Some(receiver) = transport_receiver(packet) {
+                let receiver = transport_receiver(packet);
+                if let Some(receiver) = receiver {
                     if let Some(c) = self.sessions.get(receiver).and_then(|s| s.max_counter) {
                         ctl.get().note_counter(receiver, c, t);
                     }
                 }
-                self.control(ctl, now, t, from, src, MessageType::Transport, 0, packet);
+                let decision =
+                    self.control(ctl, now, t, from, src, MessageType::Transport, 0, packet);
+                // the session's own traffic, though the shared state forwarded this one
+                if let (Decision::Forward, Some(receiver)) = (decision, receiver) {
+                    self.sessions.count(receiver, packet.len());
+                }
             }
         }
     }
@@ -433,7 +500,7 @@ impl Router {
         kind: MessageType,
         junk: usize,
         packet: &mut [u8],
-    ) {
+    ) -> Decision {
         let state = ctl.get();
         let decision = state.route_as(now, from, Ok(kind), packet, junk, &mut self.actions);
         state.take_changes(t, &mut self.scratch, &mut self.changes);
@@ -456,6 +523,23 @@ impl Router {
             } else if let Some(q) = self.remote.get_mut(owner) {
                 q.push(change);
             }
+        }
+        decision
+    }
+
+    fn report(&self, started: Instant, busy: Duration) -> ShardReport {
+        ShardReport {
+            id: self.id,
+            sessions: self
+                .sessions
+                .iter()
+                .take(MAX_REPORTED_SESSIONS)
+                .map(|(i, s)| (i, *s))
+                .collect(),
+            session_count: self.sessions.len(),
+            keys: self.sessions.key_traffic(),
+            busy,
+            uptime: started.elapsed(),
         }
     }
 }
@@ -506,7 +590,14 @@ impl<B: Backend> Shard<B> {
         let mut sweeping = false;
         let mut next_step = Instant::now();
         let mut swept: Vec<Datagram> = Vec::new();
+        let started = Instant::now();
+        let mut busy = Duration::ZERO;
+        // when the batch being routed started (its time is added once it is sent)
+        let mut working: Option<Instant> = None;
         while !self.shutdown.load(Ordering::Relaxed) {
+            if let Some(at) = working.take() {
+                busy += at.elapsed();
+            }
             let wait = if sweeping {
                 SWEEP_STEP_INTERVAL.min(POLL_INTERVAL)
             } else {
@@ -537,6 +628,10 @@ impl<B: Backend> Shard<B> {
                     .try_iter()
                     .for_each(|c| router.sessions.apply(c));
             }
+            // a `show` on the control socket: answered between batches, never blocking
+            if let Ok(reply) = self.mailbox.inspect.try_recv() {
+                let _ = reply.try_send(router.report(started, busy));
+            }
             let step_due = sweeping && Instant::now() >= next_step;
             if n == 0 && handed.is_empty() && !step_due && Instant::now() < next_expire {
                 continue;
@@ -545,6 +640,7 @@ impl<B: Backend> Shard<B> {
             router.extras.clear();
             router.framed.clear();
             let now = Instant::now();
+            working = Some(now);
             let t = clock.tick(now);
             let mut ctl = Control {
                 state: &self.state,
@@ -607,7 +703,8 @@ impl<B: Backend> Shard<B> {
                         _ => 0,
                     };
                     let packet = &mut batch.datagram_mut(i)[offset..];
-                    router.control(&mut ctl, now, t, from, Src::Batch(i), kind, junk, packet);
+                    let _ =
+                        router.control(&mut ctl, now, t, from, Src::Batch(i), kind, junk, packet);
                 }
             }
             for (j, h) in handed.iter_mut().enumerate() {

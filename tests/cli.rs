@@ -18,6 +18,9 @@ fn wgrelay() -> Command {
             cmd.env_remove(k);
         }
     }
+    // These tests run several relays at once: one control socket path would be shared
+    // (tests/ctl.rs tests the socket).
+    cmd.env("WGRELAY_CONTROL_SOCKET", "off");
     cmd
 }
 

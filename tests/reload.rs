@@ -1,6 +1,7 @@
 //! Reload without a restart: real boringtun peers keep their sessions across a reload that
 //! adds keys, a reload that removes a key ends exactly that key's sessions, and SIGHUP to the
-//! binary re-reads its configuration file (an invalid one changes nothing).
+//! binary (or `wgrelay reload` over the control socket) re-reads its configuration file (an
+//! invalid one changes nothing and is reported).
 
 mod common;
 
@@ -228,6 +229,8 @@ fn sighup_rereads_the_file_and_an_invalid_file_changes_nothing() {
         .expect("free port")
         .port();
     let listen = format!("127.0.0.1:{port}");
+    let ctl = dir.join("control.sock");
+    let ctl_path = ctl.to_str().expect("path").to_string();
     let mut relay = Binary::start(&[
         "--listen",
         &listen,
@@ -235,6 +238,8 @@ fn sighup_rereads_the_file_and_an_invalid_file_changes_nothing() {
         file.to_str().expect("path"),
         "--stats-interval",
         "0",
+        "--control-socket",
+        &ctl_path,
     ]);
     assert!(
         relay.wait_for("relaying on", 0),
@@ -252,6 +257,12 @@ fn sighup_rereads_the_file_and_an_invalid_file_changes_nothing() {
     );
     assert!(handshake(&mut a, &mut b, LIMIT));
     assert!(exchange(&mut a, &mut b, 10));
+    let reload = || {
+        Command::new(env!("CARGO_BIN_EXE_wgrelay"))
+            .args(["reload", "--control-socket", &ctl_path])
+            .output()
+            .expect("wgrelay reload")
+    };
 
     // a typo: refused, logged, the relay keeps running as it was
     std::fs::write(&file, "allow = [\"not a key\"]\n").expect("write");
@@ -264,16 +275,23 @@ fn sighup_rereads_the_file_and_an_invalid_file_changes_nothing() {
     );
     assert!(relay.alive(), "SIGHUP must not end the relay");
     assert!(exchange(&mut a, &mut b, 10), "a<->b after a refused reload");
-
-    // a valid file with two more keys: applied, a<->b untouched, c<->d admitted
-    write_allow(&file, &ids.iter().collect::<Vec<_>>());
-    let mark = relay.log_len();
-    relay.signal(libc::SIGHUP);
+    // the same through `wgrelay reload`: a non-zero exit that says why
+    let out = reload();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        relay.wait_for("reload: applied allow", mark),
-        "{}",
-        relay.log.lock().unwrap()
+        err.contains("reload failed") && err.contains("not a key"),
+        "{err}"
     );
+    assert!(exchange(&mut a, &mut b, 10));
+
+    // a valid file with two more keys, through `wgrelay reload`: applied, a<->b untouched,
+    // c<->d admitted
+    write_allow(&file, &ids.iter().collect::<Vec<_>>());
+    let out = reload();
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("applied allow: +2"), "{said}");
     assert!(exchange(&mut a, &mut b, 20));
     let (mut c, mut d) = pair(
         &ids[2],
@@ -288,6 +306,28 @@ fn sighup_rereads_the_file_and_an_invalid_file_changes_nothing() {
         "{}",
         relay.log.lock().unwrap()
     );
+    assert!(exchange(&mut c, &mut d, 10));
+
+    // d out again by SIGHUP: exactly c<->d ends
+    write_allow(&file, &[&ids[0], &ids[1], &ids[2]]);
+    let mark = relay.log_len();
+    relay.signal(libc::SIGHUP);
+    assert!(
+        relay.wait_for("2 session indices ended", mark),
+        "{}",
+        relay.log.lock().unwrap()
+    );
+    assert!(exchange(&mut a, &mut b, 20));
+    let before = d.delivered;
+    for i in 0..5 {
+        assert!(c.send_data(100, i));
+    }
+    pump_for(&mut [&mut c, &mut d], Duration::from_millis(300));
+    assert_eq!(d.delivered, before);
+    // nothing changed: said so
+    let out = reload();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no changes"));
     assert!(relay.alive());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -30,6 +30,8 @@ fn wgrelay() -> Command {
             cmd.env_remove(k);
         }
     }
+    // several relays at once: no shared default control socket
+    cmd.env("WGRELAY_CONTROL_SOCKET", "off");
     cmd.stdin(Stdio::null()).stdout(Stdio::null());
     cmd
 }

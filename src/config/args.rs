@@ -39,6 +39,28 @@ pub enum Command {
     /// Validate everything `run` would, print the effective configuration and
     /// exit (non-zero on error).
     CheckConfig(RunArgs),
+    /// Show a running relay: listeners, keys, sessions, counters (like `wg show`).
+    Show(ShowArgs),
+    /// Ask a running relay to re-read its configuration; non-zero exit if it refuses.
+    Reload(SocketArgs),
+}
+
+/// Where a running relay's control socket is (`show`, `reload`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Args)]
+pub struct SocketArgs {
+    /// The relay's control socket. [default: /run/wgrelay/control.sock]
+    #[arg(long, value_name = "PATH", env = "WGRELAY_CONTROL_SOCKET")]
+    pub control_socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Args)]
+pub struct ShowArgs {
+    /// Print the snapshot as JSON, for scripts.
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub socket: SocketArgs,
 }
 
 /// What the process was asked to do.
@@ -46,6 +68,8 @@ pub enum Command {
 pub enum Mode {
     Run,
     CheckConfig,
+    /// `show` or `reload`: talks to a running relay (`Cli::command`), needs no configuration.
+    Client,
 }
 
 impl Cli {
@@ -55,6 +79,7 @@ impl Cli {
         match self.command {
             Some(Command::Run(args)) => (Mode::Run, args),
             Some(Command::CheckConfig(args)) => (Mode::CheckConfig, args),
+            Some(Command::Show(_) | Command::Reload(_)) => (Mode::Client, RunArgs::default()),
             None => (Mode::Run, self.run),
         }
     }

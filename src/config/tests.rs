@@ -2287,10 +2287,8 @@ fn operating_settings_errors() {
     ] {
         assert_eq!(parse_err(&argv), expected, "{argv:?}");
     }
-    for argv in [["--log-format", "xml"]] {
-        let e = try_parse(&argv).unwrap_err().to_string();
-        assert!(e.contains(argv[1]), "{e}");
-    }
+    let e = try_parse(&["--log-format", "xml"]).unwrap_err().to_string();
+    assert!(e.contains("xml"), "{e}");
     for (text, expected) in [
         (
             "log_format = \"xml\"",

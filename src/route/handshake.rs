@@ -480,6 +480,9 @@ impl State {
         }
         self.counters.handshakes_paired += 1;
         self.latency.on_response(receiver, now);
+        for k in [responder_key, initiator_key].into_iter().flatten() {
+            self.activity_of(k).last_handshake = t;
+        }
         out.targets.push(initiator);
         Decision::Forward
     }

@@ -22,7 +22,7 @@ pub use fanout::ParkingLot;
 pub use persist::Restored;
 pub use pinned::{PinKind, PinRoute, MAX_RECENT_CLIENTS};
 pub use reconfigure::Reconfigured;
-pub use session::{Change, Fast, Session, SessionTable};
+pub use session::{Change, Fast, KeyTraffic, Session, SessionTable, Traffic};
 
 use std::fmt;
 use std::time::Instant;
@@ -356,6 +356,17 @@ pub struct State {
     framings: Vec<Framing>,
     counters: Counters,
     latency: latency::HandshakeTimer,
+    /// Per key (by `KeyId`): its last handshake and roams, for `wgrelay show`.
+    activity: Vec<KeyActivity>,
+}
+
+/// What the routing core remembers of one key's sessions (their traffic is in the shards).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyActivity {
+    /// When a response last paired a handshake of this key (`Tick(0)`: never).
+    pub last_handshake: Tick,
+    /// Counter-verified moves of this key's endpoint.
+    pub roams: u64,
 }
 
 /// [`State::wire_len`] with the framings passed in (for code that borrows other fields).
@@ -429,6 +440,7 @@ impl State {
             framings: settings.framings.clone(),
             counters: Counters::default(),
             latency: latency::HandshakeTimer::new(now),
+            activity: vec![KeyActivity::default(); key_count],
         }
     }
 
@@ -466,6 +478,19 @@ impl State {
 
     pub fn keys(&self) -> &KeyDirectory {
         &self.keys
+    }
+
+    /// A key's last handshake and roams (all zero for a key not in the directory).
+    pub fn key_activity(&self, key: crate::admit::KeyId) -> KeyActivity {
+        self.activity.get(key.index()).copied().unwrap_or_default()
+    }
+
+    fn activity_of(&mut self, key: crate::admit::KeyId) -> &mut KeyActivity {
+        let i = key.index();
+        if i >= self.activity.len() {
+            self.activity.resize(i + 1, KeyActivity::default());
+        }
+        &mut self.activity[i]
     }
 
     pub fn indices(&self) -> &IndexTable {

@@ -19,6 +19,7 @@ use std::collections::HashMap;
 
 use super::transport::continues_sequence;
 use super::{DropReason, State};
+use crate::admit::KeyId;
 use crate::table::{Endpoint, IndexEntry, Tick};
 use crate::wire::{Index, TransportPacket};
 
@@ -36,6 +37,42 @@ pub struct Session {
     /// responder's index is confirmed by the first transport message, and nothing goes to an
     /// unconfirmed initiator that is unproven.
     pub confirming: bool,
+    /// The key of the index owner (the receiving side) and of the other side (the sender),
+    /// when known: a session's traffic is added to its keys' totals when it ends.
+    pub owner_key: Option<KeyId>,
+    pub peer_key: Option<KeyId>,
+    /// When this shard first installed the session (installs after that keep it).
+    pub since: Tick,
+    /// Transport packets, and their bytes (the WireGuard messages), forwarded to this index:
+    /// plain integers, since only the owner shard touches them.
+    pub traffic: Traffic,
+}
+
+/// Packets and bytes one way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl Traffic {
+    #[inline]
+    pub fn add(&mut self, bytes: usize) {
+        self.packets += 1;
+        self.bytes += bytes as u64;
+    }
+
+    pub fn merge(&mut self, other: Traffic) {
+        self.packets += other.packets;
+        self.bytes += other.bytes;
+    }
+}
+
+/// A key's traffic through one shard: what it received and what it sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyTraffic {
+    pub rx: Traffic,
+    pub tx: Traffic,
 }
 
 impl Session {
@@ -50,6 +87,10 @@ impl Session {
             max_counter: entry.max_counter,
             expires: entry.expires,
             confirming: !entry.confirmed,
+            owner_key: entry.owner_key,
+            peer_key: entry.peer_key,
+            since: now,
+            traffic: Traffic::default(),
         })
     }
 }
@@ -73,6 +114,8 @@ type Map = HashMap<Index, Session, foldhash::fast::RandomState>;
 #[derive(Debug, Default)]
 pub struct SessionTable {
     sessions: Map,
+    /// Traffic of sessions that ended, per key (the live ones' is in `sessions`).
+    ended: HashMap<KeyId, KeyTraffic, foldhash::fast::RandomState>,
 }
 
 impl SessionTable {
@@ -119,6 +162,7 @@ impl SessionTable {
             if s.max_counter.is_none_or(|m| counter > m) {
                 s.max_counter = Some(counter);
             }
+            s.traffic.add(packet.len());
             return Fast::Forward(s.destination);
         }
         // roaming rule on the counter: only a continuing sequence reaches the shared state
@@ -137,20 +181,54 @@ impl SessionTable {
             Some(mut s) => {
                 if let Some(old) = self.sessions.get(&index) {
                     s.max_counter = s.max_counter.max(old.max_counter);
+                    s.since = old.since;
+                    s.traffic = old.traffic;
                 }
                 self.sessions.insert(index, s);
             }
             None => {
-                self.sessions.remove(&index);
+                if let Some(old) = self.sessions.remove(&index) {
+                    add_to_keys(&mut self.ended, &old);
+                }
             }
+        }
+    }
+
+    /// Counts a transport packet to `index` that the shared state forwarded (a confirmation,
+    /// a roam): the fast path never saw it.
+    pub fn count(&mut self, index: Index, bytes: usize) {
+        if let Some(s) = self.sessions.get_mut(&index) {
+            s.traffic.add(bytes);
         }
     }
 
     /// Removes dead sessions. Returns how many went.
     pub fn expire(&mut self, now: Tick) -> usize {
         let before = self.sessions.len();
-        self.sessions.retain(|_, s| now < s.expires);
+        let ended = &mut self.ended;
+        self.sessions.retain(|_, s| {
+            let live = now < s.expires;
+            if !live {
+                add_to_keys(ended, s);
+            }
+            live
+        });
         before - self.sessions.len()
+    }
+
+    /// Every session, with its index.
+    pub fn iter(&self) -> impl Iterator<Item = (Index, &Session)> + '_ {
+        self.sessions.iter().map(|(i, s)| (*i, s))
+    }
+
+    /// Each key's traffic through this shard: the ended sessions' and the live ones'.
+    pub fn key_traffic(&self) -> HashMap<KeyId, KeyTraffic> {
+        let mut out: HashMap<KeyId, KeyTraffic> =
+            self.ended.iter().map(|(k, t)| (*k, *t)).collect();
+        for s in self.sessions.values() {
+            add_to_keys(&mut out, s);
+        }
+        out
     }
 
     /// Highest counters, to merge back into the shared state (before it is saved).
@@ -158,6 +236,20 @@ impl SessionTable {
         self.sessions
             .iter()
             .filter_map(|(i, s)| s.max_counter.map(|c| (*i, c)))
+    }
+}
+
+/// Adds a session's traffic to its keys: packets to an index were received by its owner and
+/// sent by the other side.
+fn add_to_keys<S: std::hash::BuildHasher>(to: &mut HashMap<KeyId, KeyTraffic, S>, s: &Session) {
+    if s.traffic.packets == 0 {
+        return;
+    }
+    if let Some(k) = s.owner_key {
+        to.entry(k).or_default().rx.merge(s.traffic);
+    }
+    if let Some(k) = s.peer_key {
+        to.entry(k).or_default().tx.merge(s.traffic);
     }
 }
 
@@ -222,6 +314,10 @@ mod tests {
             max_counter: None,
             expires: Tick(100),
             confirming,
+            owner_key: Some(KeyId::new(0)),
+            peer_key: Some(KeyId::new(1)),
+            since: Tick(1),
+            traffic: Traffic::default(),
         }
     }
 
@@ -319,5 +415,50 @@ mod tests {
         );
         t.apply((Index(7), None));
         assert!(t.get(Index(7)).is_none());
+    }
+
+    #[test]
+    fn counts_forwarded_traffic_and_keeps_it_per_key_when_sessions_end() {
+        let mut t = SessionTable::new();
+        t.apply((Index(7), Some(session(false))));
+        t.apply((Index(9), Some(session(false))));
+        for c in 0..3 {
+            assert_eq!(
+                t.route(Tick(1), ep(2), &transport(7, c)),
+                Fast::Forward(ep(1))
+            );
+        }
+        // drops are not traffic
+        let _ = t.route(Tick(1), ep(3), &transport(7, 1));
+        let _ = t.route(Tick(1), ep(1), &transport(7, 9));
+        t.count(Index(7), 100);
+        let s = t.get(Index(7)).copied().unwrap();
+        assert_eq!(
+            s.traffic,
+            Traffic {
+                packets: 4,
+                bytes: 3 * 48 + 100
+            }
+        );
+        // a later install (a roam, a confirmation) keeps the counters and the start
+        let mut moved = session(false);
+        moved.since = Tick(50);
+        t.apply((Index(7), Some(moved)));
+        let s = t.get(Index(7)).copied().unwrap();
+        assert_eq!((s.traffic.packets, s.since), (4, Tick(1)));
+        assert_eq!(
+            t.route(Tick(1), ep(2), &transport(9, 0)),
+            Fast::Forward(ep(1))
+        );
+        let live = t.key_traffic();
+        // owner key 0 received both sessions' packets, peer key 1 sent them
+        assert_eq!(live[&KeyId::new(0)].rx.packets, 5);
+        assert_eq!(live[&KeyId::new(1)].tx.packets, 5);
+        assert_eq!(live[&KeyId::new(1)].rx.packets, 0);
+        // removal and expiry keep the totals
+        t.apply((Index(7), None));
+        assert_eq!(t.expire(Tick(100)), 1);
+        assert!(t.is_empty());
+        assert_eq!(t.key_traffic(), live);
     }
 }

@@ -96,13 +96,16 @@ impl State {
         counterpart: Endpoint,
     ) {
         self.counters.roams += 1;
-        let key = match self.indices.lookup_mut(sender, now) {
+        let (key, roamer) = match self.indices.lookup_mut(sender, now) {
             Some(side) => {
                 side.endpoint = new;
-                side.owner_key.filter(|_| side.confirmed)
+                (side.owner_key.filter(|_| side.confirmed), side.owner_key)
             }
-            None => None,
+            None => (None, None),
         };
+        if let Some(k) = roamer {
+            self.activity_of(k).roams += 1;
+        }
         self.move_sessions(old, new, counterpart, now);
         match key {
             Some(k) => self.endpoints.bind(k, new, now),

@@ -61,6 +61,12 @@ impl Tick {
         Tick(self.0.saturating_sub(ticks(d)).max(1))
     }
 
+    /// How long after `earlier` this is (zero if it is not later).
+    pub fn duration_since(self, earlier: Tick) -> Duration {
+        let t = u64::from(self.0.saturating_sub(earlier.0));
+        Duration::from_millis(t * (1000 / TICKS_PER_SECOND as u64))
+    }
+
     /// Whether at least `d` has passed since `earlier`.
     pub fn at_least_since(self, earlier: Tick, d: Duration) -> bool {
         self.0.saturating_sub(earlier.0) >= ticks(d)
