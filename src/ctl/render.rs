@@ -105,12 +105,13 @@ pub fn text(s: &Snapshot) -> String {
             traffic(&x.to_initiator)
         );
     }
-    if s.session_count > s.sessions.len() {
+    // two receiver indices per session
+    if s.session_count.div_ceil(2) > s.sessions.len() {
         let _ = writeln!(
             o,
             "\n({} of {} sessions listed)",
             s.sessions.len(),
-            s.session_count
+            s.session_count.div_ceil(2)
         );
     }
     let _ = writeln!(
@@ -145,7 +146,7 @@ pub fn text(s: &Snapshot) -> String {
     let _ = writeln!(
         o,
         "  {:>5}  {:>12}  {:>12}  {:>9}  {:>6}",
-        "shard", "received", "forwarded", "sessions", "busy"
+        "shard", "received", "forwarded", "indices", "busy"
     );
     for sh in &s.shards {
         let busy = sh
@@ -254,7 +255,7 @@ io:
   send_failed             0
 
 shards:
-  shard      received     forwarded   sessions    busy
+  shard      received     forwarded    indices    busy
       0             4             4          2    0.1%";
         assert_eq!(text(&fixed()), expect);
     }

@@ -100,8 +100,9 @@ pub struct Snapshot {
     pub listeners: Vec<ListenerView>,
     pub keys: Vec<KeyView>,
     pub sessions: Vec<SessionView>,
-    /// Sessions owned by the shards (more than `sessions` lists when a shard holds more
-    /// than it reports, or did not answer).
+    /// Receiver indices in the shards' session tables: one per direction of a session, so
+    /// about twice the sessions (more than `sessions` lists when a shard holds more than it
+    /// reports, or did not answer).
     pub session_count: usize,
     pub parked: usize,
     pub candidates: usize,

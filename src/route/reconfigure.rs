@@ -24,8 +24,9 @@ use crate::wire::Index;
 pub struct Reconfigured {
     pub keys_added: usize,
     pub keys_removed: usize,
-    /// Index entries removed (a session has one per direction).
+    /// Sessions ended, and their index entries (a paired session has one per direction).
     pub sessions_ended: usize,
+    pub indices_ended: usize,
     pub bindings_ended: usize,
     pub parked_dropped: usize,
 }
@@ -34,12 +35,9 @@ impl std::fmt::Display for Reconfigured {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "keys +{} -{}, {} session indices ended, {} key bindings ended, {} parked initiations dropped",
-            self.keys_added,
-            self.keys_removed,
-            self.sessions_ended,
-            self.bindings_ended,
-            self.parked_dropped
+            "{} sessions ended ({} receiver indices), {} key bindings ended, {} parked \
+             initiations dropped",
+            self.sessions_ended, self.indices_ended, self.bindings_ended, self.parked_dropped
         )
     }
 }
@@ -96,16 +94,18 @@ impl State {
                 _ => true,
             }
         };
-        let ended: Vec<Index> = self
-            .indices
-            .iter()
-            .filter(|(_, e)| !allowed(e))
-            .map(|(i, _)| *i)
-            .collect();
+        let mut ended: Vec<Index> = Vec::new();
+        for (index, e) in self.indices.iter() {
+            if !allowed(e) {
+                ended.push(*index);
+                // a responder's entry mirrors its initiator's: count each session once
+                done.sessions_ended += usize::from(!e.responder);
+            }
+        }
         for index in &ended {
             self.indices.remove(*index);
         }
-        done.sessions_ended = ended.len();
+        done.indices_ended = ended.len();
 
         if regrouped || !gone.is_empty() || was_open != open {
             let regroup = |key: Option<KeyId>| -> Option<Vec<GroupId>> {
