@@ -104,6 +104,16 @@ fn run(config: &Config) -> ExitCode {
     let control = match &config.control_socket {
         Some(path) => match ctl::serve(path, relay.inspector(), hook) {
             Ok(h) => Some(h),
+            // A path that cannot be made here (a read-only root without the state volume, no
+            // permission) must not keep the relay from relaying: said loudly, and SIGHUP still
+            // reloads. Another relay's socket at that path is a configuration error.
+            Err(e) if e.kind() != std::io::ErrorKind::AddrInUse => {
+                log::warn!(
+                    "no control socket: {e}; wgrelay show and wgrelay reload cannot reach this \
+                     relay (SIGHUP still reloads)"
+                );
+                None
+            }
             Err(e) => {
                 wgrelay::logging::fatal(&format!("cannot start: {e}"));
                 if let Some(m) = metrics {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::UdpSocket;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -433,4 +433,34 @@ fn the_binary_replaces_a_stale_socket_and_off_turns_it_off() {
     let off = client(&["show"], Path::new("off"));
     assert_eq!(off.status.code(), Some(1));
     assert!(text(&off.stderr).contains("--control-socket off: the client needs the path"));
+}
+
+/// A control socket that cannot be made (here: under /proc, as on a read-only root) costs
+/// the control plane, never the relay: a warning, and the relay relays.
+#[test]
+fn a_control_socket_that_cannot_be_made_is_a_warning_not_a_stop() {
+    let (ia, ib) = (Identity::from_seed(8801), Identity::from_seed(8802));
+    let port = free_port();
+    let path = Path::new("/proc/wgrelay-nowhere/control.sock");
+    let mut relay = spawn_relay(port, path, &[&ia, &ib]);
+    let mut err = relay.0.stderr.take().expect("stderr");
+    let (mut a, mut b) = pair(
+        &ia,
+        &ib,
+        localhost(8, 8, 1),
+        localhost(8, 8, 2),
+        ([127, 0, 0, 1], port).into(),
+        1,
+    );
+    // the relay may still be binding: WireGuard's own retries cover that
+    assert!(handshake(&mut a, &mut b, LIMIT), "the relay relays");
+    assert!(matches!(relay.0.try_wait(), Ok(None)), "still running");
+    let _ = relay.0.kill();
+    let mut log = String::new();
+    let _ = err.read_to_string(&mut log);
+    assert!(
+        log.contains("no control socket: --control-socket /proc/wgrelay-nowhere/control.sock"),
+        "{log}"
+    );
+    assert!(log.contains("relaying on"), "{log}");
 }

@@ -157,12 +157,22 @@ fn flag_error(path: &Path, what: impl std::fmt::Display) -> io::Error {
     io::Error::other(format!("--control-socket {}: {what}", path.display()))
 }
 
+/// [`flag_error`] of a path another relay or another file holds: a configuration conflict
+/// (`AddrInUse`), not a path that cannot be made here.
+fn conflict(path: &Path, what: impl std::fmt::Display) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::AddrInUse,
+        format!("--control-socket {}: {what}", path.display()),
+    )
+}
+
 /// Binds the socket at `path` (its directory created 0700 if missing, the socket 0600) and
 /// serves it on a thread of its own.
 ///
 /// # Errors
-/// A relay already answers at `path` (two relays on one host need two paths), `path` is
-/// something other than a socket, or the directory or socket cannot be made. A socket file
+/// A relay already answers at `path` (two relays on one host need two paths) or `path` is
+/// something other than a socket (both `AddrInUse`), or the directory or socket cannot be
+/// made (a read-only root, no permission: other kinds). A socket file
 /// nobody answers on (left by a relay that was killed) is replaced.
 pub fn serve(path: &Path, inspector: Inspector, reload: ReloadHook) -> io::Result<Handle> {
     let listener = bind(path)?;
@@ -207,14 +217,14 @@ fn bind(path: &Path) -> io::Result<UnixListener> {
     }
     match std::fs::symlink_metadata(path) {
         Ok(m) if !m.file_type().is_socket() => {
-            return Err(flag_error(
+            return Err(conflict(
                 path,
                 "exists and is not a socket; choose another path",
             ))
         }
         Ok(_) => match UnixStream::connect(path) {
             Ok(_) => {
-                return Err(flag_error(
+                return Err(conflict(
                     path,
                     "a running relay already answers there; two relays on one host need two \
                      paths (set --control-socket PATH, or off)",
