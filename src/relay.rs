@@ -521,37 +521,24 @@ impl Relay {
     /// still allowed go on; the others end (`State::reconfigure`). Settings that shape the
     /// sockets or threads (listen addresses and peer ports, AmneziaWG framing, threads,
     /// backend, offloads, steering, state file) are reported as waiting for a restart and
-    /// kept as they run. Log level and statistics period are the caller's (main's).
+    /// kept as they run ([`Config::diff`] says which). Log level and statistics period are
+    /// the caller's (main's).
     ///
     /// # Errors
     /// The new proxy servers' resolvers cannot start; the routing state is then unchanged.
     pub fn reload(&mut self, new: &Config) -> io::Result<Reloaded> {
         let old = &self.config;
         let mut done = Reloaded::default();
-        let peer_ports = |c: &Config| c.peers.iter().map(|p| p.listen).collect::<Vec<_>>();
-        let shape_same = old.listen == new.listen && peer_ports(old) == peer_ports(new);
-        for (name, same) in [
-            ("listen", shape_same),
-            (
-                "awg",
-                old.awg == new.awg
-                    && old
-                        .peers
-                        .iter()
-                        .map(|p| &p.awg)
-                        .eq(new.peers.iter().map(|p| &p.awg)),
-            ),
-            ("threads", old.threads == new.threads),
-            ("backend", old.backend == new.backend),
-            ("gso", old.gso == new.gso),
-            ("gro", old.gro == new.gro),
-            ("steering", old.steering == new.steering),
-            ("state_file", old.state_file == new.state_file),
-        ] {
-            if !same {
-                done.needs_restart.push(name);
-            }
-        }
+        // what applies live and what waits for a restart: the configuration's own diff
+        let diff = old.diff(new);
+        done.applied = diff
+            .changes
+            .iter()
+            .filter(|c| c.live)
+            .map(|c| c.setting)
+            .collect();
+        done.needs_restart = diff.restart_only().map(|c| c.setting).collect();
+        let shape_same = old.same_sockets(new);
         // What applies: the new routing settings over the sockets that run.
         let mut next = old.clone();
         next.allow = new.allow.clone();
@@ -566,20 +553,6 @@ impl Relay {
                 running.key = wanted.key;
                 running.endpoint = wanted.endpoint;
                 running.uapi = wanted.uapi.clone();
-            }
-        }
-        for (name, changed) in [
-            ("allow", old.allow != next.allow),
-            ("groups", old.groups != next.groups),
-            ("cookie", old.cookie != next.cookie),
-            ("broadcast_rate", old.broadcast_rate != next.broadcast_rate),
-            ("servers", old.servers != next.servers),
-            ("peers", old.peers != next.peers),
-            ("log_level", old.log_level != next.log_level),
-            ("stats_interval", old.stats_interval != next.stats_interval),
-        ] {
-            if changed {
-                done.applied.push(name);
             }
         }
         let upstreams_changed = old.servers != next.servers || old.peers != next.peers;

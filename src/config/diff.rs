@@ -55,6 +55,19 @@ impl fmt::Display for Diff {
 }
 
 impl Config {
+    /// Whether `new` has the listeners `self` runs: the same listen addresses and the same
+    /// port peers' ports and framings, in order (listener ids follow it). Only then can a
+    /// reload apply port peers' keys and endpoints.
+    pub fn same_sockets(&self, new: &Config) -> bool {
+        let ports = |c: &Config| {
+            c.peers
+                .iter()
+                .map(|p| (p.listen, p.awg))
+                .collect::<Vec<_>>()
+        };
+        self.listen == new.listen && ports(self) == ports(new)
+    }
+
     /// The settings in which `new` differs from `self` (the running configuration). Lists
     /// are compared as sets: reordering them is no change.
     pub fn diff(&self, new: &Config) -> Diff {
@@ -68,8 +81,8 @@ impl Config {
                 });
             }
         };
-        // live
-        push("listen", true, listed(&self.listen, &new.listen));
+        // live: what `Relay::reload` applies to the sockets it runs
+        push("listen", false, listed(&self.listen, &new.listen));
         push("allow", true, key_counts(&self.allow, &new.allow));
         push("groups", true, counted(&self.groups, &new.groups, "group"));
         push(
@@ -77,10 +90,15 @@ impl Config {
             true,
             counted(&self.servers, &new.servers, "server"),
         );
-        push("peers", true, counted(&self.peers, &new.peers, "peer"));
+        // a port peer's key or endpoint applies live; its port and framing shape a socket
+        push(
+            "peers",
+            self.same_sockets(new),
+            counted(&self.peers, &new.peers, "peer"),
+        );
         push(
             "awg",
-            true,
+            false,
             moved(&awg_text(&self.awg), &awg_text(&new.awg)),
         );
         push("cookie", true, moved(&self.cookie, &new.cookie));
@@ -90,7 +108,11 @@ impl Config {
         let level = |l: log::LevelFilter| l.as_str().to_ascii_lowercase();
         let (l0, l1) = (level(self.log_level), level(new.log_level));
         push("log_level", true, moved(&l0, &l1));
-        push("log_format", true, moved(&self.log_format, &new.log_format));
+        push(
+            "log_format",
+            false,
+            moved(&self.log_format, &new.log_format),
+        );
         let every = |d: Option<Duration>| d.map_or("off".into(), |d| format!("{}s", d.as_secs()));
         let (s0, s1) = (every(self.stats_interval), every(new.stats_interval));
         push("stats_interval", true, moved(&s0, &s1));
