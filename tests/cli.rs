@@ -12,12 +12,7 @@ use std::time::{Duration, Instant};
 use common::*;
 
 fn wgrelay() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wgrelay"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("WGRELAY_") || k.starts_with("WGPROXY_") {
-            cmd.env_remove(k);
-        }
-    }
+    let mut cmd = wgrelay_command();
     // These tests run several relays at once: one control socket path would be shared
     // (tests/ctl.rs tests the socket).
     cmd.env("WGRELAY_CONTROL_SOCKET", "off");

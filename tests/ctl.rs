@@ -9,7 +9,7 @@ use std::net::UdpSocket;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -233,18 +233,8 @@ fn a_stale_socket_is_replaced_and_a_live_one_refused() {
     relay.stop();
 }
 
-fn wgrelay() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wgrelay"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("WGRELAY_") || k.starts_with("WGPROXY_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd
-}
-
 fn client(args: &[&str], socket: &Path) -> Output {
-    wgrelay()
+    wgrelay_command()
         .args(args)
         .arg("--control-socket")
         .arg(socket)
@@ -263,7 +253,7 @@ impl Drop for Running {
 }
 
 fn spawn_relay(port: u16, socket: &Path, allow: &[&Identity]) -> Running {
-    let mut cmd = wgrelay();
+    let mut cmd = wgrelay_command();
     cmd.args(["run", "--listen", &format!("127.0.0.1:{port}")])
         .args([
             "--threads",
@@ -371,7 +361,7 @@ fn the_binary_serves_show_and_reload() {
     );
 
     // a second relay on the same path fails at startup, naming the flag
-    let second = wgrelay()
+    let second = wgrelay_command()
         .args(["run", "--listen", &format!("127.0.0.1:{}", free_port())])
         .arg("--control-socket")
         .arg(&path)
@@ -410,7 +400,7 @@ fn the_binary_replaces_a_stale_socket_and_off_turns_it_off() {
     wait_for_socket(&path);
     assert!(client(&["show"], &path).status.success());
 
-    let out = wgrelay()
+    let out = wgrelay_command()
         .args([
             "check-config",
             "--listen",
@@ -425,7 +415,7 @@ fn the_binary_replaces_a_stale_socket_and_off_turns_it_off() {
         "{}",
         text(&out.stdout)
     );
-    let out = wgrelay()
+    let out = wgrelay_command()
         .args(["check-config", "--listen", "127.0.0.1:1"])
         .output()
         .unwrap();

@@ -321,12 +321,7 @@ fn a_flood_of_connections_gets_busy_answers_not_threads() {
 }
 
 fn wgrelay() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wgrelay"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("WGRELAY_") || k.starts_with("WGPROXY_") {
-            cmd.env_remove(k);
-        }
-    }
+    let mut cmd = wgrelay_command();
     // several relays at once: no shared default control socket
     cmd.env("WGRELAY_CONTROL_SOCKET", "off");
     cmd

@@ -6,7 +6,7 @@
 mod common;
 
 use std::io::Read;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -139,13 +139,7 @@ struct Binary {
 
 impl Binary {
     fn start(args: &[&str]) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wgrelay"));
-        for (k, _) in std::env::vars() {
-            if k.starts_with("WGRELAY_") || k.starts_with("WGPROXY_") {
-                cmd.env_remove(k);
-            }
-        }
-        let mut child = cmd
+        let mut child = wgrelay_command()
             .args(args)
             .env("WGRELAY_LOG_LEVEL", "info")
             .stdout(Stdio::null())
@@ -256,7 +250,7 @@ fn sighup_rereads_the_file_and_an_invalid_file_changes_nothing() {
     assert!(handshake(&mut a, &mut b, LIMIT));
     assert!(exchange(&mut a, &mut b, 10));
     let reload = || {
-        Command::new(env!("CARGO_BIN_EXE_wgrelay"))
+        wgrelay_command()
             .args(["reload", "--control-socket", &ctl_path])
             .output()
             .expect("wgrelay reload")

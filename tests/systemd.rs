@@ -20,16 +20,8 @@ const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
 /// The binary with none of the caller's settings: no `WGRELAY_*`/`WGPROXY_*`, no service
 /// manager variables, and the suite's backend.
 fn wgrelay() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wgrelay"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("WGRELAY_")
-            || k.starts_with("WGPROXY_")
-            || k == "NOTIFY_SOCKET"
-            || k == "JOURNAL_STREAM"
-        {
-            cmd.env_remove(k);
-        }
-    }
+    let mut cmd = wgrelay_command();
+    cmd.env_remove("NOTIFY_SOCKET").env_remove("JOURNAL_STREAM");
     // several relays at once: no shared default control socket
     cmd.env("WGRELAY_CONTROL_SOCKET", "off");
     cmd.stdin(Stdio::null()).stdout(Stdio::null());

@@ -447,3 +447,15 @@ pub fn raise_fd_limit(want: u64) {
         }
     }
 }
+
+/// The `wgrelay` binary with none of the caller's `WGRELAY_*`/`WGPROXY_*` settings: a test
+/// says what it runs with.
+pub fn wgrelay_command() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_wgrelay"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("WGRELAY_") || k.starts_with("WGPROXY_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
