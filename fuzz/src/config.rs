@@ -139,8 +139,9 @@ fn check_config(c: &Config) {
     assert!(!c.summary().is_empty());
 }
 
-/// The overlap rule of src/config.rs's docs: the same port, and the same address or a
-/// wildcard covering the other (`[::]` covers everything, `0.0.0.0` every IPv4 address).
+/// The overlap rule of src/config/'s docs, restated on its own as the oracle for
+/// validate.rs: the same port, and the same address or a wildcard covering the other (`[::]`
+/// covers everything, `0.0.0.0` every IPv4 address).
 fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
     fn covers(wild: IpAddr, other: IpAddr) -> bool {
         match wild {
