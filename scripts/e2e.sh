@@ -122,6 +122,7 @@ SRV_IP=198.51.100.34
 TUN_D=192.0.2.4
 TUN_S=192.0.2.9
 PROXY_PORT=51821
+RELAY_PORT_MORE=51824 # the listener case_reload adds
 WG_PORT_D=51822 # peer-d shares NAT B with peer-b: another source port
 RELAY_IP6=2001:db8:10::10
 PEER_D_IP6=2001:db8:4::2
@@ -279,9 +280,10 @@ udp_errs() {
 # ---- relay ---------------------------------------------------------------------------------------
 start_relay() {
     RELAY_LOG="$LOG/relay.$1.log"
-    # the keys come from a file, so that a reload (SIGHUP) can change them (case_reload)
+    # the keys and listeners come from a file, so that a reload (SIGHUP) can change them
+    # (case_reload)
     [ -f "$LOG/relay.toml" ] || relay_keys "$PUB_A" "$PUB_B"
-    ip netns exec "$NS_RELAY" "$RELAY_BIN" run --listen "$RELAY_IP:$RELAY_PORT" \
+    ip netns exec "$NS_RELAY" "$RELAY_BIN" run \
         --config "$LOG/relay.toml" --cookie "$COOKIE" --log-level info --stats-interval 1 \
         --state-file "$LOG/relay.state" --control-socket "$LOG/ctl.$1.sock" 2>"$RELAY_LOG" &
     RELAY_PID=$!
@@ -292,11 +294,15 @@ start_relay() {
         return 1
     }
 }
-# relay_keys KEY...: the relay's configuration file, allowing exactly these keys
+# relay_keys KEY...: the relay's configuration file, allowing exactly these keys, listening on
+# RELAY_IP:RELAY_PORT and on $RELAY_MORE_LISTEN if set
 relay_keys() {
     local list="" k
     for k in "$@"; do list="$list${list:+, }\"$k\""; done
-    echo "allow = [$list]" >"$LOG/relay.toml"
+    {
+        echo "listen = [\"$RELAY_IP:$RELAY_PORT\"${RELAY_MORE_LISTEN:+, \"$RELAY_MORE_LISTEN\"}]"
+        echo "allow = [$list]"
+    } >"$LOG/relay.toml"
 }
 # reload_relay: SIGHUP, then wait for the relay to log the outcome; prints that line
 reload_relay() {
@@ -702,7 +708,7 @@ case_not_allowed() {
 
 # ---- case 5b: reload (SIGHUP) adds peer-c's key, then removes it, while a and b ping ------------
 case_reload() {
-    local name="reload adds a third key, then removes it"
+    local name="reload adds a third key and a listener, then removes both"
     [ "$TUNNEL_OK" = 1 ] || {
         fail "$name" "no tunnel (exchange failed)"
         return
@@ -716,13 +722,14 @@ case_reload() {
     hs0=$(handshake_at "$NS_A" "$WG_A" "$PUB_B")
     h0=$(handshakes "$LOG/$WG_A.log")
     t0=$(now)
-    relay_keys "$PUB_A" "$PUB_B" "$PUB_C"
+    # a new listener restarts the shards on the new set of sockets; a and b's stays open
+    RELAY_MORE_LISTEN="$RELAY_IP:$RELAY_PORT_MORE" relay_keys "$PUB_A" "$PUB_B" "$PUB_C"
     line1=$(reload_relay)
-    # peer-c now gets through: its cookie round, then pings to a
-    nsx "$NS_C" wg set "$WG_C" \
-        peer "$PUB_A" allowed-ips "$TUN_A/32" endpoint "$RELAY_EP" persistent-keepalive 25
+    # peer-c now gets through the new listener: its cookie round, then pings to a
+    nsx "$NS_C" wg set "$WG_C" peer "$PUB_A" allowed-ips "$TUN_A/32" \
+        endpoint "$RELAY_IP:$RELAY_PORT_MORE" persistent-keepalive 25
     pc=$(nsx "$NS_C" ping -n -c 14 -i 1 -W 1 "$TUN_A" | grep -c 'bytes from' || true)
-    # and out again: its sessions end, a and b carry on
+    # and out again, key and listener: its sessions end, a and b carry on
     relay_keys "$PUB_A" "$PUB_B"
     line2=$(reload_relay)
     sleep 1
@@ -742,7 +749,7 @@ case_reload() {
     info "reload 1: $line1"
     info "reload 2: $line2"
     if [ "$ra" = "0.0 0" ] && [ "$rb" = "0.0 0" ] && [ "$hsnote" = "no new a-b handshake" ] &&
-        [ "$pc" -gt 0 ] && [ "$gone" -eq 0 ] && [[ "$line1" == *"applied allow"* ]] &&
+        [ "$pc" -gt 0 ] && [ "$gone" -eq 0 ] && [[ "$line1" == *"applied listen, allow"* ]] &&
         [[ "$line2" == *"sessions ended"* ]]; then
         pass "$name" "a<->b pings: none lost over both reloads, $hsnote; c->a $pc/14 after the first, $gone/4 after the second"
     else

@@ -41,7 +41,7 @@ if command -v gdb >/dev/null; then
     where=$(gdb -batch -nx -iex "set debug-file-directory $root/usr/lib/debug" \
         -ex 'info line wgrelay::relay::Relay::start' "$bin" 2>/dev/null | grep '^Line' || true)
     check "gdb finds a source line of the stripped binary by build id: ${where%% starts*}" \
-        grep -q 'src/relay.rs' <<<"$where"
+        grep -q 'src/relay/mod.rs' <<<"$where"
 else
     echo "install-test: skipped: gdb symbol lookup (gdb not installed)"
 fi

@@ -51,7 +51,9 @@ pub fn listener_for(listeners: &[SocketAddr], to: SocketAddr) -> Option<Listener
         SocketAddr::V4(_) => true,
         SocketAddr::V6(v6) => v6.ip().to_ipv4_mapped().is_some(),
     };
-    let pick = |f: &dyn Fn(&SocketAddr) -> bool| listeners.iter().position(f);
+    // port 0: a listener a reload closed
+    let pick =
+        |f: &dyn Fn(&SocketAddr) -> bool| listeners.iter().position(|l| l.port() != 0 && f(l));
     let found = if to_v4 {
         pick(&|l| l.is_ipv4()).or_else(|| pick(&|l| l.is_ipv6() && l.ip().is_unspecified()))
     } else {

@@ -241,6 +241,13 @@ impl Mesh {
         }
     }
 
+    /// Wakes every shard (a stop: each sees it before its next wait).
+    pub fn wake_all(&self) {
+        for w in &self.wakers {
+            w.wake();
+        }
+    }
+
     /// Asks every shard for its report and waits at most `timeout` for the answers. The
     /// datapath never stops for it: each shard answers between two batches (at the latest
     /// after [`POLL_INTERVAL`]). A shard that does not answer in time (or whose queue of
@@ -288,6 +295,13 @@ enum Src {
     Handed(usize),
 }
 
+/// What a stopped shard hands back: what it owned and a successor needs.
+#[derive(Debug)]
+pub struct Stopped {
+    pub sessions: SessionTable,
+    pub mailbox: Mailbox,
+}
+
 pub struct Shard<B: Backend> {
     /// This shard's number, and how many there are (for ownership by receiver index).
     pub id: usize,
@@ -303,8 +317,9 @@ pub struct Shard<B: Backend> {
     pub sessions: SessionTable,
     /// Each listener's framing (plain WireGuard, or AmneziaWG parameters).
     pub framings: Arc<[Framing]>,
-    /// The listener of each backend socket: socket i < listeners is listener i (and sends go
-    /// through it); shard 0's extra sockets are listeners' handshake queues.
+    /// The listener of each backend socket. A listener's first socket is the one sends go
+    /// through; shard 0's later ones are listeners' handshake queues. Listener ids are stable
+    /// across reloads, so a closed listener leaves a gap.
     pub listener_of: Vec<u16>,
 }
 
@@ -546,8 +561,9 @@ impl Router {
 
 impl<B: Backend> Shard<B> {
     /// Runs until `shutdown` is set. Returns the shard's sessions (their highest counters go
-    /// back into the State before it is saved).
-    pub fn run(mut self) -> SessionTable {
+    /// back into the State before it is saved) and its mailbox, so that a successor on other
+    /// sockets (a reload that changed the listeners) carries on with both.
+    pub fn run(mut self) -> Stopped {
         let clock = lock(&self.state).clock();
         if self.shards > 1 {
             if let Err(e) = self.backend.set_waker(self.mailbox.waker.0.as_raw_fd()) {
@@ -582,6 +598,15 @@ impl<B: Backend> Shard<B> {
                 junk_seed(),
             ),
         };
+        // listener id -> the backend socket its sends go through
+        let mut socket_of: Vec<Option<usize>> = Vec::new();
+        for (i, &l) in self.listener_of.iter().enumerate() {
+            let l = usize::from(l);
+            if socket_of.len() <= l {
+                socket_of.resize(l + 1, None);
+            }
+            socket_of[l].get_or_insert(i);
+        }
         let mut handed: Vec<Handoff> = Vec::new();
         let mut wake = vec![false; self.shards];
         let mut drops = Drops::default();
@@ -760,28 +785,34 @@ impl<B: Backend> Shard<B> {
             let transmits: Vec<Transmit<'_>> = router
                 .outs
                 .iter()
-                .map(|o| {
+                .filter_map(|o| {
                     let (to, contents) = match *o {
                         Out::Packet(i, to) => (to, batch.datagram(i)),
                         Out::Handed(j, to) => (to, &*handed[j].packet),
                         Out::Extra(j) => (router.extras[j].to, router.extras[j].contents()),
                         Out::Framed(j) => (router.framed[j].0, &router.framed[j].1[..]),
                     };
-                    Transmit {
-                        listener: usize::from(to.listener.0),
+                    // `None`: its listener closed (a reload) after the route was decided
+                    let socket = socket_of.get(usize::from(to.listener.0)).copied()??;
+                    Some(Transmit {
+                        listener: socket,
                         destination: to.addr(),
                         contents,
-                    }
+                    })
                 })
                 .collect();
+            let unsendable = (router.outs.len() - transmits.len()) as u64;
             let stats = self.backend.send(&transmits);
-            if stats.failed > 0 {
+            if stats.failed + unsendable > 0 {
                 self.io
                     .send_failed
-                    .fetch_add(stats.failed, Ordering::Relaxed);
+                    .fetch_add(stats.failed + unsendable, Ordering::Relaxed);
             }
         }
-        router.sessions
+        Stopped {
+            sessions: router.sessions,
+            mailbox: self.mailbox,
+        }
     }
 
     /// Queues a transport packet for the shard that owns its receiver index.

@@ -322,3 +322,69 @@ fn a_cookie_reply_longer_than_the_initiation_is_not_sent() {
     assert_eq!(stats.route.cookie_replies, 0, "{stats}");
     assert!(stats.route.dropped(DropReason::Unproven) >= 1, "{stats}");
 }
+
+/// A reload adds a port peer with its own framing (a new listener, bound live), then changes
+/// that port's AmneziaWG parameters (the listener and its port stay; the framing is new).
+#[test]
+fn a_reload_adds_a_port_peer_and_changes_its_framing() {
+    let (ia, ib) = (Identity::from_seed(510), Identity::from_seed(511));
+    let b_sock = peer_socket(localhost(0, 54, 2));
+    let b_addr = b_sock.local_addr().expect("addr");
+    let mut cfg = config(&[&ia]);
+    let (mut relay, main) = start(&cfg);
+    cfg.peers.push(PortPeer {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        key: ib.public,
+        endpoint: Some(b_addr),
+        uapi: None,
+        awg: Some(awg2()),
+    });
+    let done = relay.reload(&cfg).expect("reload");
+    assert_eq!(done.applied, vec!["peers"], "{done}");
+    assert_eq!(relay.local_addrs()[0], main);
+    let port = relay.local_addrs()[1];
+    let views = relay.inspector().snapshot().listeners;
+    assert_eq!(
+        (views[1].mode.as_str(), views[1].framing.as_str()),
+        ("port-peer", "amneziawg")
+    );
+    assert_eq!(
+        views[1].peer.as_deref(),
+        Some(ib.public.to_base64().as_str())
+    );
+
+    let mut a = Peer::new(&ia, &ib.public, localhost(0, 54, 1), port, 0x61);
+    let mut b = Peer::with_socket(&ib, &ia.public, b_sock, port, 0x71);
+    let talk = |a: &mut Peer, b: &mut Peer, p: Params, n: u64, relay: &wgrelay::relay::Relay| {
+        a.awg = Some(Awg::new(p, &ia.public, &ib.public));
+        b.awg = Some(Awg::new(p, &ib.public, &ia.public));
+        a.initiate();
+        let paired = relay.stats().route.handshakes_paired;
+        assert!(
+            pump_until(&mut [&mut *a, &mut *b], LIMIT, |_| relay
+                .stats()
+                .route
+                .handshakes_paired
+                > paired),
+            "{}",
+            relay.stats()
+        );
+        let (da, db) = (a.delivered, b.delivered);
+        assert!(a.send_data(300, n) && b.send_data(300, n + 1));
+        assert!(
+            pump_until(&mut [a, b], LIMIT, |p| p[0].delivered > da
+                && p[1].delivered > db),
+            "{}",
+            relay.stats()
+        );
+    };
+    talk(&mut a, &mut b, awg2(), 1, &relay);
+
+    // new parameters on the same port
+    cfg.peers[0].awg = Some(awg1());
+    let done = relay.reload(&cfg).expect("reload");
+    assert_eq!(done.applied, vec!["peers"], "{done}");
+    assert_eq!(relay.local_addrs()[1], port, "the port stays");
+    talk(&mut a, &mut b, awg1(), 10, &relay);
+    relay.stop();
+}

@@ -131,6 +131,100 @@ fn a_reload_that_removes_a_key_ends_exactly_its_sessions() {
     relay.stop();
 }
 
+#[test]
+fn a_reload_adds_and_closes_listeners_and_the_other_listeners_sessions_go_on() {
+    let ids: Vec<Identity> = (0..4).map(|i| Identity::from_seed(720 + i)).collect();
+    let mut relay_config = config(&ids.iter().collect::<Vec<_>>());
+    let (mut relay, addr) = start(&relay_config);
+    let (mut a, mut b) = pair(
+        &ids[0],
+        &ids[1],
+        localhost(7, 2, 1),
+        localhost(7, 2, 2),
+        addr,
+        1,
+    );
+    assert!(handshake(&mut a, &mut b, LIMIT));
+    assert!(exchange(&mut a, &mut b, 10));
+    let paired = relay.stats().route.handshakes_paired;
+
+    // a second listener: a and b keep theirs and their session
+    relay_config
+        .listen
+        .push("127.0.0.2:0".parse().expect("addr"));
+    let done = relay.reload(&relay_config).expect("reload");
+    assert_eq!(done.applied, vec!["listen"], "{done}");
+    assert!(done.needs_restart.is_empty(), "{done}");
+    let addrs = relay.local_addrs().to_vec();
+    assert_eq!(addrs.len(), 2);
+    assert_eq!(addrs[0], addr, "the kept listener keeps its port");
+    assert!(exchange(&mut a, &mut b, 50), "a<->b across the reload");
+    assert_eq!(
+        relay.stats().route.handshakes_paired,
+        paired,
+        "no new handshake"
+    );
+    // c and d meet through the new one
+    let (mut c, mut d) = pair(
+        &ids[2],
+        &ids[3],
+        localhost(7, 2, 3),
+        localhost(7, 2, 4),
+        addrs[1],
+        2,
+    );
+    assert!(
+        handshake(&mut c, &mut d, LIMIT),
+        "c and d on the new listener"
+    );
+    assert!(exchange(&mut c, &mut d, 20));
+    let views = relay.inspector().snapshot().listeners;
+    assert_eq!(views.len(), 2, "show lists the new listener");
+    assert_eq!(views[1].address, addrs[1].to_string());
+
+    // An address that cannot be bound (a socket without SO_REUSEPORT holds it): the reload
+    // fails and changes nothing.
+    let holder = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let taken = holder.local_addr().expect("addr");
+    let mut bad = relay_config.clone();
+    bad.listen.push(taken);
+    bad.allow.retain(|k| *k != ids[0].public);
+    let err = relay.reload(&bad).expect_err("an address in use");
+    assert!(
+        err.to_string().contains(&taken.to_string()) || err.kind() == std::io::ErrorKind::AddrInUse,
+        "{err}"
+    );
+    assert_eq!(relay.local_addrs(), &addrs[..]);
+    assert!(
+        exchange(&mut a, &mut b, 20),
+        "a's key still allowed: nothing changed"
+    );
+    assert!(exchange(&mut c, &mut d, 20));
+    drop(holder);
+
+    // close the second listener: exactly c<->d ends, a<->b goes on
+    relay_config.listen.truncate(1);
+    let done = relay.reload(&relay_config).expect("reload");
+    assert_eq!(done.applied, vec!["listen"], "{done}");
+    assert_eq!(done.routing.sessions_ended, 1, "c<->d: {done}");
+    assert_eq!(relay.local_addrs(), &addrs[..1]);
+    assert!(exchange(&mut a, &mut b, 50), "a<->b untouched");
+    let before = d.delivered;
+    for i in 0..10 {
+        assert!(c.send_data(100, i));
+    }
+    pump_for(&mut [&mut c, &mut d], Duration::from_millis(500));
+    assert_eq!(d.delivered, before, "nothing listens where c sends");
+    // its port is free again: the relay closed it
+    std::net::UdpSocket::bind(addrs[1]).expect("the closed listener's port is free");
+    assert_eq!(
+        relay.stats().route.handshakes_paired,
+        paired + 1,
+        "only c<->d's"
+    );
+    relay.stop();
+}
+
 /// The relay binary, its stderr collected by a thread.
 struct Binary {
     child: Child,

@@ -81,8 +81,9 @@ impl Config {
                 });
             }
         };
-        // live: what `Relay::reload` applies to the sockets it runs
-        push("listen", false, listed(&self.listen, &new.listen));
+        // live: what `Relay::reload` applies; listeners and framings restart the shards on
+        // the new sockets (the kept ones keep theirs)
+        push("listen", true, listed(&self.listen, &new.listen));
         push("allow", true, key_counts(&self.allow, &new.allow));
         push("groups", true, counted(&self.groups, &new.groups, "group"));
         push(
@@ -90,15 +91,10 @@ impl Config {
             true,
             counted(&self.servers, &new.servers, "server"),
         );
-        // a port peer's key or endpoint applies live; its port and framing shape a socket
-        push(
-            "peers",
-            self.same_sockets(new),
-            counted(&self.peers, &new.peers, "peer"),
-        );
+        push("peers", true, counted(&self.peers, &new.peers, "peer"));
         push(
             "awg",
-            false,
+            true,
             moved(&awg_text(&self.awg), &awg_text(&new.awg)),
         );
         push("cookie", true, moved(&self.cookie, &new.cookie));

@@ -2406,7 +2406,7 @@ fn diff_names_each_changed_setting_and_whether_it_is_live() {
             },
             "listen",
             "+127.0.0.1:5 -[::]:51820",
-            false,
+            true,
         ),
         (
             Config {
@@ -2433,13 +2433,13 @@ fn diff_names_each_changed_setting_and_whether_it_is_live() {
             },
             "peers",
             "+1 -0 peer",
-            false,
+            true,
         ),
         (
             Config { awg, ..d0.clone() },
             "awg",
             "plain → jc=4 jmin=0 jmax=0 s1=0 s2=0 s3=0 s4=0 h1=1 h2=2 h3=3 h4=4",
-            false,
+            true,
         ),
         (
             Config {

@@ -125,7 +125,7 @@ pub struct Inspector {
     pub(crate) io: Arc<IoCounters>,
     pub(crate) fast: Vec<Arc<FastCounters>>,
     pub(crate) mesh: Arc<Mesh>,
-    pub(crate) listeners: Arc<[ListenerView]>,
+    pub(crate) listeners: Arc<std::sync::Mutex<Vec<ListenerView>>>,
     pub(crate) backend: BackendKind,
     pub(crate) started: Instant,
 }
@@ -289,7 +289,10 @@ impl Inspector {
         Snapshot {
             backend: self.backend.as_str().to_string(),
             uptime_secs: secs(self.started.elapsed()),
-            listeners: self.listeners.to_vec(),
+            listeners: self
+                .listeners
+                .lock()
+                .map_or_else(|p| p.into_inner().clone(), |l| l.clone()),
             keys,
             sessions: sessions.into_values().collect(),
             session_count: reports.iter().map(|r| r.session_count).sum(),

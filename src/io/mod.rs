@@ -292,6 +292,33 @@ pub trait Backend {
     }
 }
 
+/// A backend chosen at run time (the relay's shards): one virtual call per batch.
+impl<B: Backend + ?Sized> Backend for Box<B> {
+    fn recv(&mut self, batch: &mut RecvBatch, timeout: Duration) -> std::io::Result<usize> {
+        (**self).recv(batch, timeout)
+    }
+
+    fn send(&mut self, transmits: &[Transmit<'_>]) -> SendStats {
+        (**self).send(transmits)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        (**self).capabilities()
+    }
+
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+
+    fn drops(&self) -> Drops {
+        (**self).drops()
+    }
+
+    fn set_waker(&mut self, waker: std::os::fd::RawFd) -> std::io::Result<()> {
+        (**self).set_waker(waker)
+    }
+}
+
 /// Datagrams lost below a backend, cumulative since it started.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Drops {

@@ -116,14 +116,26 @@ impl ParkingLot {
         &mut self,
         regroup: impl Fn(Option<KeyId>) -> Option<Vec<GroupId>>,
     ) -> usize {
-        let before = self.parked.len();
-        self.parked.retain(|_, p| match regroup(p.key) {
+        self.retain(|p| match regroup(p.key) {
             Some(groups) => {
                 p.groups = groups;
                 true
             }
             None => false,
-        });
+        })
+    }
+
+    /// Drops the initiations whose sender `gone` names (its listener closed). Returns how
+    /// many.
+    pub fn forget(&mut self, gone: impl Fn(&Endpoint) -> bool) -> usize {
+        self.retain(|p| !gone(&p.from))
+    }
+
+    /// Keeps the parked initiations `keep` says (it may change their groups) and rebuilds
+    /// the lists that name them. Returns how many went.
+    fn retain(&mut self, mut keep: impl FnMut(&mut Parked) -> bool) -> usize {
+        let before = self.parked.len();
+        self.parked.retain(|_, p| keep(p));
         let parked = &self.parked;
         self.order.retain(|i| parked.contains_key(i));
         self.sweeping.retain(|i| parked.contains_key(i));

@@ -17,6 +17,7 @@ use crate::admit::ratelimit::TokenBucket;
 use crate::admit::{GroupId, KeyId};
 use crate::constants::FANOUT_BURST_SECONDS;
 use crate::table::index::IndexEntry;
+use crate::table::{Endpoint, ListenerId};
 use crate::wire::Index;
 
 /// What a reload changed in the routing state.
@@ -42,7 +43,43 @@ impl std::fmt::Display for Reconfigured {
     }
 }
 
+impl Reconfigured {
+    /// Adds `other`'s counts (a reload's two steps: closed listeners, then keys).
+    pub fn add(&mut self, other: &Reconfigured) {
+        self.keys_added += other.keys_added;
+        self.keys_removed += other.keys_removed;
+        self.sessions_ended += other.sessions_ended;
+        self.indices_ended += other.indices_ended;
+        self.bindings_ended += other.bindings_ended;
+        self.parked_dropped += other.parked_dropped;
+    }
+}
+
 impl State {
+    /// Ends what lives on the listeners in `gone` (a reload closed them, so nothing reaches
+    /// them any more): sessions with either side there, the endpoints there with their
+    /// bindings, and their parked initiations. Recorded as changes, like `reconfigure`'s.
+    pub fn close_listeners(&mut self, gone: &[ListenerId], done: &mut Reconfigured) {
+        if gone.is_empty() {
+            return;
+        }
+        let on = |e: &Endpoint| gone.contains(&e.listener);
+        let mut ended: Vec<Index> = Vec::new();
+        for (index, e) in self.indices.iter() {
+            // a session's two entries name each other's endpoint as `source`: both match
+            if on(&e.endpoint) || on(&e.source) {
+                ended.push(*index);
+                done.sessions_ended += usize::from(!e.responder && e.peer.is_some());
+            }
+        }
+        for index in &ended {
+            self.indices.remove(*index);
+        }
+        done.indices_ended += ended.len();
+        done.bindings_ended += self.endpoints.forget(on);
+        done.parked_dropped += self.parked.forget(on);
+    }
+
     /// Takes `settings` (the routing part of a new configuration) without a restart. The
     /// sessions it ends are recorded as changes (`take_changes`): the caller hands them to
     /// the shards that hold them.
@@ -98,8 +135,8 @@ impl State {
         for (index, e) in self.indices.iter() {
             if !allowed(e) {
                 ended.push(*index);
-                // a responder's entry mirrors its initiator's: count each session once
-                done.sessions_ended += usize::from(!e.responder);
+                // a responder's entry mirrors its initiator's: count each paired session once
+                done.sessions_ended += usize::from(!e.responder && e.peer.is_some());
             }
         }
         for index in &ended {

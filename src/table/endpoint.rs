@@ -423,6 +423,18 @@ impl EndpointTable {
         before - self.bindings.len()
     }
 
+    /// Forgets every endpoint `gone` names (a listener closed by a reload: nothing can reach
+    /// them any more), with its bindings and candidate entries. Returns the bindings that ended.
+    pub fn forget(&mut self, gone: impl Fn(&Endpoint) -> bool) -> usize {
+        let before = self.bindings.len();
+        self.map.retain(|e, _| !gone(e));
+        self.bindings.retain(|_, e| !gone(e));
+        for list in self.candidates.values_mut() {
+            list.entries.retain(|(_, e)| !gone(e));
+        }
+        before - self.bindings.len()
+    }
+
     /// Forgets idle endpoints and their bindings, and compacts the candidate lists (in
     /// order) of gone and bound endpoints, and of earlier entries of an endpoint listed again
     /// (it registers anew each time it names another key, which may share a group with the

@@ -14,14 +14,19 @@ use crate::config::{BackendChoice, Config};
 use crate::control::{Control, DevicePeer, ServerUpstream};
 use crate::ctl::{Inspector, ListenerView};
 use crate::io::steer::owner_shard;
-use crate::io::{
-    bind_group, buffer_sizes, steer, uring, Backend, MmsgBackend, Offload, SocketOptions,
-    UringBackend,
-};
+use crate::io::{buffer_sizes, uring, Backend, MmsgBackend, Offload, SocketOptions, UringBackend};
 use crate::route::{Counters, Reconfigured, SessionTable, Settings, State};
-use crate::shard::{lock, FastCounters, IoCounters, Mesh, Shard};
-use crate::table::{Endpoint, ListenerId};
-use crate::wire::awg::Framing;
+use crate::shard::{lock, FastCounters, IoCounters, Mesh, Shard, Stopped};
+use crate::table::Endpoint;
+
+mod listeners;
+use listeners::Listeners;
+
+/// A shard's backend, built before the shard starts, and the listener of each of its sockets.
+struct Prepared {
+    backend: Box<dyn Backend + Send>,
+    listener_of: Vec<u16>,
+}
 
 /// The datagram I/O backend a relay runs on, once `--backend auto` is resolved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,22 +83,28 @@ pub fn choose(
 pub struct Relay {
     local_addrs: Vec<SocketAddr>,
     backend: BackendKind,
+    offload: Offload,
     state: Arc<Mutex<State>>,
     io: Arc<IoCounters>,
-    /// Each shard's fast-path counters.
+    /// Each shard's fast-path counters (kept across a reload's restart of the shards).
     fast: Vec<Arc<FastCounters>>,
     /// Keeps proxy servers resolved and port peers' device endpoints read.
     control: Option<Control>,
     shutdown: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<SessionTable>>,
+    threads: Vec<JoinHandle<Stopped>>,
+    /// The core each shard runs on, when pinned.
+    cores: Vec<Option<core_affinity::CoreId>>,
     /// Where confirmed sessions are saved on `stop`.
     state_file: Option<PathBuf>,
     /// The configuration running now (a reload compares the new one with it).
     config: Config,
     /// The shards' channels: a reload hands them the sessions it ended.
     mesh: Arc<Mesh>,
-    /// For `inspector`: what each listener is for, and when the relay started.
-    listeners: Arc<[ListenerView]>,
+    /// Every listener of this run, by id.
+    listeners: Listeners,
+    /// For `inspector`: what each listener is for (replaced by a reload), and when the relay
+    /// started.
+    views: Arc<Mutex<Vec<ListenerView>>>,
     started: Instant,
 }
 
@@ -197,14 +208,13 @@ fn write_state(path: &Path, text: &str) -> io::Result<()> {
 }
 
 /// The control thread for `config`'s proxy servers and device-backed port peers (`None`
-/// when there are none). Port peer i is listener `config.listen.len() + i`.
+/// when there are none), over `listeners`.
 fn start_control(
     config: &Config,
-    local_addrs: &[SocketAddr],
+    listeners: &Listeners,
     state: &Arc<Mutex<State>>,
     io: &Arc<IoCounters>,
 ) -> io::Result<Option<Control>> {
-    let first_peer = config.listen.len();
     let servers = config
         .servers
         .iter()
@@ -213,16 +223,15 @@ fn start_control(
             addr: s.addr.clone(),
         })
         .collect();
+    let peer_ids = listeners.order().get(config.listen.len()..).unwrap_or(&[]);
     let devices = config
         .peers
         .iter()
-        .enumerate()
-        .filter_map(|(i, p)| {
-            let device = p.uapi.clone()?;
-            let listener = ListenerId(u16::try_from(first_peer + i).ok()?);
+        .zip(peer_ids)
+        .filter_map(|(p, &listener)| {
             Some(DevicePeer {
                 key: p.key,
-                device,
+                device: p.uapi.clone()?,
                 listener,
             })
         })
@@ -230,30 +239,52 @@ fn start_control(
     Control::start(
         servers,
         devices,
-        local_addrs.to_vec(),
+        listeners.addrs_by_id(),
         state.clone(),
         io.clone(),
     )
 }
 
-/// The routing settings of `config` for listeners already bound: port peer i is listener
-/// `config.listen.len() + i`, and `framings` are the shards' list.
-fn routing_settings(config: &Config, framings: Vec<Framing>) -> io::Result<Settings> {
+/// The routing settings of `config` over `listeners` (bound for it): each port peer on its
+/// listener's id, and the listeners' framings.
+fn routing_settings(config: &Config, listeners: &Listeners) -> Settings {
     let mut settings = Settings::from_config(config);
-    settings.framings = framings;
-    let first_peer = config.listen.len();
-    for (i, p) in config.peers.iter().enumerate() {
-        let Ok(id) = u16::try_from(first_peer + i) else {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "too many listeners",
-            ));
-        };
-        let listener = ListenerId(id);
+    settings.framings = listeners.framings();
+    let peer_ids = listeners.order().get(config.listen.len()..).unwrap_or(&[]);
+    for (p, &listener) in config.peers.iter().zip(peer_ids) {
         let endpoint = p.endpoint.map(|e| Endpoint::new(listener, e));
         settings.port_peers.push((listener, p.key, endpoint));
     }
-    Ok(settings)
+    settings
+}
+
+/// A shard's backend on `sockets`, of the relay's kind.
+fn make_backend(
+    kind: BackendKind,
+    offload: Offload,
+    sockets: Vec<UdpSocket>,
+) -> io::Result<Box<dyn Backend + Send>> {
+    let backend: Box<dyn Backend + Send> = match kind {
+        BackendKind::Uring => Box::new(UringBackend::with_offload(sockets, offload)?),
+        BackendKind::Mmsg => Box::new(MmsgBackend::with_offload(sockets, offload)),
+    };
+    Ok(backend)
+}
+
+/// `new` with what waits for a restart taken from `running`: the configuration a reload
+/// runs. [`Config::diff`] names the same settings restart-only (a test holds them together).
+fn live_part(running: &Config, new: &Config) -> Config {
+    let mut next = new.clone();
+    next.threads = running.threads;
+    next.backend = running.backend;
+    next.gso = running.gso;
+    next.gro = running.gro;
+    next.steering = running.steering;
+    next.state_file = running.state_file.clone();
+    next.control_socket = running.control_socket.clone();
+    next.metrics = running.metrics;
+    next.log_format = running.log_format;
+    next
 }
 
 /// What a reload did: the settings it applied, those that wait for a restart, and what the
@@ -301,92 +332,9 @@ impl Relay {
             gso: config.gso,
             gro: config.gro,
         };
-        match kind {
-            BackendKind::Uring => Self::start_on(config, entropy, kind, move |s| {
-                UringBackend::with_offload(s, offload)
-            }),
-            BackendKind::Mmsg => Self::start_on(config, entropy, kind, move |s| {
-                Ok(MmsgBackend::with_offload(s, offload))
-            }),
-        }
-    }
-
-    /// Binds the listeners and runs one shard per thread on a backend built by `make_backend`
-    /// from that shard's sockets (one per listener).
-    fn start_on<B, F>(
-        config: &Config,
-        entropy: Box<dyn Entropy>,
-        kind: BackendKind,
-        make_backend: F,
-    ) -> io::Result<Relay>
-    where
-        B: Backend + Send + 'static,
-        F: Fn(Vec<UdpSocket>) -> io::Result<B>,
-    {
         let threads = config.threads.max(1);
-        let mut per_listener: Vec<Vec<UdpSocket>> = Vec::new();
-        let mut local_addrs = Vec::new();
-        // Each listener's framing: a port peer's own AmneziaWG parameters, else the relay's.
-        let mut framings: Vec<Framing> = Vec::new();
-        for params in std::iter::repeat_n(&config.awg, config.listen.len()).chain(
-            config
-                .peers
-                .iter()
-                .map(|p| p.awg.as_ref().unwrap_or(&config.awg)),
-        ) {
-            framings.push(
-                Framing::new(params).map_err(|e| {
-                    io::Error::new(io::ErrorKind::InvalidInput, format!("awg: {e}"))
-                })?,
-            );
-        }
-        let framings: Arc<[Framing]> = framings.into();
-        // The main listeners, then one per port peer (listener ids in this order).
-        let all_listen: Vec<SocketAddr> = config
-            .listen
-            .iter()
-            .copied()
-            .chain(config.peers.iter().map(|p| p.listen))
-            .collect();
-        // Per steered listener, one more socket for initiations (its own receive queue), read
-        // by shard 0.
-        let mut handshake_sockets: Vec<(u16, UdpSocket)> = Vec::new();
-        for (n, addr) in all_listen.iter().enumerate() {
-            // The steering program reads plain WireGuard offsets; an AmneziaWG listener's
-            // prefixes move them, so its shards hand packets over instead.
-            let plain = framings.get(n).is_none_or(|f| f.is_plain());
-            let steered = config.steering && plain;
-            let members = threads + usize::from(steered);
-            let mut sockets = match bind_group(*addr, members, &SocketOptions::default()) {
-                Ok(s) => s,
-                // A host without IPv6: the default [::] falls back to IPv4 with a warning.
-                Err(e) if addr.ip().is_unspecified() && addr.is_ipv6() && is_no_ipv6(&e) => {
-                    let v4 = SocketAddr::from(([0, 0, 0, 0], addr.port()));
-                    log::warn!("IPv6 unavailable ({e}); listening on {v4} instead of {addr}");
-                    bind_group(v4, members, &SocketOptions::default())?
-                }
-                Err(e) => return Err(e),
-            };
-            local_addrs.push(sockets[0].local_addr()?);
-            if steered {
-                // Every packet of a session to one shard, whatever its source address, and
-                // initiations to a queue of their own: a flood of them cannot overflow the
-                // queues that carry transport.
-                match steer::attach(&sockets[0], threads, true) {
-                    Ok(()) => log::info!(
-                        "{}: steering by receiver index over {threads} shard(s), initiations on \
-                         their own queue",
-                        local_addrs[local_addrs.len() - 1]
-                    ),
-                    Err(e) => log::info!("reuseport steering unavailable ({e}); kernel hash only"),
-                }
-                if let (Some(hs), Ok(id)) = (sockets.pop(), u16::try_from(n)) {
-                    handshake_sockets.push((id, hs));
-                }
-            }
-            per_listener.push(sockets);
-        }
-        if let Some(first) = per_listener.first().and_then(|s| s.first()) {
+        let listeners = Listeners::bind(config, threads)?;
+        if let Some(first) = listeners.first_socket() {
             if let Ok((rcv, snd)) = buffer_sizes(first) {
                 // Linux reports twice what was set (it counts its bookkeeping): say what the
                 // datagrams get, as the README and the options state it
@@ -401,11 +349,11 @@ impl Relay {
             }
         }
         // The routing core counts handshake bytes as the shards frame them.
-        let settings = routing_settings(config, framings.to_vec())?;
+        let settings = routing_settings(config, &listeners);
         let mut initial = State::new(&settings, entropy, Instant::now());
         initial.track_changes();
         if let Some(path) = &config.state_file {
-            restore_state(path, &mut initial, &local_addrs);
+            restore_state(path, &mut initial, &listeners.addrs_by_id());
         }
         // Restored sessions go straight into their owners' tables, before any packet arrives.
         let mut tables: Vec<SessionTable> = (0..threads).map(|_| SessionTable::new()).collect();
@@ -417,27 +365,10 @@ impl Relay {
                 table.apply(change);
             }
         }
-        let (mesh, mut mailboxes) = Mesh::new(threads)?;
+        let (mesh, mailboxes) = Mesh::new(threads)?;
         let state = Arc::new(Mutex::new(initial));
         let io = Arc::new(IoCounters::default());
-        let control = start_control(config, &local_addrs, &state, &io)?;
-        let shutdown = Arc::new(AtomicBool::new(false));
-        let listeners = listener_views(config, &local_addrs, &framings).into();
-        let mut relay = Relay {
-            local_addrs,
-            backend: kind,
-            state,
-            io,
-            fast: Vec::new(),
-            control,
-            shutdown,
-            threads: Vec::new(),
-            state_file: config.state_file.clone(),
-            config: config.clone(),
-            mesh: mesh.clone(),
-            listeners,
-            started: Instant::now(),
-        };
+        let control = start_control(config, &listeners, &state, &io)?;
         // Pin shard t to the t-th core this process may run on, when there are enough of them
         // (sched_getaffinity, so a container's cpuset is respected).
         let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -448,84 +379,146 @@ impl Relay {
         } else {
             log::info!("{threads} shards on {} cores: not pinned", cores.len());
         }
-        for (t, sessions) in tables.into_iter().enumerate() {
-            let mut sockets: Vec<UdpSocket> =
-                per_listener.iter_mut().map(|l| l.remove(0)).collect();
-            // Backend socket i is listener i; shard 0 also reads the handshake sockets.
-            let mut listener_of: Vec<u16> = (0..sockets.len())
-                .map(|i| u16::try_from(i).unwrap_or(u16::MAX))
-                .collect();
-            if t == 0 {
-                for (id, hs) in handshake_sockets.drain(..) {
-                    listener_of.push(id);
-                    sockets.push(hs);
-                }
-            }
+        let backends = Self::backends(kind, offload, &listeners, threads)?;
+        if let Some(b) = backends.first() {
+            let caps = b.backend.capabilities();
+            log::info!(
+                "backend {}: {} shard(s), batch {}, gso segments {} (--gso {}), gro segments \
+                 {} (--gro {})",
+                b.backend.name(),
+                threads,
+                caps.batch_size,
+                caps.max_gso_segments,
+                if config.gso { "on" } else { "off" },
+                caps.gro_segments,
+                if config.gro { "on" } else { "off" },
+            );
+        }
+        let mut relay = Relay {
+            local_addrs: listeners.local_addrs(),
+            backend: kind,
+            offload,
+            state,
+            io,
+            fast: (0..threads)
+                .map(|_| Arc::new(FastCounters::default()))
+                .collect(),
+            control,
+            shutdown: Arc::new(AtomicBool::new(false)),
+            threads: Vec::new(),
+            cores: (0..threads)
+                .map(|t| cores.get(t).copied().filter(|_| pin))
+                .collect(),
+            state_file: config.state_file.clone(),
+            config: config.clone(),
+            mesh,
+            views: Arc::new(Mutex::new(listeners.views(!config.servers.is_empty()))),
+            listeners,
+            started: Instant::now(),
+        };
+        let stopped = tables
+            .into_iter()
+            .zip(mailboxes)
+            .map(|(sessions, mailbox)| Stopped { sessions, mailbox });
+        for (backend, stopped) in backends.into_iter().zip(stopped) {
             // On error, dropping `relay` stops the shards already started and closes every
             // socket.
-            let backend = make_backend(sockets)
-                .map_err(|e| io::Error::new(e.kind(), format!("{} backend: {e}", kind.as_str())))?;
-            if t == 0 {
-                let caps = backend.capabilities();
-                log::info!(
-                    "backend {}: {} shard(s), batch {}, gso segments {} (--gso {}), gro segments \
-                     {} (--gro {})",
-                    backend.name(),
-                    threads,
-                    caps.batch_size,
-                    caps.max_gso_segments,
-                    if config.gso { "on" } else { "off" },
-                    caps.gro_segments,
-                    if config.gro { "on" } else { "off" },
-                );
-            }
-            let fast = Arc::new(FastCounters::default());
-            relay.fast.push(fast.clone());
-            let shard = Shard {
-                id: t,
-                shards: threads,
-                backend,
-                state: relay.state.clone(),
-                io: relay.io.clone(),
-                fast,
-                shutdown: relay.shutdown.clone(),
-                mesh: mesh.clone(),
-                mailbox: mailboxes.remove(0),
-                sessions,
-                framings: framings.clone(),
-                listener_of,
-            };
-            let core = cores.get(t).copied().filter(|_| pin);
-            let spawned = std::thread::Builder::new()
-                .name(format!("wgrelay-shard-{t}"))
-                .spawn(move || {
-                    // One shard per core, each on its own: no migrations, warm caches.
-                    if let Some(core) = core {
-                        if !core_affinity::set_for_current(core) {
-                            log::debug!("could not pin a shard to core {}", core.id);
-                        }
-                    }
-                    shard.run()
-                });
-            match spawned {
-                Ok(handle) => relay.threads.push(handle),
-                // Dropping `relay` stops the shards already started.
-                Err(e) => return Err(e),
-            }
+            relay.spawn(backend, stopped)?;
         }
         Ok(relay)
     }
 
+    /// One backend per shard over `listeners`' sockets, all built before any shard is
+    /// touched: a failure leaves a running relay as it was.
+    fn backends(
+        kind: BackendKind,
+        offload: Offload,
+        listeners: &Listeners,
+        threads: usize,
+    ) -> io::Result<Vec<Prepared>> {
+        (0..threads)
+            .map(|t| {
+                let (sockets, listener_of) = listeners.shard_sockets(t)?;
+                let backend = make_backend(kind, offload, sockets).map_err(|e| {
+                    io::Error::new(e.kind(), format!("{} backend: {e}", kind.as_str()))
+                })?;
+                Ok(Prepared {
+                    backend,
+                    listener_of,
+                })
+            })
+            .collect()
+    }
+
+    /// Starts the next shard (number `self.threads.len()`) on `prepared`, with what the
+    /// shard before it on that number left (`stopped`).
+    fn spawn(&mut self, prepared: Prepared, stopped: Stopped) -> io::Result<()> {
+        let t = self.threads.len();
+        let shard = Shard {
+            id: t,
+            shards: self.fast.len(),
+            backend: prepared.backend,
+            state: self.state.clone(),
+            io: self.io.clone(),
+            fast: self.fast[t].clone(),
+            shutdown: self.shutdown.clone(),
+            mesh: self.mesh.clone(),
+            mailbox: stopped.mailbox,
+            sessions: stopped.sessions,
+            framings: self.listeners.framings().into(),
+            listener_of: prepared.listener_of,
+        };
+        let core = self.cores.get(t).copied().flatten();
+        let handle = std::thread::Builder::new()
+            .name(format!("wgrelay-shard-{t}"))
+            .spawn(move || {
+                // One shard per core, each on its own: no migrations, warm caches.
+                if let Some(core) = core {
+                    if !core_affinity::set_for_current(core) {
+                        log::debug!("could not pin a shard to core {}", core.id);
+                    }
+                }
+                shard.run()
+            })?;
+        self.threads.push(handle);
+        Ok(())
+    }
+
+    /// Stops the shards and waits for them: what each owned, by shard number.
+    fn stop_shards(&mut self) -> Vec<Stopped> {
+        self.shutdown.store(true, Ordering::Relaxed);
+        self.mesh.wake_all();
+        let stopped = self
+            .threads
+            .drain(..)
+            .enumerate()
+            .filter_map(|(t, h)| match h.join() {
+                Ok(s) => Some(s),
+                Err(_) => {
+                    // its sessions and channels went with it: the others restart
+                    log::error!("shard {t} had panicked; it is not restarted");
+                    None
+                }
+            })
+            .collect();
+        self.shutdown.store(false, Ordering::Relaxed);
+        stopped
+    }
+
     /// Applies a new configuration without a restart: keys, groups, cookie mode, fan-out
-    /// rate, proxy servers and the keys and endpoints of port peers. Sessions whose keys are
-    /// still allowed go on; the others end (`State::reconfigure`). Settings that shape the
-    /// sockets or threads (listen addresses and peer ports, AmneziaWG framing, threads,
-    /// backend, offloads, steering, state file) are reported as waiting for a restart and
-    /// kept as they run ([`Config::diff`] says which). Log level and statistics period are
-    /// the caller's (main's).
+    /// rate, proxy servers, port peers, listen addresses and AmneziaWG framing. Sessions
+    /// whose keys are still allowed, on listeners still there, go on; the others end
+    /// (`State::reconfigure`, `State::close_listeners`). A change of listeners or framing
+    /// restarts the shards on the new set of sockets: the listeners it keeps keep their
+    /// kernel sockets (and what is queued in them), and the shards hand their sessions and
+    /// channels to their successors. Settings that shape the threads (threads, backend,
+    /// offloads, steering) and the process (state file, control socket, metrics, log
+    /// format) are reported as waiting for a restart and kept as they run ([`Config::diff`]
+    /// says which). Log level and statistics period are the caller's (main's).
     ///
     /// # Errors
-    /// The new proxy servers' resolvers cannot start; the routing state is then unchanged.
+    /// A new listener cannot be bound, a backend cannot be built on the new sockets, or the
+    /// new proxy servers' resolvers cannot start. In the first two cases nothing changed.
     pub fn reload(&mut self, new: &Config) -> io::Result<Reloaded> {
         let old = &self.config;
         let mut done = Reloaded::default();
@@ -538,45 +531,68 @@ impl Relay {
             .map(|c| c.setting)
             .collect();
         done.needs_restart = diff.restart_only().map(|c| c.setting).collect();
-        let shape_same = old.same_sockets(new);
-        // What applies: the new routing settings over the sockets that run.
-        let mut next = old.clone();
-        next.allow = new.allow.clone();
-        next.groups = new.groups.clone();
-        next.cookie = new.cookie;
-        next.broadcast_rate = new.broadcast_rate;
-        next.servers = new.servers.clone();
-        next.log_level = new.log_level;
-        next.stats_interval = new.stats_interval;
-        if shape_same {
-            for (running, wanted) in next.peers.iter_mut().zip(&new.peers) {
-                running.key = wanted.key;
-                running.endpoint = wanted.endpoint;
-                running.uapi = wanted.uapi.clone();
-            }
-        }
-        let upstreams_changed = old.servers != next.servers || old.peers != next.peers;
-        let framings = lock(&self.state).framings().to_vec();
-        let settings = routing_settings(&next, framings)?;
+        let next = live_part(old, new);
+        let reshape = !old.same_sockets(&next) || old.awg != next.awg;
+        let upstreams_changed = reshape || old.servers != next.servers || old.peers != next.peers;
+        // Everything that can fail on the sockets, before anything changes.
+        let prepared = if reshape {
+            let (listeners, closed) = self.listeners.reshaped(&next)?;
+            let backends = Self::backends(self.backend, self.offload, &listeners, self.fast.len())?;
+            Some((listeners, closed, backends))
+        } else {
+            None
+        };
         // The old control thread writes server endpoints into the state: stop it first, so
         // it cannot pin a removed server again after the reconfiguration.
         if upstreams_changed {
             self.control = None;
         }
+        let mut stopped = Vec::new();
+        let mut closed = Vec::new();
+        let mut backends = Vec::new();
+        if let Some((listeners, c, b)) = prepared {
+            stopped = self.stop_shards();
+            // the old set's descriptors close here; the kept sockets live on in the new one
+            self.listeners = listeners;
+            closed = c;
+            backends = b;
+        }
+        let settings = routing_settings(&next, &self.listeners);
         let mut changes = Vec::new();
         {
             let mut state = lock(&self.state);
             let now = Instant::now();
-            done.routing = state.reconfigure(&settings, now);
+            state.close_listeners(&closed, &mut done.routing);
+            let r = state.reconfigure(&settings, now);
+            done.routing.add(&r);
             let t = state.tick(now);
             state.take_changes(t, &mut Vec::new(), &mut changes);
         }
-        let shards = self.threads.len().max(1);
-        self.mesh.deliver(changes, shards);
-        if upstreams_changed {
-            self.control = start_control(&next, &self.local_addrs, &self.state, &self.io)?;
+        // the ended sessions wait in the mailboxes of shards being restarted
+        self.mesh.deliver(changes, self.fast.len());
+        let mut spawned = Ok(());
+        for (b, s) in backends.into_iter().zip(stopped) {
+            if let Err(e) = self.spawn(b, s) {
+                log::error!("reload: a shard did not restart: {e}");
+                spawned = Err(e);
+            }
         }
+        self.local_addrs = self.listeners.local_addrs();
+        if reshape {
+            let addrs: Vec<String> = self.local_addrs.iter().map(|a| a.to_string()).collect();
+            log::info!(
+                "reload: shards restarted on {} listener(s): {}",
+                addrs.len(),
+                addrs.join(", ")
+            );
+        }
+        *self.views.lock().unwrap_or_else(|p| p.into_inner()) =
+            self.listeners.views(!next.servers.is_empty());
         self.config = next;
+        spawned?;
+        if upstreams_changed {
+            self.control = start_control(&self.config, &self.listeners, &self.state, &self.io)?;
+        }
         Ok(done)
     }
 
@@ -619,7 +635,7 @@ impl Relay {
             io: self.io.clone(),
             fast: self.fast.clone(),
             mesh: self.mesh.clone(),
-            listeners: self.listeners.clone(),
+            listeners: self.views.clone(),
             backend: self.backend,
             started: self.started,
         }
@@ -632,7 +648,11 @@ impl Relay {
         if let Some(path) = &self.state_file {
             let text = {
                 let state = lock(&self.state);
-                state.save(Instant::now(), SystemTime::now(), &self.local_addrs)
+                state.save(
+                    Instant::now(),
+                    SystemTime::now(),
+                    &self.listeners.addrs_by_id(),
+                )
             };
             let sessions = text.lines().filter(|l| l.starts_with("s ")).count() / 2;
             match write_state(path, &text) {
@@ -650,6 +670,7 @@ impl Relay {
             .threads
             .drain(..)
             .filter_map(|t| t.join().ok())
+            .map(|s| s.sessions)
             .collect();
         // The shards forwarded packets the State never saw: their highest counters go back,
         // so a saved and restored session keeps the bar a roam must clear.
@@ -775,43 +796,6 @@ impl Observer {
     }
 }
 
-/// What each listener is for, as `wgrelay show` lists them (ids in `start_on`'s order: the
-/// main listeners, then one per port peer).
-fn listener_views(
-    config: &Config,
-    addrs: &[SocketAddr],
-    framings: &[Framing],
-) -> Vec<ListenerView> {
-    let main = if config.servers.is_empty() {
-        "exchange"
-    } else {
-        "exchange+proxy"
-    };
-    addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| {
-            let peer = i
-                .checked_sub(config.listen.len())
-                .and_then(|p| config.peers.get(p));
-            let plain = framings.get(i).is_none_or(|f| f.is_plain());
-            ListenerView {
-                address: a.to_string(),
-                mode: if peer.is_some() { "port-peer" } else { main }.to_string(),
-                peer: peer.map(|p| p.key.to_base64()),
-                framing: if plain { "wireguard" } else { "amneziawg" }.to_string(),
-            }
-        })
-        .collect()
-}
-
-fn is_no_ipv6(e: &io::Error) -> bool {
-    matches!(
-        crate::io::socket::os_error(e),
-        Some(libc::EAFNOSUPPORT) | Some(libc::EADDRNOTAVAIL) | Some(libc::EPROTONOSUPPORT)
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -854,6 +838,63 @@ mod tests {
         );
         assert_eq!(BackendKind::Uring.as_str(), "uring");
         assert_eq!(BackendKind::Mmsg.as_str(), "mmsg");
+    }
+
+    /// `live_part` keeps from the running configuration exactly what `Config::diff` calls
+    /// restart-only: every live change survives it, no restart-only one does.
+    #[test]
+    fn live_part_takes_what_diff_calls_live() {
+        let d0 = Config::default();
+        let one = |f: &dyn Fn(&mut Config)| {
+            let mut c = d0.clone();
+            f(&mut c);
+            c
+        };
+        let key = crate::key::PublicKey([7; 32]);
+        let changed = [
+            one(&|c| c.listen = vec!["127.0.0.1:9".parse().expect("addr")]),
+            one(&|c| c.allow = vec![key]),
+            one(&|c| c.groups = vec![vec![key]]),
+            one(&|c| c.cookie = CookieMode::Always),
+            one(&|c| c.broadcast_rate = None),
+            one(&|c| c.threads = 7),
+            one(&|c| c.backend = BackendChoice::Mmsg),
+            one(&|c| c.gso = !c.gso),
+            one(&|c| c.gro = !c.gro),
+            one(&|c| c.steering = !c.steering),
+            one(&|c| c.state_file = Some("/tmp/x".into())),
+            one(&|c| c.awg.jc = 3),
+            one(&|c| c.log_level = log::LevelFilter::Trace),
+            one(&|c| c.log_format = crate::config::LogFormat::Json),
+            one(&|c| c.stats_interval = None),
+            one(&|c| c.metrics = Some("127.0.0.1:9100".parse().expect("addr"))),
+            one(&|c| c.control_socket = None),
+        ];
+        let mut restart_only = 0;
+        for new in &changed {
+            let diff = d0.diff(new);
+            assert_eq!(diff.changes.len(), 1, "one setting each: {diff}");
+            let change = &diff.changes[0];
+            let after = d0.diff(&live_part(&d0, new));
+            assert_eq!(
+                after.changed(change.setting),
+                change.live,
+                "{}: live {} but live_part {}",
+                change.setting,
+                change.live,
+                if after.changed(change.setting) {
+                    "applies it"
+                } else {
+                    "keeps the old"
+                }
+            );
+            assert_eq!(after.changes.len(), usize::from(change.live), "{after}");
+            restart_only += usize::from(!change.live);
+        }
+        assert_eq!(
+            restart_only, 9,
+            "threads backend gso gro steering state_file log_format metrics control_socket"
+        );
     }
 
     fn config(backend: BackendChoice) -> Config {
