@@ -749,7 +749,7 @@ case_reload() {
     info "reload 1: $line1"
     info "reload 2: $line2"
     if [ "$ra" = "0.0 0" ] && [ "$rb" = "0.0 0" ] && [ "$hsnote" = "no new a-b handshake" ] &&
-        [ "$pc" -gt 0 ] && [ "$gone" -eq 0 ] && [[ "$line1" == *"applied listen, allow"* ]] &&
+        [ "$pc" -gt 0 ] && [ "$gone" -eq 0 ] && [[ "$line1" == *"applied listen: +$RELAY_IP:$RELAY_PORT_MORE; allow: +1"* ]] &&
         [[ "$line2" == *"sessions ended"* ]]; then
         pass "$name" "a<->b pings: none lost over both reloads, $hsnote; c->a $pc/14 after the first, $gone/4 after the second"
     else
