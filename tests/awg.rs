@@ -369,11 +369,18 @@ fn a_reload_adds_a_port_peer_and_changes_its_framing() {
             "{}",
             relay.stats()
         );
+        // the initiator first (the responder's new session waits for its first packet)
         let (da, db) = (a.delivered, b.delivered);
-        assert!(a.send_data(300, n) && b.send_data(300, n + 1));
+        assert!(pump_until(&mut [&mut *a, &mut *b], LIMIT, |p| p[0].established()));
+        assert!(a.send_data(300, n));
         assert!(
-            pump_until(&mut [a, b], LIMIT, |p| p[0].delivered > da
-                && p[1].delivered > db),
+            pump_until(&mut [&mut *a, &mut *b], LIMIT, |p| p[1].delivered > db),
+            "{}",
+            relay.stats()
+        );
+        assert!(b.send_data(300, n + 1));
+        assert!(
+            pump_until(&mut [a, b], LIMIT, |p| p[0].delivered > da),
             "{}",
             relay.stats()
         );
