@@ -36,6 +36,9 @@ use crate::wire::{self, Index, MessageType};
 /// How long a shard waits for packets before checking for shutdown and expiry.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
+/// How long a stopping shard goes on routing what its backend had already taken.
+const STOP_DRAIN_LIMIT: Duration = Duration::from_millis(200);
+
 /// Transport packets one shard may have waiting for it from the others. A full queue drops
 /// (counted): the kernel steers nearly every packet to its owner, so only a burst of
 /// unsteerable traffic can fill it, and dropping beats blocking the sender's datapath.
@@ -619,11 +622,25 @@ impl<B: Backend> Shard<B> {
         let mut busy = Duration::ZERO;
         // when the batch being routed started (its time is added once it is sent)
         let mut working: Option<Instant> = None;
-        while !self.shutdown.load(Ordering::Relaxed) {
+        // since when the shard stops: it routes what its backend took before it stopped
+        // taking datagrams off the sockets (a successor may be reading them already)
+        let mut stopping: Option<Instant> = None;
+        loop {
+            if stopping.is_none() && self.shutdown.load(Ordering::Relaxed) {
+                self.backend.stop_receiving();
+                stopping = Some(Instant::now());
+            }
+            if let Some(since) = stopping {
+                if !self.backend.receiving() || since.elapsed() >= STOP_DRAIN_LIMIT {
+                    break;
+                }
+            }
             if let Some(at) = working.take() {
                 busy += at.elapsed();
             }
-            let wait = if sweeping {
+            let wait = if stopping.is_some() {
+                STOP_DRAIN_LIMIT / 10
+            } else if sweeping {
                 SWEEP_STEP_INTERVAL.min(POLL_INTERVAL)
             } else {
                 POLL_INTERVAL

@@ -225,6 +225,53 @@ fn a_reload_adds_and_closes_listeners_and_the_other_listeners_sessions_go_on() {
     relay.stop();
 }
 
+/// Packets in flight while a reload restarts the shards on a new set of sockets are not
+/// lost: the kept listener's queue carries them to the new shards.
+#[test]
+fn packets_in_flight_across_a_listener_change_arrive() {
+    let ids: Vec<Identity> = (0..2).map(|i| Identity::from_seed(730 + i)).collect();
+    let mut relay_config = config(&ids.iter().collect::<Vec<_>>());
+    let (mut relay, addr) = start(&relay_config);
+    let (mut a, mut b) = pair(
+        &ids[0],
+        &ids[1],
+        localhost(7, 3, 1),
+        localhost(7, 3, 2),
+        addr,
+        1,
+    );
+    assert!(handshake(&mut a, &mut b, LIMIT));
+    assert!(exchange(&mut a, &mut b, 5));
+    let mut sent = 0;
+    for round in 0..4u8 {
+        let before = b.delivered;
+        // a burst, then at once a reload that adds or removes a listener
+        for i in 0..200 {
+            assert!(a.send_data(100, 1000 * u64::from(round) + i));
+            sent += 1;
+        }
+        if round % 2 == 0 {
+            relay_config
+                .listen
+                .push("127.0.0.3:0".parse().expect("addr"));
+        } else {
+            relay_config.listen.truncate(1);
+        }
+        let done = relay.reload(&relay_config).expect("reload");
+        assert_eq!(done.applied, vec!["listen"], "{done}");
+        assert!(
+            pump_until(&mut [&mut a, &mut b], Duration::from_secs(5), |p| p[1]
+                .delivered
+                >= before + 200),
+            "round {round}: {} of 200 arrived; {}",
+            b.delivered - before,
+            relay.stats()
+        );
+    }
+    assert_eq!(sent, 800);
+    relay.stop();
+}
+
 /// The relay binary, its stderr collected by a thread.
 struct Binary {
     child: Child,

@@ -281,6 +281,18 @@ pub trait Backend {
         Drops::default()
     }
 
+    /// Stops taking datagrams off the sockets: a successor backend on the same sockets (a
+    /// reload's restarted shard) takes over, so nothing may be left inside this one. What was
+    /// taken already is still returned by `recv` while [`Backend::receiving`] says so. A
+    /// backend that only reads what `recv` returns (recvmmsg) has nothing to stop.
+    fn stop_receiving(&mut self) {}
+
+    /// After [`Backend::stop_receiving`]: whether `recv` may still return datagrams taken
+    /// before it.
+    fn receiving(&self) -> bool {
+        false
+    }
+
     /// Makes `recv` also return (early, possibly with `Ok(0)`) when `waker` becomes readable.
     /// `waker` is a non-blocking eventfd that other shards write to when they hand this shard
     /// work; the backend only waits on it and never reads it (the caller drains it after
@@ -312,6 +324,14 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
 
     fn drops(&self) -> Drops {
         (**self).drops()
+    }
+
+    fn stop_receiving(&mut self) {
+        (**self).stop_receiving()
+    }
+
+    fn receiving(&self) -> bool {
+        (**self).receiving()
     }
 
     fn set_waker(&mut self, waker: std::os::fd::RawFd) -> std::io::Result<()> {

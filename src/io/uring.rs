@@ -357,6 +357,8 @@ pub struct UringBackend {
     mode: RingMode,
     /// Rings enabled (R_DISABLED lifted) and the multishots armed: done on first use.
     enabled: bool,
+    /// `stop_receiving` was called: the receives are cancelled and never armed again.
+    stopping: bool,
     /// The thread that enabled the ring; with SINGLE_ISSUER only it may enter the kernel.
     issuer: Option<ThreadId>,
 
@@ -534,6 +536,7 @@ impl UringBackend {
             ring,
             mode,
             enabled: false,
+            stopping: false,
             issuer: None,
             sockets,
             families,
@@ -621,8 +624,10 @@ impl UringBackend {
             self.issuer = Some(thread::current().id());
         }
         self.enabled = true;
-        for idx in 0..self.sockets.len() {
-            self.arm(idx);
+        if !self.stopping {
+            for idx in 0..self.sockets.len() {
+                self.arm(idx);
+            }
         }
         self.arm_waker();
         Ok(())
@@ -669,7 +674,7 @@ impl UringBackend {
     /// Re-arms listeners whose multishot ended, and the waker's poll.
     fn rearm(&mut self) {
         for idx in 0..self.sockets.len() {
-            if !self.armed[idx] && !self.dead[idx] {
+            if !self.armed[idx] && !self.dead[idx] && !self.stopping {
                 self.rearms += 1;
                 self.arm(idx);
             }
@@ -1370,6 +1375,27 @@ impl Backend for UringBackend {
 
     fn name(&self) -> &'static str {
         "uring"
+    }
+
+    fn stop_receiving(&mut self) {
+        if self.stopping {
+            return;
+        }
+        self.stopping = true;
+        for idx in 0..self.sockets.len() {
+            if self.armed[idx] {
+                let entry = opcode::AsyncCancel::new(Token::Recv(idx).encode())
+                    .build()
+                    .user_data(Token::Cancel.encode());
+                // SAFETY: a cancel request carries no pointers. It is submitted by the next
+                // `recv`, whose completions then end each multishot (no F_MORE).
+                let _ = unsafe { push(&mut self.ring, &entry) };
+            }
+        }
+    }
+
+    fn receiving(&self) -> bool {
+        self.armed.iter().any(|&a| a) || self.backlog.iter().any(|q| !q.is_empty())
     }
 
     fn set_waker(&mut self, waker: RawFd) -> io::Result<()> {
