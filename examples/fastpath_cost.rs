@@ -56,22 +56,24 @@ fn main() {
     }
     let mut forwarded = 0u64;
     if args.next().as_deref() == Some("hot") {
-        let mut m = vec![0u8; 128];
+        let mut m = [0u8; 128];
         m[0] = 4;
         for pass in 0..passes {
             // the source computed, not read from a list (which would add its own misses)
             for i in 0..sessions {
                 m[4..8].copy_from_slice(&(i as u32).to_le_bytes());
                 m[8..16].copy_from_slice(&(pass + 1).to_le_bytes());
-                if let Fast::Forward(_) = table.route(now, endpoint(i, 2000), black_box(&mut m)) {
+                if let Fast::Forward(_) = table.route(now, endpoint(i, 2000), black_box(&m[..])) {
                     forwarded += 1;
                 }
             }
         }
         println!(
-            "{forwarded} packets forwarded; a session entry is {} bytes (with its index {})",
+            "{forwarded} packets forwarded; a session entry is {} bytes (with its index {}), an \
+             endpoint {}",
             std::mem::size_of::<Session>(),
-            std::mem::size_of::<(Index, Session)>()
+            std::mem::size_of::<(Index, Session)>(),
+            std::mem::size_of::<Endpoint>()
         );
         return;
     }
