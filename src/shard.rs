@@ -326,6 +326,14 @@ pub struct Shard<B: Backend> {
     pub listener_of: Vec<u16>,
 }
 
+/// `v` emptied, as a list of transmits borrowing for another lifetime, on the same
+/// allocation: std collects in place when the element layouts are the same, so the send list
+/// is allocated once per shard instead of once per batch. (`filter_map` sees no element.)
+fn recycled<'a>(mut v: Vec<Transmit<'_>>) -> Vec<Transmit<'a>> {
+    v.clear();
+    v.into_iter().filter_map(|_| None).collect()
+}
+
 /// A seed for a shard's junk memory, unpredictable to peers when the OS can say.
 fn junk_seed() -> u64 {
     let mut b = [0u8; 8];
@@ -611,6 +619,8 @@ impl<B: Backend> Shard<B> {
             socket_of[l].get_or_insert(i);
         }
         let mut handed: Vec<Handoff> = Vec::new();
+        // the send list's storage, kept from batch to batch (empty between them)
+        let mut spare: Vec<Transmit<'static>> = Vec::with_capacity(batch.capacity() * 2);
         let mut wake = vec![false; self.shards];
         let mut drops = Drops::default();
         let mut next_expire = Instant::now() + EXPIRE_INTERVAL;
@@ -799,27 +809,25 @@ impl<B: Backend> Shard<B> {
             // In receive order, never reordered: the datagrams of one GRO run (one flow, so one
             // destination) stay adjacent, which is what lets the backend send them as one GSO
             // message.
-            let transmits: Vec<Transmit<'_>> = router
-                .outs
-                .iter()
-                .filter_map(|o| {
-                    let (to, contents) = match *o {
-                        Out::Packet(i, to) => (to, batch.datagram(i)),
-                        Out::Handed(j, to) => (to, &*handed[j].packet),
-                        Out::Extra(j) => (router.extras[j].to, router.extras[j].contents()),
-                        Out::Framed(j) => (router.framed[j].0, &router.framed[j].1[..]),
-                    };
-                    // `None`: its listener closed (a reload) after the route was decided
-                    let socket = socket_of.get(usize::from(to.listener.0)).copied()??;
-                    Some(Transmit {
-                        listener: socket,
-                        destination: to.addr(),
-                        contents,
-                    })
+            let mut transmits = recycled(std::mem::take(&mut spare));
+            transmits.extend(router.outs.iter().filter_map(|o| {
+                let (to, contents) = match *o {
+                    Out::Packet(i, to) => (to, batch.datagram(i)),
+                    Out::Handed(j, to) => (to, &*handed[j].packet),
+                    Out::Extra(j) => (router.extras[j].to, router.extras[j].contents()),
+                    Out::Framed(j) => (router.framed[j].0, &router.framed[j].1[..]),
+                };
+                // `None`: its listener closed (a reload) after the route was decided
+                let socket = socket_of.get(usize::from(to.listener.0)).copied()??;
+                Some(Transmit {
+                    listener: socket,
+                    destination: to.addr(),
+                    contents,
                 })
-                .collect();
+            }));
             let unsendable = (router.outs.len() - transmits.len()) as u64;
             let stats = self.backend.send(&transmits);
+            spare = recycled(transmits);
             if stats.failed + unsendable > 0 {
                 self.io
                     .send_failed
@@ -863,5 +871,30 @@ impl<B: Backend> Shard<B> {
         add(&self.io.kernel_drops, last.kernel, now.kernel);
         add(&self.io.enobufs, last.enobufs, now.enobufs);
         *last = now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The send list really is allocated once: recycling keeps the allocation and empties it.
+    #[test]
+    fn recycled_send_lists_keep_their_allocation() {
+        let mut spare: Vec<Transmit<'static>> = Vec::with_capacity(128);
+        let at = spare.as_ptr() as usize;
+        for round in 0..3u8 {
+            let bytes = vec![round; 64];
+            let mut list = recycled(std::mem::take(&mut spare));
+            assert!(list.is_empty());
+            list.extend((0..100).map(|i| Transmit {
+                listener: i,
+                destination: "127.0.0.1:1".parse().expect("addr"),
+                contents: &bytes,
+            }));
+            assert_eq!(list.as_ptr() as usize, at, "round {round}: same storage");
+            spare = recycled(list);
+            assert!(spare.is_empty() && spare.capacity() >= 128);
+        }
     }
 }
