@@ -329,6 +329,8 @@ pub struct Shard<B: Backend> {
 /// `v` emptied, as a list of transmits borrowing for another lifetime, on the same
 /// allocation: std collects in place when the element layouts are the same, so the send list
 /// is allocated once per shard instead of once per batch. (`filter_map` sees no element.)
+// `filter` cannot change the element's lifetime; `filter_map` to `None` can
+#[allow(clippy::unnecessary_filter_map)]
 fn recycled<'a>(mut v: Vec<Transmit<'_>>) -> Vec<Transmit<'a>> {
     v.clear();
     v.into_iter().filter_map(|_| None).collect()
