@@ -12,6 +12,7 @@ import collections
 import re
 import sys
 
+sys.dont_write_bytecode = True  # no __pycache__ in scripts/
 sys.path.insert(0, __import__("os").path.dirname(__file__))
 fpp = __import__("fit-per-packet")
 
