@@ -119,7 +119,8 @@ pub struct ShardReport {
     pub session_count: usize,
     /// Per key, the traffic of its sessions owned here (live and ended).
     pub keys: HashMap<KeyId, KeyTraffic>,
-    /// Time spent routing and sending, and time since the shard started.
+    /// The shard thread's CPU time (user and system: the kernel's share of receiving and
+    /// sending counts), and time since the shard started.
     pub busy: Duration,
     pub uptime: Duration,
 }
@@ -182,6 +183,8 @@ pub struct Mesh {
     changes: Vec<Sender<Change>>,
     handoffs: Vec<Sender<Handoff>>,
     inspect: Vec<Sender<Inspect>>,
+    /// Set after a request is queued: the shard's loop reads a flag, not a channel, per pass.
+    asked: Vec<Arc<AtomicBool>>,
     wakers: Vec<Arc<Waker>>,
 }
 
@@ -191,6 +194,7 @@ pub struct Mailbox {
     changes: Receiver<Change>,
     handoffs: Receiver<Handoff>,
     inspect: Receiver<Inspect>,
+    asked: Arc<AtomicBool>,
     waker: Arc<Waker>,
 }
 
@@ -201,6 +205,7 @@ impl Mesh {
             changes: Vec::new(),
             handoffs: Vec::new(),
             inspect: Vec::new(),
+            asked: Vec::new(),
             wakers: Vec::new(),
         };
         let mut mailboxes = Vec::new();
@@ -214,11 +219,14 @@ impl Mesh {
             mesh.changes.push(ctx);
             mesh.handoffs.push(htx);
             mesh.inspect.push(itx);
+            let asked = Arc::new(AtomicBool::new(false));
+            mesh.asked.push(asked.clone());
             mesh.wakers.push(waker.clone());
             mailboxes.push(Mailbox {
                 changes: crx,
                 handoffs: hrx,
                 inspect: irx,
+                asked,
                 waker,
             });
         }
@@ -259,9 +267,10 @@ impl Mesh {
         let deadline = Instant::now() + timeout;
         let (tx, rx) = crossbeam_channel::bounded(self.inspect.len());
         let mut asked = 0;
-        for (queue, waker) in self.inspect.iter().zip(&self.wakers) {
+        for ((queue, flag), waker) in self.inspect.iter().zip(&self.asked).zip(&self.wakers) {
             if queue.try_send(tx.clone()).is_ok() {
                 asked += 1;
+                flag.store(true, Ordering::Release);
                 waker.wake();
             }
         }
@@ -334,6 +343,23 @@ pub struct Shard<B: Backend> {
 fn recycled<'a>(mut v: Vec<Transmit<'_>>) -> Vec<Transmit<'a>> {
     v.clear();
     v.into_iter().filter_map(|_| None).collect()
+}
+
+/// CPU time of the calling thread (`CLOCK_THREAD_CPUTIME_ID`); zero if the clock fails.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes one timespec into a live local.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(
+        u64::try_from(ts.tv_sec).unwrap_or(0),
+        u32::try_from(ts.tv_nsec).unwrap_or(0),
+    )
 }
 
 /// A seed for a shard's junk memory, unpredictable to peers when the OS can say.
@@ -555,7 +581,7 @@ impl Router {
         decision
     }
 
-    fn report(&self, started: Instant, busy: Duration) -> ShardReport {
+    fn report(&self, started: Instant, cpu_at_start: Duration) -> ShardReport {
         ShardReport {
             id: self.id,
             sessions: self
@@ -566,7 +592,7 @@ impl Router {
                 .collect(),
             session_count: self.sessions.len(),
             keys: self.sessions.key_traffic(),
-            busy,
+            busy: thread_cpu_time().saturating_sub(cpu_at_start),
             uptime: started.elapsed(),
         }
     }
@@ -631,9 +657,8 @@ impl<B: Backend> Shard<B> {
         let mut next_step = Instant::now();
         let mut swept: Vec<Datagram> = Vec::new();
         let started = Instant::now();
-        let mut busy = Duration::ZERO;
-        // when the batch being routed started (its time is added once it is sent)
-        let mut working: Option<Instant> = None;
+        // CPU time read when asked, not a clock read per pass
+        let cpu_at_start = thread_cpu_time();
         // since when the shard stops: it routes what its backend took before it stopped
         // taking datagrams off the sockets (a successor may be reading them already)
         let mut stopping: Option<Instant> = None;
@@ -646,9 +671,6 @@ impl<B: Backend> Shard<B> {
                 if !self.backend.receiving() || since.elapsed() >= STOP_DRAIN_LIMIT {
                     break;
                 }
-            }
-            if let Some(at) = working.take() {
-                busy += at.elapsed();
             }
             let wait = if stopping.is_some() {
                 STOP_DRAIN_LIMIT / 10
@@ -683,8 +705,12 @@ impl<B: Backend> Shard<B> {
                     .for_each(|c| router.sessions.apply(c));
             }
             // a `show` on the control socket: answered between batches, never blocking
-            if let Ok(reply) = self.mailbox.inspect.try_recv() {
-                let _ = reply.try_send(router.report(started, busy));
+            if self.mailbox.asked.load(Ordering::Relaxed)
+                && self.mailbox.asked.swap(false, Ordering::Acquire)
+            {
+                while let Ok(reply) = self.mailbox.inspect.try_recv() {
+                    let _ = reply.try_send(router.report(started, cpu_at_start));
+                }
             }
             let step_due = sweeping && Instant::now() >= next_step;
             if n == 0 && handed.is_empty() && !step_due && Instant::now() < next_expire {
@@ -694,7 +720,6 @@ impl<B: Backend> Shard<B> {
             router.extras.clear();
             router.framed.clear();
             let now = Instant::now();
-            working = Some(now);
             let t = clock.tick(now);
             let mut ctl = Control {
                 state: &self.state,

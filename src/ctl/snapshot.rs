@@ -87,8 +87,8 @@ pub struct ShardView {
     pub received: u64,
     pub forwarded: u64,
     pub sessions: usize,
-    /// Share of its life spent routing and sending, in percent; `None` when it did not
-    /// answer in time.
+    /// Its thread's CPU time (user and system) as a share of its life, in percent; `None`
+    /// when it did not answer in time.
     pub busy_percent: Option<f64>,
 }
 
