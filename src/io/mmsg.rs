@@ -16,18 +16,19 @@
 
 use std::io;
 use std::mem;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::os::fd::{AsRawFd, RawFd};
 use std::ptr;
 use std::time::Duration;
 
-use super::socket::{enable_gro, probe_gso, GSO_MAX_SEGMENTS};
+use super::socket::GSO_MAX_SEGMENTS;
 use super::sys::{
-    adapt_destination, gso_group, put_udp_segment, rxq_ovfl, sockaddr_to_std, std_to_sockaddr,
-    udp_gro_segment, zeroed_slice, CmsgBuf, Family, RateLimit, CMSG_BUF_LEN, GRO_BUF_LEN,
+    capabilities, disable_gso, gro_stride, gso_group, link_header, probe_offloads, rxq_ovfl,
+    sockaddr_to_std, stage_message, warn_truncated_run, warn_unusable_source, zeroed_slice,
+    CmsgBuf, Family, RateLimit, RecvRun, CMSG_BUF_LEN, GRO_BUF_LEN,
 };
 use super::{Backend, Capabilities, Offload, RecvBatch, RecvMeta, SendStats, Transmit};
-use super::{BATCH_SIZE, GRO_MAX_SEGMENTS, MAX_DATAGRAM_LEN};
+use super::{BATCH_SIZE, MAX_DATAGRAM_LEN};
 
 /// Iovecs of one `sendmmsg`: one per datagram, up to [`GSO_MAX_SEGMENTS`] per message.
 const SEND_IOVS: usize = BATCH_SIZE * GSO_MAX_SEGMENTS;
@@ -93,24 +94,13 @@ struct Group {
     iov: usize,
 }
 
-/// One message received into a GRO scratch buffer.
-#[derive(Debug, Clone, Copy)]
-struct GroMsg {
-    addr: SocketAddr,
-    /// Bytes received.
-    len: usize,
-    /// Length of each coalesced datagram but the last; `len` (at least 1) when not coalesced.
-    stride: usize,
-    /// MSG_TRUNC: the buffer cut the message short, so its last piece is incomplete.
-    truncated: bool,
-}
-
 /// A GRO listener's receive scratch: one [`GRO_BUF_LEN`] buffer per batch slot, and what is
 /// left of the last `recvmmsg` once the caller's batch filled up.
 struct GroRx {
     /// Zero-initialised through the allocator, so pages are only committed as data lands.
     buf: Box<[u8]>,
-    msgs: Vec<GroMsg>,
+    /// The messages received into the buffers, one per buffer.
+    msgs: Vec<RecvRun>,
     /// First message not yet fully handed out, and how many of its bytes were.
     next: usize,
     offset: usize,
@@ -137,20 +127,10 @@ impl GroRx {
         while self.next < self.msgs.len() {
             let m = self.msgs[self.next];
             let base = self.next * GRO_BUF_LEN;
-            loop {
-                if batch.len() == batch.capacity() {
-                    return;
-                }
-                // `stride >= 1`, so this always advances (an empty datagram is one piece of 0).
-                let seg = m.stride.min(m.len - self.offset);
-                let start = base + self.offset;
-                self.offset += seg;
-                let last = self.offset >= m.len;
-                let bytes = &self.buf[start..start + seg];
-                batch.push_datagram(listener, m.addr, bytes, m.truncated && last);
-                if last {
-                    break;
-                }
+            let payload = &self.buf[base..base + m.len];
+            if let Some(offset) = m.split_into(listener, payload, self.offset, batch) {
+                self.offset = offset;
+                return;
             }
             self.next += 1;
             self.offset = 0;
@@ -186,14 +166,8 @@ impl MmsgBackend {
             })
             .collect();
         let drops = vec![0; sockets.len()];
-        let gso = sockets
-            .iter()
-            .map(|s| if offload.gso { probe_gso(s) } else { 1 })
-            .collect();
-        let gro = sockets
-            .iter()
-            .map(|s| (offload.gro && enable_gro(s) > 1).then(GroRx::new))
-            .collect();
+        let (gso, gro) = probe_offloads(&sockets, offload);
+        let gro = gro.into_iter().map(|on| on.then(GroRx::new)).collect();
 
         MmsgBackend {
             sockets,
@@ -337,41 +311,25 @@ impl MmsgBackend {
                 self.drops[idx] = d;
             }
             let Some(addr) = sockaddr_to_std(&self.recv_names[slot], namelen) else {
-                // Cannot happen on an AF_INET/AF_INET6 socket; drop rather than misattribute.
-                if let Some(suppressed) = self.recv_warn.allow() {
-                    log::warn!(
-                        "listener {idx}: datagram with unusable source address dropped \
-                         ({suppressed} similar suppressed)"
-                    );
-                }
+                warn_unusable_source(&mut self.recv_warn, idx);
                 continue;
             };
             if let Some(g) = &mut self.gro[idx] {
                 let len = (hdr.msg_len as usize).min(GRO_BUF_LEN);
-                let stride = udp_gro_segment(control)
-                    .filter(|&s| s < len)
-                    .unwrap_or(len)
-                    .max(1);
-                if truncated && stride < len {
-                    // Only with a gro_max_size above GRO_BUF_LEN: the segments past the buffer
-                    // are gone, and the kernel does not say how many there were.
-                    if let Some(suppressed) = self.recv_warn.allow() {
-                        log::warn!(
-                            "listener {idx}: coalesced run longer than {GRO_BUF_LEN} bytes \
-                             truncated; datagrams lost ({suppressed} similar suppressed)"
-                        );
-                    }
-                }
-                #[cfg(test)]
-                if stride < len {
-                    self.gro_runs += 1;
-                }
-                g.msgs.push(GroMsg {
+                let run = RecvRun {
                     addr,
                     len,
-                    stride,
+                    stride: gro_stride(control, len),
                     truncated,
-                });
+                };
+                if run.truncated && run.is_coalesced() {
+                    warn_truncated_run(&mut self.recv_warn, idx);
+                }
+                #[cfg(test)]
+                if run.is_coalesced() {
+                    self.gro_runs += 1;
+                }
+                g.msgs.push(run);
                 continue;
             }
             let len = (hdr.msg_len as usize).min(MAX_DATAGRAM_LEN);
@@ -431,19 +389,14 @@ impl MmsgBackend {
         let (mut msgs, mut iov, mut i) = (0, 0, from);
         while i < run.len() && msgs < BATCH_SIZE {
             let (count, segment) = gso_group(&run[i..], max_segments);
-            let dest = adapt_destination(run[i].destination, family);
-            let namelen = std_to_sockaddr(dest, &mut self.send_names[msgs]);
-            for (k, t) in run[i..i + count].iter().enumerate() {
-                self.send_iovs[iov + k] = libc::iovec {
-                    // The kernel only reads through it; the `*mut` is the C type's.
-                    iov_base: t.contents.as_ptr() as *mut libc::c_void,
-                    iov_len: t.contents.len(),
-                };
-            }
-            let ctrl_len = match segment {
-                Some(s) => put_udp_segment(&mut self.send_ctrl[msgs], s),
-                None => 0,
-            };
+            let (namelen, ctrl_len) = stage_message(
+                &run[i..i + count],
+                family,
+                segment,
+                &mut self.send_names[msgs],
+                &mut self.send_iovs[iov..iov + count],
+                &mut self.send_ctrl[msgs],
+            );
             let h = &mut self.send_hdrs[msgs];
             h.msg_hdr.msg_namelen = namelen;
             h.msg_hdr.msg_controllen = ctrl_len as _;
@@ -463,15 +416,13 @@ impl MmsgBackend {
             let g = self.send_groups[j];
             let m = &mut self.send_hdrs[j];
             m.msg_len = 0;
-            m.msg_hdr.msg_name = names.wrapping_add(j).cast();
-            m.msg_hdr.msg_iov = iovs.wrapping_add(g.iov);
-            m.msg_hdr.msg_iovlen = g.count as _;
-            m.msg_hdr.msg_control = if m.msg_hdr.msg_controllen == 0 {
-                ptr::null_mut()
-            } else {
-                ctrl.wrapping_add(j).cast()
-            };
-            m.msg_hdr.msg_flags = 0;
+            link_header(
+                &mut m.msg_hdr,
+                names.wrapping_add(j),
+                iovs.wrapping_add(g.iov),
+                g.count,
+                ctrl.wrapping_add(j),
+            );
         }
 
         let mut pos = 0;
@@ -488,7 +439,7 @@ impl MmsgBackend {
                 Err(err) => {
                     let g = self.send_groups[pos];
                     if g.count > 1 && matches!(err.raw_os_error(), Some(libc::EIO | libc::EINVAL)) {
-                        self.disable_gso(listener, &err);
+                        disable_gso(&mut self.gso, listener, &err);
                         return g.first;
                     }
                     stats.failed += g.count as u64;
@@ -544,19 +495,6 @@ impl MmsgBackend {
             Err(io::Error::from(io::ErrorKind::WriteZero))
         } else {
             Err(io::Error::last_os_error())
-        }
-    }
-
-    /// The kernel refused a GSO send (`err`): no GSO on any listener from now on.
-    fn disable_gso(&mut self, listener: usize, err: &io::Error) {
-        if self.gso.iter().any(|&s| s > 1) {
-            log::info!(
-                "UDP GSO send refused on listener {listener} ({err}); sending datagrams one by \
-                 one from now on"
-            );
-        }
-        for s in &mut self.gso {
-            *s = 1;
         }
     }
 }
@@ -678,13 +616,7 @@ impl Backend for MmsgBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        // What every listener can do (GSO), and the most one receive may coalesce (GRO).
-        let gro = self.gro.iter().any(Option::is_some);
-        Capabilities {
-            max_gso_segments: self.gso.iter().copied().min().unwrap_or(1),
-            gro_segments: if gro { GRO_MAX_SEGMENTS } else { 1 },
-            batch_size: BATCH_SIZE,
-        }
+        capabilities(&self.gso, self.gro.iter().any(Option::is_some))
     }
 
     fn name(&self) -> &'static str {
