@@ -39,9 +39,10 @@ use std::time::{Duration, Instant};
 use io_uring::types::{Fd, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, EnterFlags, IoUring};
 
-use super::socket::{enable_gro, probe_gso, GRO_MAX_SEGMENTS};
-use super::sys::{zeroed, zeroed_slice, CmsgBuf, Family, RateLimit, CMSG_BUF_LEN};
-use super::{Backend, Capabilities, Offload, RecvBatch, SendStats, Transmit, BATCH_SIZE};
+use super::sys::{
+    capabilities, probe_offloads, zeroed, zeroed_slice, CmsgBuf, Family, RateLimit, CMSG_BUF_LEN,
+};
+use super::{Backend, Capabilities, Offload, RecvBatch, SendStats, Transmit};
 
 /// Skips the test, with the probe's reason, where io_uring cannot run.
 #[cfg(test)]
@@ -233,14 +234,7 @@ impl UringBackend {
     /// io_uring cannot be set up (see [`probe`] for a diagnosis), the kernel lacks timed waits
     /// (IORING_FEAT_EXT_ARG, 5.11) or refuses the buffer ring (5.19), or mmap failed.
     pub fn with_offload(sockets: Vec<UdpSocket>, offload: Offload) -> io::Result<Self> {
-        let gso: Vec<usize> = sockets
-            .iter()
-            .map(|s| if offload.gso { probe_gso(s) } else { 1 })
-            .collect();
-        let gro: Vec<bool> = sockets
-            .iter()
-            .map(|s| offload.gro && enable_gro(s) > 1)
-            .collect();
+        let (gso, gro) = probe_offloads(&sockets, offload);
         let (per_socket, buf_len) = if gro.iter().any(|&g| g) {
             (GRO_RECV_BUFS_PER_SOCKET, GRO_RECV_BUF_LEN)
         } else {
@@ -408,6 +402,18 @@ impl UringBackend {
         }
     }
 
+    /// Queues a cancel of the request whose completions carry `target`; with a full submission
+    /// queue, submits what is queued and tries once more.
+    fn cancel(&mut self, target: Token) {
+        let entry = cancel_entry(target);
+        // SAFETY: a cancel request carries no pointers.
+        if !unsafe { push(&mut self.ring, &entry) } {
+            let _ = self.ring.submit();
+            // SAFETY: as above.
+            let _ = unsafe { push(&mut self.ring, &entry) };
+        }
+    }
+
     /// Moves every completion off the queue: send results go to their slots, receive
     /// completions to the backlog (in order), cancel results are dropped.
     fn drain_cq(&mut self) {
@@ -519,13 +525,7 @@ impl Backend for UringBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        // What every listener can do (GSO), and the most one receive may coalesce (GRO).
-        let gro = self.gro.iter().any(|&g| g);
-        Capabilities {
-            max_gso_segments: self.gso.iter().copied().min().unwrap_or(1),
-            gro_segments: if gro { GRO_MAX_SEGMENTS } else { 1 },
-            batch_size: BATCH_SIZE,
-        }
+        capabilities(&self.gso, self.gro.iter().any(|&g| g))
     }
 
     fn name(&self) -> &'static str {
@@ -541,15 +541,7 @@ impl Backend for UringBackend {
         }
         if self.waker_armed {
             // The old poll's completions carry the old generation and are ignored.
-            let entry = opcode::AsyncCancel::new(Token::Waker(self.waker_gen).encode())
-                .build()
-                .user_data(Token::Cancel.encode());
-            // SAFETY: a cancel request carries no pointers.
-            if !unsafe { push(&mut self.ring, &entry) } {
-                let _ = self.ring.submit();
-                // SAFETY: as above.
-                let _ = unsafe { push(&mut self.ring, &entry) };
-            }
+            self.cancel(Token::Waker(self.waker_gen));
         }
         self.waker = Some(waker);
         self.waker_gen = (self.waker_gen + 1) & Token::INDEX_MASK as usize;
@@ -561,6 +553,14 @@ impl Backend for UringBackend {
         }
         Ok(())
     }
+}
+
+/// An AsyncCancel of the request whose completions carry `target`; its own completion carries
+/// [`Token::Cancel`].
+fn cancel_entry(target: Token) -> squeue::Entry {
+    opcode::AsyncCancel::new(target.encode())
+        .build()
+        .user_data(Token::Cancel.encode())
 }
 
 /// Pushes one entry; false if the submission queue is full.
@@ -584,7 +584,7 @@ mod tests {
         self, addr, conformance_tests, every_backend_test, local, offload_tests, payloads, recv_n,
         sockets, transmits, Combo, GsoHook, TestBackend, DEADLINE,
     };
-    use crate::io::MmsgBackend;
+    use crate::io::{MmsgBackend, BATCH_SIZE};
 
     impl TestBackend for UringBackend {
         fn unavailable() -> Option<String> {

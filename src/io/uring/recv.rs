@@ -2,6 +2,7 @@
 //! the caller's batch (GRO runs split back into datagrams), re-arming, and quiescing on drop.
 
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::ptr;
 use std::time::{Duration, Instant};
@@ -10,10 +11,13 @@ use io_uring::cqueue;
 use io_uring::opcode;
 use io_uring::types::{Fd, RecvMsgOut};
 
-use super::super::sys::{rxq_ovfl, sockaddr_to_std, udp_gro_segment, zeroed, GRO_BUF_LEN};
+use super::super::sys::{
+    gro_stride, rxq_ovfl, sockaddr_to_std, warn_truncated_run, warn_unusable_source, zeroed,
+    RecvRun,
+};
 use super::super::RecvBatch;
 use super::bufpool::{BGID, NAME_LEN};
-use super::{push, Cqe, Token, UringBackend};
+use super::{cancel_entry, push, Cqe, Token, UringBackend};
 
 /// Kernel waits per `recv` call at most (a wake-up by a completion that carries no datagram,
 /// e.g. `-ENOBUFS`, re-arms and waits again for the rest of the timeout).
@@ -107,34 +111,7 @@ impl UringBackend {
                 self.pool.held += 1;
                 self.pool.provide(bid);
             }
-            let errno = -cqe.result;
-            return match errno {
-                libc::ENOBUFS => {
-                    self.enobufs += 1;
-                    Ok(None)
-                }
-                libc::ECANCELED | libc::EINTR | libc::EAGAIN => Ok(None),
-                libc::EBADF | libc::ENOTSOCK | libc::EFAULT | libc::EINVAL | libc::EOPNOTSUPP => {
-                    self.dead[idx] = true;
-                    self.armed[idx] = false;
-                    let e = io::Error::from_raw_os_error(errno);
-                    Err(io::Error::new(
-                        e.kind(),
-                        format!("multishot recvmsg on listener {idx}: {e}"),
-                    ))
-                }
-                // Transient (e.g. ENOMEM): the multishot ended and is re-armed.
-                _ => {
-                    if let Some(suppressed) = self.recv_warn.allow() {
-                        log::warn!(
-                            "recvmsg on listener {idx} failed: {} ({suppressed} similar \
-                             suppressed)",
-                            io::Error::from_raw_os_error(errno)
-                        );
-                    }
-                    Ok(None)
-                }
-            };
+            return self.recv_failed(idx, -cqe.result);
         }
         let Some(bid) = bid else {
             if let Some(suppressed) = self.recv_warn.allow() {
@@ -148,97 +125,99 @@ impl UringBackend {
         if first {
             self.pool.held += 1;
         }
-        let mut partial = None;
-        let mut run = None;
-        // SAFETY: the completion handed buffer `bid` (checked < entries above) to us; it is
-        // provided again only below, after the last use of `buf`, and only once the whole
-        // payload was delivered.
-        let buf = unsafe { self.pool.buffer(bid, cqe.result as usize) };
-        match RecvMsgOut::parse(buf, &self.recv_hdr) {
-            Ok(out) => {
-                let name = out.name_data();
-                let mut ss: libc::sockaddr_storage = zeroed();
-                let name_len = name.len().min(NAME_LEN);
-                // SAFETY: `name_len` bytes fit both in `name` and in the exclusively borrowed
-                // `ss`; the two do not overlap.
-                unsafe {
-                    ptr::copy_nonoverlapping(
-                        name.as_ptr(),
-                        (&mut ss as *mut libc::sockaddr_storage).cast::<u8>(),
-                        name_len,
-                    );
-                }
-                let control = out.control_data();
-                if first {
-                    if let Some(d) = rxq_ovfl(control) {
-                        self.drops[idx] = d;
-                    }
-                }
-                match sockaddr_to_std(&ss, name_len as libc::socklen_t) {
-                    Some(addr) => {
-                        let payload = out.payload_data();
-                        let truncated = out.is_payload_truncated();
-                        let len = payload.len();
-                        // Length of every datagram of the run but the last (which may be
-                        // shorter); the whole payload when it is one datagram. At least 1, so
-                        // the split always advances (an empty datagram is one piece of 0).
-                        let stride = if self.gro[idx] {
-                            udp_gro_segment(control).filter(|&s| s < len).unwrap_or(len)
-                        } else {
-                            len
-                        }
-                        .max(1);
-                        if first && stride < len {
-                            run = Some(truncated);
-                        }
-                        let mut off = (cqe.done as usize).min(len);
-                        loop {
-                            if batch.len() == batch.capacity() {
-                                debug_assert!(off > 0, "harvest delivers into a full batch");
-                                partial = Some(off as u32);
-                                break;
-                            }
-                            let seg = stride.min(len - off);
-                            let last = off + seg >= len;
-                            batch.push_datagram(
-                                idx,
-                                addr,
-                                &payload[off..off + seg],
-                                truncated && last,
-                            );
-                            off += seg;
-                            if last {
-                                break;
-                            }
-                        }
-                    }
-                    None => {
-                        if let Some(suppressed) = self.recv_warn.allow() {
-                            log::warn!(
-                                "listener {idx}: datagram with unusable source address dropped \
-                                 ({suppressed} similar suppressed)"
-                            );
-                        }
-                    }
-                }
-            }
-            Err(()) => {
-                if let Some(suppressed) = self.recv_warn.allow() {
-                    log::warn!(
-                        "listener {idx}: malformed recvmsg completion ({} bytes) dropped \
-                         ({suppressed} similar suppressed)",
-                        cqe.result
-                    );
-                }
-            }
-        }
-        if let Some(truncated) = run {
-            self.note_run(idx, truncated);
-        }
+        let partial = self.deliver_buffer(idx, bid, cqe, batch);
         if partial.is_none() {
             self.pool.provide(bid);
         }
         Ok(partial)
+    }
+
+    /// The multishot recvmsg of listener `idx` failed with `errno` (and has ended, or ends the
+    /// listener for good when the socket itself is unusable).
+    fn recv_failed(&mut self, idx: usize, errno: i32) -> io::Result<Option<u32>> {
+        match errno {
+            libc::ENOBUFS => {
+                self.enobufs += 1;
+                Ok(None)
+            }
+            libc::ECANCELED | libc::EINTR | libc::EAGAIN => Ok(None),
+            libc::EBADF | libc::ENOTSOCK | libc::EFAULT | libc::EINVAL | libc::EOPNOTSUPP => {
+                self.dead[idx] = true;
+                self.armed[idx] = false;
+                let e = io::Error::from_raw_os_error(errno);
+                Err(io::Error::new(
+                    e.kind(),
+                    format!("multishot recvmsg on listener {idx}: {e}"),
+                ))
+            }
+            // Transient (e.g. ENOMEM): the multishot ended and is re-armed.
+            _ => {
+                if let Some(suppressed) = self.recv_warn.allow() {
+                    log::warn!(
+                        "recvmsg on listener {idx} failed: {} ({suppressed} similar suppressed)",
+                        io::Error::from_raw_os_error(errno)
+                    );
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// Turns buffer `bid`, which completion `cqe` of listener `idx` filled, into datagrams in
+    /// `batch`, from `cqe.done` payload bytes on. `Some(done)` when the batch filled up first:
+    /// the buffer is still in use. `None` when it can go back to the ring (delivered, or
+    /// dropped as malformed).
+    fn deliver_buffer(
+        &mut self,
+        idx: usize,
+        bid: u16,
+        cqe: Cqe,
+        batch: &mut RecvBatch,
+    ) -> Option<u32> {
+        let first = cqe.done == 0;
+        // SAFETY: the completion handed buffer `bid` (checked < entries by the caller) to us;
+        // the caller provides it again only after this function returned (so after the last
+        // use of `buf`), and only once the whole payload was delivered.
+        let buf = unsafe { self.pool.buffer(bid, cqe.result as usize) };
+        let Ok(out) = RecvMsgOut::parse(buf, &self.recv_hdr) else {
+            if let Some(suppressed) = self.recv_warn.allow() {
+                log::warn!(
+                    "listener {idx}: malformed recvmsg completion ({} bytes) dropped \
+                     ({suppressed} similar suppressed)",
+                    cqe.result
+                );
+            }
+            return None;
+        };
+        let control = out.control_data();
+        if first {
+            if let Some(d) = rxq_ovfl(control) {
+                self.drops[idx] = d;
+            }
+        }
+        let Some(addr) = source_address(out.name_data()) else {
+            warn_unusable_source(&mut self.recv_warn, idx);
+            return None;
+        };
+        let payload = out.payload_data();
+        let len = payload.len();
+        let stride = if self.gro[idx] {
+            gro_stride(control, len)
+        } else {
+            len.max(1)
+        };
+        let run = RecvRun {
+            addr,
+            len,
+            stride,
+            truncated: out.is_payload_truncated(),
+        };
+        let partial = run.split_into(idx, payload, cqe.done as usize, batch);
+        debug_assert!(partial != Some(0), "harvest delivers into a full batch");
+        if first && run.is_coalesced() {
+            self.note_run(idx, run.truncated);
+        }
+        partial.map(|off| off as u32)
     }
 
     /// A coalesced run arrived on listener `idx` (for the tests' counter, and a warning when
@@ -249,14 +228,7 @@ impl UringBackend {
             self.gro_runs += 1;
         }
         if truncated {
-            // Only with a gro_max_size above GRO_BUF_LEN: the segments past the buffer are
-            // gone, and the kernel does not say how many there were.
-            if let Some(suppressed) = self.recv_warn.allow() {
-                log::warn!(
-                    "listener {idx}: coalesced run longer than {GRO_BUF_LEN} bytes truncated; \
-                     datagrams lost ({suppressed} similar suppressed)"
-                );
-            }
+            warn_truncated_run(&mut self.recv_warn, idx);
         }
     }
 
@@ -298,22 +270,11 @@ impl UringBackend {
     /// Cancels the armed multishots and waits (bounded) until each has reported its end, so
     /// the buffer pool can be unmapped. Returns false if some may still be armed.
     pub(super) fn quiesce(&mut self) -> bool {
-        // Buffers of undelivered completions are not needed any more; the multishot ends count.
-        let pending: Vec<Cqe> = self.backlog.iter_mut().flat_map(|q| q.drain(..)).collect();
-        for c in pending {
-            if let Some(Token::Recv(idx)) = Token::decode(c.user_data) {
-                if idx < self.armed.len() && !cqueue::more(c.flags) {
-                    self.armed[idx] = false;
-                }
-            }
-        }
+        self.forget_backlog();
         for idx in 0..self.sockets.len() {
             if self.armed[idx] {
-                let entry = opcode::AsyncCancel::new(Token::Recv(idx).encode())
-                    .build()
-                    .user_data(Token::Cancel.encode());
                 // SAFETY: a cancel request carries no pointers.
-                let _ = unsafe { push(&mut self.ring, &entry) };
+                let _ = unsafe { push(&mut self.ring, &cancel_entry(Token::Recv(idx))) };
             }
         }
         for _ in 0..20 {
@@ -324,17 +285,40 @@ impl UringBackend {
                 return false;
             }
             self.drain_cq();
-            let pending: Vec<Cqe> = self.backlog.iter_mut().flat_map(|q| q.drain(..)).collect();
-            for c in pending {
-                if let Some(Token::Recv(idx)) = Token::decode(c.user_data) {
-                    if idx < self.armed.len() && !cqueue::more(c.flags) {
-                        self.armed[idx] = false;
-                    }
-                }
-            }
+            self.forget_backlog();
         }
         !self.armed.iter().any(|&a| a)
     }
+
+    /// Drops every undelivered receive completion (when quiescing, their buffers are not
+    /// needed any more), noting the multishots that they say have ended.
+    fn forget_backlog(&mut self) {
+        let pending: Vec<Cqe> = self.backlog.iter_mut().flat_map(|q| q.drain(..)).collect();
+        for c in pending {
+            if let Some(Token::Recv(idx)) = Token::decode(c.user_data) {
+                if idx < self.armed.len() && !cqueue::more(c.flags) {
+                    self.armed[idx] = false;
+                }
+            }
+        }
+    }
+}
+
+/// The source address in a multishot recvmsg buffer's name part (`name`: the bytes the
+/// kernel wrote, at most a `sockaddr_storage`); `None` for anything but IPv4/IPv6.
+fn source_address(name: &[u8]) -> Option<SocketAddr> {
+    let mut ss: libc::sockaddr_storage = zeroed();
+    let name_len = name.len().min(NAME_LEN);
+    // SAFETY: `name_len` bytes fit both in `name` and in the exclusively borrowed `ss` (NAME_LEN
+    // is its size); the two do not overlap.
+    unsafe {
+        ptr::copy_nonoverlapping(
+            name.as_ptr(),
+            (&mut ss as *mut libc::sockaddr_storage).cast::<u8>(),
+            name_len,
+        );
+    }
+    sockaddr_to_std(&ss, name_len as libc::socklen_t)
 }
 
 #[cfg(test)]

@@ -4,7 +4,6 @@
 use std::io;
 use std::mem;
 use std::os::fd::{AsRawFd, RawFd};
-use std::ptr;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -12,9 +11,7 @@ use io_uring::opcode;
 use io_uring::types::Fd;
 
 use super::super::socket::GSO_MAX_SEGMENTS;
-use super::super::sys::{
-    adapt_destination, gso_group, put_udp_segment, std_to_sockaddr, WARN_INTERVAL,
-};
+use super::super::sys::{disable_gso, gso_group, link_header, stage_message, WARN_INTERVAL};
 use super::super::{SendStats, Transmit, BATCH_SIZE};
 use super::{push, Token, UringBackend};
 
@@ -72,11 +69,30 @@ impl UringBackend {
         stats: &mut SendStats,
     ) -> usize {
         debug_assert_eq!(self.send_outstanding, 0);
-        // 1. Names, iovecs and control messages, by index, before any pointer to them is taken.
+        let (msgs, next) = self.stage_chunk(transmits, from, stats);
+        self.link_headers(msgs);
+        // SAFETY: `transmits` is borrowed for this whole call and the boxes are not touched
+        // before `reap_sends` returns, which it does only once every submitted entry has
+        // completed (cancelling stragglers, and as a last resort waiting without a bound), so
+        // the kernel never reads them after `send` returns.
+        unsafe { self.submit_chunk(msgs) };
+        self.reap_sends();
+        self.settle_chunk(transmits, msgs, stats);
+        next
+    }
+
+    /// Step 1: names, iovecs and control messages of the chunk's messages, by index, before any
+    /// pointer to them is taken. Returns how many messages, and where the next chunk starts.
+    /// Transmits through an unknown listener are counted failed here.
+    fn stage_chunk(
+        &mut self,
+        transmits: &[Transmit<'_>],
+        from: usize,
+        stats: &mut SendStats,
+    ) -> (usize, usize) {
         let (mut msgs, mut iov, mut i) = (0, 0, from);
         while i < transmits.len() && msgs < SEND_SLOTS {
-            let t = &transmits[i];
-            let listener = t.listener;
+            let listener = transmits[i].listener;
             let Some(sock) = self.sockets.get(listener) else {
                 stats.failed += 1;
                 if let Some(suppressed) = self.send_warn.allow() {
@@ -100,19 +116,14 @@ impl UringBackend {
             if iov + count > SEND_IOVS {
                 break; // not reached: SEND_IOVS covers SEND_SLOTS full messages
             }
-            let dest = adapt_destination(t.destination, self.families[listener]);
-            let namelen = std_to_sockaddr(dest, &mut self.send_names[msgs]);
-            for (k, x) in transmits[i..i + count].iter().enumerate() {
-                self.send_iovs[iov + k] = libc::iovec {
-                    // The kernel only reads through it; the `*mut` is the C type's.
-                    iov_base: x.contents.as_ptr() as *mut libc::c_void,
-                    iov_len: x.contents.len(),
-                };
-            }
-            let ctrl_len = match segment {
-                Some(s) => put_udp_segment(&mut self.send_ctrl[msgs], s),
-                None => 0,
-            };
+            let (namelen, ctrl_len) = stage_message(
+                &transmits[i..i + count],
+                self.families[listener],
+                segment,
+                &mut self.send_names[msgs],
+                &mut self.send_iovs[iov..iov + count],
+                &mut self.send_ctrl[msgs],
+            );
             let h = &mut self.send_hdrs[msgs];
             h.msg_namelen = namelen;
             h.msg_controllen = ctrl_len as _;
@@ -131,25 +142,34 @@ impl UringBackend {
                 break;
             }
         }
-        // 2. Headers, pointing into the boxes through one base pointer each.
+        (msgs, i)
+    }
+
+    /// Step 2: the headers of messages `0..msgs`, pointing into the boxes through one base
+    /// pointer each.
+    fn link_headers(&mut self, msgs: usize) {
         let names = self.send_names.as_mut_ptr();
         let iovs = self.send_iovs.as_mut_ptr();
         let ctrl = self.send_ctrl.as_mut_ptr();
         for j in 0..msgs {
             let m = self.send_msgs[j];
-            let h = &mut self.send_hdrs[j];
-            h.msg_name = names.wrapping_add(j).cast();
-            h.msg_iov = iovs.wrapping_add(m.iov);
-            h.msg_iovlen = m.count as _;
-            h.msg_control = if h.msg_controllen == 0 {
-                ptr::null_mut()
-            } else {
-                ctrl.wrapping_add(j).cast()
-            };
-            h.msg_flags = 0;
+            link_header(
+                &mut self.send_hdrs[j],
+                names.wrapping_add(j),
+                iovs.wrapping_add(m.iov),
+                m.count,
+                ctrl.wrapping_add(j),
+            );
         }
-        // 3. One SENDMSG per message; nothing touches the boxes again until every completion
-        //    is reaped.
+    }
+
+    /// Step 3: one SENDMSG per staged and linked message `0..msgs`.
+    ///
+    /// # Safety
+    /// The entries point at the send boxes and, through the iovecs, at the contents of the
+    /// transmits `stage_chunk` staged. The caller must not touch the boxes, and must keep those
+    /// transmits borrowed, until `reap_sends` has returned.
+    unsafe fn submit_chunk(&mut self, msgs: usize) {
         let hdrs = self.send_hdrs.as_mut_ptr();
         for j in 0..msgs {
             let m = self.send_msgs[j];
@@ -165,10 +185,8 @@ impl UringBackend {
                 .user_data(Token::Send(j).encode());
             // SAFETY: the msghdr, its name, control message and iovecs live in backend-owned
             // boxes that are not written until this entry completes; the iovecs point into the
-            // contents of `transmits`, borrowed for this whole call. `reap_sends` below does not
-            // return before every submitted entry has completed (cancelling stragglers, and as
-            // a last resort waiting without a bound), so the kernel never reads them after
-            // `send` returns.
+            // staged transmits, which this function's caller keeps borrowed until `reap_sends`
+            // has returned (the `# Safety` contract above).
             let mut pushed = unsafe { push(&mut self.ring, &entry) };
             if !pushed {
                 // Submission queue full: hand what is queued to the kernel and continue.
@@ -186,8 +204,11 @@ impl UringBackend {
                 SlotState::Done(-libc::EBUSY)
             };
         }
-        self.reap_sends();
-        // 4. Results. Refused GSO messages are collected and sent again once GSO is off.
+    }
+
+    /// Step 4: the results of messages `0..msgs`, into `stats`. Refused GSO messages are
+    /// collected and sent again once GSO is off.
+    fn settle_chunk(&mut self, transmits: &[Transmit<'_>], msgs: usize, stats: &mut SendStats) {
         let mut resend: Vec<(usize, usize)> = Vec::new();
         for j in 0..msgs {
             let m = self.send_msgs[j];
@@ -200,7 +221,11 @@ impl UringBackend {
                     }
                 }
                 SlotState::Done(res) if m.count > 1 && matches!(-res, libc::EIO | libc::EINVAL) => {
-                    self.disable_gso(m.listener, &io::Error::from_raw_os_error(-res));
+                    disable_gso(
+                        &mut self.gso,
+                        m.listener,
+                        &io::Error::from_raw_os_error(-res),
+                    );
                     resend.push((m.first, m.count));
                 }
                 SlotState::Done(res) => {
@@ -227,20 +252,6 @@ impl UringBackend {
             while k < end {
                 k = self.send_chunk(&transmits[..end], k, stats);
             }
-        }
-        i
-    }
-
-    /// The kernel refused a GSO send (`err`): no GSO on any listener from now on.
-    fn disable_gso(&mut self, listener: usize, err: &io::Error) {
-        if self.gso.iter().any(|&s| s > 1) {
-            log::info!(
-                "UDP GSO send refused on listener {listener} ({err}); sending datagrams one by \
-                 one from now on"
-            );
-        }
-        for s in &mut self.gso {
-            *s = 1;
         }
     }
 
@@ -270,15 +281,7 @@ impl UringBackend {
                 cancelled = true;
                 for j in 0..SEND_SLOTS {
                     if self.send_state[j] == SlotState::InFlight {
-                        let entry = opcode::AsyncCancel::new(Token::Send(j).encode())
-                            .build()
-                            .user_data(Token::Cancel.encode());
-                        // SAFETY: a cancel request carries no pointers.
-                        if !unsafe { push(&mut self.ring, &entry) } {
-                            let _ = self.ring.submit();
-                            // SAFETY: as above.
-                            let _ = unsafe { push(&mut self.ring, &entry) };
-                        }
+                        self.cancel(Token::Send(j));
                     }
                 }
             }

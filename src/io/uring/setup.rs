@@ -12,7 +12,7 @@ use io_uring::{cqueue, opcode, IoUring, Probe};
 
 use super::super::sys::zeroed;
 use super::bufpool::{BufPool, BGID, NAME_LEN};
-use super::{push, Token, UringBackend};
+use super::{cancel_entry, push, Token, UringBackend};
 
 /// Setup flags the kernel accepted, best first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -227,11 +227,8 @@ fn probe_multishot(mut ring: IoUring, pool: &mut BufPool) -> Result<(), String> 
         }
         if !cancelled && (verdict.is_ok() || Instant::now() >= deadline) {
             cancelled = true;
-            let cancel = opcode::AsyncCancel::new(Token::Recv(0).encode())
-                .build()
-                .user_data(Token::Cancel.encode());
             // SAFETY: a cancel request carries no pointers.
-            let _ = unsafe { push(&mut ring, &cancel) };
+            let _ = unsafe { push(&mut ring, &cancel_entry(Token::Recv(0))) };
         }
     }
     if armed {
