@@ -4,7 +4,7 @@
 //! One ring per backend (a backend belongs to one shard thread):
 //! - **Receive**: one multishot `RECVMSG` per socket selects buffers from one shared buffer ring
 //!   ([`RECV_BUFS_PER_SOCKET`] buffers per socket). Each completion is parsed with
-//!   [`RecvMsgOut::parse`], its payload copied into the caller's [`RecvBatch`] slot and the buffer
+//!   [`RecvMsgOut::parse`](io_uring::types::RecvMsgOut::parse), its payload copied into the caller's [`RecvBatch`] slot and the buffer
 //!   handed straight back to the kernel, so the ring refills at the rate the caller consumes.
 //!   A multishot that ends (buffer ring empty: `-ENOBUFS`, or any error) is re-armed by the next
 //!   `recv` and counted. With **GRO**, a buffer holds a coalesced run, which is split back into
@@ -14,7 +14,7 @@
 //!   submission per chunk of up to [`SEND_SLOTS`] messages, then the completions are reaped
 //!   before `send` returns (the iovecs point into the caller's buffers, which only live for the
 //!   call). With **GSO**, a message carries a run of datagrams to one destination (the kernel's
-//!   rule, [`gso_group`]) with a UDP_SEGMENT control message. `EIO`/`EINVAL` on such a message
+//!   rule, [`gso_group`](super::sys::gso_group)) with a UDP_SEGMENT control message. `EIO`/`EINVAL` on such a message
 //!   turns GSO off for good and its datagrams are sent again one by one. Until a listener's
 //!   first GSO message has gone through, a chunk ends with it, so that fallback keeps the order.
 //! - **Waits** are `io_uring_enter` with `IORING_ENTER_EXT_ARG` and a timespec: bounded, one
@@ -28,6 +28,12 @@
 //! first `recv`/`send`, so the thread that first uses the backend becomes its issuer; a backend
 //! can be built on the main thread and moved to its shard. Older kernels get `COOP_TASKRUN`, then
 //! plain flags.
+//!
+//! One file per concern: `setup` (ring flags, enabling, [`probe`]), `bufpool` (the provided
+//! buffer ring), `recv` (multishot receive, harvesting completions into records), `send`
+//! (SENDMSG batching and reaping); this file holds the backend, its completion-queue glue and
+//! the [`Backend`] impl. What the mmsg backend does the same way (offload probing, GRO-run
+//! splitting, message staging, cmsg and address parsing) lives in `super::sys`.
 
 use std::collections::VecDeque;
 use std::io;
