@@ -23,9 +23,9 @@ use std::time::Duration;
 
 use super::socket::GSO_MAX_SEGMENTS;
 use super::sys::{
-    capabilities, disable_gso, gro_stride, gso_group, link_header, probe_offloads, rxq_ovfl,
-    sockaddr_to_std, stage_message, warn_truncated_run, warn_unusable_source, zeroed_slice,
-    CmsgBuf, Family, RateLimit, RecvRun, CMSG_BUF_LEN, GRO_BUF_LEN,
+    gro_stride, gso_group, link_header, rxq_ovfl, sockaddr_to_std, stage_message,
+    warn_truncated_run, warn_unusable_source, zeroed_slice, CmsgBuf, Listeners, RateLimit, RecvRun,
+    CMSG_BUF_LEN, GRO_BUF_LEN,
 };
 use super::{Backend, Capabilities, Offload, RecvBatch, RecvMeta, SendStats, Transmit};
 use super::{BATCH_SIZE, MAX_DATAGRAM_LEN};
@@ -35,21 +35,17 @@ const SEND_IOVS: usize = BATCH_SIZE * GSO_MAX_SEGMENTS;
 
 /// [`Backend`] over `poll` + `recvmmsg`/`sendmmsg`. Socket `i` is listener `i`.
 pub struct MmsgBackend {
-    sockets: Vec<UdpSocket>,
-    families: Vec<Family>,
+    /// The sockets, their families, drop counts and offloads.
+    listeners: Listeners,
     /// One entry per listener (entry `i` is socket `i`), then the waker, if one is set.
     pollfds: Vec<libc::pollfd>,
     /// The waker's fd (see [`Backend::set_waker`]): its entry is the last of `pollfds`.
     waker: Option<libc::c_int>,
     /// Listener served first by the next `recv`, rotated so a busy one cannot starve the rest.
     next_first: usize,
-    /// Last SO_RXQ_OVFL value per listener (the kernel reports a cumulative count).
-    drops: Vec<u32>,
-    /// GSO segments per send, per listener (1: no GSO). Only ever goes down to 1.
-    gso: Vec<usize>,
     /// Per listener: `Some` when UDP_GRO is on, holding its receive scratch buffers (per
     /// listener, so a long run left over on one listener never holds up another).
-    gro: Vec<Option<GroRx>>,
+    gro_rx: Vec<Option<GroRx>>,
 
     // Receive side, allocated once. The header pointers (into the boxes below, the caller's
     // batch or a GRO scratch buffer) are refreshed on every call, each derived from one base
@@ -155,9 +151,9 @@ impl MmsgBackend {
     /// Each offload that `offload` asks for is probed on every socket (GRO is switched on
     /// there); where the kernel lacks it, that listener runs without it.
     pub fn with_offload(sockets: Vec<UdpSocket>, offload: Offload) -> Self {
-        // Probe once: the destination-family adaptation in `send` depends on it.
-        let families = Family::of_sockets(&sockets);
-        let pollfds = sockets
+        let listeners = Listeners::new(sockets, offload);
+        let pollfds = listeners
+            .sockets
             .iter()
             .map(|s| libc::pollfd {
                 fd: s.as_raw_fd(),
@@ -165,19 +161,18 @@ impl MmsgBackend {
                 revents: 0,
             })
             .collect();
-        let drops = vec![0; sockets.len()];
-        let (gso, gro) = probe_offloads(&sockets, offload);
-        let gro = gro.into_iter().map(|on| on.then(GroRx::new)).collect();
+        let gro_rx = listeners
+            .gro
+            .iter()
+            .map(|&on| on.then(GroRx::new))
+            .collect();
 
         MmsgBackend {
-            sockets,
-            families,
+            listeners,
             pollfds,
             waker: None,
             next_first: 0,
-            drops,
-            gso,
-            gro,
+            gro_rx,
             recv_hdrs: zeroed_slice(BATCH_SIZE),
             recv_iovs: zeroed_slice(BATCH_SIZE),
             recv_names: zeroed_slice(BATCH_SIZE),
@@ -198,14 +193,14 @@ impl MmsgBackend {
 
     /// The sockets, indexed by listener.
     pub fn sockets(&self) -> &[UdpSocket] {
-        &self.sockets
+        &self.listeners.sockets
     }
 
     /// Datagrams the kernel dropped on these sockets (receive buffer full), as last reported via
     /// SO_RXQ_OVFL. Stays 0 where the option is unavailable. The kernel attaches the count to
     /// datagrams queued after a drop, so it lags until the next datagram is received.
     pub fn kernel_drops(&self) -> u64 {
-        self.drops.iter().map(|&d| u64::from(d)).sum()
+        self.listeners.kernel_drops()
     }
 
     /// Receives from listener `idx` into the free slots of `batch` (through its GRO scratch
@@ -218,7 +213,7 @@ impl MmsgBackend {
         }
         // Without GRO, message `i` lands straight in slot `start + i` (header `start + i`);
         // with GRO, in scratch buffer `i` (header `i`), big enough for a coalesced run.
-        let first = match &mut self.gro[idx] {
+        let first = match &mut self.gro_rx[idx] {
             Some(g) => {
                 debug_assert!(!g.pending());
                 let base = g.buf.as_mut_ptr();
@@ -257,7 +252,7 @@ impl MmsgBackend {
             h.msg_controllen = CMSG_BUF_LEN as _;
             h.msg_flags = 0;
         }
-        let fd = self.sockets[idx].as_raw_fd();
+        let fd = self.listeners.sockets[idx].as_raw_fd();
         let got = loop {
             // SAFETY: headers `first..first + free` were filled above; their name, iovec and
             // control pointers refer to live buffers of the stated lengths (backend-owned boxes,
@@ -308,13 +303,13 @@ impl MmsgBackend {
             let ctrl_len = (hdr.msg_hdr.msg_controllen as usize).min(CMSG_BUF_LEN);
             let control = &self.recv_ctrl[slot].0[..ctrl_len];
             if let Some(d) = rxq_ovfl(control) {
-                self.drops[idx] = d;
+                self.listeners.drops[idx] = d;
             }
             let Some(addr) = sockaddr_to_std(&self.recv_names[slot], namelen) else {
                 warn_unusable_source(&mut self.recv_warn, idx);
                 continue;
             };
-            if let Some(g) = &mut self.gro[idx] {
+            if let Some(g) = &mut self.gro_rx[idx] {
                 let len = (hdr.msg_len as usize).min(GRO_BUF_LEN);
                 let run = RecvRun {
                     addr,
@@ -344,7 +339,7 @@ impl MmsgBackend {
             });
             write += 1;
         }
-        if let Some(g) = &mut self.gro[idx] {
+        if let Some(g) = &mut self.gro_rx[idx] {
             g.drain(idx, batch);
         }
         Ok(())
@@ -353,13 +348,13 @@ impl MmsgBackend {
     /// Sends `run` (transmits that all go through `listener`), in as many `sendmmsg` calls as
     /// it takes.
     fn send_run(&mut self, listener: usize, run: &[Transmit<'_>], stats: &mut SendStats) {
-        let Some(sock) = self.sockets.get(listener) else {
+        let Some(sock) = self.listeners.sockets.get(listener) else {
             stats.failed += run.len() as u64;
             if let Some(suppressed) = self.send_warn.allow() {
                 log::warn!(
                     "send via listener {listener}: no such listener ({} sockets); {} datagrams \
                      dropped ({suppressed} similar suppressed)",
-                    self.sockets.len(),
+                    self.listeners.sockets.len(),
                     run.len()
                 );
             }
@@ -384,8 +379,8 @@ impl MmsgBackend {
         from: usize,
         stats: &mut SendStats,
     ) -> usize {
-        let family = self.families[listener];
-        let max_segments = self.gso[listener];
+        let family = self.listeners.families[listener];
+        let max_segments = self.listeners.gso[listener];
         let (mut msgs, mut iov, mut i) = (0, 0, from);
         while i < run.len() && msgs < BATCH_SIZE {
             let (count, segment) = gso_group(&run[i..], max_segments);
@@ -439,7 +434,7 @@ impl MmsgBackend {
                 Err(err) => {
                     let g = self.send_groups[pos];
                     if g.count > 1 && matches!(err.raw_os_error(), Some(libc::EIO | libc::EINVAL)) {
-                        disable_gso(&mut self.gso, listener, &err);
+                        self.listeners.disable_gso(listener, &err);
                         return g.first;
                     }
                     stats.failed += g.count as u64;
@@ -502,14 +497,11 @@ impl MmsgBackend {
 impl std::fmt::Debug for MmsgBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MmsgBackend")
-            .field("sockets", &self.sockets)
-            .field("families", &self.families)
-            .field("drops", &self.drops)
-            .field("gso", &self.gso)
-            .field(
-                "gro",
-                &self.gro.iter().map(Option::is_some).collect::<Vec<_>>(),
-            )
+            .field("sockets", &self.listeners.sockets)
+            .field("families", &self.listeners.families)
+            .field("drops", &self.listeners.drops)
+            .field("gso", &self.listeners.gso)
+            .field("gro", &self.listeners.gro)
             .finish_non_exhaustive()
     }
 }
@@ -525,7 +517,7 @@ impl Backend for MmsgBackend {
     fn recv(&mut self, batch: &mut RecvBatch, timeout: Duration) -> io::Result<usize> {
         batch.clear();
         // Datagrams left over from a GRO run are ready now: check the sockets without waiting.
-        let pending = self.gro.iter().flatten().any(GroRx::pending);
+        let pending = self.gro_rx.iter().flatten().any(GroRx::pending);
         for p in &mut self.pollfds {
             p.revents = 0;
         }
@@ -565,7 +557,7 @@ impl Backend for MmsgBackend {
             }
         }
 
-        let n = self.sockets.len();
+        let n = self.listeners.sockets.len();
         if n == 0 {
             return Ok(0);
         }
@@ -578,7 +570,7 @@ impl Backend for MmsgBackend {
             let idx = (first + k) % n;
             // A listener with leftovers hands them out first; its scratch buffers are busy
             // until they are gone, so it is read again on a later call.
-            if let Some(g) = &mut self.gro[idx] {
+            if let Some(g) = &mut self.gro_rx[idx] {
                 if g.pending() {
                     g.drain(idx, batch);
                     continue;
@@ -616,7 +608,7 @@ impl Backend for MmsgBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        capabilities(&self.gso, self.gro.iter().any(Option::is_some))
+        self.listeners.capabilities()
     }
 
     fn name(&self) -> &'static str {

@@ -94,40 +94,74 @@ pub(super) fn warn_unusable_source(warn: &mut RateLimit, listener: usize) {
     }
 }
 
-/// Probes the offloads `offload` asks for on every socket (switching UDP_GRO on where the
-/// kernel has it): GSO segments per send (1: none) and whether GRO is on, per listener.
-pub(super) fn probe_offloads(sockets: &[UdpSocket], offload: Offload) -> (Vec<usize>, Vec<bool>) {
-    let gso = sockets
-        .iter()
-        .map(|s| if offload.gso { probe_gso(s) } else { 1 })
-        .collect();
-    let gro = sockets
-        .iter()
-        .map(|s| offload.gro && enable_gro(s) > 1)
-        .collect();
-    (gso, gro)
+/// Per-listener socket state both backends keep: the sockets, their address families, the
+/// kernel's drop counts and the offloads in force. Listener `i` is socket `i`.
+#[derive(Debug)]
+pub(super) struct Listeners {
+    pub(super) sockets: Vec<UdpSocket>,
+    /// Probed once: the destination-family adaptation in `send` depends on it.
+    pub(super) families: Vec<Family>,
+    /// Last SO_RXQ_OVFL value per listener (the kernel reports a cumulative count).
+    pub(super) drops: Vec<u32>,
+    /// GSO segments per send, per listener (1: no GSO). Only ever goes down to 1.
+    pub(super) gso: Vec<usize>,
+    /// UDP_GRO is on for this listener: its receives may hold coalesced runs.
+    pub(super) gro: Vec<bool>,
 }
 
-/// A backend's capabilities from its per-listener GSO segments and whether any listener has
-/// GRO on: what every listener can do (GSO), and the most one receive may coalesce (GRO).
-pub(super) fn capabilities(gso: &[usize], any_gro: bool) -> Capabilities {
-    Capabilities {
-        max_gso_segments: gso.iter().copied().min().unwrap_or(1),
-        gro_segments: if any_gro { GRO_MAX_SEGMENTS } else { 1 },
-        batch_size: BATCH_SIZE,
+impl Listeners {
+    /// Takes `sockets`, reads their families and probes the offloads `offload` asks for on
+    /// every one (switching UDP_GRO on where the kernel has it); where the kernel lacks one,
+    /// that listener runs without it.
+    pub(super) fn new(sockets: Vec<UdpSocket>, offload: Offload) -> Self {
+        let families = Family::of_sockets(&sockets);
+        let drops = vec![0; sockets.len()];
+        let gso = sockets
+            .iter()
+            .map(|s| if offload.gso { probe_gso(s) } else { 1 })
+            .collect();
+        let gro = sockets
+            .iter()
+            .map(|s| offload.gro && enable_gro(s) > 1)
+            .collect();
+        Listeners {
+            sockets,
+            families,
+            drops,
+            gso,
+            gro,
+        }
     }
-}
 
-/// The kernel refused a GSO send on `listener` (`err`): no GSO on any listener from now on.
-pub(super) fn disable_gso(gso: &mut [usize], listener: usize, err: &std::io::Error) {
-    if gso.iter().any(|&s| s > 1) {
-        log::info!(
-            "UDP GSO send refused on listener {listener} ({err}); sending datagrams one by \
-             one from now on"
-        );
+    /// Datagrams the kernel dropped on these sockets, as last reported via SO_RXQ_OVFL.
+    pub(super) fn kernel_drops(&self) -> u64 {
+        self.drops.iter().map(|&d| u64::from(d)).sum()
     }
-    for s in gso {
-        *s = 1;
+
+    /// What every listener can do (GSO), and the most one receive may coalesce (GRO).
+    pub(super) fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            max_gso_segments: self.gso.iter().copied().min().unwrap_or(1),
+            gro_segments: if self.gro.iter().any(|&g| g) {
+                GRO_MAX_SEGMENTS
+            } else {
+                1
+            },
+            batch_size: BATCH_SIZE,
+        }
+    }
+
+    /// The kernel refused a GSO send on `listener` (`err`): no GSO on any listener from now on.
+    pub(super) fn disable_gso(&mut self, listener: usize, err: &std::io::Error) {
+        if self.gso.iter().any(|&s| s > 1) {
+            log::info!(
+                "UDP GSO send refused on listener {listener} ({err}); sending datagrams one by \
+                 one from now on"
+            );
+        }
+        for s in &mut self.gso {
+            *s = 1;
+        }
     }
 }
 

@@ -45,9 +45,7 @@ use std::time::{Duration, Instant};
 use io_uring::types::{Fd, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, EnterFlags, IoUring};
 
-use super::sys::{
-    capabilities, probe_offloads, zeroed, zeroed_slice, CmsgBuf, Family, RateLimit, CMSG_BUF_LEN,
-};
+use super::sys::{zeroed, zeroed_slice, CmsgBuf, Listeners, RateLimit, CMSG_BUF_LEN};
 use super::{Backend, Capabilities, Offload, RecvBatch, SendStats, Transmit};
 
 /// Skips the test, with the probe's reason, where io_uring cannot run.
@@ -141,21 +139,15 @@ pub struct UringBackend {
     /// The thread that enabled the ring; with SINGLE_ISSUER only it may enter the kernel.
     issuer: Option<ThreadId>,
 
-    sockets: Vec<UdpSocket>,
-    families: Vec<Family>,
+    /// The sockets, their families, drop counts and offloads.
+    listeners: Listeners,
     /// A multishot recvmsg is in flight for this listener.
     armed: Vec<bool>,
     /// The listener's socket failed fatally; it is not re-armed.
     dead: Vec<bool>,
-    /// Last SO_RXQ_OVFL value per listener (the kernel reports a cumulative count).
-    drops: Vec<u32>,
-    /// GSO segments per send, per listener (1: no GSO). Only ever goes down to 1.
-    gso: Vec<usize>,
     /// A GSO message went through on this listener, so a refusal later is unlikely: chunks no
     /// longer end at its GSO messages.
     gso_confirmed: Vec<bool>,
-    /// UDP_GRO is on for this listener: its completions may hold coalesced runs.
-    gro: Vec<bool>,
 
     pool: BufPool,
     /// The msghdr template of every multishot recvmsg: only `msg_namelen` and `msg_controllen`
@@ -240,13 +232,14 @@ impl UringBackend {
     /// io_uring cannot be set up (see [`probe`] for a diagnosis), the kernel lacks timed waits
     /// (IORING_FEAT_EXT_ARG, 5.11) or refuses the buffer ring (5.19), or mmap failed.
     pub fn with_offload(sockets: Vec<UdpSocket>, offload: Offload) -> io::Result<Self> {
-        let (gso, gro) = probe_offloads(&sockets, offload);
+        let listeners = Listeners::new(sockets, offload);
+        let (gso, gro) = (&listeners.gso, &listeners.gro);
         let (per_socket, buf_len) = if gro.iter().any(|&g| g) {
             (GRO_RECV_BUFS_PER_SOCKET, GRO_RECV_BUF_LEN)
         } else {
             (RECV_BUFS_PER_SOCKET, RECV_BUF_LEN)
         };
-        let n = sockets.len().max(1) as u32;
+        let n = listeners.sockets.len().max(1) as u32;
         let entries = n
             .saturating_mul(per_socket)
             .next_power_of_two()
@@ -272,8 +265,7 @@ impl UringBackend {
             )
         })?;
 
-        let families = Family::of_sockets(&sockets);
-        let count = sockets.len();
+        let count = listeners.sockets.len();
         let mut recv_hdr: Box<libc::msghdr> = Box::new(zeroed());
         recv_hdr.msg_namelen = NAME_LEN as libc::socklen_t;
         recv_hdr.msg_controllen = CMSG_BUF_LEN as _;
@@ -287,14 +279,10 @@ impl UringBackend {
             mode,
             enabled: false,
             issuer: None,
-            sockets,
-            families,
+            listeners,
             armed: vec![false; count],
             dead: vec![false; count],
-            drops: vec![0; count],
             gso_confirmed: vec![false; count],
-            gso,
-            gro,
             pool,
             recv_hdr,
             backlog: (0..count)
@@ -326,13 +314,13 @@ impl UringBackend {
 
     /// The sockets, indexed by listener.
     pub fn sockets(&self) -> &[UdpSocket] {
-        &self.sockets
+        &self.listeners.sockets
     }
 
     /// Datagrams the kernel dropped on these sockets (receive buffer full), as last reported via
     /// SO_RXQ_OVFL (see [`super::MmsgBackend::kernel_drops`]).
     pub fn kernel_drops(&self) -> u64 {
-        self.drops.iter().map(|&d| u64::from(d)).sum()
+        self.listeners.kernel_drops()
     }
 
     /// Times a multishot receive ended because the buffer ring ran empty (`-ENOBUFS`). Each was
@@ -480,7 +468,7 @@ impl Drop for UringBackend {
 impl std::fmt::Debug for UringBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UringBackend")
-            .field("sockets", &self.sockets)
+            .field("sockets", &self.listeners.sockets)
             .field("mode", &self.mode)
             .field("recv_buffers", &self.pool.entries)
             .field("enobufs", &self.enobufs)
@@ -531,7 +519,7 @@ impl Backend for UringBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        capabilities(&self.gso, self.gro.iter().any(|&g| g))
+        self.listeners.capabilities()
     }
 
     fn name(&self) -> &'static str {

@@ -27,7 +27,7 @@ impl UringBackend {
     /// Queues a multishot recvmsg for listener `idx` (submitted by the next enter).
     pub(super) fn arm(&mut self, idx: usize) {
         let entry = opcode::RecvMsgMulti::new(
-            Fd(self.sockets[idx].as_raw_fd()),
+            Fd(self.listeners.sockets[idx].as_raw_fd()),
             &*self.recv_hdr as *const libc::msghdr,
             BGID,
         )
@@ -43,7 +43,7 @@ impl UringBackend {
 
     /// Re-arms listeners whose multishot ended, and the waker's poll.
     pub(super) fn rearm(&mut self) {
-        for idx in 0..self.sockets.len() {
+        for idx in 0..self.listeners.sockets.len() {
             if !self.armed[idx] && !self.dead[idx] {
                 self.rearms += 1;
                 self.arm(idx);
@@ -97,7 +97,7 @@ impl UringBackend {
         let Some(Token::Recv(idx)) = Token::decode(cqe.user_data) else {
             return Ok(None);
         };
-        if idx >= self.sockets.len() {
+        if idx >= self.listeners.sockets.len() {
             return Ok(None);
         }
         // A continued run was accounted for (flags, buffer, drop count) the first time.
@@ -192,7 +192,7 @@ impl UringBackend {
         let control = out.control_data();
         if first {
             if let Some(d) = rxq_ovfl(control) {
-                self.drops[idx] = d;
+                self.listeners.drops[idx] = d;
             }
         }
         let Some(addr) = source_address(out.name_data()) else {
@@ -201,7 +201,7 @@ impl UringBackend {
         };
         let payload = out.payload_data();
         let len = payload.len();
-        let stride = if self.gro[idx] {
+        let stride = if self.listeners.gro[idx] {
             gro_stride(control, len)
         } else {
             len.max(1)
@@ -271,7 +271,7 @@ impl UringBackend {
     /// the buffer pool can be unmapped. Returns false if some may still be armed.
     pub(super) fn quiesce(&mut self) -> bool {
         self.forget_backlog();
-        for idx in 0..self.sockets.len() {
+        for idx in 0..self.listeners.sockets.len() {
             if self.armed[idx] {
                 // SAFETY: a cancel request carries no pointers.
                 let _ = unsafe { push(&mut self.ring, &cancel_entry(Token::Recv(idx))) };

@@ -11,7 +11,7 @@ use io_uring::opcode;
 use io_uring::types::Fd;
 
 use super::super::socket::GSO_MAX_SEGMENTS;
-use super::super::sys::{disable_gso, gso_group, link_header, stage_message, WARN_INTERVAL};
+use super::super::sys::{gso_group, link_header, stage_message, WARN_INTERVAL};
 use super::super::{SendStats, Transmit, BATCH_SIZE};
 use super::{push, Token, UringBackend};
 
@@ -93,20 +93,20 @@ impl UringBackend {
         let (mut msgs, mut iov, mut i) = (0, 0, from);
         while i < transmits.len() && msgs < SEND_SLOTS {
             let listener = transmits[i].listener;
-            let Some(sock) = self.sockets.get(listener) else {
+            let Some(sock) = self.listeners.sockets.get(listener) else {
                 stats.failed += 1;
                 if let Some(suppressed) = self.send_warn.allow() {
                     log::warn!(
                         "send via listener {listener}: no such listener ({} sockets); datagram \
                          dropped ({suppressed} similar suppressed)",
-                        self.sockets.len()
+                        self.listeners.sockets.len()
                     );
                 }
                 i += 1;
                 continue;
             };
             let fd = sock.as_raw_fd();
-            let max_segments = self.gso[listener];
+            let max_segments = self.listeners.gso[listener];
             let same = transmits[i..]
                 .iter()
                 .take(max_segments.clamp(1, GSO_MAX_SEGMENTS))
@@ -118,7 +118,7 @@ impl UringBackend {
             }
             let (namelen, ctrl_len) = stage_message(
                 &transmits[i..i + count],
-                self.families[listener],
+                self.listeners.families[listener],
                 segment,
                 &mut self.send_names[msgs],
                 &mut self.send_iovs[iov..iov + count],
@@ -221,11 +221,8 @@ impl UringBackend {
                     }
                 }
                 SlotState::Done(res) if m.count > 1 && matches!(-res, libc::EIO | libc::EINVAL) => {
-                    disable_gso(
-                        &mut self.gso,
-                        m.listener,
-                        &io::Error::from_raw_os_error(-res),
-                    );
+                    self.listeners
+                        .disable_gso(m.listener, &io::Error::from_raw_os_error(-res));
                     resend.push((m.first, m.count));
                 }
                 SlotState::Done(res) => {

@@ -87,7 +87,7 @@ impl UringBackend {
             self.issuer = Some(thread::current().id());
         }
         self.enabled = true;
-        for idx in 0..self.sockets.len() {
+        for idx in 0..self.listeners.sockets.len() {
             self.arm(idx);
         }
         self.arm_waker();
