@@ -16,39 +16,36 @@
 
 use std::io;
 use std::mem;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::os::fd::{AsRawFd, RawFd};
 use std::ptr;
 use std::time::Duration;
 
-use super::socket::{enable_gro, probe_gso, GSO_MAX_SEGMENTS};
+use super::socket::GSO_MAX_SEGMENTS;
 use super::sys::{
-    adapt_destination, gso_group, put_udp_segment, rxq_ovfl, sockaddr_to_std, std_to_sockaddr,
-    udp_gro_segment, zeroed_slice, CmsgBuf, Family, RateLimit, CMSG_BUF_LEN, GRO_BUF_LEN,
+    gro_stride, gso_group, link_header, rxq_ovfl, sockaddr_to_std, stage_message,
+    warn_truncated_run, warn_unusable_source, zeroed_slice, CmsgBuf, Listeners, RateLimit, RecvRun,
+    CMSG_BUF_LEN, GRO_BUF_LEN,
 };
 use super::{Backend, Capabilities, Offload, RecvBatch, RecvMeta, SendStats, Transmit};
-use super::{BATCH_SIZE, GRO_MAX_SEGMENTS, MAX_DATAGRAM_LEN};
+use super::{BATCH_SIZE, MAX_DATAGRAM_LEN};
 
 /// Iovecs of one `sendmmsg`: one per datagram, up to [`GSO_MAX_SEGMENTS`] per message.
 const SEND_IOVS: usize = BATCH_SIZE * GSO_MAX_SEGMENTS;
 
 /// [`Backend`] over `poll` + `recvmmsg`/`sendmmsg`. Socket `i` is listener `i`.
 pub struct MmsgBackend {
-    sockets: Vec<UdpSocket>,
-    families: Vec<Family>,
+    /// The sockets, their families, drop counts and offloads.
+    listeners: Listeners,
     /// One entry per listener (entry `i` is socket `i`), then the waker, if one is set.
     pollfds: Vec<libc::pollfd>,
     /// The waker's fd (see [`Backend::set_waker`]): its entry is the last of `pollfds`.
     waker: Option<libc::c_int>,
     /// Listener served first by the next `recv`, rotated so a busy one cannot starve the rest.
     next_first: usize,
-    /// Last SO_RXQ_OVFL value per listener (the kernel reports a cumulative count).
-    drops: Vec<u32>,
-    /// GSO segments per send, per listener (1: no GSO). Only ever goes down to 1.
-    gso: Vec<usize>,
     /// Per listener: `Some` when UDP_GRO is on, holding its receive scratch buffers (per
     /// listener, so a long run left over on one listener never holds up another).
-    gro: Vec<Option<GroRx>>,
+    gro_rx: Vec<Option<GroRx>>,
 
     // Receive side, allocated once. The header pointers (into the boxes below, the caller's
     // batch or a GRO scratch buffer) are refreshed on every call, each derived from one base
@@ -93,24 +90,13 @@ struct Group {
     iov: usize,
 }
 
-/// One message received into a GRO scratch buffer.
-#[derive(Debug, Clone, Copy)]
-struct GroMsg {
-    addr: SocketAddr,
-    /// Bytes received.
-    len: usize,
-    /// Length of each coalesced datagram but the last; `len` (at least 1) when not coalesced.
-    stride: usize,
-    /// MSG_TRUNC: the buffer cut the message short, so its last piece is incomplete.
-    truncated: bool,
-}
-
 /// A GRO listener's receive scratch: one [`GRO_BUF_LEN`] buffer per batch slot, and what is
 /// left of the last `recvmmsg` once the caller's batch filled up.
 struct GroRx {
     /// Zero-initialised through the allocator, so pages are only committed as data lands.
     buf: Box<[u8]>,
-    msgs: Vec<GroMsg>,
+    /// The messages received into the buffers, one per buffer.
+    msgs: Vec<RecvRun>,
     /// First message not yet fully handed out, and how many of its bytes were.
     next: usize,
     offset: usize,
@@ -137,20 +123,10 @@ impl GroRx {
         while self.next < self.msgs.len() {
             let m = self.msgs[self.next];
             let base = self.next * GRO_BUF_LEN;
-            loop {
-                if batch.len() == batch.capacity() {
-                    return;
-                }
-                // `stride >= 1`, so this always advances (an empty datagram is one piece of 0).
-                let seg = m.stride.min(m.len - self.offset);
-                let start = base + self.offset;
-                self.offset += seg;
-                let last = self.offset >= m.len;
-                let bytes = &self.buf[start..start + seg];
-                batch.push_datagram(listener, m.addr, bytes, m.truncated && last);
-                if last {
-                    break;
-                }
+            let payload = &self.buf[base..base + m.len];
+            if let Some(offset) = m.split_into(listener, payload, self.offset, batch) {
+                self.offset = offset;
+                return;
             }
             self.next += 1;
             self.offset = 0;
@@ -175,9 +151,9 @@ impl MmsgBackend {
     /// Each offload that `offload` asks for is probed on every socket (GRO is switched on
     /// there); where the kernel lacks it, that listener runs without it.
     pub fn with_offload(sockets: Vec<UdpSocket>, offload: Offload) -> Self {
-        // Probe once: the destination-family adaptation in `send` depends on it.
-        let families = Family::of_sockets(&sockets);
-        let pollfds = sockets
+        let listeners = Listeners::new(sockets, offload);
+        let pollfds = listeners
+            .sockets
             .iter()
             .map(|s| libc::pollfd {
                 fd: s.as_raw_fd(),
@@ -185,25 +161,18 @@ impl MmsgBackend {
                 revents: 0,
             })
             .collect();
-        let drops = vec![0; sockets.len()];
-        let gso = sockets
+        let gro_rx = listeners
+            .gro
             .iter()
-            .map(|s| if offload.gso { probe_gso(s) } else { 1 })
-            .collect();
-        let gro = sockets
-            .iter()
-            .map(|s| (offload.gro && enable_gro(s) > 1).then(GroRx::new))
+            .map(|&on| on.then(GroRx::new))
             .collect();
 
         MmsgBackend {
-            sockets,
-            families,
+            listeners,
             pollfds,
             waker: None,
             next_first: 0,
-            drops,
-            gso,
-            gro,
+            gro_rx,
             recv_hdrs: zeroed_slice(BATCH_SIZE),
             recv_iovs: zeroed_slice(BATCH_SIZE),
             recv_names: zeroed_slice(BATCH_SIZE),
@@ -224,14 +193,14 @@ impl MmsgBackend {
 
     /// The sockets, indexed by listener.
     pub fn sockets(&self) -> &[UdpSocket] {
-        &self.sockets
+        &self.listeners.sockets
     }
 
     /// Datagrams the kernel dropped on these sockets (receive buffer full), as last reported via
     /// SO_RXQ_OVFL. Stays 0 where the option is unavailable. The kernel attaches the count to
     /// datagrams queued after a drop, so it lags until the next datagram is received.
     pub fn kernel_drops(&self) -> u64 {
-        self.drops.iter().map(|&d| u64::from(d)).sum()
+        self.listeners.kernel_drops()
     }
 
     /// Receives from listener `idx` into the free slots of `batch` (through its GRO scratch
@@ -244,7 +213,7 @@ impl MmsgBackend {
         }
         // Without GRO, message `i` lands straight in slot `start + i` (header `start + i`);
         // with GRO, in scratch buffer `i` (header `i`), big enough for a coalesced run.
-        let first = match &mut self.gro[idx] {
+        let first = match &mut self.gro_rx[idx] {
             Some(g) => {
                 debug_assert!(!g.pending());
                 let base = g.buf.as_mut_ptr();
@@ -283,7 +252,7 @@ impl MmsgBackend {
             h.msg_controllen = CMSG_BUF_LEN as _;
             h.msg_flags = 0;
         }
-        let fd = self.sockets[idx].as_raw_fd();
+        let fd = self.listeners.sockets[idx].as_raw_fd();
         let got = loop {
             // SAFETY: headers `first..first + free` were filled above; their name, iovec and
             // control pointers refer to live buffers of the stated lengths (backend-owned boxes,
@@ -334,44 +303,28 @@ impl MmsgBackend {
             let ctrl_len = (hdr.msg_hdr.msg_controllen as usize).min(CMSG_BUF_LEN);
             let control = &self.recv_ctrl[slot].0[..ctrl_len];
             if let Some(d) = rxq_ovfl(control) {
-                self.drops[idx] = d;
+                self.listeners.drops[idx] = d;
             }
             let Some(addr) = sockaddr_to_std(&self.recv_names[slot], namelen) else {
-                // Cannot happen on an AF_INET/AF_INET6 socket; drop rather than misattribute.
-                if let Some(suppressed) = self.recv_warn.allow() {
-                    log::warn!(
-                        "listener {idx}: datagram with unusable source address dropped \
-                         ({suppressed} similar suppressed)"
-                    );
-                }
+                warn_unusable_source(&mut self.recv_warn, idx);
                 continue;
             };
-            if let Some(g) = &mut self.gro[idx] {
+            if let Some(g) = &mut self.gro_rx[idx] {
                 let len = (hdr.msg_len as usize).min(GRO_BUF_LEN);
-                let stride = udp_gro_segment(control)
-                    .filter(|&s| s < len)
-                    .unwrap_or(len)
-                    .max(1);
-                if truncated && stride < len {
-                    // Only with a gro_max_size above GRO_BUF_LEN: the segments past the buffer
-                    // are gone, and the kernel does not say how many there were.
-                    if let Some(suppressed) = self.recv_warn.allow() {
-                        log::warn!(
-                            "listener {idx}: coalesced run longer than {GRO_BUF_LEN} bytes \
-                             truncated; datagrams lost ({suppressed} similar suppressed)"
-                        );
-                    }
-                }
-                #[cfg(test)]
-                if stride < len {
-                    self.gro_runs += 1;
-                }
-                g.msgs.push(GroMsg {
+                let run = RecvRun {
                     addr,
                     len,
-                    stride,
+                    stride: gro_stride(control, len),
                     truncated,
-                });
+                };
+                if run.truncated && run.is_coalesced() {
+                    warn_truncated_run(&mut self.recv_warn, idx);
+                }
+                #[cfg(test)]
+                if run.is_coalesced() {
+                    self.gro_runs += 1;
+                }
+                g.msgs.push(run);
                 continue;
             }
             let len = (hdr.msg_len as usize).min(MAX_DATAGRAM_LEN);
@@ -386,7 +339,7 @@ impl MmsgBackend {
             });
             write += 1;
         }
-        if let Some(g) = &mut self.gro[idx] {
+        if let Some(g) = &mut self.gro_rx[idx] {
             g.drain(idx, batch);
         }
         Ok(())
@@ -395,13 +348,13 @@ impl MmsgBackend {
     /// Sends `run` (transmits that all go through `listener`), in as many `sendmmsg` calls as
     /// it takes.
     fn send_run(&mut self, listener: usize, run: &[Transmit<'_>], stats: &mut SendStats) {
-        let Some(sock) = self.sockets.get(listener) else {
+        let Some(sock) = self.listeners.sockets.get(listener) else {
             stats.failed += run.len() as u64;
             if let Some(suppressed) = self.send_warn.allow() {
                 log::warn!(
                     "send via listener {listener}: no such listener ({} sockets); {} datagrams \
                      dropped ({suppressed} similar suppressed)",
-                    self.sockets.len(),
+                    self.listeners.sockets.len(),
                     run.len()
                 );
             }
@@ -426,24 +379,19 @@ impl MmsgBackend {
         from: usize,
         stats: &mut SendStats,
     ) -> usize {
-        let family = self.families[listener];
-        let max_segments = self.gso[listener];
+        let family = self.listeners.families[listener];
+        let max_segments = self.listeners.gso[listener];
         let (mut msgs, mut iov, mut i) = (0, 0, from);
         while i < run.len() && msgs < BATCH_SIZE {
             let (count, segment) = gso_group(&run[i..], max_segments);
-            let dest = adapt_destination(run[i].destination, family);
-            let namelen = std_to_sockaddr(dest, &mut self.send_names[msgs]);
-            for (k, t) in run[i..i + count].iter().enumerate() {
-                self.send_iovs[iov + k] = libc::iovec {
-                    // The kernel only reads through it; the `*mut` is the C type's.
-                    iov_base: t.contents.as_ptr() as *mut libc::c_void,
-                    iov_len: t.contents.len(),
-                };
-            }
-            let ctrl_len = match segment {
-                Some(s) => put_udp_segment(&mut self.send_ctrl[msgs], s),
-                None => 0,
-            };
+            let (namelen, ctrl_len) = stage_message(
+                &run[i..i + count],
+                family,
+                segment,
+                &mut self.send_names[msgs],
+                &mut self.send_iovs[iov..iov + count],
+                &mut self.send_ctrl[msgs],
+            );
             let h = &mut self.send_hdrs[msgs];
             h.msg_hdr.msg_namelen = namelen;
             h.msg_hdr.msg_controllen = ctrl_len as _;
@@ -463,15 +411,13 @@ impl MmsgBackend {
             let g = self.send_groups[j];
             let m = &mut self.send_hdrs[j];
             m.msg_len = 0;
-            m.msg_hdr.msg_name = names.wrapping_add(j).cast();
-            m.msg_hdr.msg_iov = iovs.wrapping_add(g.iov);
-            m.msg_hdr.msg_iovlen = g.count as _;
-            m.msg_hdr.msg_control = if m.msg_hdr.msg_controllen == 0 {
-                ptr::null_mut()
-            } else {
-                ctrl.wrapping_add(j).cast()
-            };
-            m.msg_hdr.msg_flags = 0;
+            link_header(
+                &mut m.msg_hdr,
+                names.wrapping_add(j),
+                iovs.wrapping_add(g.iov),
+                g.count,
+                ctrl.wrapping_add(j),
+            );
         }
 
         let mut pos = 0;
@@ -488,7 +434,7 @@ impl MmsgBackend {
                 Err(err) => {
                     let g = self.send_groups[pos];
                     if g.count > 1 && matches!(err.raw_os_error(), Some(libc::EIO | libc::EINVAL)) {
-                        self.disable_gso(listener, &err);
+                        self.listeners.disable_gso(listener, &err);
                         return g.first;
                     }
                     stats.failed += g.count as u64;
@@ -546,32 +492,16 @@ impl MmsgBackend {
             Err(io::Error::last_os_error())
         }
     }
-
-    /// The kernel refused a GSO send (`err`): no GSO on any listener from now on.
-    fn disable_gso(&mut self, listener: usize, err: &io::Error) {
-        if self.gso.iter().any(|&s| s > 1) {
-            log::info!(
-                "UDP GSO send refused on listener {listener} ({err}); sending datagrams one by \
-                 one from now on"
-            );
-        }
-        for s in &mut self.gso {
-            *s = 1;
-        }
-    }
 }
 
 impl std::fmt::Debug for MmsgBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MmsgBackend")
-            .field("sockets", &self.sockets)
-            .field("families", &self.families)
-            .field("drops", &self.drops)
-            .field("gso", &self.gso)
-            .field(
-                "gro",
-                &self.gro.iter().map(Option::is_some).collect::<Vec<_>>(),
-            )
+            .field("sockets", &self.listeners.sockets)
+            .field("families", &self.listeners.families)
+            .field("drops", &self.listeners.drops)
+            .field("gso", &self.listeners.gso)
+            .field("gro", &self.listeners.gro)
             .finish_non_exhaustive()
     }
 }
@@ -587,7 +517,7 @@ impl Backend for MmsgBackend {
     fn recv(&mut self, batch: &mut RecvBatch, timeout: Duration) -> io::Result<usize> {
         batch.clear();
         // Datagrams left over from a GRO run are ready now: check the sockets without waiting.
-        let pending = self.gro.iter().flatten().any(GroRx::pending);
+        let pending = self.gro_rx.iter().flatten().any(GroRx::pending);
         for p in &mut self.pollfds {
             p.revents = 0;
         }
@@ -627,7 +557,7 @@ impl Backend for MmsgBackend {
             }
         }
 
-        let n = self.sockets.len();
+        let n = self.listeners.sockets.len();
         if n == 0 {
             return Ok(0);
         }
@@ -640,7 +570,7 @@ impl Backend for MmsgBackend {
             let idx = (first + k) % n;
             // A listener with leftovers hands them out first; its scratch buffers are busy
             // until they are gone, so it is read again on a later call.
-            if let Some(g) = &mut self.gro[idx] {
+            if let Some(g) = &mut self.gro_rx[idx] {
                 if g.pending() {
                     g.drain(idx, batch);
                     continue;
@@ -678,13 +608,7 @@ impl Backend for MmsgBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        // What every listener can do (GSO), and the most one receive may coalesce (GRO).
-        let gro = self.gro.iter().any(Option::is_some);
-        Capabilities {
-            max_gso_segments: self.gso.iter().copied().min().unwrap_or(1),
-            gro_segments: if gro { GRO_MAX_SEGMENTS } else { 1 },
-            batch_size: BATCH_SIZE,
-        }
+        self.listeners.capabilities()
     }
 
     fn name(&self) -> &'static str {

@@ -1,14 +1,16 @@
 //! Low-level helpers shared by the system-call backends ([`super::mmsg`], [`super::uring`]):
 //! socket address conversion, destination-family adaptation, the control-message helpers
-//! (SO_RXQ_OVFL, UDP_GRO, UDP_SEGMENT), the GSO grouping rule, zeroed C structs and a log rate
-//! limiter.
+//! (SO_RXQ_OVFL, UDP_GRO, UDP_SEGMENT), per-socket offload probing, splitting a received GRO
+//! run into datagrams, the GSO grouping rule and staging of one outgoing message, zeroed C
+//! structs and a log rate limiter.
 
 use std::mem;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::ptr;
 use std::time::{Duration, Instant};
 
-use super::Transmit;
+use super::socket::{enable_gro, probe_gso, GRO_MAX_SEGMENTS};
+use super::{Capabilities, Offload, RecvBatch, Transmit, BATCH_SIZE};
 
 /// Room for the SO_RXQ_OVFL control message (CMSG_SPACE(4) is 24 on 64-bit) with slack.
 pub(super) const CMSG_BUF_LEN: usize = 64;
@@ -77,6 +79,88 @@ impl RateLimit {
                 self.last = Some(now);
                 Some(mem::take(&mut self.suppressed))
             }
+        }
+    }
+}
+
+/// Logs (rate-limited) that a datagram on `listener` was dropped for a source address that is
+/// not IPv4/IPv6: cannot happen on an AF_INET/AF_INET6 socket; dropped rather than misattributed.
+pub(super) fn warn_unusable_source(warn: &mut RateLimit, listener: usize) {
+    if let Some(suppressed) = warn.allow() {
+        log::warn!(
+            "listener {listener}: datagram with unusable source address dropped \
+             ({suppressed} similar suppressed)"
+        );
+    }
+}
+
+/// Per-listener socket state both backends keep: the sockets, their address families, the
+/// kernel's drop counts and the offloads in force. Listener `i` is socket `i`.
+#[derive(Debug)]
+pub(super) struct Listeners {
+    pub(super) sockets: Vec<UdpSocket>,
+    /// Probed once: the destination-family adaptation in `send` depends on it.
+    pub(super) families: Vec<Family>,
+    /// Last SO_RXQ_OVFL value per listener (the kernel reports a cumulative count).
+    pub(super) drops: Vec<u32>,
+    /// GSO segments per send, per listener (1: no GSO). Only ever goes down to 1.
+    pub(super) gso: Vec<usize>,
+    /// UDP_GRO is on for this listener: its receives may hold coalesced runs.
+    pub(super) gro: Vec<bool>,
+}
+
+impl Listeners {
+    /// Takes `sockets`, reads their families and probes the offloads `offload` asks for on
+    /// every one (switching UDP_GRO on where the kernel has it); where the kernel lacks one,
+    /// that listener runs without it.
+    pub(super) fn new(sockets: Vec<UdpSocket>, offload: Offload) -> Self {
+        let families = Family::of_sockets(&sockets);
+        let drops = vec![0; sockets.len()];
+        let gso = sockets
+            .iter()
+            .map(|s| if offload.gso { probe_gso(s) } else { 1 })
+            .collect();
+        let gro = sockets
+            .iter()
+            .map(|s| offload.gro && enable_gro(s) > 1)
+            .collect();
+        Listeners {
+            sockets,
+            families,
+            drops,
+            gso,
+            gro,
+        }
+    }
+
+    /// Datagrams the kernel dropped on these sockets, as last reported via SO_RXQ_OVFL.
+    pub(super) fn kernel_drops(&self) -> u64 {
+        self.drops.iter().map(|&d| u64::from(d)).sum()
+    }
+
+    /// What every listener can do (GSO), and the most one receive may coalesce (GRO).
+    pub(super) fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            max_gso_segments: self.gso.iter().copied().min().unwrap_or(1),
+            gro_segments: if self.gro.iter().any(|&g| g) {
+                GRO_MAX_SEGMENTS
+            } else {
+                1
+            },
+            batch_size: BATCH_SIZE,
+        }
+    }
+
+    /// The kernel refused a GSO send on `listener` (`err`): no GSO on any listener from now on.
+    pub(super) fn disable_gso(&mut self, listener: usize, err: &std::io::Error) {
+        if self.gso.iter().any(|&s| s > 1) {
+            log::info!(
+                "UDP GSO send refused on listener {listener} ({err}); sending datagrams one by \
+                 one from now on"
+            );
+        }
+        for s in &mut self.gso {
+            *s = 1;
         }
     }
 }
@@ -177,6 +261,76 @@ pub(super) fn udp_gro_segment(control: &[u8]) -> Option<usize> {
         .filter(|&v| v > 0)
 }
 
+/// Length of every datagram of a received message but the last (which may be shorter), from
+/// its control data: the UDP_GRO segment size when the message is a coalesced run of `len`
+/// bytes, else `len`. At least 1, so splitting always advances (an empty datagram is one piece
+/// of 0 bytes).
+pub(super) fn gro_stride(control: &[u8], len: usize) -> usize {
+    udp_gro_segment(control)
+        .filter(|&s| s < len)
+        .unwrap_or(len)
+        .max(1)
+}
+
+/// One received message: a datagram, or with GRO a coalesced run of datagrams `stride` bytes
+/// apart (the last may be shorter), all from `addr`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RecvRun {
+    pub(super) addr: SocketAddr,
+    /// Bytes received.
+    pub(super) len: usize,
+    /// See [`gro_stride`]; `len` (at least 1) when not coalesced.
+    pub(super) stride: usize,
+    /// MSG_TRUNC: the buffer cut the message short, so its last piece is incomplete.
+    pub(super) truncated: bool,
+}
+
+impl RecvRun {
+    /// More than one datagram.
+    pub(super) fn is_coalesced(&self) -> bool {
+        self.stride < self.len
+    }
+
+    /// Copies the datagrams of `payload` (this message's `len` bytes) from byte `from` on into
+    /// the free slots of `batch`, in order, tagged with `listener`. `None` when the last one
+    /// went in; `Some(offset)` where the batch filled up first (continue from there).
+    pub(super) fn split_into(
+        &self,
+        listener: usize,
+        payload: &[u8],
+        from: usize,
+        batch: &mut RecvBatch,
+    ) -> Option<usize> {
+        debug_assert_eq!(payload.len(), self.len);
+        let mut off = from.min(self.len);
+        loop {
+            if batch.len() == batch.capacity() {
+                return Some(off);
+            }
+            let seg = self.stride.min(self.len - off);
+            let last = off + seg >= self.len;
+            let bytes = &payload[off..off + seg];
+            batch.push_datagram(listener, self.addr, bytes, self.truncated && last);
+            off += seg;
+            if last {
+                return None;
+            }
+        }
+    }
+}
+
+/// Logs (rate-limited) that a coalesced run on `listener` was cut short by its receive buffer.
+/// Only with a gro_max_size above [`GRO_BUF_LEN`]: the segments past the buffer are gone, and
+/// the kernel does not say how many there were.
+pub(super) fn warn_truncated_run(warn: &mut RateLimit, listener: usize) {
+    if let Some(suppressed) = warn.allow() {
+        log::warn!(
+            "listener {listener}: coalesced run longer than {GRO_BUF_LEN} bytes truncated; \
+             datagrams lost ({suppressed} similar suppressed)"
+        );
+    }
+}
+
 /// The first 4-byte payload of a `(level, ty)` control message in `control`, if any.
 fn cmsg_u32(control: &[u8], level: libc::c_int, ty: libc::c_int) -> Option<u32> {
     if control.is_empty() {
@@ -268,6 +422,60 @@ pub(super) fn gso_group(run: &[Transmit<'_>], max_segments: usize) -> (usize, Op
         }
     }
     (count, (count > 1).then_some(segment))
+}
+
+/// Stages one outgoing message carrying `group` (one destination; one iovec per transmit) for a
+/// socket of `family`: writes its name, its iovecs into `iovs` (exactly `group.len()` of them)
+/// and, for a GSO message (`segment`), a UDP_SEGMENT control message into `ctrl`. Returns the
+/// `msg_namelen` and `msg_controllen` to pass. The iovecs point into `group`'s contents, which
+/// must outlive the system call.
+pub(super) fn stage_message(
+    group: &[Transmit<'_>],
+    family: Family,
+    segment: Option<u16>,
+    name: &mut libc::sockaddr_storage,
+    iovs: &mut [libc::iovec],
+    ctrl: &mut CmsgBuf,
+) -> (libc::socklen_t, usize) {
+    debug_assert_eq!(iovs.len(), group.len());
+    let namelen = match group.first() {
+        Some(t) => std_to_sockaddr(adapt_destination(t.destination, family), name),
+        None => 0,
+    };
+    for (iov, t) in iovs.iter_mut().zip(group) {
+        *iov = libc::iovec {
+            // The kernel only reads through it; the `*mut` is the C type's.
+            iov_base: t.contents.as_ptr() as *mut libc::c_void,
+            iov_len: t.contents.len(),
+        };
+    }
+    let ctrl_len = match segment {
+        Some(s) => put_udp_segment(ctrl, s),
+        None => 0,
+    };
+    (namelen, ctrl_len)
+}
+
+/// Points a staged message's header (see [`stage_message`]) at its name, its `iovlen` iovecs
+/// from `iov` on, and its control message (null when `msg_controllen` is 0). The pointers are
+/// taken from one base pointer per array after the last write to it, so no later borrow
+/// invalidates what the kernel reads.
+pub(super) fn link_header(
+    h: &mut libc::msghdr,
+    name: *mut libc::sockaddr_storage,
+    iov: *mut libc::iovec,
+    iovlen: usize,
+    ctrl: *mut CmsgBuf,
+) {
+    h.msg_name = name.cast();
+    h.msg_iov = iov;
+    h.msg_iovlen = iovlen as _;
+    h.msg_control = if h.msg_controllen == 0 {
+        ptr::null_mut()
+    } else {
+        ctrl.cast()
+    };
+    h.msg_flags = 0;
 }
 
 /// C structs for which all-zero bytes are a valid value.
@@ -442,6 +650,69 @@ mod tests {
         assert_eq!(g(&bigs, 64), (3, Some(20_000)), "65507-byte payload cap");
         let huge = vec![0u8; 70_000];
         assert_eq!(g(&[t(d1, &huge), t(d1, &a)], 64), (1, None));
+    }
+
+    #[test]
+    fn gro_stride_is_the_segment_size_or_the_whole_message() {
+        let mut gro = [0u8; 24];
+        // SAFETY: CMSG_LEN is arithmetic on its argument only.
+        let l4 = unsafe { libc::CMSG_LEN(4) } as usize;
+        gro[..8].copy_from_slice(&l4.to_ne_bytes());
+        gro[8..12].copy_from_slice(&libc::SOL_UDP.to_ne_bytes());
+        gro[12..16].copy_from_slice(&libc::UDP_GRO.to_ne_bytes());
+        gro[16..20].copy_from_slice(&100i32.to_ne_bytes());
+        assert_eq!(gro_stride(&gro, 250), 100);
+        assert_eq!(gro_stride(&gro, 100), 100, "one segment: the whole message");
+        assert_eq!(
+            gro_stride(&gro, 60),
+            60,
+            "a size past the message is ignored"
+        );
+        assert_eq!(gro_stride(&[], 60), 60, "no UDP_GRO: one datagram");
+        assert_eq!(gro_stride(&[], 0), 1, "an empty datagram still advances");
+    }
+
+    /// A run split over two batches: the first call stops where the batch fills, the second
+    /// continues from there; only the last piece carries MSG_TRUNC.
+    #[test]
+    fn recv_run_splits_across_batches() {
+        let payload: Vec<u8> = (0..250u32).map(|i| i as u8).collect();
+        let run = RecvRun {
+            addr: addr("192.0.2.1:7"),
+            len: payload.len(),
+            stride: 100,
+            truncated: true,
+        };
+        assert!(run.is_coalesced());
+        let mut batch = RecvBatch::new();
+        for _ in 0..batch.capacity() - 2 {
+            batch.push_datagram(0, run.addr, b"x", false);
+        }
+        assert_eq!(run.split_into(3, &payload, 0, &mut batch), Some(200));
+        let n = batch.len();
+        assert_eq!(batch.datagram(n - 1), &payload[100..200]);
+        assert!(!batch.meta(n - 1).truncated);
+        batch.clear();
+        assert_eq!(run.split_into(3, &payload, 200, &mut batch), None);
+        assert_eq!(batch.len(), 1);
+        assert_eq!(batch.datagram(0), &payload[200..]);
+        assert_eq!(batch.meta(0).listener, 3);
+        assert!(batch.meta(0).truncated, "the cut piece is the last one");
+
+        let empty = RecvRun {
+            addr: run.addr,
+            len: 0,
+            stride: 1,
+            truncated: false,
+        };
+        assert!(!empty.is_coalesced());
+        batch.clear();
+        assert_eq!(empty.split_into(0, &[], 0, &mut batch), None);
+        assert_eq!(
+            (batch.len(), batch.meta(0).len),
+            (1, 0),
+            "an empty datagram is kept"
+        );
     }
 
     #[test]
