@@ -558,9 +558,14 @@ pub(super) fn env_clap_error(
     match (var, on_argv) {
         (Some(var), false) => match std::env::var_os(&var) {
             Some(value) => {
-                let why = std::error::Error::source(&e)
-                    .map(|s| s.to_string())
-                    .unwrap_or_else(|| "invalid value".to_string());
+                // a value parser says why; a fixed set of values (clap's value_enum) lists them
+                let why = match (std::error::Error::source(&e), e.get(ContextKind::ValidValue)) {
+                    (Some(source), _) => source.to_string(),
+                    (None, Some(ContextValue::Strings(valid))) => {
+                        format!("expected one of {}", valid.join(", "))
+                    }
+                    _ => "invalid value".to_string(),
+                };
                 Err(format!(
                     "{var}={}: invalid value for {arg}: {why}",
                     value.to_string_lossy()

@@ -2185,6 +2185,20 @@ fn environment_variables() {
     );
     env.clear();
 
+    // A value outside a fixed set names the variable, the value and every accepted value.
+    for (var, value, expected) in [
+        ("WGRELAY_BACKEND", "foo", "invalid value for --backend <BACKEND>: expected one of auto, uring, mmsg"),
+        ("WGRELAY_LOG_FORMAT", "xml", "invalid value for --log-format <FORMAT>: expected one of text, json"),
+        ("WGRELAY_COOKIE", "sometimes", "invalid value for --cookie <MODE>: expected one of always, under-load, never"),
+        ("WGRELAY_GSO", "maybe", "invalid value for --gso <on|off>: expected one of on, off"),
+    ] {
+        env.set(var, value);
+        let e = load(&["wgrelay", "check-config"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert_eq!(e.to_string(), format!("wgrelay: {var}={value}: {expected}"));
+        env.clear();
+    }
+
     // Back to defaults once cleared.
     assert_eq!(parse(&[]), Config::default());
 }
