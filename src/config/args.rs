@@ -15,7 +15,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
 use super::*;
@@ -85,15 +85,16 @@ impl Cli {
     }
 }
 
-/// Log verbosity as spelled on the command line and in the config file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogLevel {
-    Error,
-    Warn,
-    Info,
-    Debug,
-    Trace,
+choices! {
+    /// Log verbosity as spelled on the command line and in the config file.
+    #[derive(PartialOrd, Ord)]
+    LogLevel {
+        Error = "error",
+        Warn = "warn",
+        Info = "info",
+        Debug = "debug",
+        Trace = "trace",
+    }
 }
 
 impl From<LogLevel> for log::LevelFilter {
@@ -559,7 +560,10 @@ pub(super) fn env_clap_error(
         (Some(var), false) => match std::env::var_os(&var) {
             Some(value) => {
                 // a value parser says why; a fixed set of values (clap's value_enum) lists them
-                let why = match (std::error::Error::source(&e), e.get(ContextKind::ValidValue)) {
+                let why = match (
+                    std::error::Error::source(&e),
+                    e.get(ContextKind::ValidValue),
+                ) {
                     (Some(source), _) => source.to_string(),
                     (None, Some(ContextValue::Strings(valid))) => {
                         format!("expected one of {}", valid.join(", "))

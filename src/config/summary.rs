@@ -83,12 +83,8 @@ impl Config {
             on_off(self.gso),
             on_off(self.gro),
             on_off(self.steering),
-            self.state_file
-                .as_ref()
-                .map_or("none".into(), |p| p.display().to_string()),
-            self.control_socket
-                .as_ref()
-                .map_or("off".into(), |p| p.display().to_string()),
+            path_or(&self.state_file, "none"),
+            path_or(&self.control_socket, "off"),
             self.metrics
                 .map_or("off".into(), |a| format!("http://{a}/metrics")),
             self.log_level.as_str().to_ascii_lowercase(),
@@ -115,6 +111,11 @@ pub(super) fn awg_text(p: &AwgParams) -> String {
         p.jc, p.jmin, p.jmax, p.s1, p.s2, p.s3, p.s4, p.h1, p.h2, p.h3, p.h4
     )
 }
+/// A path, or what its absence means.
+pub(super) fn path_or(p: &Option<PathBuf>, none: &str) -> String {
+    p.as_ref().map_or(none.into(), |p| p.display().to_string())
+}
+
 pub(super) fn on_off(on: bool) -> &'static str {
     if on {
         "on"
