@@ -409,20 +409,15 @@ pub(super) fn parse_peer_flag(s: &str) -> Result<PeerSpec, String> {
     };
     let (place, rest) = s.split_once('=').ok_or_else(syntax)?;
     let place = place.trim();
+    let port0 = || format!("{at}: {PORT_0}");
     let listen = if !place.is_empty() && place.bytes().all(|b| b.is_ascii_digit()) {
         let port: u16 = place
             .parse()
             .map_err(|_| format!("{at}: port {place} is out of range (1-65535)"))?;
-        PeerListen::Port(check_port(&at, port).map_err(|_| {
-            format!("{at}: port 0 is not allowed (expected a fixed port 1-65535 that peers can point at)")
-        })?)
+        PeerListen::Port(check_port(&at, port).map_err(|_| port0())?)
     } else {
         match place.parse::<SocketAddr>() {
-            Ok(addr) if addr.port() == 0 => {
-                return Err(format!(
-                    "{at}: port 0 is not allowed (expected a fixed port 1-65535 that peers can point at)"
-                ))
-            }
+            Ok(addr) if addr.port() == 0 => return Err(port0()),
             Ok(addr) => PeerListen::Addr(addr),
             Err(_) => {
                 return Err(format!(

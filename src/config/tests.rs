@@ -798,34 +798,6 @@ fn file_errors_name_the_file_and_are_reported_even_when_overridden() {
 // ---- summary ----
 
 #[test]
-fn summary_open_defaults() {
-    let c = Config {
-        threads: 4,
-        ..Config::default()
-    };
-    assert_eq!(
-        c.summary(),
-        "listen: [::]:51820\n\
-         mode: open (any public key is relayed)\n\
-         servers: none\n\
-         peers: none\n\
-         awg: plain\n\
-         cookie replies: under-load\n\
-         broadcast rate: 1000 handshake initiation copies/s\n\
-         threads: 4\n\
-         backend: auto\n\
-         offload: gso on, gro on\n\
-         steering: on\n\
-         state file: none\n\
-         control socket: /run/wgrelay/control.sock\n\
-         metrics: off\n\
-         log level: info\n\
-         log format: text\n\
-         stats: every 60s"
-    );
-}
-
-#[test]
 fn summary_servers_peers_awg_and_wgproxy_timeout() {
     let awg = awg("jc=4,jmin=40,jmax=70,s1=20");
     let mut peers = vec![
@@ -876,6 +848,7 @@ fn summary_servers_peers_awg_and_wgproxy_timeout() {
 fn summary_lines() {
     #[rustfmt::skip]
     let cases: &[(&[&str], &str)] = &[
+        (&[], "\nmode: open (any public key is relayed)\nservers: none\npeers: none\nawg: plain\n"),
         (&["--listen", "127.0.0.1:1,[::1]:2"], "listen: 127.0.0.1:1, [::1]:2\n"),
         (&["--allow", "K1"], "\nmode: allow-list (1 key)\n"),
         (&["--group", "K1,K2;K2,K3"], "\nmode: groups (2 groups, 3 distinct keys)\n"),
