@@ -26,7 +26,7 @@ use clap::Parser;
 use wgrelay::cli::Cli;
 use wgrelay::config::{Config, ConfigError, MAX_THREADS};
 
-/// The variables clap reads for `RunArgs` (src/cli.rs), but `WGRELAY_CONFIG`: the file is the
+/// The variables clap reads for `RunArgs` (src/config/args.rs), but `WGRELAY_CONFIG`: the file is the
 /// input's other lines.
 const WGRELAY_VARS: [&str; 23] = [
     "WGRELAY_LISTEN",
