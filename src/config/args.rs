@@ -318,65 +318,51 @@ scalar_settings! {
 
 impl Layer {
     pub(super) fn from_args(a: &RunArgs) -> Result<Layer, ConfigError> {
-        let mut listen = a
-            .listen
-            .iter()
-            .map(|s| parse_listen("--listen", s))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(ConfigError::new)?;
+        let mut listen =
+            each(&a.listen, |s| parse_listen("--listen", s)).map_err(ConfigError::new)?;
         let flag = |key: &str| format!("--{}", key.replace('_', "-"));
         listen.extend(check_scalars(&a.scalars, flag, |_, m| ConfigError::new(m))?);
-
-        let allow = a
-            .allow
-            .iter()
-            .map(|s| parse_key("--allow", s))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(ConfigError::new)?;
-
-        let mut groups = Vec::new();
-        for g in &a.group {
-            let keys = g
-                .split(',')
-                .map(|s| parse_key("--group", s))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(ConfigError::new)?;
-            groups.push(check_group("--group", &format!("{g:?}"), keys).map_err(ConfigError::new)?);
-        }
-
-        let servers = servers_from_args(&a.server, &a.server_key).map_err(ConfigError::new)?;
-        let peers = a
-            .peer
-            .iter()
-            .map(|s| parse_peer_flag(s))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(ConfigError::new)?;
-        check_peer_keys(&peers).map_err(ConfigError::new)?;
-        let awg = awg_from_args(&a.awg).map_err(ConfigError::new)?;
-
-        Ok(Layer {
-            listen: non_empty(listen),
-            allow: non_empty(allow),
-            groups: non_empty(groups),
-            servers: non_empty(servers),
-            peers: non_empty(peers),
-            awg,
-            wgproxy_timeout: None,
-            scalars: a.scalars.clone(),
-        })
+        // (checked in the order the flags are documented: the first mistake is reported)
+        let lists = || -> Result<Layer, String> {
+            let allow = each(&a.allow, |s| parse_key("--allow", s))?;
+            let mut groups = Vec::new();
+            for g in &a.group {
+                let keys = g.split(',').map(|s| parse_key("--group", s));
+                groups.push(check_group(
+                    "--group",
+                    &format!("{g:?}"),
+                    keys.collect::<Result<_, _>>()?,
+                )?);
+            }
+            let servers = servers_from_args(&a.server, &a.server_key)?;
+            let peers = each(&a.peer, parse_peer_flag)?;
+            check_peer_keys(&peers)?;
+            Ok(Layer {
+                listen: non_empty(listen),
+                allow: non_empty(allow),
+                groups: non_empty(groups),
+                servers: non_empty(servers),
+                peers: non_empty(peers),
+                awg: awg_from_args(&a.awg)?,
+                wgproxy_timeout: None,
+                scalars: a.scalars.clone(),
+            })
+        };
+        lists().map_err(ConfigError::new)
     }
+}
+
+/// Every item parsed, or the first one's error.
+fn each<T>(items: &[String], parse: impl Fn(&str) -> Result<T, String>) -> Result<Vec<T>, String> {
+    items.iter().map(|s| parse(s)).collect()
 }
 
 /// `--server`/`--server-key` pairs, in order.
 pub(super) fn servers_from_args(addrs: &[String], keys: &[String]) -> Result<Vec<Server>, String> {
-    let addrs = addrs
-        .iter()
-        .map(|s| s.parse::<HostPort>().map_err(|e| format!("--server: {e}")))
-        .collect::<Result<Vec<_>, _>>()?;
-    let keys = keys
-        .iter()
-        .map(|s| parse_key("--server-key", s))
-        .collect::<Result<Vec<_>, _>>()?;
+    let addrs = each(addrs, |s| {
+        s.parse::<HostPort>().map_err(|e| format!("--server: {e}"))
+    })?;
+    let keys = each(keys, |s| parse_key("--server-key", s))?;
     if addrs.len() != keys.len() {
         return Err(format!(
             "--server and --server-key pair up in order, one key per server: got {} and {}",
