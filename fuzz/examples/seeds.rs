@@ -528,6 +528,9 @@ steering = "off"
 state_file = "/var/lib/wgrelay/state"
 log_level = "debug"
 stats_interval = 5
+log_format = "json"
+metrics = "127.0.0.1:9586"
+control_socket = "/run/wgrelay/control.sock"
 
 [[server]]
 address = "vpn-a.example.net:51820"
@@ -567,7 +570,8 @@ h4 = "400000-400999"
         format!(
             "cookie = \"never\"\nWGRELAY_LISTEN=127.0.0.1:5000,[::1]:5000\nWGRELAY_ALLOW={0},{1}\n\
              WGRELAY_GROUP={0},{1};{2},{3}\nWGRELAY_AWG=jc=4,s1=20,h1=100000-100099\n\
-             WGRELAY_THREADS=2\nWGRELAY_STATS_INTERVAL=30\nWGRELAY_DEBUG=1\n",
+             WGRELAY_THREADS=2\nWGRELAY_STATS_INTERVAL=30\nWGRELAY_DEBUG=1\n\
+             WGRELAY_LOG_FORMAT=json\nWGRELAY_METRICS=[::1]:0\nWGRELAY_CONTROL_SOCKET=/tmp/wgrelay-fuzz.sock\n",
             k[0], k[1], k[2], k[3]
         )
         .as_bytes(),

@@ -12,7 +12,7 @@
 //! distinct; groups of at least two distinct keys; threads in 1..=MAX_THREADS; `broadcast_rate`
 //! never `Some(0)`; valid AmneziaWG parameters relay-wide and per peer port; peer ports
 //! non-zero, overlapping neither a listen address nor each other, with distinct keys;
-//! distinct server keys), its durations can be added to `Instant::now()` as `main` does, and
+//! distinct server keys; a control socket path that fits a Unix socket address), its durations can be added to `Instant::now()` as `main` does, and
 //! `summary()` prints it.
 
 use std::collections::HashSet;
@@ -26,9 +26,9 @@ use clap::Parser;
 use wgrelay::cli::Cli;
 use wgrelay::config::{Config, ConfigError, MAX_THREADS};
 
-/// The variables clap reads for `RunArgs` (src/cli.rs), but `WGRELAY_CONFIG`: the file is the
+/// The variables clap reads for `RunArgs` (src/config/args.rs), but `WGRELAY_CONFIG`: the file is the
 /// input's other lines.
-const WGRELAY_VARS: [&str; 20] = [
+const WGRELAY_VARS: [&str; 23] = [
     "WGRELAY_LISTEN",
     "WGRELAY_ALLOW",
     "WGRELAY_GROUP",
@@ -49,6 +49,9 @@ const WGRELAY_VARS: [&str; 20] = [
     "WGRELAY_STATS_INTERVAL",
     "WGRELAY_BIND",
     "WGRELAY_PORT",
+    "WGRELAY_LOG_FORMAT",
+    "WGRELAY_METRICS",
+    "WGRELAY_CONTROL_SOCKET",
 ];
 
 const WGPROXY_VARS: [&str; 5] = [
@@ -130,6 +133,10 @@ fn check_config(c: &Config) {
         c.servers.len(),
         "a server key given twice"
     );
+    if let Some(path) = &c.control_socket {
+        let len = path.as_os_str().len();
+        assert!((1..=107).contains(&len), "control socket {path:?}");
+    }
     // What main and the shards do with the durations.
     let now = Instant::now();
     for d in [c.stats_interval, c.wgproxy_timeout].into_iter().flatten() {

@@ -15,7 +15,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
 use super::*;
@@ -85,15 +85,16 @@ impl Cli {
     }
 }
 
-/// Log verbosity as spelled on the command line and in the config file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogLevel {
-    Error,
-    Warn,
-    Info,
-    Debug,
-    Trace,
+choices! {
+    /// Log verbosity as spelled on the command line and in the config file.
+    #[derive(PartialOrd, Ord)]
+    LogLevel {
+        Error = "error",
+        Warn = "warn",
+        Info = "info",
+        Debug = "debug",
+        Trace = "trace",
+    }
 }
 
 impl From<LogLevel> for log::LevelFilter {
@@ -317,65 +318,51 @@ scalar_settings! {
 
 impl Layer {
     pub(super) fn from_args(a: &RunArgs) -> Result<Layer, ConfigError> {
-        let mut listen = a
-            .listen
-            .iter()
-            .map(|s| parse_listen("--listen", s))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(ConfigError::new)?;
+        let mut listen =
+            each(&a.listen, |s| parse_listen("--listen", s)).map_err(ConfigError::new)?;
         let flag = |key: &str| format!("--{}", key.replace('_', "-"));
         listen.extend(check_scalars(&a.scalars, flag, |_, m| ConfigError::new(m))?);
-
-        let allow = a
-            .allow
-            .iter()
-            .map(|s| parse_key("--allow", s))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(ConfigError::new)?;
-
-        let mut groups = Vec::new();
-        for g in &a.group {
-            let keys = g
-                .split(',')
-                .map(|s| parse_key("--group", s))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(ConfigError::new)?;
-            groups.push(check_group("--group", &format!("{g:?}"), keys).map_err(ConfigError::new)?);
-        }
-
-        let servers = servers_from_args(&a.server, &a.server_key).map_err(ConfigError::new)?;
-        let peers = a
-            .peer
-            .iter()
-            .map(|s| parse_peer_flag(s))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(ConfigError::new)?;
-        check_peer_keys(&peers).map_err(ConfigError::new)?;
-        let awg = awg_from_args(&a.awg).map_err(ConfigError::new)?;
-
-        Ok(Layer {
-            listen: non_empty(listen),
-            allow: non_empty(allow),
-            groups: non_empty(groups),
-            servers: non_empty(servers),
-            peers: non_empty(peers),
-            awg,
-            wgproxy_timeout: None,
-            scalars: a.scalars.clone(),
-        })
+        // (checked in the order the flags are documented: the first mistake is reported)
+        let lists = || -> Result<Layer, String> {
+            let allow = each(&a.allow, |s| parse_key("--allow", s))?;
+            let mut groups = Vec::new();
+            for g in &a.group {
+                let keys = g.split(',').map(|s| parse_key("--group", s));
+                groups.push(check_group(
+                    "--group",
+                    &format!("{g:?}"),
+                    keys.collect::<Result<_, _>>()?,
+                )?);
+            }
+            let servers = servers_from_args(&a.server, &a.server_key)?;
+            let peers = each(&a.peer, parse_peer_flag)?;
+            check_peer_keys(&peers)?;
+            Ok(Layer {
+                listen: non_empty(listen),
+                allow: non_empty(allow),
+                groups: non_empty(groups),
+                servers: non_empty(servers),
+                peers: non_empty(peers),
+                awg: awg_from_args(&a.awg)?,
+                wgproxy_timeout: None,
+                scalars: a.scalars.clone(),
+            })
+        };
+        lists().map_err(ConfigError::new)
     }
+}
+
+/// Every item parsed, or the first one's error.
+fn each<T>(items: &[String], parse: impl Fn(&str) -> Result<T, String>) -> Result<Vec<T>, String> {
+    items.iter().map(|s| parse(s)).collect()
 }
 
 /// `--server`/`--server-key` pairs, in order.
 pub(super) fn servers_from_args(addrs: &[String], keys: &[String]) -> Result<Vec<Server>, String> {
-    let addrs = addrs
-        .iter()
-        .map(|s| s.parse::<HostPort>().map_err(|e| format!("--server: {e}")))
-        .collect::<Result<Vec<_>, _>>()?;
-    let keys = keys
-        .iter()
-        .map(|s| parse_key("--server-key", s))
-        .collect::<Result<Vec<_>, _>>()?;
+    let addrs = each(addrs, |s| {
+        s.parse::<HostPort>().map_err(|e| format!("--server: {e}"))
+    })?;
+    let keys = each(keys, |s| parse_key("--server-key", s))?;
     if addrs.len() != keys.len() {
         return Err(format!(
             "--server and --server-key pair up in order, one key per server: got {} and {}",
@@ -408,20 +395,15 @@ pub(super) fn parse_peer_flag(s: &str) -> Result<PeerSpec, String> {
     };
     let (place, rest) = s.split_once('=').ok_or_else(syntax)?;
     let place = place.trim();
+    let port0 = || format!("{at}: {PORT_0}");
     let listen = if !place.is_empty() && place.bytes().all(|b| b.is_ascii_digit()) {
         let port: u16 = place
             .parse()
             .map_err(|_| format!("{at}: port {place} is out of range (1-65535)"))?;
-        PeerListen::Port(check_port(&at, port).map_err(|_| {
-            format!("{at}: port 0 is not allowed (expected a fixed port 1-65535 that peers can point at)")
-        })?)
+        PeerListen::Port(check_port(&at, port).map_err(|_| port0())?)
     } else {
         match place.parse::<SocketAddr>() {
-            Ok(addr) if addr.port() == 0 => {
-                return Err(format!(
-                    "{at}: port 0 is not allowed (expected a fixed port 1-65535 that peers can point at)"
-                ))
-            }
+            Ok(addr) if addr.port() == 0 => return Err(port0()),
             Ok(addr) => PeerListen::Addr(addr),
             Err(_) => {
                 return Err(format!(
@@ -558,9 +540,17 @@ pub(super) fn env_clap_error(
     match (var, on_argv) {
         (Some(var), false) => match std::env::var_os(&var) {
             Some(value) => {
-                let why = std::error::Error::source(&e)
-                    .map(|s| s.to_string())
-                    .unwrap_or_else(|| "invalid value".to_string());
+                // a value parser says why; a fixed set of values (clap's value_enum) lists them
+                let why = match (
+                    std::error::Error::source(&e),
+                    e.get(ContextKind::ValidValue),
+                ) {
+                    (Some(source), _) => source.to_string(),
+                    (None, Some(ContextValue::Strings(valid))) => {
+                        format!("expected one of {}", valid.join(", "))
+                    }
+                    _ => "invalid value".to_string(),
+                };
                 Err(format!(
                     "{var}={}: invalid value for {arg}: {why}",
                     value.to_string_lossy()

@@ -97,45 +97,28 @@ impl Config {
             true,
             moved(&awg_text(&self.awg), &awg_text(&new.awg)),
         );
-        push("cookie", true, moved(&self.cookie, &new.cookie));
-        let rate = |r: Option<u32>| r.map_or("unlimited".into(), |r| r.to_string());
-        let (r0, r1) = (rate(self.broadcast_rate), rate(new.broadcast_rate));
-        push("broadcast_rate", true, moved(&r0, &r1));
-        let level = |l: log::LevelFilter| l.as_str().to_ascii_lowercase();
-        let (l0, l1) = (level(self.log_level), level(new.log_level));
-        push("log_level", true, moved(&l0, &l1));
-        push(
-            "log_format",
-            false,
-            moved(&self.log_format, &new.log_format),
-        );
-        let every = |d: Option<Duration>| d.map_or("off".into(), |d| format!("{}s", d.as_secs()));
-        let (s0, s1) = (every(self.stats_interval), every(new.stats_interval));
-        push("stats_interval", true, moved(&s0, &s1));
-        // restart-only: they shape the threads and sockets the relay was started with
-        push("threads", false, moved(&self.threads, &new.threads));
-        push("backend", false, moved(&self.backend, &new.backend));
-        push("gso", false, moved(&on_off(self.gso), &on_off(new.gso)));
-        push("gro", false, moved(&on_off(self.gro), &on_off(new.gro)));
-        let (t0, t1) = (on_off(self.steering), on_off(new.steering));
-        push("steering", false, moved(&t0, &t1));
-        let path = |p: &Option<PathBuf>, none: &str| {
-            p.as_ref()
-                .map_or(none.to_string(), |p| p.display().to_string())
-        };
-        let (p0, p1) = (
-            path(&self.state_file, "none"),
-            path(&new.state_file, "none"),
-        );
-        push("state_file", false, moved(&p0, &p1));
-        let (c0, c1) = (
-            path(&self.control_socket, "off"),
-            path(&new.control_socket, "off"),
-        );
-        push("control_socket", false, moved(&c0, &c1));
-        let addr = |a: Option<SocketAddr>| a.map_or("off".into(), |a| a.to_string());
-        let (m0, m1) = (addr(self.metrics), addr(new.metrics));
-        push("metrics", false, moved(&m0, &m1));
+        // (setting, live, its value as shown)
+        type Shown = fn(&Config) -> String;
+        #[rustfmt::skip]
+        let single: [(&'static str, bool, Shown); 13] = [
+            ("cookie", true, |c| c.cookie.to_string()),
+            ("broadcast_rate", true, |c| c.broadcast_rate.map_or("unlimited".into(), |r| r.to_string())),
+            ("log_level", true, |c| c.log_level.as_str().to_ascii_lowercase()),
+            ("log_format", false, |c| c.log_format.to_string()),
+            ("stats_interval", true, |c| c.stats_interval.map_or("off".into(), |d| format!("{}s", d.as_secs()))),
+            // restart-only: they shape the threads and sockets the relay was started with
+            ("threads", false, |c| c.threads.to_string()),
+            ("backend", false, |c| c.backend.to_string()),
+            ("gso", false, |c| on_off(c.gso).into()),
+            ("gro", false, |c| on_off(c.gro).into()),
+            ("steering", false, |c| on_off(c.steering).into()),
+            ("state_file", false, |c| path_or(&c.state_file, "none")),
+            ("control_socket", false, |c| path_or(&c.control_socket, "off")),
+            ("metrics", false, |c| c.metrics.map_or("off".into(), |a| a.to_string())),
+        ];
+        for (setting, live, shown) in single {
+            push(setting, live, moved(&shown(self), &shown(new)));
+        }
         Diff { changes }
     }
 }

@@ -1,130 +1,24 @@
-//! One validated [`Config`] from the configuration file, the environment and
-//! the command line: [`load`] builds it from argv, [`Config::diff`] compares two.
+//! One validated [`Config`] from the configuration file, the environment and the command
+//! line: [`load`] builds it from argv, [`Config::diff`] compares two.
 //!
-//! Sources, one file each: `args` (clap; the single-valued settings are declared once, in
-//! its `scalar_settings!` list), `file` (TOML), `wgproxy` (`WGPROXY_*`); `validate` holds
-//! the checks every source shares, `summary` the printed form, `diff` what a reload changes.
+//! Sources, one file each: `args` (clap; the single-valued settings are declared once, in its
+//! `scalar_settings!` list), `file` (TOML), `wgproxy` (`WGPROXY_*`); `validate` holds the checks
+//! every source shares, `summary` the printed form, `diff` what a reload changes. Each setting
+//! is described once, in its flag's help; README.md has the rules and packaging/wgrelay.toml a
+//! commented file.
 //!
-//! Precedence for every setting: command-line flag > `WGRELAY_*` environment
-//! variable (clap merges these two) > configuration file > wgproxy's
-//! `WGPROXY_*` variables (see below) > built-in default.
-//! List settings (`listen`, `allow`, `group`, `server`, `peer`) are taken whole
-//! from the first source that gives any value: flags/env replace the file's list
-//! entirely. The AmneziaWG parameters (`awg`) are one setting too: `--awg` (or
-//! `WGRELAY_AWG`) replaces the file's `[awg]` table whole, keys it does not give
-//! are plain WireGuard values, not the file's.
+//! Precedence: flag > `WGRELAY_*` variable (clap merges these two) > file > wgproxy's
+//! `WGPROXY_*` variables (only when `WGPROXY_SERVER` and `WGPROXY_PUBKEY` are both set) >
+//! default. A list setting (`listen`, `allow`, `group`, `server`, `peer`, and `awg` as one
+//! set of parameters) is taken whole from the first source that gives any of it. The wpex-style
+//! `bind`/`port` pair belongs to `listen`: either one defines `bind:port` (`[::]`, 40000 when
+//! absent), added after that source's `listen` values.
 //!
-//! The wpex-style `bind`/`port` pair belongs to the `listen` setting: if
-//! either is given, they define one address `bind:port` (bind absent or `""`
-//! → `[::]`, port absent → 40000) that is added after that source's `listen`
-//! values. So `--port 40001` on the command line replaces the file's listen
-//! addresses (and `bind`/`port`) just like `--listen` would.
-//!
-//! Every value from every source is validated, even one that a higher
-//! precedence source overrides, so `check-config` reports all mistakes.
-//! Checks that relate values to each other (a peer port against the listen
-//! addresses) apply to the effective configuration.
-//!
-//! # Proxy servers
-//!
-//! `--server HOST:PORT` with `--server-key PUBKEY`, repeatable and paired in
-//! order (`WGRELAY_SERVER` / `WGRELAY_SERVER_KEY`: comma-separated lists, paired
-//! the same way), or `[[server]]` tables with `address` and `public_key`. HOST
-//! is an IP address (IPv6 in brackets) or a DNS name. Each key chooses one
-//! server: a key given twice is an error.
-//!
-//! # Port-per-peer responders
-//!
-//! `--peer [ADDR:]PORT=PUBKEY[@ENDPOINT]` (repeatable, comma-separated lists
-//! accepted, `WGRELAY_PEER`), ENDPOINT being `IP:PORT` or `uapi:DEVICE`; or
-//! `[[peer]]` tables. A bare PORT (`port = N`) is bound on the host of the first
-//! effective `listen` address; `ADDR:PORT` (`listen = "ADDR:PORT"`) is taken
-//! whole. A peer port may not be 0, nor overlap a relay listen address or
-//! another peer's port (same port on the same address, or on a wildcard address
-//! covering it), and two peers may not share a key. Per-peer AmneziaWG
-//! parameters exist only in the file, as an `awg` sub-table of the `[[peer]]`
-//! (the same keys as `[awg]`); without one a peer port uses the relay-wide
-//! `awg`.
-//!
-//! # AmneziaWG
-//!
-//! `[awg]` (and a peer's `awg`) takes `jc`, `jmin`, `jmax`, `s1`..`s4`
-//! (integers) and `h1`..`h4` (an integer or a `"N-M"` range string); awg-quick
-//! spellings (`Jc`, `H1`) are accepted too. `--awg KEY=VALUE` (repeatable,
-//! comma-separated lists accepted) and `WGRELAY_AWG="jc=4,s1=20,..."` take the
-//! same keys. The set is validated as [`crate::wire::awg::Params::validate`]
-//! says and must fit the relay's datagram buffers; AWG 3 header protection
-//! (`header_protection_key`) cannot be relayed and is an error.
-//!
-//! # wgproxy compatibility
-//!
-//! wgproxy is configured by the environment alone, and so `wgrelay` with no
-//! arguments behaves as wgproxy when its variables are set:
-//!
-//! - `WGPROXY_SERVER` (`HOST:PORT`) and `WGPROXY_PUBKEY` (base64) add one proxy
-//!   server. Both or neither: one without the other is an error, and so is any
-//!   other `WGPROXY_*` variable below without them.
-//! - `WGPROXY_LISTEN` (default `[::]:51820`) is the listen address.
-//! - `WGPROXY_TIMEOUT` (seconds, a positive integer, default 60) was wgproxy's
-//!   idle expiry of a NAT mapping. wgrelay expires sessions by WireGuard's own
-//!   timers instead; the value is validated, kept in
-//!   [`Config::wgproxy_timeout`] and reported as superseded.
-//! - `WGPROXY_LOGLEVEL`: 0 error, 1 warn (wgproxy's default, and ours when
-//!   wgproxy's variables are used), 2 info, 3 debug.
-//!
-//! They form the lowest-precedence source: anything the command line, the
-//! `WGRELAY_*` variables or the configuration file set wins (`--listen`
-//! replaces `WGPROXY_LISTEN`, `--server` replaces the `WGPROXY_SERVER` server,
-//! `--log-level` replaces `WGPROXY_LOGLEVEL`).
-//!
-//! # Configuration file (TOML, every key optional, unknown keys are errors)
-//!
-//! ```toml
-//! listen = ["[::]:51820"]
-//! allow = ["base64key=", "..."]
-//! groups = [["k1", "k2"], ["k3", "k4"]]
-//! cookie = "under-load"        # always | under-load | never
-//! broadcast_rate = 1000        # 0 = unlimited
-//! threads = 2
-//! backend = "auto"             # auto | uring | mmsg
-//! gso = "on"                   # on | off: UDP GSO sends
-//! state_file = "/var/lib/wgrelay/state"  # keep confirmed sessions across a restart
-//! gro = "on"                   # on | off: UDP GRO receives
-//! steering = "on"              # on | off: steer packets to their owner shard in the kernel
-//! log_level = "info"           # error | warn | info | debug | trace
-//! stats_interval = 60          # seconds, 0 = off
-//! log_format = "text"          # text | json
-//! metrics = "127.0.0.1:9586"   # Prometheus /metrics over HTTP (default: off)
-//! control_socket = "/run/wgrelay/control.sock"  # for show/reload; "off" = none
-//! bind = "0.0.0.0"             # wpex style, same rule as the flags
-//! port = 40000
-//!
-//! # Proxy mode: one table per WireGuard server behind the relay.
-//! # [[server]]
-//! # address = "vpn.example.net:51820"   # HOST:PORT, IPv6 as [ADDR]:PORT
-//! # public_key = "base64key="
-//!
-//! # Port-per-peer mode: one table per responder with its own relay port.
-//! # [[peer]]
-//! # port = 10001                        # on the host of the first listen address,
-//! # # listen = "192.0.2.1:10001"        # or a whole address (exactly one of the two)
-//! # public_key = "base64key="
-//! # endpoint = "198.51.100.7:51820"     # optional fixed IP:PORT, or:
-//! # # uapi = "wg0"                      # optional device name or absolute socket path
-//! # awg = { jc = 4, jmin = 40, jmax = 70, s1 = 20, s2 = 30, h1 = 123456, h2 = 234567, h3 = 345678, h4 = 456789 }
-//!
-//! # AmneziaWG framing of every listener without its own (default: plain WireGuard).
-//! # [awg]
-//! # jc = 4
-//! # jmin = 40
-//! # jmax = 70
-//! # s1 = 20
-//! # s2 = 30
-//! # h1 = "100000-100099"                # an integer, or a "N-M" range
-//! # h2 = 200000
-//! # h3 = 300000
-//! # h4 = 400000
-//! ```
+//! Every value of every source is validated, even one a higher source overrides, so
+//! `check-config` reports every mistake; checks that relate values to each other (a peer port
+//! against the listen addresses, cookie replies against the AmneziaWG framing) apply to the
+//! effective configuration. An error is one line that names the value as the operator wrote
+//! it (`--listen "x"`, `WGRELAY_THREADS=0`, `config file F: line N: ...`).
 
 use std::collections::HashSet;
 use std::fmt;
@@ -141,6 +35,28 @@ use crate::key::PublicKey;
 use crate::upstream::resolve::HostPort;
 use crate::wire::awg::Params as AwgParams;
 
+/// Enums of fixed spellings, each spelling given once for the flag (clap), the file (serde)
+/// and `as_str`/`Display`.
+macro_rules! choices {
+    ($( $(#[$m:meta])* $name:ident { $( $(#[$vm:meta])* $v:ident = $s:literal, )* } )*) => { $(
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, Deserialize)]
+        pub enum $name { $( $(#[$vm])* #[value(name = $s)] #[serde(rename = $s)] $v, )* }
+
+        impl $name {
+            pub fn as_str(self) -> &'static str {
+                match self { $( $name::$v => $s, )* }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    )* };
+}
+
 pub mod args;
 mod diff;
 mod file;
@@ -152,7 +68,7 @@ mod wgproxy;
 
 pub use args::{Cli, Command, LogLevel, Mode, RunArgs, Scalars};
 pub use diff::{Change, Diff};
-use summary::{awg_text, on_off, plural};
+use summary::{awg_text, on_off, path_or, plural};
 use validate::*;
 
 /// Listen address when no source gives one.
@@ -162,16 +78,9 @@ pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSP
 /// (wpex's default port).
 pub const WPEX_DEFAULT_PORT: u16 = 40000;
 
-/// Default cap on handshake-initiation copies per second sent by fan-out.
-///
-/// Finite by default because fan-out amplifies: a handshake initiation whose
-/// destination the relay cannot yet tell is copied to every candidate peer,
-/// and in open mode (no allow-list, no groups) anyone can send initiations,
-/// with spoofed source addresses, so one small packet from an attacker would
-/// otherwise turn into as many packets as there are peers, towards those peers.
-/// 1000 copies per second is far above what legitimate peers need (each peer
-/// starts a handshake at most every few seconds) while bounding the damage.
-/// `0` (flag, env or file) lifts the cap, as in wpex.
+/// Default cap on handshake-initiation copies per second sent by fan-out: finite because
+/// fan-out amplifies (in open mode one spoofed initiation is copied to every candidate peer),
+/// and far above what real peers need (a handshake every few seconds each). `0` lifts it.
 pub const DEFAULT_BROADCAST_RATE: u32 = 1000;
 
 /// Seconds between statistics log lines when not configured.
@@ -197,101 +106,52 @@ pub const AWG_KEYS: &[&str] = &[
     "jc", "jmin", "jmax", "s1", "s2", "s3", "s4", "h1", "h2", "h3", "h4",
 ];
 
-/// wgproxy's listen address when `WGPROXY_LISTEN` is not set.
-pub const WGPROXY_DEFAULT_LISTEN: SocketAddr = DEFAULT_LISTEN;
-
-/// When the relay answers handshake initiations with cookie replies instead
-/// of forwarding them (WireGuard's DoS protection).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, clap::ValueEnum, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CookieMode {
-    /// Always require a valid cookie (mac2).
-    Always,
-    /// Require a cookie only while the relay is under load.
-    #[default]
-    UnderLoad,
-    /// Never send cookie replies.
-    Never,
-}
-
-impl CookieMode {
-    /// The spelling used on the command line and in the config file.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CookieMode::Always => "always",
-            CookieMode::UnderLoad => "under-load",
-            CookieMode::Never => "never",
-        }
+choices! {
+    /// When the relay answers handshake initiations with cookie replies instead of forwarding
+    /// them (WireGuard's DoS protection).
+    #[derive(Default)]
+    CookieMode {
+        /// Always require a valid cookie (mac2).
+        Always = "always",
+        /// Require a cookie only while the relay is under load.
+        #[default]
+        UnderLoad = "under-load",
+        /// Never send cookie replies.
+        Never = "never",
     }
-}
 
-impl fmt::Display for CookieMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+    /// Which datagram I/O backend the shards use (see [`crate::relay`] for how `auto` resolves).
+    #[derive(Default)]
+    BackendChoice {
+        /// io_uring where it can run, else mmsg (one log line says why).
+        #[default]
+        Auto = "auto",
+        /// io_uring; refuse to start where it cannot run.
+        Uring = "uring",
+        /// poll + recvmmsg/sendmmsg; runs on any Linux.
+        Mmsg = "mmsg",
     }
-}
 
-/// Which datagram I/O backend the shards use (see [`crate::relay`] for how `auto` resolves).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, clap::ValueEnum, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum BackendChoice {
-    /// io_uring where it can run, else mmsg (one log line says why).
-    #[default]
-    Auto,
-    /// io_uring; refuse to start where it cannot run.
-    Uring,
-    /// poll + recvmmsg/sendmmsg; runs on any Linux.
-    Mmsg,
-}
-
-impl BackendChoice {
-    /// The spelling used on the command line and in the config file.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BackendChoice::Auto => "auto",
-            BackendChoice::Uring => "uring",
-            BackendChoice::Mmsg => "mmsg",
-        }
+    /// An on/off setting (`--gso`, `--gro`, `--steering`).
+    Switch {
+        On = "on",
+        Off = "off",
     }
-}
 
-impl fmt::Display for BackendChoice {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+    /// How log lines are written (`--log-format`).
+    #[derive(Default)]
+    LogFormat {
+        /// Plain lines (with syslog priority prefixes when stderr is the journal).
+        #[default]
+        Text = "text",
+        /// One JSON object per line.
+        Json = "json",
     }
-}
-
-/// An on/off setting (`--gso`, `--gro`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Switch {
-    On,
-    Off,
 }
 
 impl Switch {
     pub fn is_on(self) -> bool {
         self == Switch::On
-    }
-}
-
-/// How log lines are written (`--log-format`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, clap::ValueEnum, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Plain lines (with syslog priority prefixes when stderr is the journal).
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
-impl fmt::Display for LogFormat {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            LogFormat::Text => "text",
-            LogFormat::Json => "json",
-        })
     }
 }
 

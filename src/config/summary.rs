@@ -24,78 +24,56 @@ impl Config {
             }
             parts.join(" + ")
         };
-        let rate = match self.broadcast_rate {
-            Some(pps) => format!("{pps} handshake initiation copies/s"),
-            None => "unlimited".to_string(),
+        let servers: Vec<String> = (self.servers.iter())
+            .map(|s| format!("{} -> {}", abbrev(&s.key), s.addr))
+            .collect();
+        let peers: Vec<String> = (self.peers.iter())
+            .map(|p| {
+                let mut how = match (&p.endpoint, &p.uapi) {
+                    (Some(e), _) => format!("endpoint {e}"),
+                    (None, Some(dev)) => format!("uapi {dev}"),
+                    (None, None) => "learned".to_string(),
+                };
+                if let Some(awg) = &p.awg {
+                    how.push_str(&format!(", awg {}", awg_text(awg)));
+                }
+                format!("{} -> {} ({how})", p.listen, abbrev(&p.key))
+            })
+            .collect();
+        let none = |v: Vec<String>| {
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.join(", ")
+            }
         };
-        let stats = match self.stats_interval {
-            Some(d) => format!("every {}s", d.as_secs()),
-            None => "off".to_string(),
-        };
-        let servers = if self.servers.is_empty() {
-            "none".to_string()
-        } else {
-            let parts: Vec<String> = self
-                .servers
-                .iter()
-                .map(|s| format!("{} -> {}", abbrev(&s.key), s.addr))
-                .collect();
-            parts.join(", ")
-        };
-        let peers = if self.peers.is_empty() {
-            "none".to_string()
-        } else {
-            let parts: Vec<String> = self
-                .peers
-                .iter()
-                .map(|p| {
-                    let mut how = match (&p.endpoint, &p.uapi) {
-                        (Some(e), _) => format!("endpoint {e}"),
-                        (None, Some(dev)) => format!("uapi {dev}"),
-                        (None, None) => "learned".to_string(),
-                    };
-                    if let Some(awg) = &p.awg {
-                        how.push_str(&format!(", awg {}", awg_text(awg)));
-                    }
-                    format!("{} -> {} ({how})", p.listen, abbrev(&p.key))
-                })
-                .collect();
-            parts.join(", ")
-        };
-        let wgproxy = match self.wgproxy_timeout {
-            Some(t) => format!(
-                "\nwgproxy timeout: {}s (WGPROXY_TIMEOUT, superseded: sessions expire by WireGuard's own timers)",
-                t.as_secs()
-            ),
-            None => String::new(),
-        };
-        format!(
-            "listen: {}\nmode: {}\nservers: {}\npeers: {}\nawg: {}\ncookie replies: {}\nbroadcast rate: {}\nthreads: {}\nbackend: {}\noffload: gso {}, gro {}\nsteering: {}\nstate file: {}\ncontrol socket: {}\nmetrics: {}\nlog level: {}\nlog format: {}\nstats: {}{}",
-            listen.join(", "),
-            mode,
-            servers,
-            peers,
-            awg_text(&self.awg),
-            self.cookie,
-            rate,
-            self.threads,
-            self.backend,
-            on_off(self.gso),
-            on_off(self.gro),
-            on_off(self.steering),
-            self.state_file
-                .as_ref()
-                .map_or("none".into(), |p| p.display().to_string()),
-            self.control_socket
-                .as_ref()
-                .map_or("off".into(), |p| p.display().to_string()),
-            self.metrics
-                .map_or("off".into(), |a| format!("http://{a}/metrics")),
-            self.log_level.as_str().to_ascii_lowercase(),
-            self.log_format,
-            stats,
-            wgproxy,
-        )
+        #[rustfmt::skip]
+        let mut lines = vec![
+            ("listen", listen.join(", ")),
+            ("mode", mode),
+            ("servers", none(servers)),
+            ("peers", none(peers)),
+            ("awg", awg_text(&self.awg)),
+            ("cookie replies", self.cookie.to_string()),
+            ("broadcast rate", self.broadcast_rate.map_or("unlimited".into(), |pps| format!("{pps} handshake initiation copies/s"))),
+            ("threads", self.threads.to_string()),
+            ("backend", self.backend.to_string()),
+            ("offload", format!("gso {}, gro {}", on_off(self.gso), on_off(self.gro))),
+            ("steering", on_off(self.steering).into()),
+            ("state file", path_or(&self.state_file, "none")),
+            ("control socket", path_or(&self.control_socket, "off")),
+            ("metrics", self.metrics.map_or("off".into(), |a| format!("http://{a}/metrics"))),
+            ("log level", self.log_level.as_str().to_ascii_lowercase()),
+            ("log format", self.log_format.to_string()),
+            ("stats", self.stats_interval.map_or("off".into(), |d| format!("every {}s", d.as_secs()))),
+        ];
+        if let Some(t) = self.wgproxy_timeout {
+            let superseded =
+                "(WGPROXY_TIMEOUT, superseded: sessions expire by WireGuard's own timers)";
+            lines.push(("wgproxy timeout", format!("{}s {superseded}", t.as_secs())));
+        }
+        let lines: Vec<String> = lines.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        lines.join("\n")
     }
 }
 
@@ -115,6 +93,11 @@ pub(super) fn awg_text(p: &AwgParams) -> String {
         p.jc, p.jmin, p.jmax, p.s1, p.s2, p.s3, p.s4, p.h1, p.h2, p.h3, p.h4
     )
 }
+/// A path, or what its absence means.
+pub(super) fn path_or(p: &Option<PathBuf>, none: &str) -> String {
+    p.as_ref().map_or(none.into(), |p| p.display().to_string())
+}
+
 pub(super) fn on_off(on: bool) -> &'static str {
     if on {
         "on"

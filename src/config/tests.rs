@@ -1,3 +1,7 @@
+//! Most cases are table rows: argv or TOML text → the expected error (exact, or with `*`
+//! matching anything) or the expected change from `Config::default()`. `K1`..`K9` in any
+//! argv, TOML text or expected message stand for the test keys 1..9.
+
 use super::*;
 use crate::cli::{Cli, Mode};
 use clap::{CommandFactory, Parser};
@@ -5,9 +9,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{RwLock, RwLockReadGuard};
 
-/// clap reads the process environment, which is global: every test that
-/// parses argv holds this for reading; the one env test holds it for
-/// writing while it changes `WGRELAY_*` variables.
+/// clap reads the process environment, which is global: every test that parses argv holds
+/// this for reading; the one env test holds it for writing while it changes variables.
 static ENV_LOCK: RwLock<()> = RwLock::new(());
 
 fn env_read() -> RwLockReadGuard<'static, ()> {
@@ -23,15 +26,38 @@ fn k(i: u8) -> String {
     key(i).to_string()
 }
 
+/// `K1`..`K9` replaced by the test keys.
+fn keys(s: &str) -> String {
+    (1..=9).fold(s.to_string(), |s, i| s.replace(&format!("K{i}"), &k(i)))
+}
+
 fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
+}
+
+/// `text` is `pattern`, each `*` of which matches any run of characters.
+fn glob(text: &str, pattern: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if parts.len() == 1 {
+        return text == pattern;
+    }
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    for p in &parts[1..parts.len() - 1] {
+        match rest.find(p) {
+            Some(i) => rest = &rest[i + p.len()..],
+            None => return false,
+        }
+    }
+    rest.ends_with(last)
 }
 
 fn try_parse_with_env_held(
     argv: &[&str],
 ) -> Result<(Mode, Result<Config, ConfigError>), clap::Error> {
-    let mut full = vec!["wgrelay"];
-    full.extend_from_slice(argv);
+    let full = std::iter::once("wgrelay".to_string()).chain(argv.iter().map(|a| keys(a)));
     let (mode, args) = Cli::try_parse_from(full)?.into_parts();
     Ok((mode, Config::from_args(&args)))
 }
@@ -49,8 +75,7 @@ fn parse(argv: &[&str]) -> Config {
     }
 }
 
-/// Parses argv, which clap must accept and config must reject; returns
-/// the message.
+/// The one-line message of argv that clap accepts and the configuration refuses.
 fn parse_err(argv: &[&str]) -> String {
     match try_parse(argv).unwrap_or_else(|e| panic!("clap rejected {argv:?}: {e}")) {
         (_, Ok(c)) => panic!("config accepted {argv:?}: {c:?}"),
@@ -58,6 +83,62 @@ fn parse_err(argv: &[&str]) -> String {
             let msg = e.to_string();
             assert!(!msg.contains('\n'), "multi-line error: {msg}");
             msg
+        }
+    }
+}
+
+fn toml(text: &str) -> Result<Config, ConfigError> {
+    Config::from_toml_str(&keys(text))
+}
+
+/// `Config::from_toml_str`'s error, which must be one line.
+fn toml_err(text: &str) -> String {
+    let e = toml(text).unwrap_err().to_string();
+    assert!(!e.contains('\n'), "multi-line error: {e}");
+    e
+}
+
+/// A change to the default configuration: what a table row expects.
+type Edit = fn(&mut Config);
+
+fn edited(edit: Edit) -> Config {
+    let mut c = Config::default();
+    edit(&mut c);
+    c
+}
+
+fn flag_values(cases: &[(&[&str], Edit)]) {
+    for (argv, edit) in cases {
+        assert_eq!(parse(argv), edited(*edit), "{argv:?}");
+    }
+}
+
+fn toml_values(cases: &[(&str, Edit)]) {
+    for (text, edit) in cases {
+        assert_eq!(toml(text).unwrap(), edited(*edit), "{text}");
+    }
+}
+
+fn flag_errors(cases: &[(&[&str], &str)]) {
+    for (argv, want) in cases {
+        let e = parse_err(argv);
+        assert!(glob(&e, &keys(want)), "{argv:?}:\n got {e}\nwant {want}");
+    }
+}
+
+fn toml_errors(cases: &[(&str, &str)]) {
+    for (text, want) in cases {
+        let e = toml_err(text);
+        assert!(glob(&e, &keys(want)), "{text:?}:\n got {e}\nwant {want}");
+    }
+}
+
+/// argv that clap itself refuses, its message containing each of the strings.
+fn clap_errors(cases: &[(&[&str], &[&str])]) {
+    for (argv, parts) in cases {
+        let e = try_parse(argv).unwrap_err().to_string();
+        for p in *parts {
+            assert!(e.contains(p), "{argv:?}: {e}");
         }
     }
 }
@@ -73,7 +154,7 @@ impl TempFile {
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
         ));
-        std::fs::write(&path, contents).unwrap();
+        std::fs::write(&path, keys(contents)).unwrap();
         TempFile(path)
     }
 
@@ -88,17 +169,48 @@ impl Drop for TempFile {
     }
 }
 
-fn file_err(contents: &str) -> (TempFile, String) {
-    let f = TempFile::new(contents);
-    let msg = parse_err(&["--config", f.path()]);
-    assert!(
-        msg.starts_with(&format!("config file {}: ", f.path())),
-        "{msg}"
-    );
-    (f, msg)
+fn server(addr: &str, i: u8) -> Server {
+    Server {
+        addr: addr.parse().unwrap(),
+        key: key(i),
+    }
+}
+
+fn port_peer(listen: &str, i: u8) -> PortPeer {
+    PortPeer {
+        listen: sa(listen),
+        key: key(i),
+        endpoint: None,
+        uapi: None,
+        awg: None,
+    }
+}
+
+fn awg(text: &str) -> AwgParams {
+    let mut p = AwgParams::plain();
+    for item in text.split(',') {
+        let (key, value) = item.split_once('=').unwrap();
+        p.set(key, value).unwrap();
+    }
+    p
 }
 
 // ---- command line structure ----
+
+#[test]
+fn glob_matches_only_what_it_says() {
+    for (text, pattern, matches) in [
+        ("abc", "abc", true),
+        ("abc", "ab", false),
+        ("abc", "a*c", true),
+        ("abc", "*b*", true),
+        ("abc", "a*b*d", false),
+        ("abc", "b*", false),
+        ("abc", "*a", false),
+    ] {
+        assert_eq!(glob(text, pattern), matches, "{text} {pattern}");
+    }
+}
 
 #[test]
 fn clap_definition_is_consistent() {
@@ -107,449 +219,297 @@ fn clap_definition_is_consistent() {
 
 #[test]
 fn subcommands_and_modes() {
-    let (mode, _) = try_parse(&[]).unwrap();
-    assert_eq!(mode, Mode::Run);
-    let (mode, c) = try_parse(&["run", "--threads", "3"]).unwrap();
-    assert_eq!(mode, Mode::Run);
-    assert_eq!(c.unwrap().threads, 3);
-    let (mode, c) = try_parse(&["check-config", "--threads", "2"]).unwrap();
-    assert_eq!(mode, Mode::CheckConfig);
-    assert_eq!(c.unwrap().threads, 2);
-    // Flags without subcommand mean run.
-    let (mode, c) = try_parse(&["--allow", &k(1)]).unwrap();
-    assert_eq!(mode, Mode::Run);
-    assert_eq!(c.unwrap().allow, vec![key(1)]);
-    // Top-level flags cannot be mixed with a subcommand.
-    assert!(try_parse(&["--allow", &k(1), "run"]).is_err());
-    assert!(try_parse(&["--threads", "2", "check-config"]).is_err());
-    // Unknown flags and subcommands are rejected by clap.
-    assert!(try_parse(&["--lissten", "[::]:1"]).is_err());
-    assert!(try_parse(&["serve"]).is_err());
-}
-
-#[test]
-fn into_parts_uses_subcommand_args() {
+    #[rustfmt::skip]
+    let cases: &[(&[&str], Mode, usize)] = &[
+        (&["--threads", "1"], Mode::Run, 1),
+        (&["run", "--threads", "3"], Mode::Run, 3),
+        (&["check-config", "--threads", "2"], Mode::CheckConfig, 2),
+    ];
+    for (argv, mode, threads) in cases {
+        let (m, c) = try_parse(argv).unwrap();
+        assert_eq!((m, c.unwrap().threads), (*mode, *threads), "{argv:?}");
+    }
     let cli = Cli::try_parse_from(["wgrelay", "check-config", "--port", "7"]).unwrap();
-    let (mode, args) = cli.into_parts();
-    assert_eq!(mode, Mode::CheckConfig);
-    assert_eq!(args.scalars.port, Some(7));
+    assert_eq!(cli.into_parts().1.scalars.port, Some(7));
+    // Top-level flags cannot be mixed with a subcommand; unknown flags and subcommands fail.
+    let refused: &[&[&str]] = &[
+        &["--allow", "K1", "run"],
+        &["--threads", "2", "check-config"],
+        &["--lissten", "[::]:1"],
+        &["serve"],
+    ];
+    for argv in refused {
+        assert!(try_parse(argv).is_err(), "{argv:?}");
+    }
 }
-
-// ---- defaults ----
 
 #[test]
 fn defaults() {
     let c = parse(&[]);
     assert_eq!(c, Config::default());
     assert_eq!(c.listen, vec![sa("[::]:51820")]);
-    assert!(c.allow.is_empty());
-    assert!(c.groups.is_empty());
-    assert!(c.is_open());
+    assert!(c.allow.is_empty() && c.groups.is_empty() && c.is_open());
     assert_eq!(c.cookie, CookieMode::UnderLoad);
-    assert_eq!(c.broadcast_rate, Some(DEFAULT_BROADCAST_RATE));
     assert_eq!(c.broadcast_rate, Some(1000));
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     assert_eq!(c.threads, cpus.clamp(1, MAX_THREADS));
-    assert!(c.threads >= 1);
     assert_eq!(c.backend, BackendChoice::Auto);
-    assert!(c.gso && c.gro);
-    assert_eq!(c.log_level, log::LevelFilter::Info);
+    assert!(c.gso && c.gro && c.steering);
+    assert_eq!(
+        (c.log_level, c.log_format),
+        (log::LevelFilter::Info, LogFormat::Text)
+    );
     assert_eq!(c.stats_interval, Some(Duration::from_secs(60)));
-    assert_eq!(Config::from_toml_str("").unwrap(), c);
+    assert_eq!((c.state_file.clone(), c.metrics), (None, None));
+    assert_eq!(
+        c.control_socket,
+        Some(PathBuf::from("/run/wgrelay/control.sock"))
+    );
+    assert_eq!(toml("").unwrap(), c);
 }
 
-// ---- listen ----
+// ---- values from flags ----
 
 #[test]
-fn repeated_and_comma_separated_listen() {
-    let c = parse(&["--listen", "0.0.0.0:1000", "--listen", "[::1]:2000"]);
-    assert_eq!(c.listen, vec![sa("0.0.0.0:1000"), sa("[::1]:2000")]);
+fn flag_values_table() {
+    #[rustfmt::skip]
+    let cases: &[(&[&str], Edit)] = &[
+        // listen: repeatable, comma lists, de-duplicated in order
+        (&["--listen", "0.0.0.0:1000", "--listen", "[::1]:2000"], |c| c.listen = vec![sa("0.0.0.0:1000"), sa("[::1]:2000")]),
+        (&["--listen", "0.0.0.0:1000,[::1]:2000", "--listen", "127.0.0.1:3"], |c| c.listen = vec![sa("0.0.0.0:1000"), sa("[::1]:2000"), sa("127.0.0.1:3")]),
+        (&["--listen=10.0.0.1:5, [fe80::1]:6"], |c| c.listen = vec![sa("10.0.0.1:5"), sa("[fe80::1]:6")]),
+        (&["--listen", "[::1]:2,127.0.0.1:1,[::1]:2", "--listen", "127.0.0.1:1"], |c| c.listen = vec![sa("[::1]:2"), sa("127.0.0.1:1")]),
+        // wpex --bind/--port: one more address
+        (&["--port", "40001"], |c| c.listen = vec![sa("[::]:40001")]),
+        (&["--bind", "0.0.0.0"], |c| c.listen = vec![sa("0.0.0.0:40000")]),
+        (&["--bind", "::1"], |c| c.listen = vec![sa("[::1]:40000")]),
+        (&["--bind", "[::1]"], |c| c.listen = vec![sa("[::1]:40000")]),
+        (&["--bind", ""], |c| c.listen = vec![sa("[::]:40000")]),
+        (&["--bind="], |c| c.listen = vec![sa("[::]:40000")]),
+        (&["--bind", "127.0.0.1", "--port", "5000"], |c| c.listen = vec![sa("127.0.0.1:5000")]),
+        (&["--bind", "", "--port", "1"], |c| c.listen = vec![sa("[::]:1")]),
+        (&["--listen", "10.1.1.1:51820", "--port", "5000"], |c| c.listen = vec![sa("10.1.1.1:51820"), sa("[::]:5000")]),
+        (&["--port", "5000", "--listen", "10.1.1.1:51820", "--bind", "10.0.0.1"], |c| c.listen = vec![sa("10.1.1.1:51820"), sa("10.0.0.1:5000")]),
+        (&["--listen", "10.1.1.1:51820", "--bind", "10.0.0.1"], |c| c.listen = vec![sa("10.1.1.1:51820"), sa("10.0.0.1:40000")]),
+        (&["--listen", "[::]:40000", "--port", "40000"], |c| c.listen = vec![sa("[::]:40000")]),
+        // allow and groups
+        (&["--allow", "K1", "--allow", "K2"], |c| c.allow = vec![key(1), key(2)]),
+        (&["--allow", "K3,K1"], |c| c.allow = vec![key(3), key(1)]),
+        (&["--allow", "K2, K1 ,K2", "--allow", "K1"], |c| c.allow = vec![key(2), key(1)]),
+        (&["--group", "K1,K2", "--group", "K3,K4,K5"], |c| c.groups = vec![vec![key(1), key(2)], vec![key(3), key(4), key(5)]]),
+        (&["--group", "K1,K2;K3,K4"], |c| c.groups = vec![vec![key(1), key(2)], vec![key(3), key(4)]]),
+        (&["--group", "K1,K2,K1"], |c| c.groups = vec![vec![key(1), key(2)]]),
+        (&["--allow", "K9", "--group", "K1,K2"], |c| { c.allow = vec![key(9)]; c.groups = vec![vec![key(1), key(2)]] }),
+        // single-valued settings
+        (&["--cookie", "always"], |c| c.cookie = CookieMode::Always),
+        (&["--cookie", "under-load"], |_| {}),
+        (&["--cookie", "never"], |c| c.cookie = CookieMode::Never),
+        (&["--broadcast-rate", "0"], |c| c.broadcast_rate = None),
+        (&["--broadcast-rate", "5"], |c| c.broadcast_rate = Some(5)),
+        (&["--broadcast-rate", "4294967295"], |c| c.broadcast_rate = Some(u32::MAX)),
+        (&["--threads", "1"], |c| c.threads = 1),
+        (&["--threads", "1024"], |c| c.threads = 1024),
+        (&["--backend", "auto"], |_| {}),
+        (&["--backend", "uring"], |c| c.backend = BackendChoice::Uring),
+        (&["run", "--backend", "mmsg"], |c| c.backend = BackendChoice::Mmsg),
+        (&["--gso", "off"], |c| c.gso = false),
+        (&["--gro", "off"], |c| c.gro = false),
+        (&["--steering", "off"], |c| c.steering = false),
+        (&["--gso", "on", "--gro", "on", "--steering", "on"], |_| {}),
+        (&["--log-level", "trace"], |c| c.log_level = log::LevelFilter::Trace),
+        (&["--log-level", "error"], |c| c.log_level = log::LevelFilter::Error),
+        (&["--log-level", "warn"], |c| c.log_level = log::LevelFilter::Warn),
+        // --debug raises to at least debug; it never lowers trace
+        (&["--debug"], |c| c.log_level = log::LevelFilter::Debug),
+        (&["--debug", "--log-level", "warn"], |c| c.log_level = log::LevelFilter::Debug),
+        (&["--log-level", "trace", "--debug"], |c| c.log_level = log::LevelFilter::Trace),
+        (&["--stats-interval", "0"], |c| c.stats_interval = None),
+        (&["--stats-interval", "15"], |c| c.stats_interval = Some(Duration::from_secs(15))),
+        (&["--state-file", "/tmp/wgrelay-state"], |c| c.state_file = Some("/tmp/wgrelay-state".into())),
+        (&["--log-format", "json"], |c| c.log_format = LogFormat::Json),
+        (&["--metrics", "[::1]:9586"], |c| c.metrics = Some(sa("[::1]:9586"))),
+        (&["--metrics", "127.0.0.1:0"], |c| c.metrics = Some(sa("127.0.0.1:0"))),
+        (&["--control-socket", "off"], |c| c.control_socket = None),
+        (&["--control-socket", "/tmp/c.sock"], |c| c.control_socket = Some("/tmp/c.sock".into())),
+        // servers pair with their keys in order
+        (&["--server", "vpn.example.net:51820", "--server-key", "K1", "--server", "192.0.2.1:1,[2001:db8::1]:2", "--server-key", "K2, K3"],
+            |c| c.servers = vec![server("vpn.example.net:51820", 1), server("192.0.2.1:1", 2), server("[2001:db8::1]:2", 3)]),
+        // a bare peer port goes on the host of the first listen address, the default one too
+        (&["--peer", "10001=K1"], |c| c.peers = vec![port_peer("[::]:10001", 1)]),
+        (&["--listen", "127.0.0.1:7,0.0.0.0:8", "--peer", "127.0.0.2:7=K1,[::1]:8=K2"],
+            |c| { c.listen = vec![sa("127.0.0.1:7"), sa("0.0.0.0:8")]; c.peers = vec![port_peer("127.0.0.2:7", 1), port_peer("[::1]:8", 2)] }),
+        // awg: KEY=VALUE items; keys the relay has no use for, and a zero header protection key, change nothing
+        (&["--awg", "jc=4,jmin=40,jmax=70,s1=20,s2=30", "--awg", "h1=100000-100099", "--awg", "H2=200000, h3 = 300000,h4=400000"],
+            |c| c.awg = awg("jc=4,jmin=40,jmax=70,s1=20,s2=30,h1=100000-100099,h2=200000,h3=300000,h4=400000")),
+        (&["--awg", "i1=<r 16>,header_protection_key=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="], |_| {}),
+        // a cookie reply just shorter than the initiation, or any with cookie replies off
+        (&["--awg", "s1=10,s3=93"], |c| c.awg = awg("s1=10,s3=93")),
+        (&["--awg", "s1=10,s3=120", "--cookie", "never"], |c| { c.awg = awg("s1=10,s3=120"); c.cookie = CookieMode::Never }),
+    ];
+    flag_values(cases);
+    assert_eq!(
+        parse(&["--server", "vpn.example.net:51820", "--server-key", "K1"]).servers[0]
+            .addr
+            .name(),
+        Some("vpn.example.net")
+    );
+}
+
+#[test]
+fn peers_from_flags() {
     let c = parse(&[
         "--listen",
-        "0.0.0.0:1000,[::1]:2000",
-        "--listen",
-        "127.0.0.1:3",
+        "127.0.0.1:51820,[::1]:51820",
+        "--peer",
+        "10001=K1",
+        "--peer",
+        "[::1]:10002=K2@192.0.2.7:51820",
+        "--peer",
+        "10003=K3@uapi:wg0, 10004=K4@uapi:/run/wireguard/wg1.sock",
     ]);
-    assert_eq!(
-        c.listen,
-        vec![sa("0.0.0.0:1000"), sa("[::1]:2000"), sa("127.0.0.1:3")]
+    let mut expected = vec![
+        port_peer("127.0.0.1:10001", 1),
+        port_peer("[::1]:10002", 2),
+        port_peer("127.0.0.1:10003", 3),
+        port_peer("127.0.0.1:10004", 4),
+    ];
+    expected[1].endpoint = Some(sa("192.0.2.7:51820"));
+    expected[2].uapi = Some("wg0".into());
+    expected[3].uapi = Some("/run/wireguard/wg1.sock".into());
+    assert_eq!(c.peers, expected);
+}
+
+// ---- errors from flags ----
+
+#[test]
+fn flag_errors_table() {
+    let long = format!("/tmp/{}", "s".repeat(120));
+    let long_err = format!(
+        "--control-socket {long}: 125 bytes long, but a Unix socket path may have at most 107"
     );
-    let c = parse(&["--listen=10.0.0.1:5, [fe80::1]:6"]);
-    assert_eq!(c.listen, vec![sa("10.0.0.1:5"), sa("[fe80::1]:6")]);
+    let syntax = "expected [ADDR:]PORT=PUBKEY, optionally followed by @IP:PORT (a fixed endpoint) or @uapi:DEVICE";
+    let port0 = "port 0 is not allowed (expected a fixed port 1-65535 that peers can point at)";
+    let (peer_syntax, peer_port0, peer_addr0) = (
+        format!("--peer \"10001\": {syntax}"),
+        format!("--peer \"0=K1\": {port0}"),
+        format!("--peer \"127.0.0.1:0=K1\": {port0}"),
+    );
+    let why = "(got s3 = 120, s1 = 10: a 184-byte cookie reply to a 158-byte initiation); the relay keeps no state for a source it challenges, so each challenge would send it more bytes than it sent; use s3 < s1 + 84";
+    let cookie =
+        format!("--awg: awg: s3 + 64 must be ≤ s1 + 148 unless the cookie mode is never {why}");
+    #[rustfmt::skip]
+    let cases: &[(&[&str], &str)] = &[
+        (&["--listen", "1.2.3.4"], r#"--listen "1.2.3.4": invalid socket address (expected IP:PORT, IPv6 as [ADDR]:PORT)"#),
+        (&["--listen", "::1:51820"], r#"--listen "::1:51820": invalid socket address*"#),
+        (&["--listen", "localhost:51820"], r#"--listen "localhost:51820": invalid socket address*"#),
+        (&["--listen", "1.2.3.4:70000"], r#"--listen "1.2.3.4:70000": invalid socket address*"#),
+        (&["--listen", "1.2.3.4:"], r#"--listen "1.2.3.4:": invalid socket address*"#),
+        (&["--listen", ":51820"], r#"--listen ":51820": invalid socket address*"#),
+        (&["--listen", ""], r#"--listen "": invalid socket address*"#),
+        (&["--listen", "[::]:51820,bogus"], r#"--listen "bogus": invalid socket address*"#),
+        (&["--listen", "[::]:0"], r#"--listen "[::]:0": port 0 is not allowed (expected a fixed port 1-65535 that peers can point at)"#),
+        (&["--listen", "127.0.0.1:0"], r#"--listen "127.0.0.1:0": port 0*"#),
+        (&["--port", "0"], "--port 0: port 0 is not allowed*"),
+        (&["--bind", "0.0.0.0:40000"], r#"--bind "0.0.0.0:40000": invalid IP address (expected e.g. 0.0.0.0 or ::, or "" for all addresses; set the port with --port)"#),
+        (&["--bind", "example.com", "--port", "1"], r#"--bind "example.com": invalid IP address*"#),
+        (&["--allow", "abc"], r#"--allow: invalid public key "abc": expected 44 characters of base64 encoding 32 bytes (got 3 characters)"#),
+        (&["--allow", "K1,nope"], r#"--allow: invalid public key "nope"*"#),
+        // a trailing comma is an empty key, not "no key": never silently open
+        (&["--allow", "K1,"], r#"--allow: invalid public key ""*"#),
+        (&["--allow", "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE!"], r#"--allow: invalid public key "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE!"*"#),
+        (&["--group", "K1"], r#"--group "K1": a group needs at least 2 distinct public keys (got 1)"#),
+        (&["--group", "K1,K1"], r#"--group "K1,K1": a group needs at least 2 distinct public keys (got 1)"#),
+        (&["--group", "K1,xyz"], r#"--group: invalid public key "xyz"*"#),
+        (&["--group", "K1,K2;K1"], r#"--group "K1": a group needs*"#),
+        (&["--threads", "0"], "--threads 0: must be at least 1"),
+        (&["--threads", "1025"], "--threads 1025: must be at most 1024"),
+        (&["--stats-interval", "86401"], "--stats-interval 86401: at most 86400 seconds (one day); 0 turns the statistics line off"),
+        (&["--control-socket", "/run/wgrelay/"], r#"--control-socket "/run/wgrelay/": expected a path for the socket, or off"#),
+        (&["--control-socket", &long], &long_err),
+        (&["--metrics", "localhost:9586"], r#"--metrics "localhost:9586": invalid socket address (expected IP:PORT, IPv6 as [ADDR]:PORT)"#),
+        (&["--listen", "[::]:7,0.0.0.0:7"], "--listen: [::]:7 is dual-stack and already receives IPv4 on port 7, so 0.0.0.0:7 cannot be bound beside it; list one of them"),
+        (&["--listen", "127.0.0.1:7,0.0.0.0:7"], "--listen: 0.0.0.0:7 already receives what 127.0.0.1:7 would (the same port, and it covers that address), so 127.0.0.1:7 cannot be bound beside it; list one of them"),
+        // servers
+        (&["--server", "a.example:1"], "--server and --server-key pair up in order, one key per server: got 1 server and 0 server keys"),
+        (&["--server", "a.example:1", "--server-key", "K1,K2"], "--server and --server-key pair up in order, one key per server: got 1 server and 2 server keys"),
+        (&["--server-key", "K1"], "--server and --server-key pair up in order, one key per server: got 0 servers and 1 server key"),
+        (&["--server", "a.example", "--server-key", "K1"], r#"--server: invalid upstream address "a.example": no port (expected HOST:PORT, e.g. 192.0.2.1:51820, [2001:db8::1]:51820 or relay.example.net:51820)"#),
+        // a bad value is named before the counts are compared
+        (&["--server", "a.example:0"], r#"--server: invalid upstream address "a.example:0": port 0 cannot be sent to*"#),
+        (&["--server", "::1:51820", "--server-key", "K1"], "*must be in brackets*"),
+        (&["--server", "a.example:1", "--server-key", "abc"], r#"--server-key: invalid public key "abc": expected 44 characters of base64 encoding 32 bytes (got 3 characters)"#),
+        (&["--server", "a.example:1,b.example:2", "--server-key", "K1,K1"], "--server-key K1: given for two servers (a key chooses one server)"),
+        (&["--server", "a.example:1,", "--server-key", "K1"], r#"*invalid upstream address "": it is empty*"#),
+        // peers
+        (&["--peer", "10001"], &peer_syntax),
+        (&["--peer", ""], &format!("--peer \"\": {syntax}")),
+        (&["--peer", "0=K1"], &peer_port0),
+        (&["--peer", "127.0.0.1:0=K1"], &peer_addr0),
+        (&["--peer", "70000=K1"], r#"--peer "70000=K1": port 70000 is out of range (1-65535)"#),
+        (&["--peer", "host:1=K1"], r#"--peer "host:1=K1": "host:1" is neither a PORT nor an ADDR:PORT (IPv6 as [ADDR]:PORT)"#),
+        (&["--peer", "5=abc"], r#"--peer: invalid public key "abc": expected 44 characters of base64 encoding 32 bytes (got 3 characters)"#),
+        (&["--peer", "5=K1@host:1"], r#"--peer "5=K1@host:1": endpoint "host:1": invalid socket address (expected a literal IP:PORT, IPv6 as [ADDR]:PORT, or uapi:DEVICE for a local WireGuard device)"#),
+        (&["--peer", "5=K1@192.0.2.1:0"], r#"--peer "5=K1@192.0.2.1:0": endpoint "192.0.2.1:0": port 0 cannot be sent to"#),
+        (&["--peer", "5=K1@0.0.0.0:5"], r#"--peer "5=K1@0.0.0.0:5": endpoint "0.0.0.0:5": 0.0.0.0 is not an address to send to"#),
+        (&["--peer", "5=K1@uapi:wg 0"], r#"--peer "5=K1@uapi:wg 0": uapi "wg 0": expected a WireGuard device name (1 to 15 characters, none of them '/', ':' or whitespace) or an absolute path to its UAPI socket"#),
+        (&["--peer", "5=K1@uapi:run/wg0.sock"], "*or an absolute path to its UAPI socket"),
+        (&["--peer", "5=K1@uapi:/"], r#"*uapi "/": not a path to a UAPI socket"#),
+        (&["--peer", "5=K1,6=K1"], r#"--peer "6=K1": its public key is already the key of --peer "5=K1" (a key has one relay port)"#),
+        // a peer port is not a relay listen address, nor covered by one, nor covering one ...
+        (&["--peer", "51820=K1"], r#"--peer "51820=K1": [::]:51820 overlaps the relay listen address [::]:51820 (a peer needs a port of its own)"#),
+        (&["--listen", "127.0.0.1:7", "--peer", "0.0.0.0:7=K1"], "*0.0.0.0:7 overlaps the relay listen address 127.0.0.1:7 (a peer needs a port of its own)"),
+        (&["--listen", "[::]:7", "--peer", "127.0.0.1:7=K1"], "*127.0.0.1:7 overlaps the relay listen address [::]:7*"),
+        // ... nor another peer's port
+        (&["--peer", "5=K1", "--peer", "5=K2"], r#"--peer "5=K2": [::]:5 overlaps the port of --peer "5=K1" ([::]:5)"#),
+        (&["--listen", "[::]:1", "--peer", "5=K1,127.0.0.1:5=K2"], r#"*127.0.0.1:5 overlaps the port of --peer "5=K1" ([::]:5)"#),
+        // awg
+        (&["--awg", "jc"], r#"--awg "jc": expected KEY=VALUE (e.g. jc=4 or h1=100000-100099)"#),
+        (&["--awg", ""], r#"--awg "": expected KEY=VALUE (e.g. jc=4 or h1=100000-100099)"#),
+        (&["--awg", "s1=x"], r#"--awg: awg: s1 must be a non-negative decimal integer (got "x")"#),
+        (&["--awg", "jc=1,Jc=2"], r#"--awg "Jc=2": Jc is given twice"#),
+        (&["--awg", "foo=1"], r#"--awg: awg: unknown parameter "foo" (known: jc, jmin, jmax,*"#),
+        (&["--awg", "jmin=10,jmax=5"], "--awg: awg: jmin must be ≤ jmax (got jmin 10, jmax 5)"),
+        (&["--awg", "s1=0,s2=56"], "--awg: awg: s1 and s2 give two messages the same framed length (148 bytes); framed lengths s1+148, s2+92, s3+64, s4+32 must all differ (so s2 ≠ s1+56)"),
+        (&["--awg", "h1=5,h2=5"], "--awg: awg: h1..h4 ranges overlap: h1 = 5 and h2 = 5 share values"),
+        // valid for AmneziaWG, but larger than the relay's datagram buffers
+        (&["--awg", "s1=9100"], "--awg: awg: s1 must be ≤ 9068 (got 9100): the framed message must fit the relay's datagram buffer"),
+        (&["--awg", "header_protection_key=0123456789abcdef"], "--awg: awg: header protection (AWG 3, header_protection_key) cannot be relayed: indices are encrypted without its key"),
+        (&["--awg", "obfs_psk=secret"], "--awg: awg: obfs_psk (whole-datagram obfuscation) cannot be relayed: indices are encrypted without its key"),
+        // a cookie reply longer than the initiation it answers, unless cookie replies are off
+        (&["--awg", "s1=10,s3=120"], &cookie),
+        (&["--awg", "s1=10,s3=120", "--cookie", "always"], &cookie),
+    ];
+    flag_errors(cases);
+    // clap refuses what does not parse, naming the value (and the choices, for a fixed set)
+    #[rustfmt::skip]
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["--port", "70000"], &["70000"]),
+        (&["--port", "http"], &["http"]),
+        (&["--cookie", "sometimes"], &["sometimes", "under-load"]),
+        (&["--broadcast-rate", "-1"], &["-1"]),
+        (&["--threads", "many"], &["many"]),
+        (&["--backend", "epoll"], &["epoll", "uring"]),
+        (&["--gso", "maybe"], &["maybe", "off"]),
+        (&["--gro", "maybe"], &["maybe", "off"]),
+        (&["--log-level", "loud"], &["loud"]),
+        (&["--log-format", "xml"], &["xml", "json"]),
+    ];
+    clap_errors(cases);
 }
 
 #[test]
-fn listen_deduplicated_order_kept() {
-    let c = parse(&[
-        "--listen",
-        "[::1]:2,127.0.0.1:1,[::1]:2",
-        "--listen",
-        "127.0.0.1:1",
-    ]);
-    assert_eq!(c.listen, vec![sa("[::1]:2"), sa("127.0.0.1:1")]);
-}
-
-#[test]
-fn listen_errors() {
-    assert_eq!(
-        parse_err(&["--listen", "1.2.3.4"]),
-        r#"--listen "1.2.3.4": invalid socket address (expected IP:PORT, IPv6 as [ADDR]:PORT)"#
-    );
-    for bad in [
-        "::1:51820",
-        "localhost:51820",
-        "1.2.3.4:70000",
-        "1.2.3.4:",
-        ":51820",
-        "",
-    ] {
-        let e = parse_err(&["--listen", bad]);
-        assert!(e.contains(&format!("{bad:?}")), "{e}");
-        assert!(e.contains("invalid socket address"), "{e}");
+fn sockets_overlap_rules() {
+    #[rustfmt::skip]
+    let cases = [
+        ("127.0.0.1:1", "127.0.0.1:1", true), ("127.0.0.1:1", "127.0.0.1:2", false),
+        ("127.0.0.1:1", "127.0.0.2:1", false), ("0.0.0.0:1", "127.0.0.1:1", true),
+        ("127.0.0.1:1", "0.0.0.0:1", true), ("0.0.0.0:1", "[::1]:1", false),
+        ("0.0.0.0:1", "[::ffff:127.0.0.1]:1", true), ("[::]:1", "127.0.0.1:1", true),
+        ("[::]:1", "[::1]:1", true), ("[::]:1", "0.0.0.0:1", true), ("[::1]:1", "[::2]:1", false),
+    ];
+    for (a, b, overlap) in cases {
+        assert_eq!(sockets_overlap(sa(a), sa(b)), overlap, "{a} {b}");
     }
-    let e = parse_err(&["--listen", "[::]:51820,bogus"]);
-    assert!(e.starts_with(r#"--listen "bogus""#), "{e}");
-}
-
-#[test]
-fn listen_port_zero_is_an_error() {
-    let e = parse_err(&["--listen", "[::]:0"]);
-    assert!(e.starts_with(r#"--listen "[::]:0": port 0"#), "{e}");
-    assert!(e.contains("fixed port"), "{e}");
-    let e = parse_err(&["--listen", "127.0.0.1:0"]);
-    assert!(e.contains(r#""127.0.0.1:0""#), "{e}");
-}
-
-// ---- wpex --bind / --port ----
-
-#[test]
-fn wpex_only_port() {
-    assert_eq!(parse(&["--port", "40001"]).listen, vec![sa("[::]:40001")]);
-}
-
-#[test]
-fn wpex_only_bind() {
-    assert_eq!(
-        parse(&["--bind", "0.0.0.0"]).listen,
-        vec![sa("0.0.0.0:40000")]
-    );
-    assert_eq!(parse(&["--bind", "::1"]).listen, vec![sa("[::1]:40000")]);
-    assert_eq!(parse(&["--bind", "[::1]"]).listen, vec![sa("[::1]:40000")]);
-    // "" means all addresses, as in wpex.
-    assert_eq!(parse(&["--bind", ""]).listen, vec![sa("[::]:40000")]);
-    assert_eq!(parse(&["--bind="]).listen, vec![sa("[::]:40000")]);
-}
-
-#[test]
-fn wpex_bind_and_port() {
-    assert_eq!(
-        parse(&["--bind", "127.0.0.1", "--port", "5000"]).listen,
-        vec![sa("127.0.0.1:5000")]
-    );
-    assert_eq!(
-        parse(&["--bind", "", "--port", "1"]).listen,
-        vec![sa("[::]:1")]
-    );
-}
-
-#[test]
-fn wpex_added_to_listen() {
-    assert_eq!(
-        parse(&["--listen", "10.1.1.1:51820", "--port", "5000"]).listen,
-        vec![sa("10.1.1.1:51820"), sa("[::]:5000")]
-    );
-    assert_eq!(
-        parse(&[
-            "--port",
-            "5000",
-            "--listen",
-            "10.1.1.1:51820",
-            "--bind",
-            "10.0.0.1"
-        ])
-        .listen,
-        vec![sa("10.1.1.1:51820"), sa("10.0.0.1:5000")]
-    );
-    assert_eq!(
-        parse(&["--listen", "10.1.1.1:51820", "--bind", "10.0.0.1"]).listen,
-        vec![sa("10.1.1.1:51820"), sa("10.0.0.1:40000")]
-    );
-    // The same address twice is listened on once.
-    assert_eq!(
-        parse(&["--listen", "[::]:40000", "--port", "40000"]).listen,
-        vec![sa("[::]:40000")]
-    );
-}
-
-#[test]
-fn wpex_errors() {
-    let e = parse_err(&["--port", "0"]);
-    assert!(e.starts_with("--port 0: port 0 is not allowed"), "{e}");
-    let e = parse_err(&["--bind", "0.0.0.0:40000"]);
-    assert!(
-        e.starts_with(r#"--bind "0.0.0.0:40000": invalid IP address"#),
-        "{e}"
-    );
-    assert!(e.contains("--port"), "{e}");
-    let e = parse_err(&["--bind", "example.com", "--port", "1"]);
-    assert!(e.contains(r#""example.com""#), "{e}");
-    // Out-of-range and non-numeric ports are refused by clap, naming the value.
-    let e = try_parse(&["--port", "70000"]).unwrap_err().to_string();
-    assert!(e.contains("70000"), "{e}");
-    let e = try_parse(&["--port", "http"]).unwrap_err().to_string();
-    assert!(e.contains("http"), "{e}");
-}
-
-// ---- allow ----
-
-#[test]
-fn allow_repeated_comma_and_dedup() {
-    let c = parse(&["--allow", &k(1), "--allow", &k(2)]);
-    assert_eq!(c.allow, vec![key(1), key(2)]);
-    assert!(!c.is_open());
-    let c = parse(&["--allow", &format!("{},{}", k(3), k(1))]);
-    assert_eq!(c.allow, vec![key(3), key(1)]);
-    let c = parse(&[
-        "--allow",
-        &format!("{}, {} ,{}", k(2), k(1), k(2)),
-        "--allow",
-        &k(1),
-    ]);
-    assert_eq!(c.allow, vec![key(2), key(1)]);
-}
-
-#[test]
-fn allow_bad_key() {
-    let e = parse_err(&["--allow", "abc"]);
-    assert_eq!(
-        e,
-        "--allow: invalid public key \"abc\": expected 44 characters of base64 encoding 32 bytes (got 3 characters)"
-    );
-    let e = parse_err(&["--allow", &format!("{},nope", k(1))]);
-    assert!(e.contains(r#""nope""#), "{e}");
-    // A trailing comma is an empty key, not "no key": never silently open.
-    let e = parse_err(&["--allow", &format!("{},", k(1))]);
-    assert!(e.contains(r#"invalid public key """#), "{e}");
-    let bad = format!("{}!", &k(1)[..43]);
-    let e = parse_err(&["--allow", &bad]);
-    assert!(e.contains(&bad), "{e}");
-}
-
-// ---- groups ----
-
-#[test]
-fn groups_repeated_and_semicolon() {
-    let c = parse(&[
-        "--group",
-        &format!("{},{}", k(1), k(2)),
-        "--group",
-        &format!("{},{},{}", k(3), k(4), k(5)),
-    ]);
-    assert_eq!(
-        c.groups,
-        vec![vec![key(1), key(2)], vec![key(3), key(4), key(5)]]
-    );
-    assert!(c.allow.is_empty());
-    assert!(!c.is_open());
-    let c = parse(&["--group", &format!("{},{};{},{}", k(1), k(2), k(3), k(4))]);
-    assert_eq!(c.groups, vec![vec![key(1), key(2)], vec![key(3), key(4)]]);
-}
-
-#[test]
-fn group_keys_deduplicated() {
-    let c = parse(&["--group", &format!("{},{},{}", k(1), k(2), k(1))]);
-    assert_eq!(c.groups, vec![vec![key(1), key(2)]]);
-}
-
-#[test]
-fn group_errors() {
-    let one = k(1);
-    let e = parse_err(&["--group", &one]);
-    assert_eq!(
-        e,
-        format!("--group \"{one}\": a group needs at least 2 distinct public keys (got 1)")
-    );
-    let same = format!("{one},{one}");
-    let e = parse_err(&["--group", &same]);
-    assert!(e.contains(&format!("{same:?}")), "{e}");
-    assert!(e.contains("got 1"), "{e}");
-    let e = parse_err(&["--group", &format!("{one},xyz")]);
-    assert!(e.starts_with(r#"--group: invalid public key "xyz""#), "{e}");
-    let e = parse_err(&["--group", &format!("{one},{};{one}", k(2))]);
-    assert!(e.contains(&format!("\"{one}\": a group needs")), "{e}");
-}
-
-#[test]
-fn allow_and_groups_together() {
-    let c = parse(&["--allow", &k(9), "--group", &format!("{},{}", k(1), k(2))]);
-    assert_eq!(c.allow, vec![key(9)]);
-    assert_eq!(c.groups.len(), 1);
-}
-
-// ---- scalar settings ----
-
-#[test]
-fn cookie_values() {
-    assert_eq!(parse(&["--cookie", "always"]).cookie, CookieMode::Always);
-    assert_eq!(
-        parse(&["--cookie", "under-load"]).cookie,
-        CookieMode::UnderLoad
-    );
-    assert_eq!(parse(&["--cookie", "never"]).cookie, CookieMode::Never);
-    let e = try_parse(&["--cookie", "sometimes"])
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("sometimes"), "{e}");
-    assert!(e.contains("under-load"), "{e}");
-    assert_eq!(CookieMode::UnderLoad.to_string(), "under-load");
-    assert_eq!(CookieMode::Always.to_string(), "always");
-    assert_eq!(CookieMode::Never.to_string(), "never");
-}
-
-#[test]
-fn broadcast_rate_values() {
-    assert_eq!(parse(&["--broadcast-rate", "0"]).broadcast_rate, None);
-    assert_eq!(parse(&["--broadcast-rate", "5"]).broadcast_rate, Some(5));
-    assert_eq!(
-        parse(&["--broadcast-rate", "4294967295"]).broadcast_rate,
-        Some(u32::MAX)
-    );
-    let e = try_parse(&["--broadcast-rate", "-1"])
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("-1"), "{e}");
-}
-
-#[test]
-fn threads_values() {
-    assert_eq!(parse(&["--threads", "1"]).threads, 1);
-    assert_eq!(parse(&["--threads", "1024"]).threads, 1024);
-    assert_eq!(
-        parse_err(&["--threads", "0"]),
-        "--threads 0: must be at least 1"
-    );
-    assert_eq!(
-        parse_err(&["--threads", "1025"]),
-        "--threads 1025: must be at most 1024"
-    );
-    let e = try_parse(&["--threads", "many"]).unwrap_err().to_string();
-    assert!(e.contains("many"), "{e}");
-}
-
-#[test]
-fn backend_values() {
-    assert_eq!(parse(&["--backend", "auto"]).backend, BackendChoice::Auto);
-    assert_eq!(parse(&["--backend", "uring"]).backend, BackendChoice::Uring);
-    assert_eq!(parse(&["--backend", "mmsg"]).backend, BackendChoice::Mmsg);
-    assert_eq!(
-        parse(&["run", "--backend", "mmsg"]).backend,
-        BackendChoice::Mmsg
-    );
-    let e = try_parse(&["--backend", "epoll"]).unwrap_err().to_string();
-    assert!(e.contains("epoll"), "{e}");
-    assert!(e.contains("uring"), "{e}");
-    for b in [
-        BackendChoice::Auto,
-        BackendChoice::Uring,
-        BackendChoice::Mmsg,
-    ] {
-        assert_eq!(parse(&["--backend", b.as_str()]).backend, b);
-        assert_eq!(b.to_string(), b.as_str());
-    }
-    assert!(parse(&["--backend", "uring"])
-        .summary()
-        .contains("\nbackend: uring\n"));
-}
-
-#[test]
-fn backend_in_file() {
-    let c = Config::from_toml_str("backend = \"mmsg\"").unwrap();
-    assert_eq!(c.backend, BackendChoice::Mmsg);
-    // The flag wins over the file.
-    let f = TempFile::new("backend = \"mmsg\"");
-    assert_eq!(
-        parse(&["--config", f.path(), "--backend", "uring"]).backend,
-        BackendChoice::Uring
-    );
-    assert_eq!(parse(&["--config", f.path()]).backend, BackendChoice::Mmsg);
-    let e = Config::from_toml_str("threads = 1\nbackend = \"io_uring\"")
-        .unwrap_err()
-        .to_string();
-    assert!(e.starts_with("config: line 2: "), "{e}");
-    assert!(e.contains("io_uring"), "{e}");
-    assert!(e.contains("mmsg"), "{e}");
-}
-
-#[test]
-fn offload_switches() {
-    let c = parse(&["--gso", "off"]);
-    assert!(!c.gso && c.gro);
-    let c = parse(&["--gro", "off"]);
-    assert!(c.gso && !c.gro);
-    let c = parse(&["run", "--gso", "off", "--gro", "off"]);
-    assert!(!c.gso && !c.gro);
-    assert!(c.summary().contains("\noffload: gso off, gro off\n"));
-    let c = parse(&["--gso", "on", "--gro", "on"]);
-    assert!(c.gso && c.gro);
-    for bad in ["--gso", "--gro"] {
-        let e = try_parse(&[bad, "maybe"]).unwrap_err().to_string();
-        assert!(e.contains("maybe"), "{e}");
-        assert!(e.contains("off"), "{e}");
-    }
-}
-
-#[test]
-fn offload_switches_in_file() {
-    let c = Config::from_toml_str("gso = \"off\"\ngro = \"off\"").unwrap();
-    assert!(!c.gso && !c.gro);
-    // The flag wins over the file.
-    let f = TempFile::new("gso = \"off\"\ngro = \"off\"");
-    let c = parse(&["--config", f.path(), "--gro", "on"]);
-    assert!(!c.gso && c.gro);
-    let e = Config::from_toml_str("threads = 1\ngso = \"yes\"")
-        .unwrap_err()
-        .to_string();
-    assert!(e.starts_with("config: line 2: "), "{e}");
-    assert!(e.contains("yes"), "{e}");
-    let e = Config::from_toml_str("gro = true").unwrap_err().to_string();
-    assert!(e.starts_with("config: line 1: "), "{e}");
-}
-
-#[test]
-fn log_level_and_debug() {
-    assert_eq!(
-        parse(&["--log-level", "trace"]).log_level,
-        log::LevelFilter::Trace
-    );
-    assert_eq!(
-        parse(&["--log-level", "error"]).log_level,
-        log::LevelFilter::Error
-    );
-    assert_eq!(
-        parse(&["--log-level", "warn"]).log_level,
-        log::LevelFilter::Warn
-    );
-    assert_eq!(parse(&["--debug"]).log_level, log::LevelFilter::Debug);
-    // --debug raises to at least debug; it never lowers trace.
-    assert_eq!(
-        parse(&["--debug", "--log-level", "warn"]).log_level,
-        log::LevelFilter::Debug
-    );
-    assert_eq!(
-        parse(&["--log-level", "trace", "--debug"]).log_level,
-        log::LevelFilter::Trace
-    );
-    let e = try_parse(&["--log-level", "loud"]).unwrap_err().to_string();
-    assert!(e.contains("loud"), "{e}");
-}
-
-#[test]
-fn stats_interval_values() {
-    assert_eq!(parse(&["--stats-interval", "0"]).stats_interval, None);
-    assert_eq!(
-        parse(&["--stats-interval", "15"]).stats_interval,
-        Some(Duration::from_secs(15))
-    );
 }
 
 // ---- configuration file ----
@@ -564,363 +524,297 @@ threads = 3
 backend = "uring"
 gso = "off"
 gro = "off"
+steering = "off"
 log_level = "warn"
 stats_interval = 9
+state_file = "/tmp/s"
+log_format = "json"
+metrics = "127.0.0.1:9586"
+control_socket = "/tmp/wgr.sock"
 "#;
 
-fn full_file() -> String {
-    FULL_FILE
-        .replace("K1", &k(1))
-        .replace("K2", &k(2))
-        .replace("K3", &k(3))
-        .replace("K4", &k(4))
-        .replace("K5", &k(5))
-        .replace("K6", &k(6))
+fn full_file(c: &mut Config) {
+    c.listen = vec![sa("127.0.0.1:1111"), sa("[::1]:2222")];
+    c.allow = vec![key(1), key(2)];
+    c.groups = vec![vec![key(3), key(4)], vec![key(5), key(6)]];
+    c.cookie = CookieMode::Always;
+    c.broadcast_rate = Some(7);
+    c.threads = 3;
+    c.backend = BackendChoice::Uring;
+    (c.gso, c.gro, c.steering) = (false, false, false);
+    c.log_level = log::LevelFilter::Warn;
+    c.stats_interval = Some(Duration::from_secs(9));
+    c.state_file = Some("/tmp/s".into());
+    c.log_format = LogFormat::Json;
+    c.metrics = Some(sa("127.0.0.1:9586"));
+    c.control_socket = Some("/tmp/wgr.sock".into());
 }
 
-fn check_full_file(c: &Config) {
-    assert_eq!(c.listen, vec![sa("127.0.0.1:1111"), sa("[::1]:2222")]);
-    assert_eq!(c.allow, vec![key(1), key(2)]);
-    assert_eq!(c.groups, vec![vec![key(3), key(4)], vec![key(5), key(6)]]);
-    assert_eq!(c.cookie, CookieMode::Always);
-    assert_eq!(c.broadcast_rate, Some(7));
-    assert_eq!(c.threads, 3);
-    assert_eq!(c.backend, BackendChoice::Uring);
-    assert!(!c.gso && !c.gro);
-    assert_eq!(c.log_level, log::LevelFilter::Warn);
-    assert_eq!(c.stats_interval, Some(Duration::from_secs(9)));
-}
+const PEERS_FILE: &str = "listen = [\"10.0.0.1:51820\"]
+[[peer]]\nport = 10001\npublic_key = \"K1\"
+[[peer]]\nlisten = \"[::1]:10002\"\npublic_key = \"K2\"\nendpoint = \"[2001:db8::7]:51820\"
+[[peer]]\nport = 10003\npublic_key = \"K3\"\nuapi = \"wg0\"\nawg = { jc = 4, jmin = 40, jmax = 70, s1 = 20, h1 = \"100000-100099\", h2 = 200000, h3 = 300000, h4 = 400000 }
+[[peer]]\nport = 10004\npublic_key = \"K4\"\n[peer.awg]\ns2 = 30\n";
 
-#[test]
-fn file_values() {
-    let text = full_file();
-    check_full_file(&Config::from_toml_str(&text).unwrap());
-    let f = TempFile::new(&text);
-    check_full_file(&parse(&["--config", f.path()]));
-    check_full_file(&parse(&["check-config", "--config", f.path()]));
-}
-
-#[test]
-fn file_zero_means_off_or_unlimited() {
-    let c = Config::from_toml_str("broadcast_rate = 0\nstats_interval = 0").unwrap();
-    assert_eq!(c.broadcast_rate, None);
-    assert_eq!(c.stats_interval, None);
-}
-
-#[test]
-fn file_wpex_bind_port() {
-    let c = Config::from_toml_str("port = 40001").unwrap();
-    assert_eq!(c.listen, vec![sa("[::]:40001")]);
-    let c = Config::from_toml_str("bind = \"0.0.0.0\"").unwrap();
-    assert_eq!(c.listen, vec![sa("0.0.0.0:40000")]);
-    let c = Config::from_toml_str("bind = \"\"\nport = 7").unwrap();
-    assert_eq!(c.listen, vec![sa("[::]:7")]);
-    let c =
-        Config::from_toml_str("listen = [\"10.0.0.1:1\"]\nbind = \"10.0.0.2\"\nport = 2").unwrap();
-    assert_eq!(c.listen, vec![sa("10.0.0.1:1"), sa("10.0.0.2:2")]);
-}
-
-#[test]
-fn file_empty_lists_mean_unset() {
-    let c = Config::from_toml_str("listen = []\nallow = []\ngroups = []").unwrap();
-    assert_eq!(c, Config::default());
-}
-
-#[test]
-fn flags_override_file() {
-    let f = TempFile::new(&full_file());
-    let c = parse(&[
-        "--config",
-        f.path(),
-        "--cookie",
-        "never",
-        "--broadcast-rate",
-        "0",
-        "--threads",
-        "5",
-        "--log-level",
-        "debug",
-        "--stats-interval",
-        "0",
-    ]);
-    assert_eq!(c.cookie, CookieMode::Never);
-    assert_eq!(c.broadcast_rate, None);
-    assert_eq!(c.threads, 5);
-    assert_eq!(c.log_level, log::LevelFilter::Debug);
-    assert_eq!(c.stats_interval, None);
-    // Lists not given on the command line still come from the file.
-    assert_eq!(c.listen, vec![sa("127.0.0.1:1111"), sa("[::1]:2222")]);
-    assert_eq!(c.allow, vec![key(1), key(2)]);
-    assert_eq!(c.groups.len(), 2);
-}
-
-#[test]
-fn flag_lists_replace_file_lists() {
-    let f = TempFile::new(&full_file());
-    let c = parse(&[
-        "--config",
-        f.path(),
-        "--listen",
-        "127.0.0.1:9",
-        "--allow",
-        &k(7),
-        "--group",
-        &format!("{},{}", k(8), k(9)),
-    ]);
-    assert_eq!(c.listen, vec![sa("127.0.0.1:9")]);
-    assert_eq!(c.allow, vec![key(7)]);
-    assert_eq!(c.groups, vec![vec![key(8), key(9)]]);
-    // --port alone is a listen setting too: it replaces the file's listen.
-    let c = parse(&["--config", f.path(), "--port", "4"]);
-    assert_eq!(c.listen, vec![sa("[::]:4")]);
-    // Scalars not given on the command line still come from the file.
-    assert_eq!(c.threads, 3);
-}
-
-#[test]
-fn flag_listen_replaces_file_bind_port() {
-    let f = TempFile::new("bind = \"10.0.0.2\"\nport = 2\n");
-    assert_eq!(
-        parse(&["--config", f.path()]).listen,
-        vec![sa("10.0.0.2:2")]
-    );
-    let c = parse(&["--config", f.path(), "--listen", "127.0.0.1:3"]);
-    assert_eq!(c.listen, vec![sa("127.0.0.1:3")]);
-}
-
-#[test]
-fn debug_flag_raises_file_level() {
-    let f = TempFile::new("log_level = \"error\"");
-    assert_eq!(
-        parse(&["--config", f.path()]).log_level,
-        log::LevelFilter::Error
-    );
-    assert_eq!(
-        parse(&["--config", f.path(), "--debug"]).log_level,
-        log::LevelFilter::Debug
-    );
-}
-
-#[test]
-fn file_unknown_key() {
-    let (_f, e) = file_err("# comment\nthreads = 2\nlissten = [\"[::]:1\"]\n");
-    assert!(e.contains(": line 3: unknown key \"lissten\""), "{e}");
-    assert!(e.contains("did you mean \"listen\""), "{e}");
-    let e = Config::from_toml_str("[relay]\nport = 1")
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.starts_with("config: line 1: unknown key \"relay\" (expected one of: listen,"),
-        "{e}"
-    );
-    let e = Config::from_toml_str("group = []").unwrap_err().to_string();
-    assert!(e.contains("\"group\" (did you mean \"groups\"?"), "{e}");
-}
-
-#[test]
-fn file_missing() {
-    let path = std::env::temp_dir().join(format!(
-        "wgconfig-test-{}-does-not-exist.toml",
-        std::process::id()
+fn peers_file(c: &mut Config) {
+    c.listen = vec![sa("10.0.0.1:51820")];
+    let mut p = vec![
+        port_peer("10.0.0.1:10001", 1),
+        port_peer("[::1]:10002", 2),
+        port_peer("10.0.0.1:10003", 3),
+        port_peer("10.0.0.1:10004", 4),
+    ];
+    p[1].endpoint = Some(sa("[2001:db8::7]:51820"));
+    p[2].uapi = Some("wg0".into());
+    p[2].awg = Some(awg(
+        "jc=4,jmin=40,jmax=70,s1=20,h1=100000-100099,h2=200000,h3=300000,h4=400000",
     ));
-    let path = path.to_str().unwrap();
-    let e = parse_err(&["--config", path]);
-    assert!(
-        e.starts_with(&format!("config file {path}: cannot read: ")),
-        "{e}"
-    );
-    assert!(e.contains("os error 2"), "{e}");
-    // A directory is not a config file either.
-    let dir = std::env::temp_dir();
-    let e = parse_err(&["--config", dir.to_str().unwrap()]);
-    assert!(e.contains("cannot read"), "{e}");
+    p[3].awg = Some(awg("s2=30"));
+    c.peers = p;
+}
+
+const AWG_FILE: &str = "[awg]\njc = 4\njmin = 40\njmax = 70\ns1 = 20\nh1 = \"100000-100099\"\nh2 = 200000\nh3 = 300000\nh4 = 400000\n";
+
+#[test]
+fn file_values_table() {
+    #[rustfmt::skip]
+    let cases: &[(&str, Edit)] = &[
+        (FULL_FILE, full_file),
+        (PEERS_FILE, peers_file),
+        (AWG_FILE, |c| c.awg = awg("jc=4,jmin=40,jmax=70,s1=20,h1=100000-100099,h2=200000,h3=300000,h4=400000")),
+        // awg-quick spellings; an empty table is plain WireGuard, for a peer the relay-wide awg
+        ("[awg]\nJc = 3\nS1 = 10", |c| c.awg = awg("jc=3,s1=10")),
+        ("[awg]\n", |_| {}),
+        ("[[peer]]\nport = 5\npublic_key = \"K1\"\nawg = {}\n", |c| c.peers = vec![port_peer("[::]:5", 1)]),
+        ("cookie = \"never\"\n[awg]\ns1 = 10\ns3 = 120", |c| { c.cookie = CookieMode::Never; c.awg = awg("s1=10,s3=120") }),
+        ("backend = \"mmsg\"", |c| c.backend = BackendChoice::Mmsg),
+        ("broadcast_rate = 0\nstats_interval = 0", |c| { c.broadcast_rate = None; c.stats_interval = None }),
+        ("control_socket = \"off\"", |c| c.control_socket = None),
+        ("port = 40001", |c| c.listen = vec![sa("[::]:40001")]),
+        ("bind = \"0.0.0.0\"", |c| c.listen = vec![sa("0.0.0.0:40000")]),
+        ("bind = \"\"\nport = 7", |c| c.listen = vec![sa("[::]:7")]),
+        ("listen = [\"10.0.0.1:1\"]\nbind = \"10.0.0.2\"\nport = 2", |c| c.listen = vec![sa("10.0.0.1:1"), sa("10.0.0.2:2")]),
+        // empty lists mean unset
+        ("listen = []\nallow = []\ngroups = []", |_| {}),
+        ("[[server]]\naddress = \"vpn.example.net:51820\"\npublic_key = \"K1\"\n\n[[server]]\npublic_key = \"K2\"\naddress = \"[2001:db8::1]:51820\"\n",
+            |c| c.servers = vec![server("vpn.example.net:51820", 1), server("[2001:db8::1]:51820", 2)]),
+    ];
+    toml_values(cases);
 }
 
 #[test]
-fn file_not_utf8() {
-    let f = TempFile::new("");
-    std::fs::write(&f.0, b"threads = \xff\n").unwrap();
-    let e = parse_err(&["--config", f.path()]);
-    assert!(e.contains("not valid UTF-8"), "{e}");
-}
-
-#[test]
-fn file_bad_values_name_line_and_value() {
-    let (_f, e) = file_err("allow = [\n  \"abc\",\n]\n");
-    assert!(e.ends_with(
-        "line 2: allow: invalid public key \"abc\": expected 44 characters of base64 encoding 32 bytes (got 3 characters)"
-    ), "{e}");
-
-    let (_f, e) = file_err("\nlisten = [\"1.2.3.4\"]");
-    assert!(e.ends_with(
-        "line 2: listen \"1.2.3.4\": invalid socket address (expected IP:PORT, IPv6 as [ADDR]:PORT)"
-    ), "{e}");
-
-    let (_f, e) = file_err("listen = [\"[::]:0\"]");
-    assert!(
-        e.contains("line 1: listen \"[::]:0\": port 0 is not allowed"),
-        "{e}"
+fn flags_and_the_file() {
+    let full = TempFile::new(FULL_FILE);
+    let peers = TempFile::new(PEERS_FILE);
+    let awg_file = TempFile::new(AWG_FILE);
+    let servers = TempFile::new("[[server]]\naddress = \"a.example:1\"\npublic_key = \"K1\"\n[[server]]\naddress = \"b.example:2\"\npublic_key = \"K2\"\n");
+    let wpex = TempFile::new("bind = \"10.0.0.2\"\nport = 2\n");
+    let debug = TempFile::new("log_level = \"error\"");
+    let (full, peers, awg_file, servers, wpex, debug) = (
+        full.path(),
+        peers.path(),
+        awg_file.path(),
+        servers.path(),
+        wpex.path(),
+        debug.path(),
     );
-
-    let (_f, e) = file_err("port = 0");
-    assert!(e.contains("line 1: port 0: port 0 is not allowed"), "{e}");
-
-    let (_f, e) = file_err("bind = \"nowhere\"");
-    assert!(
-        e.contains("line 1: bind \"nowhere\": invalid IP address"),
-        "{e}"
-    );
-
-    let (_f, e) = file_err("cookie = \"never\"\nthreads = 0");
-    assert!(e.ends_with("line 2: threads 0: must be at least 1"), "{e}");
-
-    let (_f, e) = file_err("threads = 5000");
-    assert!(
-        e.ends_with("line 1: threads 5000: must be at most 1024"),
-        "{e}"
-    );
-
-    let one = k(1);
-    let (_f, e) = file_err(&format!("groups = [\n  [\"{one}\"],\n]"));
-    assert!(
-        e.ends_with(&format!(
-        "line 2: groups entry [\"{one}\"]: a group needs at least 2 distinct public keys (got 1)"
-    )),
-        "{e}"
-    );
-
-    let (_f, e) = file_err(&format!("groups = [[\"{one}\", \"{one}\"]]"));
-    assert!(e.contains("got 1"), "{e}");
-
-    let (_f, e) = file_err(&format!("groups = [[\"{one}\", \"zzz\"]]"));
-    assert!(
-        e.contains("line 1: groups: invalid public key \"zzz\""),
-        "{e}"
-    );
-}
-
-#[test]
-fn file_type_and_syntax_errors() {
-    let e = Config::from_toml_str("threads = \"two\"")
-        .unwrap_err()
-        .to_string();
-    assert!(e.starts_with("config: line 1: "), "{e}");
-    assert!(e.contains("two"), "{e}");
-    let e = Config::from_toml_str("\nport = 70000")
-        .unwrap_err()
-        .to_string();
-    assert!(e.starts_with("config: line 2: "), "{e}");
-    assert!(e.contains("70000"), "{e}");
-    let e = Config::from_toml_str("threads = -1")
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("-1"), "{e}");
-    let e = Config::from_toml_str("cookie = \"sometimes\"")
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("sometimes"), "{e}");
-    assert!(e.contains("under-load"), "{e}");
-    let e = Config::from_toml_str("log_level = \"loud\"")
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("loud"), "{e}");
-    let e = Config::from_toml_str("allow = \"K\"")
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("line 1"), "{e}");
-    let e = Config::from_toml_str("threads = 2\nthreads = 3")
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("line 2"), "{e}");
-    let e = Config::from_toml_str("listen = [\"[::]:1\"\n")
-        .unwrap_err()
-        .to_string();
-    assert!(e.starts_with("config: "), "{e}");
-    for text in ["threads = \"two\"", "listen = [", "= 1", "allow = [1]"] {
-        let e = Config::from_toml_str(text).unwrap_err().to_string();
-        assert!(!e.contains('\n'), "{e}");
+    // (argv, the file's configuration changed by the flags)
+    #[rustfmt::skip]
+    let cases: &[(&[&str], Edit, Edit)] = &[
+        (&["--config", full], full_file, |_| {}),
+        (&["check-config", "--config", full], full_file, |_| {}),
+        // flags win over single values; lists not given on the command line come from the file
+        (&["--config", full, "--cookie", "never", "--broadcast-rate", "0", "--threads", "5", "--log-level", "debug", "--stats-interval", "0", "--backend", "mmsg", "--gro", "on", "--log-format", "text", "--control-socket", "off"],
+            full_file, |c| { c.cookie = CookieMode::Never; c.broadcast_rate = None; c.threads = 5; c.log_level = log::LevelFilter::Debug; c.stats_interval = None; c.backend = BackendChoice::Mmsg; c.gro = true; c.log_format = LogFormat::Text; c.control_socket = None }),
+        // list flags replace the file's lists whole; --port alone is a listen setting too
+        (&["--config", full, "--listen", "127.0.0.1:9", "--allow", "K7", "--group", "K8,K9"],
+            full_file, |c| { c.listen = vec![sa("127.0.0.1:9")]; c.allow = vec![key(7)]; c.groups = vec![vec![key(8), key(9)]] }),
+        (&["--config", full, "--port", "4"], full_file, |c| c.listen = vec![sa("[::]:4")]),
+        (&["--config", wpex], |c| c.listen = vec![sa("10.0.0.2:2")], |_| {}),
+        (&["--config", wpex, "--listen", "127.0.0.1:3"], |_| {}, |c| c.listen = vec![sa("127.0.0.1:3")]),
+        (&["--config", debug], |c| c.log_level = log::LevelFilter::Error, |_| {}),
+        (&["--config", debug, "--debug"], |_| {}, |c| c.log_level = log::LevelFilter::Debug),
+        (&["--config", servers, "--server", "c.example:3", "--server-key", "K3"], |_| {}, |c| c.servers = vec![server("c.example:3", 3)]),
+        // bare peer ports follow the first effective listen address, here the flag's
+        (&["--config", peers, "--listen", "10.0.0.2:1"], peers_file, |c| {
+            c.listen = vec![sa("10.0.0.2:1")];
+            for p in &mut c.peers { if p.listen.ip() == sa("10.0.0.1:1").ip() { p.listen.set_ip(sa("10.0.0.2:1").ip()) } }
+        }),
+        (&["--config", peers, "--peer", "9=K9"], peers_file, |c| c.peers = vec![port_peer("10.0.0.1:9", 9)]),
+        // --awg replaces the file's table whole: keys it does not give are plain again
+        (&["--config", awg_file, "--awg", "jc=5"], |_| {}, |c| c.awg = awg("jc=5")),
+    ];
+    for (argv, file, flags) in cases {
+        let mut want = edited(*file);
+        flags(&mut want);
+        assert_eq!(parse(argv), want, "{argv:?}");
     }
 }
 
 #[test]
-fn file_errors_reported_even_when_overridden() {
-    let f = TempFile::new("threads = 0");
-    let e = parse_err(&["--config", f.path(), "--threads", "2"]);
-    assert!(e.contains("threads 0"), "{e}");
+fn file_errors_table() {
+    let why = "(got s3 = 120, s1 = 10: a 184-byte cookie reply to a 158-byte initiation); the relay keeps no state for a source it challenges, so each challenge would send it more bytes than it sent; use s3 < s1 + 84";
+    let (awg_cookie, peer_cookie) = (
+        format!("config: awg: awg: s3 + 64 must be ≤ s1 + 148 unless the cookie mode is never {why}"),
+        format!("config: line 2: peer port 5: awg: s3 + 64 must be ≤ s1 + 148 unless the cookie mode is never {why}"),
+    );
+    #[rustfmt::skip]
+    let cases: &[(&str, &str)] = &[
+        ("# comment\nthreads = 2\nlissten = [\"[::]:1\"]\n", "config: line 3: unknown key \"lissten\" (did you mean \"listen\"? expected one of: listen, allow, groups, server, peer, awg, cookie,*"),
+        ("[relay]\nport = 1", "config: line 1: unknown key \"relay\" (expected one of: listen,*"),
+        ("group = []", "config: line 1: unknown key \"group\" (did you mean \"groups\"?*"),
+        ("allow = [\n  \"abc\",\n]\n", "config: line 2: allow: invalid public key \"abc\": expected 44 characters of base64 encoding 32 bytes (got 3 characters)"),
+        ("\nlisten = [\"1.2.3.4\"]", "config: line 2: listen \"1.2.3.4\": invalid socket address (expected IP:PORT, IPv6 as [ADDR]:PORT)"),
+        ("listen = [\"[::]:0\"]", "config: line 1: listen \"[::]:0\": port 0 is not allowed*"),
+        ("listen = [\"[::]:1\", \"0.0.0.0:1\"]", "config: listen: [::]:1 is dual-stack and already receives IPv4 on port 1, so 0.0.0.0:1 cannot be bound beside it; list one of them"),
+        ("port = 0", "config: line 1: port 0: port 0 is not allowed*"),
+        ("bind = \"nowhere\"", "config: line 1: bind \"nowhere\": invalid IP address (expected e.g. 0.0.0.0 or ::, or \"\" for all addresses; set the port with port)"),
+        ("cookie = \"never\"\nthreads = 0", "config: line 2: threads 0: must be at least 1"),
+        ("threads = 5000", "config: line 1: threads 5000: must be at most 1024"),
+        ("stats_interval = 86401", "config: stats_interval = 86401: at most 86400 seconds (one day); 0 turns the statistics line off"),
+        ("groups = [\n  [\"K1\"],\n]", "config: line 2: groups entry [\"K1\"]: a group needs at least 2 distinct public keys (got 1)"),
+        ("groups = [[\"K1\", \"K1\"]]", "config: line 1: groups entry [\"K1\", \"K1\"]: a group needs at least 2 distinct public keys (got 1)"),
+        ("groups = [[\"K1\", \"zzz\"]]", "config: line 1: groups: invalid public key \"zzz\"*"),
+        // types and syntax
+        ("threads = \"two\"", "config: line 1: threads: invalid type: string \"two\"*"),
+        ("\nport = 70000", "config: line 2: port: *70000*"),
+        ("threads = -1", "config: line 1: threads: *-1*"),
+        ("cookie = \"sometimes\"", "config: line 1: cookie: unknown variant `sometimes`, expected one of `always`, `under-load`, `never`"),
+        ("log_level = \"loud\"", "config: line 1: log_level: unknown variant `loud`*"),
+        ("threads = 1\nbackend = \"io_uring\"", "config: line 2: backend: unknown variant `io_uring`, expected one of `auto`, `uring`, `mmsg`"),
+        ("threads = 1\ngso = \"yes\"", "config: line 2: gso: unknown variant `yes`, expected `on` or `off`"),
+        ("gro = true", "config: line 1: gro: invalid type: *"),
+        ("log_format = \"xml\"", "config: line 1: log_format: unknown variant `xml`, expected `text` or `json`"),
+        ("\nmetrics = \"nowhere\"", "config: line 2: metrics \"nowhere\": invalid socket address (expected IP:PORT, IPv6 as [ADDR]:PORT)"),
+        ("metrics = 9586", "config: line 1: metrics: invalid type: integer `9586`, expected a string"),
+        ("control_socket = \"\"", "config: line 1: control_socket \"\": expected a path for the socket, or off"),
+        ("allow = \"K\"", "config: line 1: allow: invalid type: string \"K\", expected an array"),
+        ("threads = 2\nthreads = 3", "config: line 2: *"),
+        ("listen = [\"[::]:1\"\n", "config: *"),
+        ("listen = [", "config: *"),
+        ("= 1", "config: line 1: *"),
+        ("allow = [1]", "config: line 1: allow: *"),
+        // tables of any shape stay one line
+        ("[[server]]\n[[server]]\naddress = 1", "config: line *"),
+        ("[[peer]]\nport = 5\npublic_key = \"x\"\nawg = { jc = [] }", "config: line *"),
+        ("[awg]\nh4 = { a = 1 }", "config: line *"),
+        ("[peer]\nport = 1", "config: line *"),
+        ("[[awg]]\njc = 1", "config: line *"),
+        ("[peer.awg]\njc = 1", "config: line *"),
+        // servers
+        ("threads = 1\n[[server]]\npublic_key = \"K1\"\n", "config: line 2: server: missing address = \"HOST:PORT\""),
+        ("[[server]]\naddress = \"a.example:1\"\n", "config: line 1: server: missing public_key = \"...\" (the server's base64 public key)"),
+        ("[[server]]\naddress = \"a.example:1\"\npublic_key = \"abc\"\n", "config: line 3: server public_key: invalid public key \"abc\": expected 44 characters of base64 encoding 32 bytes (got 3 characters)"),
+        ("[[server]]\naddress = \"1.2.3:1\"\npublic_key = \"K1\"\n", "config: line 2: server address: invalid upstream address \"1.2.3:1\": host looks like an IPv4 address but is not a valid one (expected HOST:PORT, e.g. 192.0.2.1:51820, [2001:db8::1]:51820 or relay.example.net:51820)"),
+        ("[[server]]\naddress = \"a.example:1\"\npublic_key = \"K1\"\n[[server]]\naddress = \"b.example:1\"\npublic_key = \"K1\"\n", "config: line 6: server public_key K1: already the key of the server on line 3 (a key chooses one server)"),
+        ("[[server]]\nadress = \"a.example:1\"\n", "config: line 2: server: unknown key \"adress\" (did you mean \"address\"? expected one of: address, public_key)"),
+        ("server = \"a.example:1\"", "config: line 1: server: invalid type: string \"a.example:1\", expected an array (write one [[server]] table per server)"),
+        ("threads = 1\n[server]\naddress = \"a.example:1\"\n", "config: line 2: server: invalid type: map, expected an array (write one [[server]] table per server)"),
+        ("[[server]]\naddress = 5\n", "config: line 2: server address: invalid type: integer `5`, expected a string"),
+        // peers
+        ("[[peer]]\npublic_key = \"K1\"\n", "config: line 1: peer: missing port = N (on the host of the first listen address) or listen = \"ADDR:PORT\""),
+        ("[[peer]]\nport = 5\nlisten = \"127.0.0.1:5\"\npublic_key = \"K1\"\n", "config: line 2: peer: give port = N or listen = \"ADDR:PORT\", not both"),
+        ("threads = 1\n\n[[peer]]\nport = 5\n", "config: line 3: peer: missing public_key = \"...\" (the responder's base64 public key)"),
+        ("[[peer]]\nport = 0\npublic_key = \"K1\"\n", "config: line 2: peer port 0: port 0 is not allowed (expected a fixed port 1-65535 that peers can point at)"),
+        ("[[peer]]\nlisten = \"x\"\npublic_key = \"K1\"\n", "config: line 2: peer listen \"x\": invalid socket address (expected IP:PORT, IPv6 as [ADDR]:PORT)"),
+        ("[[peer]]\nport = 5\npublic_key = \"abc\"\n", "config: line 3: peer public_key: invalid public key \"abc\": expected 44 characters of base64 encoding 32 bytes (got 3 characters)"),
+        ("[[peer]]\nport = 5\npublic_key = \"K1\"\nendpoint = \"x:5\"\n", "config: line 4: peer endpoint \"x:5\": invalid socket address (expected a literal IP:PORT, IPv6 as [ADDR]:PORT)"),
+        ("[[peer]]\nport = 5\npublic_key = \"K1\"\nuapi = \"wg/0\"\n", "config: line 4: peer uapi \"wg/0\": expected a WireGuard device name (1 to 15 characters, none of them '/', ':' or whitespace) or an absolute path to its UAPI socket"),
+        ("[[peer]]\nport = 5\npublic_key = \"K1\"\nendpoint = \"192.0.2.1:5\"\nuapi = \"wg0\"\n", "config: line 5: peer: endpoint and uapi exclude each other (a fixed endpoint, or the one the device knows)"),
+        ("[[peer]]\nport = 5\npublic_key = \"K1\"\n[[peer]]\nport = 5\npublic_key = \"K2\"\n", "config: line 5: peer port 5: [::]:5 overlaps the port of the peer on line 2 ([::]:5)"),
+        ("[[peer]]\nport = 5\npublic_key = \"K1\"\n[[peer]]\nport = 6\npublic_key = \"K1\"\n", "config: line 5: peer port 6: public key K1 is already the key of the peer on line 2 (a key has one relay port)"),
+        ("[[peer]]\nport = 51820\npublic_key = \"K1\"\n", "config: line 2: peer port 51820: [::]:51820 overlaps the relay listen address [::]:51820 (a peer needs a port of its own)"),
+        ("listen = [\"0.0.0.0:1\"]\n[[peer]]\nlisten = \"127.0.0.1:1\"\npublic_key = \"K1\"\n", "config: line 3: peer listen \"127.0.0.1:1\": 127.0.0.1:1 overlaps the relay listen address 0.0.0.0:1 (a peer needs a port of its own)"),
+        ("[[peer]]\njc = 1\n", "config: line 2: peer: unknown key \"jc\" (expected one of: port, listen, public_key, endpoint, uapi, awg; AmneziaWG parameters go in an awg table)"),
+        ("[[peer]]\nport = \"x\"\n", "config: line 2: peer port: invalid type: string \"x\", expected an integer from 0 to 65535"),
+        ("[[peer]]\nport = 70000\n", "config: line 2: peer port: invalid value: integer `70000`, expected an integer from 0 to 65535"),
+        ("peer = 1", "config: line 1: peer: invalid type: integer `1`, expected an array (write one [[peer]] table per peer)"),
+        ("[[peer]]\nport = 5\npublic_key = \"K1\"\nawg = { s1 = 100000 }\n", "config: line 4: peer awg: s1 must be ≤ 65386 (got 100000): a framed message must stay below amneziawg-go's 65535-byte limit"),
+        ("[[peer]]\nport = 5\npublic_key = \"K1\"\n[peer.awg]\nh1 = \"3-9\"\n", "config: line 4: peer awg: h1 must be 1 (plain WireGuard) or lie wholly above 4 (got 3-9): AWG 1.x/2.0 read a value ≤ 4 as plain, newer builds take it literally"),
+        ("[[peer]]\nport = 5\npublic_key = \"K1\"\nawg = 3\n", "config: line 4: peer awg: invalid type: integer `3`, expected a table"),
+        ("[[peer]]\nport = 5\npublic_key = \"K1\"\nawg = { s1 = 10, s3 = 120 }\n", &peer_cookie),
+        // awg
+        ("[awg]\ns1 = 10\ns3 = 120\n", &awg_cookie),
+        ("threads = 1\n[awg]\njc = true\n", "config: line 3: awg: jc must be an integer, or for h1..h4 also a \"N-M\" string (got boolean)"),
+        ("[awg]\njc = -1\n", "config: line 2: awg: jc must be a non-negative decimal integer (got \"-1\")"),
+        ("[awg]\njc = 4294967296\n", "config: line 2: awg: jc must be ≤ 4294967295 (got 4294967296): it must fit 32 bits"),
+        ("[awg]\nh1 = \"9-5\"\n", "config: line 2: awg: h1 must be a type value N or a range N-M (decimal, 0..=4294967295, N <= M) (got \"9-5\")"),
+        ("threads = 1\n[awg]\njmin = 10\njmax = 5\n", "config: line 2: awg: jmin must be ≤ jmax (got jmin 10, jmax 5)"),
+        ("[awg]\nheader_protection_key = \"0123456789abcdef\"\n", "config: line 2: awg: header protection (AWG 3, header_protection_key) cannot be relayed: indices are encrypted without its key"),
+        ("[awg]\nfoo = 1\n", "config: line 2: awg: unknown parameter \"foo\" (known: jc,*"),
+        ("awg = 3", "config: line 1: awg: invalid type: integer `3`, expected a table"),
+        ("[awg]\njc = 1\n[awg]\njc = 2\n", "config: line 3: invalid table header; duplicate key `awg` in document root"),
+    ];
+    toml_errors(cases);
+}
+
+#[test]
+fn file_errors_name_the_file_and_are_reported_even_when_overridden() {
+    let missing = std::env::temp_dir().join(format!(
+        "wgconfig-test-{}-does-not-exist.toml",
+        std::process::id()
+    ));
+    let missing = missing.to_str().unwrap();
+    let dir = std::env::temp_dir();
+    let not_utf8 = TempFile::new("");
+    std::fs::write(&not_utf8.0, b"threads = \xff\n").unwrap();
+    let threads0 = TempFile::new("threads = 0");
+    let bad_server = TempFile::new("[[server]]\naddress = \"x\"\n");
+    let bad_awg = TempFile::new("[awg]\ns1 = 0\ns2 = 56\n");
+    let unknown = TempFile::new("# comment\nthreads = 2\nlissten = [\"[::]:1\"]\n");
+    let (f, t, s, a, u) = (
+        not_utf8.path(),
+        threads0.path(),
+        bad_server.path(),
+        bad_awg.path(),
+        unknown.path(),
+    );
+    let (m_err, d_err, f_err, t_err, s_err, a_err, u_err) = (
+        format!("config file {missing}: cannot read: *os error 2*"),
+        format!("config file {}: cannot read: *", dir.display()),
+        format!("config file {f}: cannot read: not valid UTF-8 text*"),
+        format!("config file {t}: line 1: threads 0: must be at least 1"),
+        format!(
+            "config file {s}: line 2: server address: invalid upstream address \"x\": no port*"
+        ),
+        format!(
+            "config file {a}: line 1: awg: s1 and s2 give two messages the same framed length*"
+        ),
+        format!("config file {u}: line 3: unknown key \"lissten\"*"),
+    );
+    #[rustfmt::skip]
+    let cases: &[(&[&str], &str)] = &[
+        (&["--config", missing], &m_err),
+        (&["--config", dir.to_str().unwrap()], &d_err),
+        (&["--config", f], &f_err),
+        (&["--config", t, "--threads", "2"], &t_err),
+        (&["--config", s, "--server", "c.example:3", "--server-key", "K3"], &s_err),
+        (&["--config", a, "--awg", "jc=5"], &a_err),
+        (&["--config", u], &u_err),
+    ];
+    flag_errors(cases);
 }
 
 // ---- summary ----
 
 #[test]
-fn summary_open_defaults() {
-    let c = Config {
-        threads: 4,
-        ..Config::default()
-    };
-    assert_eq!(
-        c.summary(),
-        "listen: [::]:51820\n\
-         mode: open (any public key is relayed)\n\
-         servers: none\n\
-         peers: none\n\
-         awg: plain\n\
-         cookie replies: under-load\n\
-         broadcast rate: 1000 handshake initiation copies/s\n\
-         threads: 4\n\
-         backend: auto\n\
-         offload: gso on, gro on\n\
-         steering: on\n\
-         state file: none\n\
-         control socket: /run/wgrelay/control.sock\n\
-         metrics: off\n\
-         log level: info\n\
-         log format: text\n\
-         stats: every 60s"
-    );
-}
-
-#[test]
 fn summary_servers_peers_awg_and_wgproxy_timeout() {
-    let mut awg = AwgParams::plain();
-    awg.jc = 4;
-    awg.jmin = 40;
-    awg.jmax = 70;
-    awg.s1 = 20;
+    let awg = awg("jc=4,jmin=40,jmax=70,s1=20");
+    let mut peers = vec![
+        port_peer("[::]:10001", 3),
+        port_peer("127.0.0.1:10002", 4),
+        port_peer("[::]:10003", 5),
+    ];
+    peers[1].endpoint = Some(sa("192.0.2.7:51820"));
+    peers[2].uapi = Some("wg0".into());
+    peers[2].awg = Some(awg);
     let c = Config {
         threads: 1,
         servers: vec![
-            Server {
-                addr: "vpn.example.net:51820".parse().unwrap(),
-                key: key(1),
-            },
-            Server {
-                addr: "[2001:db8::1]:5".parse().unwrap(),
-                key: key(2),
-            },
+            server("vpn.example.net:51820", 1),
+            server("[2001:db8::1]:5", 2),
         ],
-        peers: vec![
-            PortPeer {
-                listen: sa("[::]:10001"),
-                key: key(3),
-                endpoint: None,
-                uapi: None,
-                awg: None,
-            },
-            PortPeer {
-                listen: sa("127.0.0.1:10002"),
-                key: key(4),
-                endpoint: Some(sa("192.0.2.7:51820")),
-                uapi: None,
-                awg: None,
-            },
-            PortPeer {
-                listen: sa("[::]:10003"),
-                key: key(5),
-                endpoint: None,
-                uapi: Some("wg0".into()),
-                awg: Some(awg),
-            },
-        ],
+        peers,
         awg,
         wgproxy_timeout: Some(Duration::from_secs(30)),
         ..Config::default()
@@ -951,745 +845,61 @@ fn summary_servers_peers_awg_and_wgproxy_timeout() {
 }
 
 #[test]
-fn state_file_from_flag_and_file() {
-    assert_eq!(parse(&[]).state_file, None);
-    // (its directory must exist: check_state_file)
-    let c = parse(&["--state-file", "/tmp/wgrelay-state"]);
-    assert_eq!(
-        c.state_file.as_deref(),
-        Some(std::path::Path::new("/tmp/wgrelay-state"))
-    );
-    assert!(c.summary().contains("\nstate file: /tmp/wgrelay-state\n"));
-    let c = Config::from_toml_str("state_file = \"/tmp/s\"").unwrap();
-    assert_eq!(
-        c.state_file.as_deref(),
-        Some(std::path::Path::new("/tmp/s"))
-    );
-}
-
-#[test]
-fn summary_modes() {
-    let c = parse(&[
-        "--listen",
-        "127.0.0.1:1,[::1]:2",
-        "--allow",
-        &k(1),
-        "--broadcast-rate",
-        "0",
-        "--stats-interval",
-        "0",
-        "--cookie",
-        "never",
-    ]);
-    let s = c.summary();
-    assert!(s.contains("listen: 127.0.0.1:1, [::1]:2\n"), "{s}");
-    assert!(s.contains("mode: allow-list (1 key)\n"), "{s}");
-    assert!(s.contains("broadcast rate: unlimited\n"), "{s}");
-    assert!(s.contains("cookie replies: never\n"), "{s}");
-    assert!(s.ends_with("stats: off"), "{s}");
-
-    let c = parse(&["--group", &format!("{},{};{},{}", k(1), k(2), k(2), k(3))]);
-    assert!(c
-        .summary()
-        .contains("mode: groups (2 groups, 3 distinct keys)\n"));
-
-    let c = parse(&[
-        "--allow",
-        &format!("{},{}", k(1), k(4)),
-        "--group",
-        &format!("{},{}", k(1), k(2)),
-    ]);
-    assert!(c
-        .summary()
-        .contains("mode: allow-list (2 keys) + groups (1 group, 2 distinct keys)\n"));
-}
-
-// ---- proxy servers ----
-
-/// `Config::from_toml_str`'s error, which must be one line.
-fn toml_err(text: &str) -> String {
-    let e = Config::from_toml_str(text).unwrap_err().to_string();
-    assert!(!e.contains('\n'), "multi-line error: {e}");
-    e
-}
-
-fn host_port(s: &str) -> HostPort {
-    s.parse().unwrap()
-}
-
-fn server(addr: &str, i: u8) -> Server {
-    Server {
-        addr: host_port(addr),
-        key: key(i),
-    }
-}
-
-#[test]
-fn servers_from_flags_pair_in_order() {
-    let c = parse(&[
-        "--server",
-        "vpn.example.net:51820",
-        "--server-key",
-        &k(1),
-        "--server",
-        "192.0.2.1:1,[2001:db8::1]:2",
-        "--server-key",
-        &format!("{}, {}", k(2), k(3)),
-    ]);
-    assert_eq!(
-        c.servers,
-        vec![
-            server("vpn.example.net:51820", 1),
-            server("192.0.2.1:1", 2),
-            server("[2001:db8::1]:2", 3),
-        ]
-    );
-    assert_eq!(c.servers[0].addr.name(), Some("vpn.example.net"));
-    assert!(c.summary().contains(
-        "\nservers: AQEBAQEB... -> vpn.example.net:51820, AgICAgIC... -> 192.0.2.1:1, AwMDAwMD... -> [2001:db8::1]:2\n"
-    ));
-    assert!(parse(&[]).servers.is_empty());
-}
-
-#[test]
-fn server_flag_errors() {
-    assert_eq!(
-        parse_err(&["--server", "a.example:1"]),
-        "--server and --server-key pair up in order, one key per server: got 1 server and 0 server keys"
-    );
-    assert_eq!(
-        parse_err(&["--server", "a.example:1", "--server-key", &format!("{},{}", k(1), k(2))]),
-        "--server and --server-key pair up in order, one key per server: got 1 server and 2 server keys"
-    );
-    assert_eq!(
-        parse_err(&["--server-key", &k(1)]),
-        "--server and --server-key pair up in order, one key per server: got 0 servers and 1 server key"
-    );
-    assert_eq!(
-        parse_err(&["--server", "a.example", "--server-key", &k(1)]),
-        "--server: invalid upstream address \"a.example\": no port (expected HOST:PORT, e.g. 192.0.2.1:51820, [2001:db8::1]:51820 or relay.example.net:51820)"
-    );
-    // A bad value is named before the counts are compared.
-    let e = parse_err(&["--server", "a.example:0"]);
-    assert!(
-        e.starts_with(
-            "--server: invalid upstream address \"a.example:0\": port 0 cannot be sent to"
-        ),
-        "{e}"
-    );
-    let e = parse_err(&["--server", "::1:51820", "--server-key", &k(1)]);
-    assert!(e.contains("must be in brackets"), "{e}");
-    assert_eq!(
-        parse_err(&["--server", "a.example:1", "--server-key", "abc"]),
-        "--server-key: invalid public key \"abc\": expected 44 characters of base64 encoding 32 bytes (got 3 characters)"
-    );
-    assert_eq!(
-        parse_err(&[
-            "--server",
-            "a.example:1,b.example:2",
-            "--server-key",
-            &format!("{},{}", k(1), k(1)),
-        ]),
-        format!(
-            "--server-key {}: given for two servers (a key chooses one server)",
-            k(1)
-        )
-    );
-    // An empty list entry is an error, not "no server".
-    let e = parse_err(&["--server", "a.example:1,", "--server-key", &k(1)]);
-    assert!(
-        e.contains("invalid upstream address \"\": it is empty"),
-        "{e}"
-    );
-}
-
-#[test]
-fn servers_in_file() {
-    let text = format!(
-        "[[server]]\naddress = \"vpn.example.net:51820\"\npublic_key = \"{}\"\n\n[[server]]\npublic_key = \"{}\"\naddress = \"[2001:db8::1]:51820\"\n",
-        k(1),
-        k(2)
-    );
-    let c = Config::from_toml_str(&text).unwrap();
-    assert_eq!(
-        c.servers,
-        vec![
-            server("vpn.example.net:51820", 1),
-            server("[2001:db8::1]:51820", 2)
-        ]
-    );
-    // Flags replace the file's servers whole; the file's are still validated.
-    let f = TempFile::new(&text);
-    let c = parse(&[
-        "--config",
-        f.path(),
-        "--server",
-        "c.example:3",
-        "--server-key",
-        &k(3),
-    ]);
-    assert_eq!(c.servers, vec![server("c.example:3", 3)]);
-    assert_eq!(parse(&["--config", f.path()]).servers.len(), 2);
-    let f = TempFile::new("[[server]]\naddress = \"x\"\n");
-    let e = parse_err(&[
-        "--config",
-        f.path(),
-        "--server",
-        "c.example:3",
-        "--server-key",
-        &k(3),
-    ]);
-    assert!(e.ends_with("line 2: server address: invalid upstream address \"x\": no port (expected HOST:PORT, e.g. 192.0.2.1:51820, [2001:db8::1]:51820 or relay.example.net:51820)"), "{e}");
-}
-
-#[test]
-fn server_file_errors() {
-    let one = k(1);
-    assert_eq!(
-        toml_err(&format!(
-            "threads = 1\n[[server]]\npublic_key = \"{one}\"\n"
-        )),
-        "config: line 2: server: missing address = \"HOST:PORT\""
-    );
-    assert_eq!(
-        toml_err("[[server]]\naddress = \"a.example:1\"\n"),
-        "config: line 1: server: missing public_key = \"...\" (the server's base64 public key)"
-    );
-    assert_eq!(
-        toml_err("[[server]]\naddress = \"a.example:1\"\npublic_key = \"abc\"\n"),
-        "config: line 3: server public_key: invalid public key \"abc\": expected 44 characters of base64 encoding 32 bytes (got 3 characters)"
-    );
-    assert_eq!(
-        toml_err(&format!("[[server]]\naddress = \"1.2.3:1\"\npublic_key = \"{one}\"\n")),
-        "config: line 2: server address: invalid upstream address \"1.2.3:1\": host looks like an IPv4 address but is not a valid one (expected HOST:PORT, e.g. 192.0.2.1:51820, [2001:db8::1]:51820 or relay.example.net:51820)"
-    );
-    assert_eq!(
-        toml_err(&format!(
-            "[[server]]\naddress = \"a.example:1\"\npublic_key = \"{one}\"\n[[server]]\naddress = \"b.example:1\"\npublic_key = \"{one}\"\n"
-        )),
-        format!("config: line 6: server public_key {one}: already the key of the server on line 3 (a key chooses one server)")
-    );
-    assert_eq!(
-        toml_err("[[server]]\nadress = \"a.example:1\"\n"),
-        "config: line 2: server: unknown key \"adress\" (did you mean \"address\"? expected one of: address, public_key)"
-    );
-    assert_eq!(
-        toml_err("server = \"a.example:1\""),
-        "config: line 1: server: invalid type: string \"a.example:1\", expected an array (write one [[server]] table per server)"
-    );
-    assert_eq!(
-        toml_err("threads = 1\n[server]\naddress = \"a.example:1\"\n"),
-        "config: line 2: server: invalid type: map, expected an array (write one [[server]] table per server)"
-    );
-    let e = toml_err("[[server]]\naddress = 5\n");
-    assert!(
-        e.starts_with("config: line 2: server address: invalid type: integer `5`"),
-        "{e}"
-    );
-}
-
-// ---- port-per-peer ----
-
-fn port_peer(listen: &str, i: u8) -> PortPeer {
-    PortPeer {
-        listen: sa(listen),
-        key: key(i),
-        endpoint: None,
-        uapi: None,
-        awg: None,
-    }
-}
-
-#[test]
-fn peers_from_flags() {
-    let c = parse(&[
-        "--listen",
-        "127.0.0.1:51820,[::1]:51820",
-        "--peer",
-        &format!("10001={}", k(1)),
-        "--peer",
-        &format!("[::1]:10002={}@192.0.2.7:51820", k(2)),
-        "--peer",
-        &format!(
-            "10003={}@uapi:wg0, 10004={}@uapi:/run/wireguard/wg1.sock",
-            k(3),
-            k(4)
-        ),
-    ]);
-    let mut expected = vec![
-        port_peer("127.0.0.1:10001", 1),
-        port_peer("[::1]:10002", 2),
-        port_peer("127.0.0.1:10003", 3),
-        port_peer("127.0.0.1:10004", 4),
+fn summary_lines() {
+    #[rustfmt::skip]
+    let cases: &[(&[&str], &str)] = &[
+        (&[], "\nmode: open (any public key is relayed)\nservers: none\npeers: none\nawg: plain\n"),
+        (&["--listen", "127.0.0.1:1,[::1]:2"], "listen: 127.0.0.1:1, [::1]:2\n"),
+        (&["--allow", "K1"], "\nmode: allow-list (1 key)\n"),
+        (&["--group", "K1,K2;K2,K3"], "\nmode: groups (2 groups, 3 distinct keys)\n"),
+        (&["--allow", "K1,K4", "--group", "K1,K2"], "\nmode: allow-list (2 keys) + groups (1 group, 2 distinct keys)\n"),
+        (&["--broadcast-rate", "0"], "\nbroadcast rate: unlimited\n"),
+        (&["--cookie", "never"], "\ncookie replies: never\n"),
+        (&["--stats-interval", "0"], "\nstats: off"),
+        (&["--backend", "uring"], "\nbackend: uring\n"),
+        (&["--gso", "off", "--gro", "off"], "\noffload: gso off, gro off\n"),
+        (&["--steering", "off"], "\nsteering: off\n"),
+        (&["--state-file", "/tmp/wgrelay-state"], "\nstate file: /tmp/wgrelay-state\n"),
+        (&["--metrics", "127.0.0.1:9"], "\nmetrics: http://127.0.0.1:9/metrics\n"),
+        (&["--log-format", "json"], "\nlog format: json\n"),
+        (&["--control-socket", "off"], "\ncontrol socket: off\n"),
+        (&["--server", "vpn.example.net:51820,192.0.2.1:1", "--server-key", "K1,K2"], "\nservers: AQEBAQEB... -> vpn.example.net:51820, AgICAgIC... -> 192.0.2.1:1\n"),
+        (&["--listen", "127.0.0.1:51820", "--peer", "10001=K1,[::1]:10002=K2@192.0.2.7:51820,10003=K3@uapi:wg0"],
+            "\npeers: 127.0.0.1:10001 -> AQEBAQEB... (learned), [::1]:10002 -> AgICAgIC... (endpoint 192.0.2.7:51820), 127.0.0.1:10003 -> AwMDAwMD... (uapi wg0)\n"),
+        (&["--awg", "jc=4,jmin=40,jmax=70,s1=20,s2=30,h1=100000-100099,h2=200000,h3=300000,h4=400000"],
+            "\nawg: jc=4 jmin=40 jmax=70 s1=20 s2=30 s3=0 s4=0 h1=100000-100099 h2=200000 h3=300000 h4=400000\n"),
     ];
-    expected[1].endpoint = Some(sa("192.0.2.7:51820"));
-    expected[2].uapi = Some("wg0".into());
-    expected[3].uapi = Some("/run/wireguard/wg1.sock".into());
-    assert_eq!(c.peers, expected);
-    assert!(c.summary().contains(
-        "\npeers: 127.0.0.1:10001 -> AQEBAQEB... (learned), [::1]:10002 -> AgICAgIC... (endpoint 192.0.2.7:51820), \
-         127.0.0.1:10003 -> AwMDAwMD... (uapi wg0), 127.0.0.1:10004 -> BAQEBAQE... (uapi /run/wireguard/wg1.sock)\n"
-    ));
-    // A bare port goes on the host of the first listen address, the default one too.
-    assert_eq!(
-        parse(&["--peer", &format!("10001={}", k(1))]).peers,
-        vec![port_peer("[::]:10001", 1)]
-    );
-    assert!(parse(&[]).peers.is_empty());
-}
-
-#[test]
-fn peer_flag_errors() {
-    let one = k(1);
-    let syntax = "expected [ADDR:]PORT=PUBKEY, optionally followed by @IP:PORT (a fixed endpoint) or @uapi:DEVICE";
-    assert_eq!(
-        parse_err(&["--peer", "10001"]),
-        format!("--peer \"10001\": {syntax}")
-    );
-    assert_eq!(parse_err(&["--peer", ""]), format!("--peer \"\": {syntax}"));
-    assert_eq!(
-        parse_err(&["--peer", &format!("0={one}")]),
-        format!("--peer \"0={one}\": port 0 is not allowed (expected a fixed port 1-65535 that peers can point at)")
-    );
-    assert_eq!(
-        parse_err(&["--peer", &format!("127.0.0.1:0={one}")]),
-        format!("--peer \"127.0.0.1:0={one}\": port 0 is not allowed (expected a fixed port 1-65535 that peers can point at)")
-    );
-    assert_eq!(
-        parse_err(&["--peer", &format!("70000={one}")]),
-        format!("--peer \"70000={one}\": port 70000 is out of range (1-65535)")
-    );
-    assert_eq!(
-        parse_err(&["--peer", &format!("host:1={one}")]),
-        format!("--peer \"host:1={one}\": \"host:1\" is neither a PORT nor an ADDR:PORT (IPv6 as [ADDR]:PORT)")
-    );
-    assert_eq!(
-        parse_err(&["--peer", "5=abc"]),
-        "--peer: invalid public key \"abc\": expected 44 characters of base64 encoding 32 bytes (got 3 characters)"
-    );
-    assert_eq!(
-        parse_err(&["--peer", &format!("5={one}@host:1")]),
-        format!("--peer \"5={one}@host:1\": endpoint \"host:1\": invalid socket address (expected a literal IP:PORT, IPv6 as [ADDR]:PORT, or uapi:DEVICE for a local WireGuard device)")
-    );
-    assert_eq!(
-        parse_err(&["--peer", &format!("5={one}@192.0.2.1:0")]),
-        format!(
-            "--peer \"5={one}@192.0.2.1:0\": endpoint \"192.0.2.1:0\": port 0 cannot be sent to"
-        )
-    );
-    assert_eq!(
-        parse_err(&["--peer", &format!("5={one}@0.0.0.0:5")]),
-        format!("--peer \"5={one}@0.0.0.0:5\": endpoint \"0.0.0.0:5\": 0.0.0.0 is not an address to send to")
-    );
-    assert_eq!(
-        parse_err(&["--peer", &format!("5={one}@uapi:wg 0")]),
-        format!("--peer \"5={one}@uapi:wg 0\": uapi \"wg 0\": expected a WireGuard device name (1 to 15 characters, none of them '/', ':' or whitespace) or an absolute path to its UAPI socket")
-    );
-    let e = parse_err(&["--peer", &format!("5={one}@uapi:run/wg0.sock")]);
-    assert!(e.ends_with("or an absolute path to its UAPI socket"), "{e}");
-    let e = parse_err(&["--peer", &format!("5={one}@uapi:/")]);
-    assert!(
-        e.ends_with("uapi \"/\": not a path to a UAPI socket"),
-        "{e}"
-    );
-    // Two peers may not share a key.
-    assert_eq!(
-        parse_err(&["--peer", &format!("5={one},6={one}")]),
-        format!("--peer \"6={one}\": its public key is already the key of --peer \"5={one}\" (a key has one relay port)")
-    );
-}
-
-#[test]
-fn peer_ports_may_not_overlap() {
-    let (one, two) = (k(1), k(2));
-    // Not a relay listen address: the default [::]:51820 ...
-    assert_eq!(
-        parse_err(&["--peer", &format!("51820={one}")]),
-        format!("--peer \"51820={one}\": [::]:51820 overlaps the relay listen address [::]:51820 (a peer needs a port of its own)")
-    );
-    // ... nor covered by a wildcard one, or covering one.
-    let e = parse_err(&[
-        "--listen",
-        "127.0.0.1:7",
-        "--peer",
-        &format!("0.0.0.0:7={one}"),
-    ]);
-    assert!(e.ends_with("0.0.0.0:7 overlaps the relay listen address 127.0.0.1:7 (a peer needs a port of its own)"), "{e}");
-    let e = parse_err(&[
-        "--listen",
-        "[::]:7",
-        "--peer",
-        &format!("127.0.0.1:7={one}"),
-    ]);
-    assert!(
-        e.contains("127.0.0.1:7 overlaps the relay listen address [::]:7"),
-        "{e}"
-    );
-    // Different addresses, or ports, are fine.
-    let c = parse(&[
-        "--listen",
-        "127.0.0.1:7,0.0.0.0:8",
-        "--peer",
-        &format!("127.0.0.2:7={one},[::1]:8={two}"),
-    ]);
-    assert_eq!(
-        c.peers,
-        vec![port_peer("127.0.0.2:7", 1), port_peer("[::1]:8", 2)]
-    );
-    // Not another peer's port.
-    assert_eq!(
-        parse_err(&["--peer", &format!("5={one}"), "--peer", &format!("5={two}")]),
-        format!("--peer \"5={two}\": [::]:5 overlaps the port of --peer \"5={one}\" ([::]:5)")
-    );
-    let e = parse_err(&[
-        "--listen",
-        "[::]:1",
-        "--peer",
-        &format!("5={one},127.0.0.1:5={two}"),
-    ]);
-    assert!(
-        e.ends_with(&format!(
-            "127.0.0.1:5 overlaps the port of --peer \"5={one}\" ([::]:5)"
-        )),
-        "{e}"
-    );
-}
-
-#[test]
-fn sockets_overlap_rules() {
-    let o = |a: &str, b: &str| sockets_overlap(sa(a), sa(b));
-    assert!(o("127.0.0.1:1", "127.0.0.1:1"));
-    assert!(!o("127.0.0.1:1", "127.0.0.1:2"));
-    assert!(!o("127.0.0.1:1", "127.0.0.2:1"));
-    assert!(o("0.0.0.0:1", "127.0.0.1:1"));
-    assert!(o("127.0.0.1:1", "0.0.0.0:1"));
-    assert!(!o("0.0.0.0:1", "[::1]:1"));
-    assert!(o("0.0.0.0:1", "[::ffff:127.0.0.1]:1"));
-    assert!(o("[::]:1", "127.0.0.1:1"));
-    assert!(o("[::]:1", "[::1]:1"));
-    assert!(o("[::]:1", "0.0.0.0:1"));
-    assert!(!o("[::1]:1", "[::2]:1"));
-}
-
-#[test]
-fn peers_in_file() {
-    let text = format!(
-        "listen = [\"10.0.0.1:51820\"]\n\
-         [[peer]]\nport = 10001\npublic_key = \"{}\"\n\
-         [[peer]]\nlisten = \"[::1]:10002\"\npublic_key = \"{}\"\nendpoint = \"[2001:db8::7]:51820\"\n\
-         [[peer]]\nport = 10003\npublic_key = \"{}\"\nuapi = \"wg0\"\nawg = {{ jc = 4, jmin = 40, jmax = 70, s1 = 20, h1 = \"100000-100099\", h2 = 200000, h3 = 300000, h4 = 400000 }}\n\
-         [[peer]]\nport = 10004\npublic_key = \"{}\"\n[peer.awg]\ns2 = 30\n",
-        k(1),
-        k(2),
-        k(3),
-        k(4)
-    );
-    let c = Config::from_toml_str(&text).unwrap();
-    assert_eq!(c.peers.len(), 4);
-    assert_eq!(c.peers[0], port_peer("10.0.0.1:10001", 1));
-    let mut p = port_peer("[::1]:10002", 2);
-    p.endpoint = Some(sa("[2001:db8::7]:51820"));
-    assert_eq!(c.peers[1], p);
-    assert_eq!(c.peers[2].listen, sa("10.0.0.1:10003"));
-    assert_eq!(c.peers[2].uapi.as_deref(), Some("wg0"));
-    let awg = c.peers[2].awg.unwrap();
-    assert_eq!(
-        (awg.jc, awg.jmin, awg.jmax, awg.s1, awg.s2),
-        (4, 40, 70, 20, 0)
-    );
-    assert_eq!(awg.h1.to_string(), "100000-100099");
-    assert_eq!(awg.h4.to_string(), "400000");
-    assert_eq!(c.peers[3].awg.map(|a| a.s2), Some(30));
-    assert_eq!(c.awg, AwgParams::plain());
-    // Bare ports follow the first effective listen address, here the flag's.
-    let f = TempFile::new(&text);
-    let c = parse(&["--config", f.path(), "--listen", "10.0.0.2:1"]);
-    assert_eq!(c.peers[0].listen, sa("10.0.0.2:10001"));
-    assert_eq!(c.peers[1].listen, sa("[::1]:10002"));
-    // --peer replaces the file's peers whole.
-    let c = parse(&["--config", f.path(), "--peer", &format!("9={}", k(9))]);
-    assert_eq!(c.peers, vec![port_peer("10.0.0.1:9", 9)]);
-    // An empty awg table means the relay-wide parameters.
-    let c = Config::from_toml_str(&format!(
-        "[[peer]]\nport = 5\npublic_key = \"{}\"\nawg = {{}}\n",
-        k(1)
-    ))
-    .unwrap();
-    assert_eq!(c.peers[0].awg, None);
-}
-
-#[test]
-fn peer_file_errors() {
-    let (one, two) = (k(1), k(2));
-    assert_eq!(
-        toml_err(&format!("[[peer]]\npublic_key = \"{one}\"\n")),
-        "config: line 1: peer: missing port = N (on the host of the first listen address) or listen = \"ADDR:PORT\""
-    );
-    assert_eq!(
-        toml_err(&format!(
-            "[[peer]]\nport = 5\nlisten = \"127.0.0.1:5\"\npublic_key = \"{one}\"\n"
-        )),
-        "config: line 2: peer: give port = N or listen = \"ADDR:PORT\", not both"
-    );
-    assert_eq!(
-        toml_err("threads = 1\n\n[[peer]]\nport = 5\n"),
-        "config: line 3: peer: missing public_key = \"...\" (the responder's base64 public key)"
-    );
-    assert_eq!(
-        toml_err(&format!("[[peer]]\nport = 0\npublic_key = \"{one}\"\n")),
-        "config: line 2: peer port 0: port 0 is not allowed (expected a fixed port 1-65535 that peers can point at)"
-    );
-    assert_eq!(
-        toml_err(&format!("[[peer]]\nlisten = \"x\"\npublic_key = \"{one}\"\n")),
-        "config: line 2: peer listen \"x\": invalid socket address (expected IP:PORT, IPv6 as [ADDR]:PORT)"
-    );
-    assert_eq!(
-        toml_err("[[peer]]\nport = 5\npublic_key = \"abc\"\n"),
-        "config: line 3: peer public_key: invalid public key \"abc\": expected 44 characters of base64 encoding 32 bytes (got 3 characters)"
-    );
-    assert_eq!(
-        toml_err(&format!("[[peer]]\nport = 5\npublic_key = \"{one}\"\nendpoint = \"x:5\"\n")),
-        "config: line 4: peer endpoint \"x:5\": invalid socket address (expected a literal IP:PORT, IPv6 as [ADDR]:PORT)"
-    );
-    assert_eq!(
-        toml_err(&format!("[[peer]]\nport = 5\npublic_key = \"{one}\"\nuapi = \"wg/0\"\n")),
-        "config: line 4: peer uapi \"wg/0\": expected a WireGuard device name (1 to 15 characters, none of them '/', ':' or whitespace) or an absolute path to its UAPI socket"
-    );
-    assert_eq!(
-        toml_err(&format!(
-            "[[peer]]\nport = 5\npublic_key = \"{one}\"\nendpoint = \"192.0.2.1:5\"\nuapi = \"wg0\"\n"
-        )),
-        "config: line 5: peer: endpoint and uapi exclude each other (a fixed endpoint, or the one the device knows)"
-    );
-    assert_eq!(
-        toml_err(&format!(
-            "[[peer]]\nport = 5\npublic_key = \"{one}\"\n[[peer]]\nport = 5\npublic_key = \"{two}\"\n"
-        )),
-        "config: line 5: peer port 5: [::]:5 overlaps the port of the peer on line 2 ([::]:5)"
-    );
-    assert_eq!(
-        toml_err(&format!(
-            "[[peer]]\nport = 5\npublic_key = \"{one}\"\n[[peer]]\nport = 6\npublic_key = \"{one}\"\n"
-        )),
-        format!("config: line 5: peer port 6: public key {one} is already the key of the peer on line 2 (a key has one relay port)")
-    );
-    assert_eq!(
-        toml_err(&format!("[[peer]]\nport = 51820\npublic_key = \"{one}\"\n")),
-        "config: line 2: peer port 51820: [::]:51820 overlaps the relay listen address [::]:51820 (a peer needs a port of its own)"
-    );
-    assert_eq!(
-        toml_err(&format!("listen = [\"0.0.0.0:1\"]\n[[peer]]\nlisten = \"127.0.0.1:1\"\npublic_key = \"{one}\"\n")),
-        "config: line 3: peer listen \"127.0.0.1:1\": 127.0.0.1:1 overlaps the relay listen address 0.0.0.0:1 (a peer needs a port of its own)"
-    );
-    assert_eq!(
-        toml_err("[[peer]]\njc = 1\n"),
-        "config: line 2: peer: unknown key \"jc\" (expected one of: port, listen, public_key, endpoint, uapi, awg; AmneziaWG parameters go in an awg table)"
-    );
-    assert_eq!(
-        toml_err("[[peer]]\nport = \"x\"\n"),
-        "config: line 2: peer port: invalid type: string \"x\", expected an integer from 0 to 65535"
-    );
-    assert_eq!(
-        toml_err("[[peer]]\nport = 70000\n"),
-        "config: line 2: peer port: invalid value: integer `70000`, expected an integer from 0 to 65535"
-    );
-    assert_eq!(
-        toml_err("peer = 1"),
-        "config: line 1: peer: invalid type: integer `1`, expected an array (write one [[peer]] table per peer)"
-    );
-    assert_eq!(
-        toml_err(&format!("[[peer]]\nport = 5\npublic_key = \"{one}\"\nawg = {{ s1 = 100000 }}\n")),
-        "config: line 4: peer awg: s1 must be ≤ 65386 (got 100000): a framed message must stay below amneziawg-go's 65535-byte limit"
-    );
-    assert_eq!(
-        toml_err(&format!("[[peer]]\nport = 5\npublic_key = \"{one}\"\n[peer.awg]\nh1 = \"3-9\"\n")),
-        "config: line 4: peer awg: h1 must be 1 (plain WireGuard) or lie wholly above 4 (got 3-9): AWG 1.x/2.0 read a value ≤ 4 as plain, newer builds take it literally"
-    );
-    assert_eq!(
-        toml_err(&format!(
-            "[[peer]]\nport = 5\npublic_key = \"{one}\"\nawg = 3\n"
-        )),
-        "config: line 4: peer awg: invalid type: integer `3`, expected a table"
-    );
-}
-
-// ---- AmneziaWG ----
-
-#[test]
-fn awg_from_flags() {
-    let c = parse(&[
-        "--awg",
-        "jc=4,jmin=40,jmax=70,s1=20,s2=30",
-        "--awg",
-        "h1=100000-100099",
-        "--awg",
-        "H2=200000, h3 = 300000,h4=400000",
-    ]);
-    let a = c.awg;
-    assert_eq!(
-        (a.jc, a.jmin, a.jmax, a.s1, a.s2, a.s3, a.s4),
-        (4, 40, 70, 20, 30, 0, 0)
-    );
-    assert_eq!(
-        [a.h1, a.h2, a.h3, a.h4].map(|h| h.to_string()),
-        ["100000-100099", "200000", "300000", "400000"]
-    );
-    assert!(c.summary().contains(
-        "\nawg: jc=4 jmin=40 jmax=70 s1=20 s2=30 s3=0 s4=0 h1=100000-100099 h2=200000 h3=300000 h4=400000\n"
-    ));
-    // Keys the relay has no use for are accepted, and a zero header protection key is off.
-    let c = parse(&[
-        "--awg",
-        "i1=<r 16>,header_protection_key=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
-    ]);
-    assert_eq!(c.awg, AwgParams::plain());
-    assert!(c.summary().contains("\nawg: plain\n"));
-}
-
-#[test]
-fn awg_flag_errors() {
-    assert_eq!(
-        parse_err(&["--awg", "jc"]),
-        "--awg \"jc\": expected KEY=VALUE (e.g. jc=4 or h1=100000-100099)"
-    );
-    assert_eq!(
-        parse_err(&["--awg", ""]),
-        "--awg \"\": expected KEY=VALUE (e.g. jc=4 or h1=100000-100099)"
-    );
-    assert_eq!(
-        parse_err(&["--awg", "s1=x"]),
-        "--awg: awg: s1 must be a non-negative decimal integer (got \"x\")"
-    );
-    assert_eq!(
-        parse_err(&["--awg", "jc=1,Jc=2"]),
-        "--awg \"Jc=2\": Jc is given twice"
-    );
-    assert!(parse_err(&["--awg", "foo=1"])
-        .starts_with("--awg: awg: unknown parameter \"foo\" (known: jc, jmin, jmax,"));
-    assert_eq!(
-        parse_err(&["--awg", "jmin=10,jmax=5"]),
-        "--awg: awg: jmin must be ≤ jmax (got jmin 10, jmax 5)"
-    );
-    assert_eq!(
-        parse_err(&["--awg", "s1=0,s2=56"]),
-        "--awg: awg: s1 and s2 give two messages the same framed length (148 bytes); framed lengths s1+148, s2+92, s3+64, s4+32 must all differ (so s2 ≠ s1+56)"
-    );
-    assert_eq!(
-        parse_err(&["--awg", "h1=5,h2=5"]),
-        "--awg: awg: h1..h4 ranges overlap: h1 = 5 and h2 = 5 share values"
-    );
-    // Valid for AmneziaWG, but larger than the relay's datagram buffers.
-    assert_eq!(
-        parse_err(&["--awg", "s1=9100"]),
-        "--awg: awg: s1 must be ≤ 9068 (got 9100): the framed message must fit the relay's datagram buffer"
-    );
-    assert_eq!(
-        parse_err(&["--awg", "header_protection_key=0123456789abcdef"]),
-        "--awg: awg: header protection (AWG 3, header_protection_key) cannot be relayed: indices are encrypted without its key"
-    );
-    assert_eq!(
-        parse_err(&["--awg", "obfs_psk=secret"]),
-        "--awg: awg: obfs_psk (whole-datagram obfuscation) cannot be relayed: indices are encrypted without its key"
-    );
-}
-
-#[test]
-fn awg_whose_cookie_reply_outgrows_the_initiation_needs_cookies_off() {
-    let why = "(got s3 = 120, s1 = 10: a 184-byte cookie reply to a 158-byte initiation); the relay keeps no state for a source it challenges, so each challenge would send it more bytes than it sent; use s3 < s1 + 84";
-    assert_eq!(
-        parse_err(&["--awg", "s1=10,s3=120"]),
-        format!("--awg: awg: s3 + 64 must be ≤ s1 + 148 unless the cookie mode is never {why}")
-    );
-    assert_eq!(
-        parse_err(&["--awg", "s1=10,s3=120", "--cookie", "always"]),
-        format!("--awg: awg: s3 + 64 must be ≤ s1 + 148 unless the cookie mode is never {why}")
-    );
-    assert_eq!(
-        toml_err("[awg]\ns1 = 10\ns3 = 120\n"),
-        format!(
-            "config: awg: awg: s3 + 64 must be ≤ s1 + 148 unless the cookie mode is never {why}"
-        )
-    );
-    // Just below is fine (equal lengths are refused anyway: framed lengths must differ),
-    // and so is anything with cookie replies off.
-    assert_eq!(parse(&["--awg", "s1=10,s3=93"]).awg.s3, 93);
-    assert_eq!(
-        parse(&["--awg", "s1=10,s3=120", "--cookie", "never"])
-            .awg
-            .s3,
-        120
-    );
-    // A peer port's own parameters, named by where the peer is.
-    let one = k(1);
-    assert_eq!(
-        toml_err(&format!(
-            "[[peer]]\nport = 5\npublic_key = \"{one}\"\nawg = {{ s1 = 10, s3 = 120 }}\n"
-        )),
-        format!("config: line 2: peer port 5: awg: s3 + 64 must be ≤ s1 + 148 unless the cookie mode is never {why}")
-    );
-}
-
-#[test]
-fn awg_in_file() {
-    let text = "[awg]\njc = 4\njmin = 40\njmax = 70\ns1 = 20\nh1 = \"100000-100099\"\nh2 = 200000\nh3 = 300000\nh4 = 400000\n";
-    let a = Config::from_toml_str(text).unwrap().awg;
-    assert_eq!((a.jc, a.s1, a.s2), (4, 20, 0));
-    assert_eq!(a.h1.to_string(), "100000-100099");
-    // awg-quick spellings are accepted too.
-    let a = Config::from_toml_str("[awg]\nJc = 3\nS1 = 10").unwrap().awg;
-    assert_eq!((a.jc, a.s1), (3, 10));
-    assert_eq!(
-        Config::from_toml_str("[awg]\n").unwrap().awg,
-        AwgParams::plain()
-    );
-    // --awg replaces the table whole: s1 is plain again.
-    let f = TempFile::new(text);
-    let a = parse(&["--config", f.path(), "--awg", "jc=5"]).awg;
-    assert_eq!((a.jc, a.s1, a.h1.to_string()), (5, 0, "1".to_string()));
-    // The file's table is still validated.
-    let f = TempFile::new("[awg]\ns1 = 0\ns2 = 56\n");
-    let e = parse_err(&["--config", f.path(), "--awg", "jc=5"]);
-    assert!(e.ends_with("line 1: awg: s1 and s2 give two messages the same framed length (148 bytes); framed lengths s1+148, s2+92, s3+64, s4+32 must all differ (so s2 ≠ s1+56)"), "{e}");
-}
-
-#[test]
-fn awg_file_errors() {
-    for (text, expected) in [
-        ("threads = 1\n[awg]\njc = true\n".to_string(), "config: line 3: awg: jc must be an integer, or for h1..h4 also a \"N-M\" string (got boolean)".to_string()),
-        ("[awg]\njc = -1\n".to_string(), "config: line 2: awg: jc must be a non-negative decimal integer (got \"-1\")".to_string()),
-        ("[awg]\njc = 4294967296\n".to_string(), "config: line 2: awg: jc must be ≤ 4294967295 (got 4294967296): it must fit 32 bits".to_string()),
-        ("[awg]\nh1 = \"9-5\"\n".to_string(), "config: line 2: awg: h1 must be a type value N or a range N-M (decimal, 0..=4294967295, N <= M) (got \"9-5\")".to_string()),
-        ("threads = 1\n[awg]\njmin = 10\njmax = 5\n".to_string(), "config: line 2: awg: jmin must be ≤ jmax (got jmin 10, jmax 5)".to_string()),
-        ("[awg]\nheader_protection_key = \"0123456789abcdef\"\n".to_string(), "config: line 2: awg: header protection (AWG 3, header_protection_key) cannot be relayed: indices are encrypted without its key".to_string()),
-    ] {
-        assert_eq!(toml_err(&text), expected, "{text}");
+    for (argv, line) in cases {
+        let s = parse(argv).summary();
+        assert!(s.contains(line), "{argv:?}: {s}");
     }
-    assert!(toml_err("[awg]\nfoo = 1\n")
-        .starts_with("config: line 2: awg: unknown parameter \"foo\" (known: jc,"));
-    assert_eq!(
-        toml_err("awg = 3"),
-        "config: line 1: awg: invalid type: integer `3`, expected a table"
-    );
-    assert_eq!(
-        toml_err("[awg]\njc = 1\n[awg]\njc = 2\n"),
-        "config: line 3: invalid table header; duplicate key `awg` in document root"
-    );
+    for (mode, text) in [
+        (CookieMode::Always, "always"),
+        (CookieMode::UnderLoad, "under-load"),
+        (CookieMode::Never, "never"),
+    ] {
+        assert_eq!(mode.to_string(), text);
+    }
+    for (b, text) in [
+        (BackendChoice::Auto, "auto"),
+        (BackendChoice::Uring, "uring"),
+        (BackendChoice::Mmsg, "mmsg"),
+    ] {
+        assert_eq!((b.to_string().as_str(), b.as_str()), (text, text));
+    }
 }
 
 // ---- wgproxy compatibility ----
 
+/// `WGPROXY_*` variables and their values.
+type Vars<'a> = &'a [(&'a str, &'a str)];
+
 /// Parses argv with `vars` as the `WGPROXY_*` environment.
 fn with_wgproxy(argv: &[&str], vars: &[(&str, &str)]) -> Result<Config, String> {
     let _env = env_read();
-    let mut full = vec!["wgrelay"];
-    full.extend_from_slice(argv);
-    let (_, args) = Cli::try_parse_from(full)
-        .unwrap_or_else(|e| panic!("clap rejected {argv:?}: {e}"))
-        .into_parts();
-    let vars: Vec<(String, String)> = vars
-        .iter()
-        .map(|(n, v)| (n.to_string(), v.to_string()))
-        .collect();
+    let full = std::iter::once("wgrelay".to_string()).chain(argv.iter().map(|a| keys(a)));
+    let (_, args) = Cli::try_parse_from(full).unwrap().into_parts();
+    let vars: Vec<(String, String)> = vars.iter().map(|(n, v)| (n.to_string(), keys(v))).collect();
     Config::from_args_and_env(&args, |name| {
         vars.iter().find(|(n, _)| n == name).map(|(_, v)| v.into())
     })
@@ -1701,163 +911,102 @@ fn with_wgproxy(argv: &[&str], vars: &[(&str, &str)]) -> Result<Config, String> 
 }
 
 #[test]
-fn wgproxy_variables_configure_one_server() {
-    let one = k(1);
+fn wgproxy_variables() {
+    let file = TempFile::new("listen = [\"127.0.0.1:7\"]\nlog_level = \"trace\"\n[[server]]\naddress = \"c.example:3\"\npublic_key = \"K2\"\n");
+    let file = file.path();
     let base = [
         ("WGPROXY_SERVER", "vpn.example.net:51820"),
-        ("WGPROXY_PUBKEY", one.as_str()),
+        ("WGPROXY_PUBKEY", "K1"),
     ];
-    let c = with_wgproxy(&[], &base).unwrap();
-    assert_eq!(c.servers, vec![server("vpn.example.net:51820", 1)]);
-    assert_eq!(c.listen, vec![sa("[::]:51820")]);
-    // wgproxy's default log level is 1: warnings.
-    assert_eq!(c.log_level, log::LevelFilter::Warn);
-    assert_eq!(c.wgproxy_timeout, None);
-    assert_eq!(
-        Config {
-            servers: Vec::new(),
-            log_level: log::LevelFilter::Info,
-            ..c
-        },
-        Config::default()
-    );
-
-    let mut all = base.to_vec();
-    all.extend([
+    let all = [
+        base[0],
+        base[1],
         ("WGPROXY_LISTEN", "127.0.0.1:51821"),
         ("WGPROXY_TIMEOUT", "30"),
-        ("WGPROXY_LOGLEVEL", "3"),
-    ]);
-    let c = with_wgproxy(&[], &all).unwrap();
-    assert_eq!(c.listen, vec![sa("127.0.0.1:51821")]);
-    assert_eq!(c.wgproxy_timeout, Some(Duration::from_secs(30)));
-    assert_eq!(c.log_level, log::LevelFilter::Debug);
-    assert!(c.summary().ends_with(
-        "\nwgproxy timeout: 30s (WGPROXY_TIMEOUT, superseded: sessions expire by WireGuard's own timers)"
-    ));
-    assert!(c
-        .summary()
-        .contains("\nservers: AQEBAQEB... -> vpn.example.net:51820\n"));
-
-    for (level, filter) in [
-        ("0", log::LevelFilter::Error),
-        ("1", log::LevelFilter::Warn),
-        ("2", log::LevelFilter::Info),
-        ("3", log::LevelFilter::Debug),
-    ] {
-        let mut vars = base.to_vec();
-        vars.push(("WGPROXY_LOGLEVEL", level));
-        assert_eq!(with_wgproxy(&[], &vars).unwrap().log_level, filter);
-    }
-    // Through the subcommands too.
-    let c = with_wgproxy(&["check-config"], &base).unwrap();
-    assert_eq!(c.servers.len(), 1);
-    // Nothing set: nothing changes.
-    assert_eq!(with_wgproxy(&[], &[]).unwrap(), Config::default());
-}
-
-#[test]
-fn wgproxy_variables_lose_to_wgrelay_settings() {
-    let (one, two) = (k(1), k(2));
-    let vars = [
-        ("WGPROXY_SERVER", "vpn.example.net:51820"),
-        ("WGPROXY_PUBKEY", one.as_str()),
-        ("WGPROXY_LISTEN", "127.0.0.1:51821"),
         ("WGPROXY_LOGLEVEL", "0"),
     ];
-    let c = with_wgproxy(
-        &[
-            "--listen",
-            "127.0.0.1:9",
-            "--server",
-            "b.example:2",
-            "--server-key",
-            &two,
-            "--log-level",
-            "info",
-        ],
-        &vars,
-    )
-    .unwrap();
-    assert_eq!(c.listen, vec![sa("127.0.0.1:9")]);
-    assert_eq!(c.servers, vec![server("b.example:2", 2)]);
-    assert_eq!(c.log_level, log::LevelFilter::Info);
-    // Unset settings still come from WGPROXY_*; --debug raises its level.
-    let c = with_wgproxy(&["--threads", "2", "--debug"], &vars).unwrap();
-    assert_eq!(c.servers, vec![server("vpn.example.net:51820", 1)]);
-    assert_eq!(c.listen, vec![sa("127.0.0.1:51821")]);
-    assert_eq!(c.log_level, log::LevelFilter::Debug);
-    // The file wins too.
-    let f = TempFile::new(&format!(
-        "listen = [\"127.0.0.1:7\"]\nlog_level = \"trace\"\n[[server]]\naddress = \"c.example:3\"\npublic_key = \"{two}\"\n"
-    ));
-    let c = with_wgproxy(&["--config", f.path()], &vars).unwrap();
-    assert_eq!(c.listen, vec![sa("127.0.0.1:7")]);
-    assert_eq!(c.servers, vec![server("c.example:3", 2)]);
-    assert_eq!(c.log_level, log::LevelFilter::Trace);
-    // An overridden WGPROXY_* value is still validated.
-    let mut bad = vars.to_vec();
-    bad.push(("WGPROXY_TIMEOUT", "0"));
-    assert_eq!(
-        with_wgproxy(&["--server", "b.example:2", "--server-key", &two], &bad).unwrap_err(),
-        "WGPROXY_TIMEOUT \"0\": expected a positive whole number of seconds"
-    );
+    fn one_server(c: &mut Config) {
+        c.servers = vec![server("vpn.example.net:51820", 1)];
+        c.log_level = log::LevelFilter::Warn; // wgproxy's default level, 1
+    }
+    #[rustfmt::skip]
+    let cases: &[(&[&str], Vars, Edit)] = &[
+        (&[], &[], |_| {}),
+        (&[], &base, one_server),
+        (&["check-config"], &base, one_server),
+        (&[], &[base[0], base[1], ("WGPROXY_LOGLEVEL", "0")], |c| { one_server(c); c.log_level = log::LevelFilter::Error }),
+        (&[], &[base[0], base[1], ("WGPROXY_LOGLEVEL", "2")], |c| { one_server(c); c.log_level = log::LevelFilter::Info }),
+        (&[], &[base[0], base[1], ("WGPROXY_LOGLEVEL", "3")], |c| { one_server(c); c.log_level = log::LevelFilter::Debug }),
+        (&[], &all, |c| { one_server(c); c.listen = vec![sa("127.0.0.1:51821")]; c.wgproxy_timeout = Some(Duration::from_secs(30)); c.log_level = log::LevelFilter::Error }),
+        // they lose to every other source ...
+        (&["--listen", "127.0.0.1:9", "--server", "b.example:2", "--server-key", "K2", "--log-level", "info"], &all,
+            |c| { c.listen = vec![sa("127.0.0.1:9")]; c.servers = vec![server("b.example:2", 2)]; c.wgproxy_timeout = Some(Duration::from_secs(30)) }),
+        (&["--config", file], &all, |c| { c.listen = vec![sa("127.0.0.1:7")]; c.servers = vec![server("c.example:3", 2)]; c.log_level = log::LevelFilter::Trace; c.wgproxy_timeout = Some(Duration::from_secs(30)) }),
+        // ... but fill what they leave unset; --debug raises their level
+        (&["--threads", "2", "--debug"], &all, |c| { one_server(c); c.threads = 2; c.listen = vec![sa("127.0.0.1:51821")]; c.wgproxy_timeout = Some(Duration::from_secs(30)); c.log_level = log::LevelFilter::Debug }),
+    ];
+    for (argv, vars, edit) in cases {
+        assert_eq!(
+            with_wgproxy(argv, vars).unwrap(),
+            edited(*edit),
+            "{argv:?} {vars:?}"
+        );
+    }
+    let c = with_wgproxy(&[], &all).unwrap();
+    assert!(c.summary().ends_with("\nwgproxy timeout: 30s (WGPROXY_TIMEOUT, superseded: sessions expire by WireGuard's own timers)"));
 }
 
 #[test]
 fn wgproxy_errors() {
-    let one = k(1);
-    let err = |vars: &[(&str, &str)]| with_wgproxy(&[], vars).unwrap_err();
-    assert_eq!(
-        err(&[("WGPROXY_SERVER", "vpn.example.net:51820")]),
-        "WGPROXY_SERVER is set but WGPROXY_PUBKEY is not: wgproxy compatibility needs both (the server's HOST:PORT and its base64 public key)"
+    let both =
+        "wgproxy compatibility needs both (the server's HOST:PORT and its base64 public key)";
+    let (no_key, no_server) = (
+        format!("WGPROXY_SERVER is set but WGPROXY_PUBKEY is not: {both}"),
+        format!("WGPROXY_PUBKEY is set but WGPROXY_SERVER is not: {both}"),
     );
-    assert_eq!(
-        err(&[("WGPROXY_PUBKEY", &one)]),
-        "WGPROXY_PUBKEY is set but WGPROXY_SERVER is not: wgproxy compatibility needs both (the server's HOST:PORT and its base64 public key)"
+    let (s, p) = (
+        ("WGPROXY_SERVER", "vpn.example.net:51820"),
+        ("WGPROXY_PUBKEY", "K1"),
     );
-    assert_eq!(
-        err(&[("WGPROXY_LISTEN", "[::]:51820")]),
-        "WGPROXY_LISTEN is set but WGPROXY_SERVER and WGPROXY_PUBKEY are not: wgproxy compatibility needs both"
-    );
-    assert_eq!(
-        err(&[("WGPROXY_TIMEOUT", "60")]),
-        "WGPROXY_TIMEOUT is set but WGPROXY_SERVER and WGPROXY_PUBKEY are not: wgproxy compatibility needs both"
-    );
-    assert_eq!(
-        err(&[("WGPROXY_SERVER", "vpn.example.net"), ("WGPROXY_PUBKEY", &one)]),
-        "WGPROXY_SERVER: invalid upstream address \"vpn.example.net\": no port (expected HOST:PORT, e.g. 192.0.2.1:51820, [2001:db8::1]:51820 or relay.example.net:51820)"
-    );
-    // A bad value is named before whether the variables belong together.
-    assert_eq!(
-        err(&[("WGPROXY_PUBKEY", "abc")]),
-        "WGPROXY_PUBKEY: invalid public key \"abc\": expected 44 characters of base64 encoding 32 bytes (got 3 characters)"
-    );
-    let with = |name: &'static str, value: &'static str| {
-        err(&[
-            ("WGPROXY_SERVER", "vpn.example.net:51820"),
-            ("WGPROXY_PUBKEY", one.as_str()),
-            (name, value),
-        ])
+    let timeout =
+        |v: &str| format!("WGPROXY_TIMEOUT {v:?}: expected a positive whole number of seconds");
+    let level = |v: &str| {
+        format!("WGPROXY_LOGLEVEL {v:?}: expected 0 (errors), 1 (and warnings), 2 (and info) or 3 (and debug)")
     };
-    assert_eq!(
-        with("WGPROXY_LISTEN", "[::]:0"),
-        "WGPROXY_LISTEN \"[::]:0\": port 0 is not allowed (expected a fixed port 1-65535 that peers can point at)"
+    let (t0, t1, t2, t3, t4, t5) = (
+        timeout("0"),
+        timeout("-1"),
+        timeout("1.5"),
+        timeout(""),
+        timeout("+5"),
+        timeout("ten"),
     );
-    assert_eq!(
-        with("WGPROXY_LISTEN", "localhost:51820"),
-        "WGPROXY_LISTEN \"localhost:51820\": invalid socket address (expected IP:PORT, IPv6 as [ADDR]:PORT)"
-    );
-    for bad in ["0", "-1", "1.5", "", "+5", "ten"] {
+    let (l0, l1, l2, l3) = (level("4"), level("-1"), level(""), level("warn"));
+    #[rustfmt::skip]
+    let cases: &[(&[&str], Vars, &str)] = &[
+        (&[], &[s], &no_key),
+        (&[], &[p], &no_server),
+        (&[], &[("WGPROXY_LISTEN", "[::]:51820")], "WGPROXY_LISTEN is set but WGPROXY_SERVER and WGPROXY_PUBKEY are not: wgproxy compatibility needs both"),
+        (&[], &[("WGPROXY_TIMEOUT", "60")], "WGPROXY_TIMEOUT is set but WGPROXY_SERVER and WGPROXY_PUBKEY are not: wgproxy compatibility needs both"),
+        (&[], &[("WGPROXY_LOGLEVEL", "1")], "WGPROXY_LOGLEVEL is set but WGPROXY_SERVER and WGPROXY_PUBKEY are not: wgproxy compatibility needs both"),
+        (&[], &[("WGPROXY_SERVER", "vpn.example.net"), p], "WGPROXY_SERVER: invalid upstream address \"vpn.example.net\": no port (expected HOST:PORT, e.g. 192.0.2.1:51820, [2001:db8::1]:51820 or relay.example.net:51820)"),
+        // a bad value is named before whether the variables belong together
+        (&[], &[("WGPROXY_PUBKEY", "abc")], "WGPROXY_PUBKEY: invalid public key \"abc\": expected 44 characters of base64 encoding 32 bytes (got 3 characters)"),
+        (&[], &[s, p, ("WGPROXY_LISTEN", "[::]:0")], "WGPROXY_LISTEN \"[::]:0\": port 0 is not allowed (expected a fixed port 1-65535 that peers can point at)"),
+        (&[], &[s, p, ("WGPROXY_LISTEN", "localhost:51820")], "WGPROXY_LISTEN \"localhost:51820\": invalid socket address (expected IP:PORT, IPv6 as [ADDR]:PORT)"),
+        (&[], &[s, p, ("WGPROXY_TIMEOUT", "0")], &t0), (&[], &[s, p, ("WGPROXY_TIMEOUT", "-1")], &t1),
+        (&[], &[s, p, ("WGPROXY_TIMEOUT", "1.5")], &t2), (&[], &[s, p, ("WGPROXY_TIMEOUT", "")], &t3),
+        (&[], &[s, p, ("WGPROXY_TIMEOUT", "+5")], &t4), (&[], &[s, p, ("WGPROXY_TIMEOUT", "ten")], &t5),
+        (&[], &[s, p, ("WGPROXY_LOGLEVEL", "4")], &l0), (&[], &[s, p, ("WGPROXY_LOGLEVEL", "-1")], &l1),
+        (&[], &[s, p, ("WGPROXY_LOGLEVEL", "")], &l2), (&[], &[s, p, ("WGPROXY_LOGLEVEL", "warn")], &l3),
+        // an overridden value is still validated
+        (&["--server", "b.example:2", "--server-key", "K2"], &[s, p, ("WGPROXY_TIMEOUT", "0")], &t0),
+    ];
+    for (argv, vars, want) in cases {
         assert_eq!(
-            with("WGPROXY_TIMEOUT", bad),
-            format!("WGPROXY_TIMEOUT {bad:?}: expected a positive whole number of seconds")
-        );
-    }
-    for bad in ["4", "-1", "", "warn"] {
-        assert_eq!(
-            with("WGPROXY_LOGLEVEL", bad),
-            format!("WGPROXY_LOGLEVEL {bad:?}: expected 0 (errors), 1 (and warnings), 2 (and info) or 3 (and debug)")
+            with_wgproxy(argv, vars).unwrap_err(),
+            keys(want),
+            "{vars:?}"
         );
     }
     let e = {
@@ -1867,29 +1016,14 @@ fn wgproxy_errors() {
         Config::from_args_and_env(&args, |name| {
             (name == "WGPROXY_SERVER").then(|| std::ffi::OsString::from_vec(vec![b'a', 0xff]))
         })
-        .unwrap_err()
-        .to_string()
     };
-    assert_eq!(e, "WGPROXY_SERVER \"a\\xFF\": not valid UTF-8");
+    assert_eq!(
+        e.unwrap_err().to_string(),
+        "WGPROXY_SERVER \"a\\xFF\": not valid UTF-8"
+    );
 }
 
 // ---- robustness ----
-
-#[test]
-fn table_errors_stay_one_line() {
-    for text in [
-        "[[server]]\n[[server]]\naddress = 1",
-        "[[peer]]\nport = 5\npublic_key = \"x\"\nawg = { jc = [] }",
-        "[awg]\nh4 = { a = 1 }",
-        "[peer]\nport = 1",
-        "[[awg]]\njc = 1",
-        "[peer.awg]\njc = 1",
-    ] {
-        let e = Config::from_toml_str(text).unwrap_err().to_string();
-        assert!(e.starts_with("config: line "), "{e}");
-        assert!(!e.contains('\n'), "{e}");
-    }
-}
 
 proptest::proptest! {
     #[test]
@@ -1903,7 +1037,7 @@ proptest::proptest! {
 
     #[test]
     fn tomlish_text_never_panics(
-        key in "(listen|allow|groups|cookie|threads|port|bind|lissten|server|peer|awg)",
+        key in "(listen|allow|groups|cookie|threads|port|bind|lissten|server|peer|awg|metrics|control_socket|log_format)",
         value in "[\\[\\]\" ,=0-9a-z:.A-Z+/-]{0,30}",
         line in 0usize..3,
     ) {
@@ -1915,7 +1049,7 @@ proptest::proptest! {
 
     #[test]
     fn arbitrary_flag_values_never_panic(
-        flag in "--(listen|allow|group|bind|server|server-key|peer|awg)",
+        flag in "--(listen|allow|group|bind|server|server-key|peer|awg|metrics|control-socket)",
         value in "[^\\x00]{0,50}",
     ) {
         let _env = env_read();
@@ -1935,7 +1069,7 @@ struct EnvVars(Vec<&'static str>);
 
 impl EnvVars {
     fn set(&mut self, name: &'static str, value: &str) {
-        std::env::set_var(name, value);
+        std::env::set_var(name, keys(value));
         if !self.0.contains(&name) {
             self.0.push(name);
         }
@@ -1969,95 +1103,86 @@ fn environment_variables() {
         Err(e) => panic!("clap rejected {argv:?}: {e}"),
     };
 
-    // Lists: comma-separated; groups separated by ';'.
-    env.set("WGRELAY_LISTEN", "127.0.0.1:1,[::1]:2");
-    env.set("WGRELAY_ALLOW", &format!("{},{}", k(1), k(2)));
-    env.set(
-        "WGRELAY_GROUP",
-        &format!("{},{};{},{}", k(3), k(4), k(5), k(6)),
-    );
-    env.set("WGRELAY_COOKIE", "always");
-    env.set("WGRELAY_BROADCAST_RATE", "0");
-    env.set("WGRELAY_THREADS", "7");
-    env.set("WGRELAY_BACKEND", "mmsg");
-    env.set("WGRELAY_GSO", "off");
-    env.set("WGRELAY_GRO", "off");
-    env.set("WGRELAY_LOG_LEVEL", "error");
-    env.set("WGRELAY_STATS_INTERVAL", "11");
-    let c = parse(&[]);
-    assert_eq!(c.listen, vec![sa("127.0.0.1:1"), sa("[::1]:2")]);
-    assert_eq!(c.allow, vec![key(1), key(2)]);
-    assert_eq!(c.groups, vec![vec![key(3), key(4)], vec![key(5), key(6)]]);
-    assert_eq!(c.cookie, CookieMode::Always);
-    assert_eq!(c.broadcast_rate, None);
-    assert_eq!(c.threads, 7);
-    assert_eq!(c.backend, BackendChoice::Mmsg);
-    assert!(!c.gso && !c.gro);
-    assert_eq!(c.log_level, log::LevelFilter::Error);
-    assert_eq!(c.stats_interval, Some(Duration::from_secs(11)));
-
-    // The same through the subcommands (env feeds the subcommand's flags
-    // and does not count as top-level flags conflicting with them).
+    // Every setting; lists comma-separated, groups separated by ';'.
+    #[rustfmt::skip]
+    let all = [
+        ("WGRELAY_LISTEN", "127.0.0.1:1,[::1]:2"), ("WGRELAY_ALLOW", "K1,K2"), ("WGRELAY_GROUP", "K3,K4;K5,K6"),
+        ("WGRELAY_COOKIE", "always"), ("WGRELAY_BROADCAST_RATE", "0"), ("WGRELAY_THREADS", "7"),
+        ("WGRELAY_BACKEND", "mmsg"), ("WGRELAY_GSO", "off"), ("WGRELAY_GRO", "off"), ("WGRELAY_STEERING", "off"),
+        ("WGRELAY_LOG_LEVEL", "error"), ("WGRELAY_STATS_INTERVAL", "11"), ("WGRELAY_STATE_FILE", "/tmp/s"),
+        ("WGRELAY_LOG_FORMAT", "json"), ("WGRELAY_METRICS", "127.0.0.1:9"), ("WGRELAY_CONTROL_SOCKET", "/tmp/c.sock"),
+    ];
+    for (var, value) in all {
+        env.set(var, value);
+    }
+    let from_env = Config {
+        listen: vec![sa("127.0.0.1:1"), sa("[::1]:2")],
+        allow: vec![key(1), key(2)],
+        groups: vec![vec![key(3), key(4)], vec![key(5), key(6)]],
+        cookie: CookieMode::Always,
+        broadcast_rate: None,
+        threads: 7,
+        backend: BackendChoice::Mmsg,
+        gso: false,
+        gro: false,
+        steering: false,
+        log_level: log::LevelFilter::Error,
+        stats_interval: Some(Duration::from_secs(11)),
+        state_file: Some("/tmp/s".into()),
+        log_format: LogFormat::Json,
+        metrics: Some(sa("127.0.0.1:9")),
+        control_socket: Some("/tmp/c.sock".into()),
+        ..Config::default()
+    };
+    assert_eq!(parse(&[]), from_env);
+    // The same through the subcommands (env feeds the subcommand's flags and does not count
+    // as top-level flags conflicting with them).
     for sub in ["run", "check-config"] {
         let (mode, c) = try_parse_with_env_held(&[sub]).unwrap();
         assert_eq!(mode == Mode::CheckConfig, sub == "check-config");
-        assert_eq!(c.unwrap().threads, 7);
+        assert_eq!(c.unwrap(), from_env);
     }
-
     // Flags win over env, list flags replace env lists.
     let c = parse(&[
         "--listen",
         "127.0.0.1:9",
         "--allow",
-        &k(9),
+        "K9",
         "--group",
-        &format!("{},{}", k(7), k(8)),
+        "K7,K8",
         "--cookie",
         "never",
-        "--broadcast-rate",
-        "3",
         "--threads",
         "2",
-        "--backend",
-        "uring",
         "--gso",
         "on",
-        "--gro",
-        "on",
-        "--log-level",
-        "trace",
-        "--stats-interval",
-        "0",
+        "--log-format",
+        "text",
+        "--control-socket",
+        "off",
     ]);
-    assert_eq!(c.listen, vec![sa("127.0.0.1:9")]);
-    assert_eq!(c.allow, vec![key(9)]);
-    assert_eq!(c.groups, vec![vec![key(7), key(8)]]);
-    assert_eq!(c.cookie, CookieMode::Never);
-    assert_eq!(c.broadcast_rate, Some(3));
-    assert_eq!(c.threads, 2);
-    assert_eq!(c.backend, BackendChoice::Uring);
-    assert!(c.gso && c.gro);
-    assert_eq!(c.log_level, log::LevelFilter::Trace);
-    assert_eq!(c.stats_interval, None);
-    let c = parse(&["run", "--threads", "4"]);
-    assert_eq!(c.threads, 4);
-    assert_eq!(c.allow, vec![key(1), key(2)]);
+    let want = Config {
+        listen: vec![sa("127.0.0.1:9")],
+        allow: vec![key(9)],
+        groups: vec![vec![key(7), key(8)]],
+        cookie: CookieMode::Never,
+        threads: 2,
+        gso: true,
+        log_format: LogFormat::Text,
+        control_socket: None,
+        ..from_env.clone()
+    };
+    assert_eq!(c, want);
 
     // Env wins over the file; the file still fills what env leaves unset.
-    let f = TempFile::new(&full_file());
+    env.clear();
+    let f = TempFile::new(FULL_FILE);
     env.set("WGRELAY_CONFIG", f.path());
+    env.set("WGRELAY_THREADS", "7");
     env.set("WGRELAY_STATS_INTERVAL", "0");
-    let c = parse(&[]);
-    assert_eq!(c.threads, 7);
-    assert_eq!(c.allow, vec![key(1), key(2)]);
-    assert_eq!(c.stats_interval, None);
-    assert_eq!(c.backend, BackendChoice::Mmsg);
-    std::env::remove_var("WGRELAY_THREADS");
-    std::env::remove_var("WGRELAY_ALLOW");
-    let c = parse(&[]);
-    assert_eq!(c.threads, 3);
-    assert_eq!(c.allow, vec![key(1), key(2)]);
-    assert_eq!(c.groups, vec![vec![key(3), key(4)], vec![key(5), key(6)]]);
+    let mut want = edited(full_file);
+    (want.threads, want.stats_interval) = (7, None);
+    assert_eq!(parse(&[]), want);
     env.clear();
 
     // wpex bind/port from env, added to --listen / WGRELAY_LISTEN.
@@ -2075,60 +1200,39 @@ fn environment_variables() {
 
     // Servers, peers and AmneziaWG parameters: comma-separated lists.
     env.set("WGRELAY_SERVER", "a.example:1,192.0.2.1:2");
-    env.set("WGRELAY_SERVER_KEY", &format!("{},{}", k(1), k(2)));
-    env.set(
-        "WGRELAY_PEER",
-        &format!("10001={},10002={}@192.0.2.9:5", k(3), k(4)),
-    );
+    env.set("WGRELAY_SERVER_KEY", "K1,K2");
+    env.set("WGRELAY_PEER", "10001=K3,10002=K4@192.0.2.9:5");
     env.set("WGRELAY_AWG", "jc=4,s1=20,h1=100000-100099");
     let c = parse(&[]);
     assert_eq!(
         c.servers,
-        vec![
-            Server {
-                addr: "a.example:1".parse().unwrap(),
-                key: key(1)
-            },
-            Server {
-                addr: "192.0.2.1:2".parse().unwrap(),
-                key: key(2)
-            },
-        ]
+        vec![server("a.example:1", 1), server("192.0.2.1:2", 2)]
     );
-    assert_eq!(
-        c.peers
-            .iter()
-            .map(|p| (p.listen, p.key, p.endpoint))
-            .collect::<Vec<_>>(),
-        vec![
-            (sa("[::]:10001"), key(3), None),
-            (sa("[::]:10002"), key(4), Some(sa("192.0.2.9:5"))),
-        ]
-    );
-    assert_eq!((c.awg.jc, c.awg.s1), (4, 20));
-    assert_eq!(c.awg.h1.to_string(), "100000-100099");
+    let mut peers = vec![port_peer("[::]:10001", 3), port_peer("[::]:10002", 4)];
+    peers[1].endpoint = Some(sa("192.0.2.9:5"));
+    assert_eq!(c.peers, peers);
+    assert_eq!(c.awg, awg("jc=4,s1=20,h1=100000-100099"));
     // A flag replaces its own variable only: --server pairs with WGRELAY_SERVER_KEY.
     assert_eq!(
         parse_err(&["--server", "c.example:3"]),
         "--server and --server-key pair up in order, one key per server: got 1 server and 2 server keys"
     );
-    let c = parse(&["--awg", "jc=1", "--peer", &format!("7={}", k(5))]);
-    assert_eq!((c.awg.jc, c.awg.s1), (1, 0));
-    assert_eq!(c.peers.len(), 1);
-    env.set("WGRELAY_AWG", "s1=x");
+    let c = parse(&["--awg", "jc=1", "--peer", "7=K5"]);
     assert_eq!(
-        parse_err(&[]),
-        "--awg: awg: s1 must be a non-negative decimal integer (got \"x\")"
+        (c.awg, c.peers),
+        (awg("jc=1"), vec![port_peer("[::]:7", 5)])
     );
     env.clear();
 
     // wgproxy's variables, from the process environment.
     env.set("WGPROXY_SERVER", "vpn.example.net:51820");
-    env.set("WGPROXY_PUBKEY", &k(1));
+    env.set("WGPROXY_PUBKEY", "K1");
     env.set("WGPROXY_LISTEN", "127.0.0.1:51821");
     let c = parse(&[]);
-    assert_eq!(c.servers.len(), 1);
-    assert_eq!(c.listen, vec![sa("127.0.0.1:51821")]);
+    assert_eq!(
+        (c.servers.len(), c.listen),
+        (1, vec![sa("127.0.0.1:51821")])
+    );
     env.set("WGRELAY_LISTEN", "127.0.0.1:9");
     assert_eq!(parse(&[]).listen, vec![sa("127.0.0.1:9")]);
     std::env::remove_var("WGPROXY_PUBKEY");
@@ -2142,173 +1246,51 @@ fn environment_variables() {
     assert_eq!(parse(&[]).log_level, log::LevelFilter::Info);
     env.clear();
 
-    // Bad env values name the value.
-    env.set("WGRELAY_ALLOW", "notakey");
-    assert!(parse_err(&[]).contains(r#"invalid public key "notakey""#));
-    // An empty variable is an error, never a silently open relay.
-    env.set("WGRELAY_ALLOW", "");
-    assert!(parse_err(&[]).contains(r#"invalid public key """#));
-    env.clear();
-    env.set("WGRELAY_LISTEN", "nowhere");
-    assert!(parse_err(&[]).contains(r#""nowhere""#));
-    env.set("WGRELAY_LISTEN", "[::]:0");
-    assert!(parse_err(&[]).contains(r#""[::]:0": port 0"#));
-    env.clear();
+    // Bad values name the value; load() names the variable too, as the binary prints it.
+    // (An empty variable is an error, never a silently open relay.)
+    #[rustfmt::skip]
+    let bad = [
+        ("WGRELAY_ALLOW", "notakey", "WGRELAY_ALLOW: invalid public key \"notakey\"*"),
+        ("WGRELAY_ALLOW", "", "WGRELAY_ALLOW: invalid public key \"\"*"),
+        ("WGRELAY_LISTEN", "nowhere", "WGRELAY_LISTEN=\"nowhere\": invalid socket address*"),
+        ("WGRELAY_LISTEN", "[::]:0", "WGRELAY_LISTEN=\"[::]:0\": port 0*"),
+        ("WGRELAY_THREADS", "0", "WGRELAY_THREADS=0: must be at least 1"),
+        ("WGRELAY_GROUP", "K1", "WGRELAY_GROUP=\"K1\": a group needs at least 2 distinct public keys (got 1)"),
+        ("WGRELAY_AWG", "s1=x", "WGRELAY_AWG: awg: s1 must be a non-negative decimal integer (got \"x\")"),
+        ("WGRELAY_CONFIG", "/nonexistent/wgrelay-test.toml", "config file /nonexistent/wgrelay-test.toml: cannot read:*"),
+        ("WGRELAY_METRICS", "nowhere", "WGRELAY_METRICS=\"nowhere\": invalid socket address*"),
+        ("WGRELAY_THREADS", "lots", "WGRELAY_THREADS=lots: invalid value for --threads <N>: invalid digit found in string"),
+        // a value outside a fixed set names the variable, the value and every accepted value
+        ("WGRELAY_BACKEND", "foo", "WGRELAY_BACKEND=foo: invalid value for --backend <BACKEND>: expected one of auto, uring, mmsg"),
+        ("WGRELAY_LOG_FORMAT", "xml", "WGRELAY_LOG_FORMAT=xml: invalid value for --log-format <FORMAT>: expected one of text, json"),
+        ("WGRELAY_COOKIE", "sometimes", "WGRELAY_COOKIE=sometimes: invalid value for --cookie <MODE>: expected one of always, under-load, never"),
+        ("WGRELAY_GSO", "maybe", "WGRELAY_GSO=maybe: invalid value for --gso <on|off>: expected one of on, off"),
+    ];
+    for (var, value, want) in bad {
+        env.set(var, value);
+        let e = load(&["wgrelay", "check-config"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2, "{var}");
+        assert!(
+            glob(&e.to_string(), &keys(&format!("wgrelay: {want}"))),
+            "{var}: {e}"
+        );
+        env.clear();
+    }
     env.set("WGRELAY_THREADS", "0");
     assert_eq!(parse_err(&[]), "--threads 0: must be at least 1");
-    // load() reads the environment as it is at the call, and names the variable
-    let e = load(&["wgrelay", "check-config"]).unwrap_err();
-    assert_eq!(
-        e.to_string(),
-        "wgrelay: WGRELAY_THREADS=0: must be at least 1"
-    );
-    env.set("WGRELAY_THREADS", "5");
-    assert_eq!(load(&["wgrelay"]).unwrap().1.threads, 5);
     assert_eq!(
         load(&["wgrelay", "--threads", "0"])
             .unwrap_err()
             .to_string(),
         "wgrelay: --threads 0: must be at least 1"
     );
-    env.set("WGRELAY_THREADS", "lots");
-    let e = try_parse_with_env_held(&[]).unwrap_err().to_string();
-    assert!(e.contains("lots"), "{e}");
-    env.clear();
-    env.set("WGRELAY_GROUP", &k(1));
-    assert!(parse_err(&[]).contains("at least 2 distinct"));
-    env.clear();
-    env.set("WGRELAY_CONFIG", "/nonexistent/wgrelay-test.toml");
-    let e = parse_err(&[]);
-    assert!(
-        e.starts_with("config file /nonexistent/wgrelay-test.toml: cannot read:"),
-        "{e}"
-    );
+    // load() reads the environment as it is at the call
+    env.set("WGRELAY_THREADS", "5");
+    assert_eq!(load(&["wgrelay"]).unwrap().1.threads, 5);
     env.clear();
 
     // Back to defaults once cleared.
     assert_eq!(parse(&[]), Config::default());
-}
-
-// ---- log format, metrics, control socket ----
-
-#[test]
-fn operating_settings_from_flags_and_file() {
-    let json = |c: &Config| c.log_format == LogFormat::Json;
-    let d = Config::default();
-    assert_eq!(d.log_format, LogFormat::Text);
-    assert_eq!(d.metrics, None);
-    assert_eq!(
-        d.control_socket.as_deref(),
-        Some(Path::new("/run/wgrelay/control.sock"))
-    );
-    let f = TempFile::new(
-        "log_format = \"json\"\nmetrics = \"127.0.0.1:9586\"\ncontrol_socket = \"/tmp/wgr.sock\"\n",
-    );
-    // (argv, metrics, control socket, json logs)
-    type Case<'a> = (Vec<&'a str>, Option<&'a str>, Option<&'a str>, bool);
-    let mut cases: Vec<Case> = vec![
-        (
-            vec!["--log-format", "json"],
-            None,
-            Some("/run/wgrelay/control.sock"),
-            true,
-        ),
-        (
-            vec!["--metrics", "[::1]:9586"],
-            Some("[::1]:9586"),
-            Some("/run/wgrelay/control.sock"),
-            false,
-        ),
-        (vec!["--control-socket", "off"], None, None, false),
-        (
-            vec!["--control-socket", "/tmp/c.sock"],
-            None,
-            Some("/tmp/c.sock"),
-            false,
-        ),
-        (
-            vec!["--config", f.path()],
-            Some("127.0.0.1:9586"),
-            Some("/tmp/wgr.sock"),
-            true,
-        ),
-        // flags win over the file
-        (
-            vec![
-                "--config",
-                f.path(),
-                "--log-format",
-                "text",
-                "--control-socket",
-                "off",
-            ],
-            Some("127.0.0.1:9586"),
-            None,
-            false,
-        ),
-    ];
-    let off = TempFile::new("control_socket = \"off\"\n");
-    cases.push((vec!["--config", off.path()], None, None, false));
-    for (argv, metrics, socket, is_json) in cases {
-        let c = parse(&argv);
-        assert_eq!(c.metrics, metrics.map(sa), "{argv:?}");
-        assert_eq!(
-            c.control_socket.as_deref(),
-            socket.map(Path::new),
-            "{argv:?}"
-        );
-        assert_eq!(json(&c), is_json, "{argv:?}");
-    }
-    let s = parse(&[
-        "--metrics",
-        "127.0.0.1:9",
-        "--log-format",
-        "json",
-        "--control-socket",
-        "off",
-    ])
-    .summary();
-    for line in [
-        "\nmetrics: http://127.0.0.1:9/metrics\n",
-        "\nlog format: json\n",
-        "\ncontrol socket: off\n",
-    ] {
-        assert!(s.contains(line), "{s}");
-    }
-}
-
-#[test]
-fn operating_settings_errors() {
-    let long = format!("/tmp/{}", "s".repeat(120));
-    for (argv, expected) in [
-        (vec!["--control-socket", "/run/wgrelay/"], "--control-socket \"/run/wgrelay/\": expected a path for the socket, or off".to_string()),
-        (vec!["--control-socket", long.as_str()], format!("--control-socket {long}: 125 bytes long, but a Unix socket path may have at most 107")),
-        (vec!["--metrics", "localhost:9586"], "--metrics \"localhost:9586\": invalid socket address (expected IP:PORT, IPv6 as [ADDR]:PORT)".to_string()),
-    ] {
-        assert_eq!(parse_err(&argv), expected, "{argv:?}");
-    }
-    let e = try_parse(&["--log-format", "xml"]).unwrap_err().to_string();
-    assert!(e.contains("xml"), "{e}");
-    for (text, expected) in [
-        (
-            "log_format = \"xml\"",
-            "config: line 1: log_format: unknown variant `xml`, expected `text` or `json`",
-        ),
-        (
-            "\nmetrics = \"nowhere\"",
-            "config: line 2: metrics \"nowhere\": invalid socket address (expected IP:PORT, IPv6 as [ADDR]:PORT)",
-        ),
-        (
-            "metrics = 9586",
-            "config: line 1: metrics: invalid type: integer `9586`, expected a string",
-        ),
-        (
-            "control_socket = \"\"",
-            "config: line 1: control_socket \"\": expected a path for the socket, or off",
-        ),
-    ] {
-        assert_eq!(toml_err(text), expected, "{text}");
-    }
 }
 
 // ---- load and diff (what reload needs) ----
@@ -2318,8 +1300,10 @@ fn load_builds_what_start_up_builds_and_fails_the_same_way() {
     let _env = env_read();
     let f = TempFile::new("threads = 3\ncookie = \"always\"\n");
     let (mode, c) = load(&["wgrelay", "check-config", "--config", f.path()]).unwrap();
-    assert_eq!(mode, Mode::CheckConfig);
-    assert_eq!((c.threads, c.cookie), (3, CookieMode::Always));
+    assert_eq!(
+        (mode, c.threads, c.cookie),
+        (Mode::CheckConfig, 3, CookieMode::Always)
+    );
     // the file is read again at every call
     std::fs::write(&f.0, "threads = 4\n").unwrap();
     let (mode, c) = load(&["wgrelay", "--config", f.path()]).unwrap();
@@ -2327,20 +1311,14 @@ fn load_builds_what_start_up_builds_and_fails_the_same_way() {
         (mode, c.threads, c.cookie),
         (Mode::Run, 4, CookieMode::UnderLoad)
     );
-    for (argv, shown, code) in [
-        (
-            vec!["wgrelay", "--threads", "0"],
-            "wgrelay: --threads 0: must be at least 1",
-            2,
-        ),
-        (
-            vec!["wgrelay", "--peer", "10001"],
-            "wgrelay: --peer \"10001\": expected [ADDR:]PORT=PUBKEY, optionally followed by @IP:PORT (a fixed endpoint) or @uapi:DEVICE",
-            2,
-        ),
+    #[rustfmt::skip]
+    let cases = [
+        (vec!["wgrelay", "--threads", "0"], "wgrelay: --threads 0: must be at least 1", 2),
+        (vec!["wgrelay", "--peer", "10001"], "wgrelay: --peer \"10001\": expected [ADDR:]PORT=PUBKEY, optionally followed by @IP:PORT (a fixed endpoint) or @uapi:DEVICE", 2),
         (vec!["wgrelay", "--threads", "x"], "error: invalid value 'x' for '--threads <N>'", 2),
         (vec!["wgrelay", "--version"], "wgrelay ", 0),
-    ] {
+    ];
+    for (argv, shown, code) in cases {
         let e = load(&argv).unwrap_err();
         assert!(e.to_string().starts_with(shown), "{argv:?}: {e}");
         assert_eq!(e.exit_code(), code, "{argv:?}");
@@ -2394,183 +1372,48 @@ fn diff_names_each_changed_setting_and_whether_it_is_live() {
         d.restart_only().map(|c| c.setting).collect::<Vec<_>>(),
         ["threads"]
     );
-    // every setting, one at a time: (changed config, setting, detail, live)
-    let mut awg = AwgParams::plain();
-    awg.jc = 4;
-    let d0 = Config::default();
-    let cases: Vec<(Config, &str, &str, bool)> = vec![
-        (
-            Config {
-                listen: vec![sa("127.0.0.1:5")],
-                ..d0.clone()
-            },
-            "listen",
-            "+127.0.0.1:5 -[::]:51820",
-            true,
-        ),
-        (
-            Config {
-                groups: vec![vec![key(1), key(2)]],
-                ..d0.clone()
-            },
-            "groups",
-            "+1 -0 group",
-            true,
-        ),
-        (
-            Config {
-                servers: vec![server("a.example:1", 1)],
-                ..d0.clone()
-            },
-            "servers",
-            "+1 -0 server",
-            true,
-        ),
-        (
-            Config {
-                peers: vec![port_peer("[::]:7", 1)],
-                ..d0.clone()
-            },
-            "peers",
-            "+1 -0 peer",
-            true,
-        ),
-        (
-            Config { awg, ..d0.clone() },
-            "awg",
-            "plain → jc=4 jmin=0 jmax=0 s1=0 s2=0 s3=0 s4=0 h1=1 h2=2 h3=3 h4=4",
-            true,
-        ),
-        (
-            Config {
-                broadcast_rate: None,
-                ..d0.clone()
-            },
-            "broadcast_rate",
-            "1000 → unlimited",
-            true,
-        ),
-        (
-            Config {
-                log_level: log::LevelFilter::Debug,
-                ..d0.clone()
-            },
-            "log_level",
-            "info → debug",
-            true,
-        ),
-        (
-            Config {
-                log_format: LogFormat::Json,
-                ..d0.clone()
-            },
-            "log_format",
-            "text → json",
-            false,
-        ),
-        (
-            Config {
-                stats_interval: None,
-                ..d0.clone()
-            },
-            "stats_interval",
-            "60s → off",
-            true,
-        ),
-        (
-            Config {
-                backend: BackendChoice::Mmsg,
-                ..d0.clone()
-            },
-            "backend",
-            "auto → mmsg",
-            false,
-        ),
-        (
-            Config {
-                gso: false,
-                ..d0.clone()
-            },
-            "gso",
-            "on → off",
-            false,
-        ),
-        (
-            Config {
-                gro: false,
-                ..d0.clone()
-            },
-            "gro",
-            "on → off",
-            false,
-        ),
-        (
-            Config {
-                steering: false,
-                ..d0.clone()
-            },
-            "steering",
-            "on → off",
-            false,
-        ),
-        (
-            Config {
-                state_file: Some("/tmp/s".into()),
-                ..d0.clone()
-            },
-            "state_file",
-            "none → /tmp/s",
-            false,
-        ),
-        (
-            Config {
-                control_socket: None,
-                ..d0.clone()
-            },
-            "control_socket",
-            "/run/wgrelay/control.sock → off",
-            false,
-        ),
-        (
-            Config {
-                metrics: Some(sa("127.0.0.1:9")),
-                ..d0.clone()
-            },
-            "metrics",
-            "off → 127.0.0.1:9",
-            false,
-        ),
+    // every setting, one at a time: (the change, setting, detail, live)
+    #[rustfmt::skip]
+    let cases: &[(Edit, &str, &str, bool)] = &[
+        (|c| c.listen = vec![sa("127.0.0.1:5")], "listen", "+127.0.0.1:5 -[::]:51820", true),
+        (|c| c.groups = vec![vec![key(1), key(2)]], "groups", "+1 -0 group", true),
+        (|c| c.servers = vec![server("a.example:1", 1)], "servers", "+1 -0 server", true),
+        (|c| c.peers = vec![port_peer("[::]:7", 1)], "peers", "+1 -0 peer", true),
+        (|c| c.awg = awg("jc=4"), "awg", "plain → jc=4 jmin=0 jmax=0 s1=0 s2=0 s3=0 s4=0 h1=1 h2=2 h3=3 h4=4", true),
+        (|c| c.broadcast_rate = None, "broadcast_rate", "1000 → unlimited", true),
+        (|c| c.log_level = log::LevelFilter::Debug, "log_level", "info → debug", true),
+        (|c| c.log_format = LogFormat::Json, "log_format", "text → json", false),
+        (|c| c.stats_interval = None, "stats_interval", "60s → off", true),
+        (|c| c.backend = BackendChoice::Mmsg, "backend", "auto → mmsg", false),
+        (|c| c.gso = false, "gso", "on → off", false),
+        (|c| c.gro = false, "gro", "on → off", false),
+        (|c| c.steering = false, "steering", "on → off", false),
+        (|c| c.state_file = Some("/tmp/s".into()), "state_file", "none → /tmp/s", false),
+        (|c| c.control_socket = None, "control_socket", "/run/wgrelay/control.sock → off", false),
+        (|c| c.metrics = Some(sa("127.0.0.1:9")), "metrics", "off → 127.0.0.1:9", false),
     ];
-    for (new, setting, detail, live) in cases {
-        let d = d0.diff(&new);
-        assert_eq!(
-            d.changes,
-            vec![Change {
-                setting,
-                detail: detail.to_string(),
-                live
-            }],
-            "{setting}"
-        );
+    let d0 = Config::default();
+    for (edit, setting, detail, live) in cases {
+        let new = edited(*edit);
+        let change = Change {
+            setting,
+            detail: detail.to_string(),
+            live: *live,
+        };
+        assert_eq!(d0.diff(&new).changes, vec![change], "{setting}");
         // and back
         assert_eq!(new.diff(&d0).changes.len(), 1, "{setting}");
     }
     // a port peer's new key on the same port: the sockets stay, so it applies live
-    let one = Config {
-        peers: vec![port_peer("[::]:7", 1)],
-        ..d0.clone()
-    };
-    let other = Config {
-        peers: vec![port_peer("[::]:7", 2)],
-        ..d0.clone()
-    };
-    assert!(one.same_sockets(&other));
-    assert_eq!(
-        one.diff(&other).changes,
-        vec![Change {
-            setting: "peers",
-            detail: "+1 -1 peers".to_string(),
-            live: true
-        }]
+    let (one, other) = (
+        edited(|c| c.peers = vec![port_peer("[::]:7", 1)]),
+        edited(|c| c.peers = vec![port_peer("[::]:7", 2)]),
     );
+    assert!(one.same_sockets(&other));
+    let change = Change {
+        setting: "peers",
+        detail: "+1 -1 peers".to_string(),
+        live: true,
+    };
+    assert_eq!(one.diff(&other).changes, vec![change]);
 }

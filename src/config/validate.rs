@@ -29,20 +29,20 @@ pub(super) fn check_cookie_replies(
 // in the source (`--listen`, `listen`); messages name the value and say what
 // was expected.
 
+/// Why a listen address may not have port 0.
+pub(super) const PORT_0: &str =
+    "port 0 is not allowed (expected a fixed port 1-65535 that peers can point at)";
+
 pub(super) fn parse_listen(name: &str, s: &str) -> Result<SocketAddr, String> {
-    let addr: SocketAddr = s.trim().parse().map_err(|_| {
-        format!("{name} {s:?}: invalid socket address (expected IP:PORT, IPv6 as [ADDR]:PORT)")
-    })?;
+    let addr = parse_metrics(name, s)?;
     if addr.port() == 0 {
-        return Err(format!(
-            "{name} {s:?}: port 0 is not allowed (expected a fixed port 1-65535 that peers can point at)"
-        ));
+        return Err(format!("{name} {s:?}: {PORT_0}"));
     }
     Ok(addr)
 }
 
-/// The metrics address: any IP:PORT, port 0 included (the kernel picks one, and the log
-/// line says which).
+/// Any IP:PORT, port 0 included (for metrics: the kernel picks one, and the log line says
+/// which).
 pub(super) fn parse_metrics(name: &str, s: &str) -> Result<SocketAddr, String> {
     s.trim().parse().map_err(|_| {
         format!("{name} {s:?}: invalid socket address (expected IP:PORT, IPv6 as [ADDR]:PORT)")
@@ -72,9 +72,7 @@ pub(super) fn parse_bind(name: &str, s: &str) -> Result<IpAddr, String> {
 
 pub(super) fn check_port(name: &str, port: u16) -> Result<u16, String> {
     if port == 0 {
-        Err(format!(
-            "{name} 0: port 0 is not allowed (expected a fixed port 1-65535 that peers can point at)"
-        ))
+        Err(format!("{name} 0: {PORT_0}"))
     } else {
         Ok(port)
     }

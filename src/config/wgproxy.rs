@@ -78,7 +78,7 @@ impl Layer {
             }
         };
         Ok(Layer {
-            listen: Some(vec![listen.unwrap_or(WGPROXY_DEFAULT_LISTEN)]),
+            listen: Some(vec![listen.unwrap_or(DEFAULT_LISTEN)]),
             servers: Some(vec![server]),
             wgproxy_timeout: timeout,
             scalars: Scalars {
