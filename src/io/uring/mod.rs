@@ -4,12 +4,12 @@
 //! One ring per backend (a backend belongs to one shard thread):
 //! - **Receive**: one multishot `RECVMSG` per socket selects buffers from one shared buffer ring
 //!   ([`RECV_BUFS_PER_SOCKET`] buffers per socket). Each completion is parsed with
-//!   [`RecvMsgOut::parse`](io_uring::types::RecvMsgOut::parse), its payload copied into the caller's [`RecvBatch`] slot and the buffer
-//!   handed straight back to the kernel, so the ring refills at the rate the caller consumes.
-//!   A multishot that ends (buffer ring empty: `-ENOBUFS`, or any error) is re-armed by the next
-//!   `recv` and counted. With **GRO**, a buffer holds a coalesced run, which is split back into
-//!   one datagram per slot; a run that does not fit the batch keeps its buffer and completion
-//!   for the next `recv` (never dropped).
+//!   [`RecvMsgOut::parse`](io_uring::types::RecvMsgOut::parse) and its buffer lent to the
+//!   caller's [`RecvBatch`] as one message (no copy); the batch gives it back when it is cleared,
+//!   and the next `recv` provides it to the kernel again, so the ring refills at the rate the
+//!   caller consumes. A multishot that ends (buffer ring empty: `-ENOBUFS`, or any error) is
+//!   re-armed by the next `recv` and counted. With **GRO**, a buffer holds a coalesced run, kept
+//!   whole; a completion that does not fit the batch waits in the backlog (never dropped).
 //! - **Send**: one `SENDMSG` per message from preallocated msghdr/iovec/sockaddr slots, one
 //!   submission per chunk of up to [`SEND_SLOTS`] messages, then the completions are reaped
 //!   before `send` returns (the iovecs point into the caller's buffers, which only live for the
