@@ -24,7 +24,7 @@ use crate::admit::JunkMemory;
 use crate::admit::KeyId;
 use crate::constants::{EXPIRE_INTERVAL, JUNK_SOURCES, SWEEP_STEP_INTERVAL};
 use crate::io::steer::owner_shard;
-use crate::io::{Backend, Drops, RecvBatch, Transmit};
+use crate::io::{recycled, Backend, Drops, RecvBatch, Transmit};
 use crate::route::{
     Actions, Change, Counters, Datagram, Decision, DropReason, Fast, KeyTraffic, Session,
     SessionTable, State,
@@ -333,16 +333,6 @@ pub struct Shard<B: Backend> {
     /// through; shard 0's later ones are listeners' handshake queues. Listener ids are stable
     /// across reloads, so a closed listener leaves a gap.
     pub listener_of: Vec<u16>,
-}
-
-/// `v` emptied, as a list of transmits borrowing for another lifetime, on the same
-/// allocation: std collects in place when the element layouts are the same, so the send list
-/// is allocated once per shard instead of once per batch. (`filter_map` sees no element.)
-// `filter` cannot change the element's lifetime; `filter_map` to `None` can
-#[allow(clippy::unnecessary_filter_map)]
-fn recycled<'a>(mut v: Vec<Transmit<'_>>) -> Vec<Transmit<'a>> {
-    v.clear();
-    v.into_iter().filter_map(|_| None).collect()
 }
 
 /// CPU time of the calling thread (`CLOCK_THREAD_CPUTIME_ID`); zero if the clock fails.
@@ -732,7 +722,7 @@ impl<B: Backend> Shard<B> {
             }
             let mut off_owner = 0u64;
             for i in 0..n {
-                let meta = *batch.meta(i);
+                let meta = batch.meta(i);
                 if meta.truncated {
                     router.count(DropReason::Truncated);
                     continue;

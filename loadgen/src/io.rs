@@ -74,6 +74,10 @@ pub struct Rx {
     /// Datagrams for no known peer, or truncated.
     pub stray: u64,
     pub errors: u64,
+    /// Messages received (a GRO run is one) and the datagrams in them: with `--gro` their
+    /// ratio is how many segments the relay sent per message (loopback keeps GSO sends whole).
+    pub messages: u64,
+    pub datagrams: u64,
 }
 
 impl Rx {
@@ -90,6 +94,8 @@ impl Rx {
             ready: Vec::new(),
             stray: 0,
             errors: 0,
+            messages: 0,
+            datagrams: 0,
         })
     }
 
@@ -137,9 +143,11 @@ impl Rx {
                         continue;
                     };
                     let data = self.batch.data(i);
+                    self.messages += 1;
                     for seg in data.chunks(m.stride.max(1)) {
                         f(peer, seg, now);
                         count += 1;
+                        self.datagrams += 1;
                     }
                 }
                 if n < net::BATCH {

@@ -179,6 +179,7 @@ fn drive(cfg: &RunConfig, pid: Option<u32>) -> Result<Value, String> {
                 progress: cfg.progress,
             };
             let s0 = sample("phase start");
+            let (m0, d0) = (rx.messages, rx.datagrams);
             let r = traffic::run(&topo, &mut tx, &mut rx, &indices, &live, &mut flows, &opts);
             let s1 = sample("phase end");
             let secs = r.seconds.max(1e-9);
@@ -192,6 +193,12 @@ fn drive(cfg: &RunConfig, pid: Option<u32>) -> Result<Value, String> {
             };
             let loss = r.sent.saturating_sub(r.received);
             let us = |ns: u64| ns as f64 / 1000.0;
+            let rx_messages = rx.messages - m0;
+            let per_message = if rx_messages > 0 {
+                json!((rx.datagrams - d0) as f64 / rx_messages as f64)
+            } else {
+                Value::Null
+            };
             let phase = json!({
                 "size": size.clamp(traffic::MIN_SIZE, 1472),
                 "rate": rate_label(rate),
@@ -205,6 +212,7 @@ fn drive(cfg: &RunConfig, pid: Option<u32>) -> Result<Value, String> {
                 "misdelivered": r.misdelivered,
                 "other": r.other,
                 "send_failed": r.send_failed,
+                "rx_datagrams_per_message": per_message,
                 "pps": r.received as f64 / secs,
                 "mbps": r.received_bytes as f64 * 8.0 / secs / 1e6,
                 "lat_us": {"p50": us(r.lat_ns[0]), "p90": us(r.lat_ns[1]), "p99": us(r.lat_ns[2]),

@@ -266,8 +266,9 @@ scalar_settings! {
     #[arg(long, value_enum, value_name = "on|off", env = "WGRELAY_GSO")]
     gso: Switch,
 
-    /// UDP GRO: let the kernel coalesce received datagrams of one flow (Linux
-    /// 5.0+); they are split again before routing. [default: on]
+    /// UDP GRO: let the kernel coalesce received datagrams of one flow (Linux 5.0+); each run
+    /// is kept whole, its datagrams routed one by one, and sent on to one destination as one
+    /// GSO message. [default: on]
     #[arg(long, value_enum, value_name = "on|off", env = "WGRELAY_GRO")]
     gro: Switch,
 

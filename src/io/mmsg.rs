@@ -1,18 +1,18 @@
 //! Portable Linux backend: `poll(2)` + `recvmmsg(2)` / `sendmmsg(2)`, with optional UDP GSO on
 //! send and UDP GRO on receive ([`Offload`]).
 //!
-//! All system-call structures (mmsghdr, iovec, sockaddr and control buffers) and the GRO
-//! scratch buffers are allocated once in [`MmsgBackend::with_offload`]; `recv` and `send` only
-//! refill them, so the hot path never allocates.
+//! All system-call structures (mmsghdr, iovec, sockaddr and control buffers) are allocated once
+//! in [`MmsgBackend::with_offload`]; `recv` and `send` only refill them, so the hot path never
+//! allocates.
 //!
 //! - **GSO:** `send` groups consecutive transmits to one destination whose lengths follow the
 //!   kernel's rule (all equal, the last one may be shorter) into one message: one iovec per
 //!   datagram, so nothing is copied, and a UDP_SEGMENT control message. If the kernel refuses a
 //!   GSO message with `EIO` (no checksum offload on the egress device) or `EINVAL`, GSO is
 //!   turned off for good and those datagrams are sent again one by one.
-//! - **GRO:** a listener with UDP_GRO receives into scratch buffers big enough for a coalesced
-//!   run, and each run is split back into datagrams, one per [`RecvBatch`] slot (a copy each).
-//!   Whatever does not fit the batch waits in the scratch buffer for the next `recv`.
+//! - **GRO:** a listener with UDP_GRO receives into batch slots big enough for a coalesced run
+//!   ([`GRO_BUF_LEN`]); the run stays whole where the kernel put it, and the batch reads it as
+//!   its datagrams. Nothing is copied either way.
 
 use std::io;
 use std::mem;
@@ -27,7 +27,7 @@ use super::sys::{
     warn_truncated_run, warn_unusable_source, zeroed_slice, CmsgBuf, Listeners, RateLimit, RecvRun,
     CMSG_BUF_LEN, GRO_BUF_LEN,
 };
-use super::{Backend, Capabilities, Offload, RecvBatch, RecvMeta, SendStats, Transmit};
+use super::{Backend, Capabilities, Offload, RecvBatch, SendStats, Transmit};
 use super::{BATCH_SIZE, MAX_DATAGRAM_LEN};
 
 /// Iovecs of one `sendmmsg`: one per datagram, up to [`GSO_MAX_SEGMENTS`] per message.
@@ -43,9 +43,8 @@ pub struct MmsgBackend {
     waker: Option<libc::c_int>,
     /// Listener served first by the next `recv`, rotated so a busy one cannot starve the rest.
     next_first: usize,
-    /// Per listener: `Some` when UDP_GRO is on, holding its receive scratch buffers (per
-    /// listener, so a long run left over on one listener never holds up another).
-    gro_rx: Vec<Option<GroRx>>,
+    /// Some listener has UDP_GRO on: the batch's slots must hold a coalesced run.
+    any_gro: bool,
 
     // Receive side, allocated once. The header pointers (into the boxes below, the caller's
     // batch or a GRO scratch buffer) are refreshed on every call, each derived from one base
@@ -88,52 +87,8 @@ struct Group {
     first: usize,
     count: usize,
     iov: usize,
-}
-
-/// A GRO listener's receive scratch: one [`GRO_BUF_LEN`] buffer per batch slot, and what is
-/// left of the last `recvmmsg` once the caller's batch filled up.
-struct GroRx {
-    /// Zero-initialised through the allocator, so pages are only committed as data lands.
-    buf: Box<[u8]>,
-    /// The messages received into the buffers, one per buffer.
-    msgs: Vec<RecvRun>,
-    /// First message not yet fully handed out, and how many of its bytes were.
-    next: usize,
-    offset: usize,
-}
-
-impl GroRx {
-    fn new() -> Self {
-        GroRx {
-            buf: vec![0u8; BATCH_SIZE * GRO_BUF_LEN].into_boxed_slice(),
-            msgs: Vec::with_capacity(BATCH_SIZE),
-            next: 0,
-            offset: 0,
-        }
-    }
-
-    /// Datagrams from the last receive are still waiting (the scratch buffers are in use).
-    fn pending(&self) -> bool {
-        self.next < self.msgs.len()
-    }
-
-    /// Splits the received messages into datagrams, one per free slot of `batch`, in order,
-    /// until either runs out; the rest stays for the next call.
-    fn drain(&mut self, listener: usize, batch: &mut RecvBatch) {
-        while self.next < self.msgs.len() {
-            let m = self.msgs[self.next];
-            let base = self.next * GRO_BUF_LEN;
-            let payload = &self.buf[base..base + m.len];
-            if let Some(offset) = m.split_into(listener, payload, self.offset, batch) {
-                self.offset = offset;
-                return;
-            }
-            self.next += 1;
-            self.offset = 0;
-        }
-        self.msgs.clear();
-        self.next = 0;
-    }
+    /// Iovecs used (adjacent contents share one).
+    iovs: usize,
 }
 
 impl MmsgBackend {
@@ -161,18 +116,14 @@ impl MmsgBackend {
                 revents: 0,
             })
             .collect();
-        let gro_rx = listeners
-            .gro
-            .iter()
-            .map(|&on| on.then(GroRx::new))
-            .collect();
+        let any_gro = listeners.gro.iter().any(|&g| g);
 
         MmsgBackend {
             listeners,
             pollfds,
             waker: None,
             next_first: 0,
-            gro_rx,
+            any_gro,
             recv_hdrs: zeroed_slice(BATCH_SIZE),
             recv_iovs: zeroed_slice(BATCH_SIZE),
             recv_names: zeroed_slice(BATCH_SIZE),
@@ -203,66 +154,50 @@ impl MmsgBackend {
         self.listeners.kernel_drops()
     }
 
-    /// Receives from listener `idx` into the free slots of `batch` (through its GRO scratch
-    /// buffers when it has GRO on, which must then hold nothing pending).
+    /// Receives from listener `idx` into the free slots of `batch`, each message (a datagram,
+    /// or with GRO a coalesced run) kept whole in its slot.
     fn recv_socket(&mut self, idx: usize, batch: &mut RecvBatch) -> io::Result<()> {
-        let start = batch.len();
-        let free = batch.capacity() - start;
+        let free = batch.free_slots();
         if free == 0 {
             return Ok(());
         }
-        // Without GRO, message `i` lands straight in slot `start + i` (header `start + i`);
-        // with GRO, in scratch buffer `i` (header `i`), big enough for a coalesced run.
-        let first = match &mut self.gro_rx[idx] {
-            Some(g) => {
-                debug_assert!(!g.pending());
-                let base = g.buf.as_mut_ptr();
-                for i in 0..free {
-                    self.recv_iovs[i] = libc::iovec {
-                        iov_base: base.wrapping_add(i * GRO_BUF_LEN).cast(),
-                        iov_len: GRO_BUF_LEN,
-                    };
-                }
-                0
-            }
-            None => {
-                let slots = batch.slots_ptr();
-                for slot in start..batch.capacity() {
-                    self.recv_iovs[slot] = libc::iovec {
-                        iov_base: slots.wrapping_add(slot * MAX_DATAGRAM_LEN).cast(),
-                        iov_len: MAX_DATAGRAM_LEN,
-                    };
-                }
-                start
-            }
-        };
+        let gro = self.listeners.gro[idx];
+        // A listener without GRO gets MAX_DATAGRAM_LEN of a (maybe larger) slot, so longer
+        // datagrams come back truncated whatever the other listeners need.
+        let room = if gro { GRO_BUF_LEN } else { MAX_DATAGRAM_LEN }.min(batch.slot_len());
+        let slot_len = batch.slot_len();
+        let (first, base) = batch.slots();
         let iovs = self.recv_iovs.as_mut_ptr();
         let names = self.recv_names.as_mut_ptr();
         let ctrl = self.recv_ctrl.as_mut_ptr();
-        for slot in first..first + free {
-            let m = &mut self.recv_hdrs[slot];
+        for k in 0..free {
+            self.recv_iovs[k] = libc::iovec {
+                iov_base: base.wrapping_add((first + k) * slot_len).cast(),
+                iov_len: room,
+            };
+            let m = &mut self.recv_hdrs[k];
             m.msg_len = 0;
             let h = &mut m.msg_hdr;
-            h.msg_name = names.wrapping_add(slot).cast();
+            h.msg_name = names.wrapping_add(k).cast();
             // The kernel overwrites the lengths and flags on every receive.
             h.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            h.msg_iov = iovs.wrapping_add(slot);
+            h.msg_iov = iovs.wrapping_add(k);
             h.msg_iovlen = 1;
-            h.msg_control = ctrl.wrapping_add(slot).cast();
+            h.msg_control = ctrl.wrapping_add(k).cast();
             h.msg_controllen = CMSG_BUF_LEN as _;
             h.msg_flags = 0;
         }
         let fd = self.listeners.sockets[idx].as_raw_fd();
         let got = loop {
-            // SAFETY: headers `first..first + free` were filled above; their name, iovec and
-            // control pointers refer to live buffers of the stated lengths (backend-owned boxes,
-            // and either one MAX_DATAGRAM_LEN slot of `batch` each, in bounds and exclusively
-            // borrowed for this call, or one GRO_BUF_LEN buffer of this listener's scratch,
-            // which holds nothing pending). A null timeout is allowed.
+            // SAFETY: headers `0..free` were filled above; their name, iovec and control
+            // pointers refer to live buffers of the stated lengths: backend-owned boxes, and
+            // slots `first..first + free` of the exclusively borrowed `batch` (free, `room` <=
+            // `slot_len` bytes each, in bounds: `first + free <= BATCH_SIZE`), derived from one
+            // base pointer taken after the batch's last write. A null timeout is allowed.
             let rc = unsafe {
                 libc::recvmmsg(
                     fd,
-                    self.recv_hdrs[first..].as_mut_ptr(),
+                    self.recv_hdrs.as_mut_ptr(),
                     free as libc::c_uint,
                     libc::MSG_DONTWAIT as _,
                     ptr::null_mut(),
@@ -292,55 +227,41 @@ impl MmsgBackend {
                 }
             }
         };
-
-        let mut write = start;
-        for slot in first..first + got {
-            let hdr = &self.recv_hdrs[slot];
+        batch.take_slots(got);
+        for k in 0..got {
+            let hdr = &self.recv_hdrs[k];
             let truncated = hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
             let namelen = hdr.msg_hdr.msg_namelen;
             // The kernel wrote `msg_controllen` bytes (at most the CMSG_BUF_LEN it was given).
             #[allow(clippy::unnecessary_cast)] // usize on glibc, socklen_t on musl
             let ctrl_len = (hdr.msg_hdr.msg_controllen as usize).min(CMSG_BUF_LEN);
-            let control = &self.recv_ctrl[slot].0[..ctrl_len];
+            let control = &self.recv_ctrl[k].0[..ctrl_len];
             if let Some(d) = rxq_ovfl(control) {
                 self.listeners.drops[idx] = d;
             }
-            let Some(addr) = sockaddr_to_std(&self.recv_names[slot], namelen) else {
+            let Some(addr) = sockaddr_to_std(&self.recv_names[k], namelen) else {
                 warn_unusable_source(&mut self.recv_warn, idx);
                 continue;
             };
-            if let Some(g) = &mut self.gro_rx[idx] {
-                let len = (hdr.msg_len as usize).min(GRO_BUF_LEN);
-                let run = RecvRun {
-                    addr,
-                    len,
-                    stride: gro_stride(control, len),
-                    truncated,
-                };
-                if run.truncated && run.is_coalesced() {
-                    warn_truncated_run(&mut self.recv_warn, idx);
-                }
-                #[cfg(test)]
-                if run.is_coalesced() {
-                    self.gro_runs += 1;
-                }
-                g.msgs.push(run);
-                continue;
-            }
-            let len = (hdr.msg_len as usize).min(MAX_DATAGRAM_LEN);
-            if write != slot {
-                batch.move_slot(slot, write, len);
-            }
-            batch.push_meta(RecvMeta {
-                listener: idx,
+            let len = (hdr.msg_len as usize).min(room);
+            let run = RecvRun {
                 addr,
                 len,
+                stride: if gro {
+                    gro_stride(control, len)
+                } else {
+                    len.max(1)
+                },
                 truncated,
-            });
-            write += 1;
-        }
-        if let Some(g) = &mut self.gro_rx[idx] {
-            g.drain(idx, batch);
+            };
+            if run.is_coalesced() && run.truncated {
+                warn_truncated_run(&mut self.recv_warn, idx);
+            }
+            #[cfg(test)]
+            if run.is_coalesced() {
+                self.gro_runs += 1;
+            }
+            batch.push_slot(first + k, run, idx);
         }
         Ok(())
     }
@@ -384,7 +305,7 @@ impl MmsgBackend {
         let (mut msgs, mut iov, mut i) = (0, 0, from);
         while i < run.len() && msgs < BATCH_SIZE {
             let (count, segment) = gso_group(&run[i..], max_segments);
-            let (namelen, ctrl_len) = stage_message(
+            let (namelen, ctrl_len, iovs) = stage_message(
                 &run[i..i + count],
                 family,
                 segment,
@@ -399,9 +320,10 @@ impl MmsgBackend {
                 first: i,
                 count,
                 iov,
+                iovs,
             };
             msgs += 1;
-            iov += count;
+            iov += iovs;
             i += count;
         }
         let iovs = self.send_iovs.as_mut_ptr();
@@ -415,7 +337,7 @@ impl MmsgBackend {
                 &mut m.msg_hdr,
                 names.wrapping_add(j),
                 iovs.wrapping_add(g.iov),
-                g.count,
+                g.iovs,
                 ctrl.wrapping_add(j),
             );
         }
@@ -516,12 +438,13 @@ impl Backend for MmsgBackend {
 
     fn recv(&mut self, batch: &mut RecvBatch, timeout: Duration) -> io::Result<usize> {
         batch.clear();
-        // Datagrams left over from a GRO run are ready now: check the sockets without waiting.
-        let pending = self.gro_rx.iter().flatten().any(GroRx::pending);
+        if self.any_gro {
+            batch.reserve_slots(GRO_BUF_LEN);
+        }
         for p in &mut self.pollfds {
             p.revents = 0;
         }
-        let wait = if pending { 0 } else { timeout_ms(timeout) };
+        let wait = timeout_ms(timeout);
         // SAFETY: `pollfds` is a live, exclusively borrowed array of `len()` pollfd entries.
         let rc = unsafe {
             libc::poll(
@@ -536,11 +459,8 @@ impl Backend for MmsgBackend {
             if err.kind() != io::ErrorKind::Interrupted {
                 return Err(err);
             }
-            if !pending {
-                return Ok(0);
-            }
-            // Hand out what is pending; `revents` stays 0, so no socket is read.
-        } else if rc == 0 && !pending {
+            return Ok(0);
+        } else if rc == 0 {
             return Ok(0);
         }
         // A readable waker only ends the wait (the caller drains it); the sockets that are
@@ -564,18 +484,10 @@ impl Backend for MmsgBackend {
         let first = self.next_first % n;
         self.next_first = (first + 1) % n;
         for k in 0..n {
-            if batch.len() == batch.capacity() {
+            if batch.is_full() {
                 break;
             }
             let idx = (first + k) % n;
-            // A listener with leftovers hands them out first; its scratch buffers are busy
-            // until they are gone, so it is read again on a later call.
-            if let Some(g) = &mut self.gro_rx[idx] {
-                if g.pending() {
-                    g.drain(idx, batch);
-                    continue;
-                }
-            }
             let revents = self.pollfds[idx].revents;
             if revents & libc::POLLNVAL != 0 {
                 return Err(io::Error::new(

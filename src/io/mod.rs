@@ -19,7 +19,9 @@ mod sys;
 mod testkit;
 pub mod uring;
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
+use std::ptr::NonNull;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use mmsg::MmsgBackend;
@@ -48,66 +50,146 @@ pub struct RecvMeta {
     /// Source address. On a dual-stack IPv6 socket an IPv4 peer shows up v4-mapped
     /// (`::ffff:a.b.c.d`); replies through the same listener accept it unchanged.
     pub addr: SocketAddr,
-    /// Bytes stored in the slot (at most [`MAX_DATAGRAM_LEN`]).
+    /// Bytes of the datagram held (at most [`MAX_DATAGRAM_LEN`], or a GRO segment's size).
     pub len: usize,
-    /// The datagram was longer than [`MAX_DATAGRAM_LEN`]; only the first `len` bytes were kept.
+    /// The datagram was longer than its receive buffer; only the first `len` bytes were kept.
     pub truncated: bool,
 }
 
-impl RecvMeta {
-    /// Placeholder for empty slots; never handed out through [`RecvBatch::meta`].
-    const EMPTY: RecvMeta = RecvMeta {
-        listener: 0,
-        addr: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
-        len: 0,
-        truncated: false,
-    };
+/// One received message: a datagram, or with GRO a run of datagrams of one flow, `stride`
+/// bytes apart (the last may be shorter), kept whole where the kernel put it.
+#[derive(Debug, Clone, Copy)]
+struct Record {
+    listener: usize,
+    addr: SocketAddr,
+    len: usize,
+    /// The buffer cut the message short, so its last datagram is incomplete.
+    truncated: bool,
+    at: Loc,
 }
 
-/// Caller-owned receive storage: [`BATCH_SIZE`] slots of [`MAX_DATAGRAM_LEN`] bytes, and their
-/// metadata.
-///
-/// Allocated once (by [`RecvBatch::new`]) and reused for every receive, so the hot path does not
-/// allocate. Backends write into it through the `pub(crate)` slot accessors.
-pub struct RecvBatch {
-    /// `BATCH_SIZE * MAX_DATAGRAM_LEN` bytes; slot `i` starts at `i * MAX_DATAGRAM_LEN`.
-    buf: Box<[u8]>,
-    meta: Box<[RecvMeta]>,
-    len: usize,
+/// Where a record's bytes are.
+#[derive(Debug, Clone, Copy)]
+enum Loc {
+    /// At this offset of the batch's own arena (mmsg receives straight into it).
+    Arena(usize),
+    /// In a buffer lent by the backend (an io_uring provided buffer), held by the batch's
+    /// [`Lease`] until the batch is cleared.
+    Lent(NonNull<u8>),
 }
+
+/// One datagram of a record: where it starts in the record, and its length.
+#[derive(Debug, Clone, Copy)]
+struct Segment {
+    record: u32,
+    offset: u32,
+    len: u32,
+    /// Longer than [`MAX_DATAGRAM_LEN`] (a GRO segment), so cut to it, as a single datagram
+    /// that long would have been.
+    cut: bool,
+}
+
+/// A backend that lends its receive buffers to a [`RecvBatch`]: keeps their memory alive while
+/// the batch holds them, and takes them back when the batch is cleared or dropped.
+trait Lender: Send + Sync {
+    /// Buffers `bids` are the backend's again (the batch no longer reads them).
+    fn give_back(&self, bids: &mut Vec<u16>);
+}
+
+/// The buffers a batch holds on loan from one backend.
+struct Lease {
+    lender: Arc<dyn Lender>,
+    bids: Vec<u16>,
+}
+
+/// Received datagrams, by message: a backend fills it with up to [`BATCH_SIZE`] messages,
+/// each a datagram or a whole GRO run, without copying payload bytes: mmsg receives into the
+/// batch's own arena (one slot per message), io_uring lends its provided buffers. Callers see
+/// one datagram at a time ([`RecvBatch::meta`], [`RecvBatch::datagram`]); the datagrams of one
+/// run are adjacent in memory, so sending them on to one destination can go as one GSO message
+/// with the same segments.
+///
+/// Allocated once and reused for every receive, so the hot path does not allocate.
+pub struct RecvBatch {
+    /// `BATCH_SIZE` slots of `slot_len` bytes, zeroed by the allocator so only pages that
+    /// datagrams touch become resident.
+    arena: Box<[u8]>,
+    slot_len: usize,
+    /// Arena slots handed to the kernel this round (a message dropped by the backend still
+    /// used its slot).
+    slots_used: usize,
+    records: Vec<Record>,
+    segments: Vec<Segment>,
+    lease: Option<Lease>,
+}
+
+// SAFETY: the only non-Send parts are the `Loc::Lent` pointers. They point into buffers that
+// the batch's `Lease` keeps alive (its `Arc` owns the lender's memory) and that nobody else
+// reads or writes until the lease gives them back, so the batch may move to another thread
+// with them. It is not `Sync`: `datagram_mut` needs `&mut self`.
+unsafe impl Send for RecvBatch {}
 
 impl RecvBatch {
-    /// Allocates an empty batch.
+    /// Allocates an empty batch with slots of [`MAX_DATAGRAM_LEN`] bytes (a backend that
+    /// receives coalesced runs into the arena makes them larger, once, see `reserve_slots`).
     pub fn new() -> Self {
         RecvBatch {
-            buf: vec![0u8; BATCH_SIZE * MAX_DATAGRAM_LEN].into_boxed_slice(),
-            meta: vec![RecvMeta::EMPTY; BATCH_SIZE].into_boxed_slice(),
-            len: 0,
+            arena: vec![0u8; BATCH_SIZE * MAX_DATAGRAM_LEN].into_boxed_slice(),
+            slot_len: MAX_DATAGRAM_LEN,
+            slots_used: 0,
+            records: Vec::with_capacity(BATCH_SIZE),
+            segments: Vec::with_capacity(BATCH_SIZE),
+            lease: None,
         }
     }
 
     /// Number of datagrams held.
     pub fn len(&self) -> usize {
-        self.len
+        self.segments.len()
     }
 
     /// True when no datagram is held.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.segments.is_empty()
     }
 
-    /// Most datagrams the batch can hold ([`BATCH_SIZE`]).
+    /// Messages (datagrams or whole GRO runs) held.
+    pub fn messages(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Most messages the batch can hold ([`BATCH_SIZE`]).
     pub fn capacity(&self) -> usize {
-        self.meta.len()
+        BATCH_SIZE
+    }
+
+    /// True when no further message fits.
+    pub fn is_full(&self) -> bool {
+        self.records.len() >= BATCH_SIZE
+    }
+
+    fn segment(&self, i: usize) -> (&Segment, &Record) {
+        assert!(
+            i < self.segments.len(),
+            "RecvBatch datagram {i} of {}",
+            self.len()
+        );
+        let s = &self.segments[i];
+        (s, &self.records[s.record as usize])
     }
 
     /// Metadata of datagram `i`.
     ///
     /// # Panics
     /// If `i >= self.len()` (a caller bug, not something the network can cause).
-    pub fn meta(&self, i: usize) -> &RecvMeta {
-        assert!(i < self.len, "RecvBatch::meta({i}) with len {}", self.len);
-        &self.meta[i]
+    pub fn meta(&self, i: usize) -> RecvMeta {
+        let (s, r) = self.segment(i);
+        RecvMeta {
+            listener: r.listener,
+            addr: r.addr,
+            len: s.len as usize,
+            truncated: s.cut || (r.truncated && (s.offset + s.len) as usize >= r.len),
+        }
     }
 
     /// The received bytes of datagram `i` (exactly `meta(i).len` bytes).
@@ -115,9 +197,16 @@ impl RecvBatch {
     /// # Panics
     /// If `i >= self.len()`.
     pub fn datagram(&self, i: usize) -> &[u8] {
-        let len = self.meta(i).len;
-        let start = i * MAX_DATAGRAM_LEN;
-        &self.buf[start..start + len]
+        let (s, r) = self.segment(i);
+        let (offset, len) = (s.offset as usize, s.len as usize);
+        match r.at {
+            Loc::Arena(base) => &self.arena[base + offset..base + offset + len],
+            // SAFETY: the record's `len` bytes from `p` are a buffer on loan to this batch
+            // (`push_lent`): alive while the lease holds the lender, read or written by no one
+            // else until `clear`; `offset + len <= r.len` by construction. The slice borrows
+            // `self`, so it ends before `clear` can run.
+            Loc::Lent(p) => unsafe { std::slice::from_raw_parts(p.as_ptr().add(offset), len) },
+        }
     }
 
     /// The received bytes of datagram `i`, mutable (a relay may rewrite in place before sending).
@@ -125,62 +214,140 @@ impl RecvBatch {
     /// # Panics
     /// If `i >= self.len()`.
     pub fn datagram_mut(&mut self, i: usize) -> &mut [u8] {
-        let len = self.meta(i).len;
-        let start = i * MAX_DATAGRAM_LEN;
-        &mut self.buf[start..start + len]
+        assert!(
+            i < self.segments.len(),
+            "RecvBatch datagram {i} of {}",
+            self.len()
+        );
+        let s = self.segments[i];
+        let r = self.records[s.record as usize];
+        let (offset, len) = (s.offset as usize, s.len as usize);
+        match r.at {
+            Loc::Arena(base) => &mut self.arena[base + offset..base + offset + len],
+            // SAFETY: as in `datagram`; the exclusive borrow of `self` makes this the only
+            // reference into the loaned buffer while it lives.
+            Loc::Lent(p) => unsafe { std::slice::from_raw_parts_mut(p.as_ptr().add(offset), len) },
+        }
     }
 
     /// Iterates over `(meta, bytes)` of the held datagrams.
-    pub fn iter(&self) -> impl Iterator<Item = (&RecvMeta, &[u8])> + '_ {
-        (0..self.len).map(move |i| (&self.meta[i], self.datagram(i)))
+    pub fn iter(&self) -> impl Iterator<Item = (RecvMeta, &[u8])> + '_ {
+        (0..self.len()).map(move |i| (self.meta(i), self.datagram(i)))
     }
 
-    /// Forgets all datagrams (the storage is kept).
+    /// Forgets all datagrams (the storage is kept) and gives lent buffers back.
     pub fn clear(&mut self) {
-        self.len = 0;
+        self.records.clear();
+        self.segments.clear();
+        self.slots_used = 0;
+        if let Some(lease) = &mut self.lease {
+            if !lease.bids.is_empty() {
+                lease.lender.give_back(&mut lease.bids);
+                lease.bids.clear();
+            }
+        }
     }
 
-    /// Base pointer of the slot storage, for a backend to receive into: slot `i` starts at
-    /// `i * MAX_DATAGRAM_LEN`. Derive every slot pointer of one receive from a single call, so a
-    /// later borrow of the storage does not invalidate pointers the kernel is about to use.
-    pub(crate) fn slots_ptr(&mut self) -> *mut u8 {
-        self.buf.as_mut_ptr()
+    /// Makes every arena slot at least `len` bytes (a GRO listener's runs), reallocating once.
+    /// Only on an empty batch.
+    fn reserve_slots(&mut self, len: usize) {
+        debug_assert!(self.records.is_empty() && self.slots_used == 0);
+        if len > self.slot_len {
+            self.arena = vec![0u8; BATCH_SIZE * len].into_boxed_slice();
+            self.slot_len = len;
+        }
     }
 
-    /// Records slot `self.len()` as filled with `meta`. The caller has written the bytes.
-    pub(crate) fn push_meta(&mut self, meta: RecvMeta) {
-        debug_assert!(self.len < self.meta.len());
-        debug_assert!(meta.len <= MAX_DATAGRAM_LEN);
-        self.meta[self.len] = meta;
-        self.len += 1;
+    /// Arena slots not yet handed to the kernel, and not more than the messages that still fit.
+    fn free_slots(&self) -> usize {
+        (BATCH_SIZE - self.slots_used).min(BATCH_SIZE - self.records.len())
     }
 
-    /// Copies `bytes` into the next free slot (at most [`MAX_DATAGRAM_LEN`] of them; longer is
-    /// reported truncated) and records it. For backends that receive into their own buffers.
-    pub(crate) fn push_datagram(
+    /// The first free arena slot's index and the arena's base pointer, for a backend to receive
+    /// into slots `first..first + free_slots()` (slot `k` at `k * slot_len()`). Derive every
+    /// pointer of one receive from a single call, so a later borrow of the arena does not
+    /// invalidate pointers the kernel is about to use. Then `take_slots` them.
+    fn slots(&mut self) -> (usize, *mut u8) {
+        (self.slots_used, self.arena.as_mut_ptr())
+    }
+
+    /// Bytes per arena slot.
+    fn slot_len(&self) -> usize {
+        self.slot_len
+    }
+
+    /// Marks `n` more slots as used by the kernel (whatever lands in them).
+    fn take_slots(&mut self, n: usize) {
+        self.slots_used = (self.slots_used + n).min(BATCH_SIZE);
+    }
+
+    /// Records arena slot `slot` as a message of `len` bytes (`stride` apart, see
+    /// [`gro_stride`](sys::gro_stride)) from `addr` on `listener`. The caller wrote the bytes.
+    fn push_slot(&mut self, slot: usize, run: sys::RecvRun, listener: usize) {
+        debug_assert!(slot < self.slots_used && run.len <= self.slot_len);
+        let len = run.len.min(self.slot_len);
+        self.push_record(listener, run, len, Loc::Arena(slot * self.slot_len));
+    }
+
+    /// Records a buffer on loan from `lender` (buffer id `bid`), whose message's `run.len`
+    /// bytes start at `bytes`: the batch reads (and may rewrite) them until it is cleared,
+    /// then gives `bid` back through `lender`.
+    ///
+    /// # Safety
+    /// `bytes..bytes + run.len` must stay valid while `lender` lives, and nothing else may
+    /// read or write it until the batch gives `bid` back.
+    unsafe fn push_lent(
         &mut self,
+        lender: &Arc<dyn Lender>,
+        bid: u16,
+        bytes: NonNull<u8>,
+        run: sys::RecvRun,
         listener: usize,
-        addr: SocketAddr,
-        bytes: &[u8],
-        truncated: bool,
     ) {
-        debug_assert!(self.len < self.meta.len());
-        let len = bytes.len().min(MAX_DATAGRAM_LEN);
-        let start = self.len * MAX_DATAGRAM_LEN;
-        self.buf[start..start + len].copy_from_slice(&bytes[..len]);
-        self.push_meta(RecvMeta {
-            listener,
-            addr,
-            len,
-            truncated: truncated || bytes.len() > MAX_DATAGRAM_LEN,
-        });
+        match &mut self.lease {
+            Some(lease) if Arc::ptr_eq(&lease.lender, lender) => lease.bids.push(bid),
+            _ => {
+                // another lender's buffers (a different backend): those go back first
+                if let Some(mut old) = self.lease.take() {
+                    old.lender.give_back(&mut old.bids);
+                }
+                let mut bids = Vec::with_capacity(BATCH_SIZE);
+                bids.push(bid);
+                self.lease = Some(Lease {
+                    lender: lender.clone(),
+                    bids,
+                });
+            }
+        }
+        self.push_record(listener, run, run.len, Loc::Lent(bytes));
     }
 
-    /// Moves the bytes of slot `from` to slot `to` (`to < from`). Used to close a gap when a
-    /// slot in the middle of a received run has to be dropped.
-    pub(crate) fn move_slot(&mut self, from: usize, to: usize, len: usize) {
-        let src = from * MAX_DATAGRAM_LEN;
-        self.buf.copy_within(src..src + len, to * MAX_DATAGRAM_LEN);
+    fn push_record(&mut self, listener: usize, run: sys::RecvRun, len: usize, at: Loc) {
+        debug_assert!(self.records.len() < BATCH_SIZE);
+        let record = self.records.len() as u32;
+        let stride = run.stride.clamp(1, len.max(1));
+        // a zero-length datagram is one datagram too
+        let mut offset = 0;
+        loop {
+            let seg = stride.min(len - offset);
+            self.segments.push(Segment {
+                record,
+                offset: offset as u32,
+                len: seg.min(MAX_DATAGRAM_LEN) as u32,
+                cut: seg > MAX_DATAGRAM_LEN,
+            });
+            offset += seg;
+            if offset >= len {
+                break;
+            }
+        }
+        self.records.push(Record {
+            listener,
+            addr: run.addr,
+            len,
+            truncated: run.truncated,
+            at,
+        });
     }
 }
 
@@ -190,11 +357,18 @@ impl Default for RecvBatch {
     }
 }
 
+impl Drop for RecvBatch {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
 impl std::fmt::Debug for RecvBatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RecvBatch")
-            .field("len", &self.len)
-            .field("meta", &&self.meta[..self.len])
+            .field("messages", &self.records.len())
+            .field("datagrams", &self.segments.len())
+            .field("records", &self.records)
             .finish_non_exhaustive()
     }
 }
@@ -208,6 +382,16 @@ pub struct Transmit<'a> {
     pub destination: SocketAddr,
     /// The datagram.
     pub contents: &'a [u8],
+}
+
+/// `v` emptied, as a list of transmits borrowing for another lifetime, on the same
+/// allocation: std collects in place when the element layouts are the same, so a send list can
+/// be allocated once instead of once per batch. (`filter_map` sees no element.)
+// `filter` cannot change the element's lifetime; `filter_map` to `None` can
+#[allow(clippy::unnecessary_filter_map)]
+pub fn recycled<'a>(mut v: Vec<Transmit<'_>>) -> Vec<Transmit<'a>> {
+    v.clear();
+    v.into_iter().filter_map(|_| None).collect()
 }
 
 /// Outcome of [`Backend::send`].

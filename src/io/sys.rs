@@ -10,7 +10,7 @@ use std::ptr;
 use std::time::{Duration, Instant};
 
 use super::socket::{enable_gro, probe_gso, GRO_MAX_SEGMENTS};
-use super::{Capabilities, Offload, RecvBatch, Transmit, BATCH_SIZE};
+use super::{Capabilities, Offload, Transmit, BATCH_SIZE};
 
 /// Room for the SO_RXQ_OVFL control message (CMSG_SPACE(4) is 24 on 64-bit) with slack.
 pub(super) const CMSG_BUF_LEN: usize = 64;
@@ -290,33 +290,6 @@ impl RecvRun {
     pub(super) fn is_coalesced(&self) -> bool {
         self.stride < self.len
     }
-
-    /// Copies the datagrams of `payload` (this message's `len` bytes) from byte `from` on into
-    /// the free slots of `batch`, in order, tagged with `listener`. `None` when the last one
-    /// went in; `Some(offset)` where the batch filled up first (continue from there).
-    pub(super) fn split_into(
-        &self,
-        listener: usize,
-        payload: &[u8],
-        from: usize,
-        batch: &mut RecvBatch,
-    ) -> Option<usize> {
-        debug_assert_eq!(payload.len(), self.len);
-        let mut off = from.min(self.len);
-        loop {
-            if batch.len() == batch.capacity() {
-                return Some(off);
-            }
-            let seg = self.stride.min(self.len - off);
-            let last = off + seg >= self.len;
-            let bytes = &payload[off..off + seg];
-            batch.push_datagram(listener, self.addr, bytes, self.truncated && last);
-            off += seg;
-            if last {
-                return None;
-            }
-        }
-    }
 }
 
 /// Logs (rate-limited) that a coalesced run on `listener` was cut short by its receive buffer.
@@ -424,11 +397,12 @@ pub(super) fn gso_group(run: &[Transmit<'_>], max_segments: usize) -> (usize, Op
     (count, (count > 1).then_some(segment))
 }
 
-/// Stages one outgoing message carrying `group` (one destination; one iovec per transmit) for a
-/// socket of `family`: writes its name, its iovecs into `iovs` (exactly `group.len()` of them)
-/// and, for a GSO message (`segment`), a UDP_SEGMENT control message into `ctrl`. Returns the
-/// `msg_namelen` and `msg_controllen` to pass. The iovecs point into `group`'s contents, which
-/// must outlive the system call.
+/// Stages one outgoing message carrying `group` (one destination) for a socket of `family`:
+/// writes its name, its iovecs into `iovs` (at most `group.len()` of them: transmits whose
+/// bytes follow each other in memory, such as the datagrams of one received GRO run, share
+/// one iovec) and, for a GSO message (`segment`), a UDP_SEGMENT control message into `ctrl`.
+/// Returns the `msg_namelen`, the `msg_controllen` and the number of iovecs used. The iovecs
+/// point into `group`'s contents, which must outlive the system call.
 pub(super) fn stage_message(
     group: &[Transmit<'_>],
     family: Family,
@@ -436,24 +410,33 @@ pub(super) fn stage_message(
     name: &mut libc::sockaddr_storage,
     iovs: &mut [libc::iovec],
     ctrl: &mut CmsgBuf,
-) -> (libc::socklen_t, usize) {
-    debug_assert_eq!(iovs.len(), group.len());
+) -> (libc::socklen_t, usize, usize) {
+    debug_assert!(iovs.len() >= group.len());
     let namelen = match group.first() {
         Some(t) => std_to_sockaddr(adapt_destination(t.destination, family), name),
         None => 0,
     };
-    for (iov, t) in iovs.iter_mut().zip(group) {
-        *iov = libc::iovec {
-            // The kernel only reads through it; the `*mut` is the C type's.
-            iov_base: t.contents.as_ptr() as *mut libc::c_void,
-            iov_len: t.contents.len(),
-        };
+    let mut used = 0;
+    let mut end: *const u8 = ptr::null();
+    for t in group {
+        let start = t.contents.as_ptr();
+        if used > 0 && start == end {
+            iovs[used - 1].iov_len += t.contents.len();
+        } else {
+            iovs[used] = libc::iovec {
+                // The kernel only reads through it; the `*mut` is the C type's.
+                iov_base: start as *mut libc::c_void,
+                iov_len: t.contents.len(),
+            };
+            used += 1;
+        }
+        end = start.wrapping_add(t.contents.len());
     }
     let ctrl_len = match segment {
         Some(s) => put_udp_segment(ctrl, s),
         None => 0,
     };
-    (namelen, ctrl_len)
+    (namelen, ctrl_len, used)
 }
 
 /// Points a staged message's header (see [`stage_message`]) at its name, its `iovlen` iovecs
@@ -510,6 +493,7 @@ pub(super) fn zeroed_slice<T: Zeroable>(n: usize) -> Box<[T]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::io::RecvBatch;
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().expect("address literal")
@@ -672,10 +656,10 @@ mod tests {
         assert_eq!(gro_stride(&[], 0), 1, "an empty datagram still advances");
     }
 
-    /// A run split over two batches: the first call stops where the batch fills, the second
-    /// continues from there; only the last piece carries MSG_TRUNC.
+    /// A run kept whole in one arena slot reads as its datagrams, in order, adjacent in
+    /// memory; only the last carries MSG_TRUNC; an empty datagram is one datagram.
     #[test]
-    fn recv_run_splits_across_batches() {
+    fn a_run_in_the_arena_reads_as_its_datagrams() {
         let payload: Vec<u8> = (0..250u32).map(|i| i as u8).collect();
         let run = RecvRun {
             addr: addr("192.0.2.1:7"),
@@ -685,20 +669,14 @@ mod tests {
         };
         assert!(run.is_coalesced());
         let mut batch = RecvBatch::new();
-        for _ in 0..batch.capacity() - 2 {
-            batch.push_datagram(0, run.addr, b"x", false);
+        let (first, base) = batch.slots();
+        assert_eq!((first, batch.free_slots()), (0, batch.capacity()));
+        let slot_len = batch.slot_len();
+        // SAFETY: slot 1 is inside the arena (BATCH_SIZE slots of slot_len >= 250 bytes).
+        unsafe {
+            ptr::copy_nonoverlapping(payload.as_ptr(), base.add(slot_len), payload.len());
         }
-        assert_eq!(run.split_into(3, &payload, 0, &mut batch), Some(200));
-        let n = batch.len();
-        assert_eq!(batch.datagram(n - 1), &payload[100..200]);
-        assert!(!batch.meta(n - 1).truncated);
-        batch.clear();
-        assert_eq!(run.split_into(3, &payload, 200, &mut batch), None);
-        assert_eq!(batch.len(), 1);
-        assert_eq!(batch.datagram(0), &payload[200..]);
-        assert_eq!(batch.meta(0).listener, 3);
-        assert!(batch.meta(0).truncated, "the cut piece is the last one");
-
+        batch.take_slots(2);
         let empty = RecvRun {
             addr: run.addr,
             len: 0,
@@ -706,13 +684,23 @@ mod tests {
             truncated: false,
         };
         assert!(!empty.is_coalesced());
+        batch.push_slot(1, run, 3);
+        batch.push_slot(0, empty, 0);
+        assert_eq!((batch.len(), batch.messages()), (4, 2));
+        assert_eq!(batch.free_slots(), batch.capacity() - 2);
+        for (i, want) in [&payload[..100], &payload[100..200], &payload[200..]]
+            .into_iter()
+            .enumerate()
+        {
+            assert_eq!(batch.datagram(i), want);
+            assert_eq!(batch.meta(i).listener, 3);
+            assert_eq!(batch.meta(i).truncated, i == 2, "datagram {i}");
+        }
+        let next = batch.datagram(1).as_ptr() as usize;
+        assert_eq!(batch.datagram(0).as_ptr() as usize + 100, next, "adjacent");
+        assert_eq!((batch.meta(3).len, batch.meta(3).listener), (0, 0));
         batch.clear();
-        assert_eq!(empty.split_into(0, &[], 0, &mut batch), None);
-        assert_eq!(
-            (batch.len(), batch.meta(0).len),
-            (1, 0),
-            "an empty datagram is kept"
-        );
+        assert!(batch.is_empty() && batch.free_slots() == batch.capacity());
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! wgrelay-null: the cheapest forwarder the load generator can be pointed at, as a baseline.
 //!
-//! One thread, one socket: recvmmsg a batch, look each source address up in a pair table,
-//! sendmmsg every datagram to its partner, without looking inside (no parsing). With `--gro`
-//! it takes UDP_GRO-coalesced runs in and sends each run out as ONE UDP_SEGMENT send.
+//! One thread, one socket, on wgrelay's own I/O layer (`wgrelay::io`, the backend of
+//! `--backend`): receive a batch, look each source address up in a pair table, send every
+//! datagram to its partner, without looking inside (no parsing). With `--gro` (UDP GRO and GSO
+//! on) it takes coalesced runs in and, since the backend keeps a run whole and sends adjacent
+//! datagrams to one destination as one UDP_SEGMENT message, sends each run out as ONE send. So
+//! the relay and this baseline differ only by the relay's routing.
 //!
 //! How it learns the pairs (`--pairing`):
 //! - `hello` (default): a 13-byte control datagram `ff ff ff ff 'N' 'U' 'L' 'L' session(le u32)
@@ -18,13 +21,19 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::net::SocketAddrV4;
-use std::os::fd::AsRawFd;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use wgrelay_loadgen::net::{self, Forwarder, RecvBatch, SockOpts};
+use wgrelay::io::{self, Backend, MmsgBackend, Offload, RecvBatch, Transmit, UringBackend};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum BackendArg {
+    Mmsg,
+    Uring,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Pairing {
@@ -44,9 +53,9 @@ struct Args {
     gro: bool,
     #[arg(long, value_enum, default_value = "hello")]
     pairing: Pairing,
-    /// Socket buffers in bytes (the same as wgrelay's 4 MiB).
-    #[arg(long, default_value_t = 4 << 20)]
-    buffer: usize,
+    /// wgrelay's datagram I/O backend to run on.
+    #[arg(long, value_enum, default_value = "mmsg")]
+    backend: BackendArg,
 }
 
 /// Multiply-shift hash of an address packed into a u64: one multiply per lookup.
@@ -97,74 +106,80 @@ const HELLO_MAGIC: &[u8; 8] = b"\xff\xff\xff\xffNULL";
 fn main() -> ExitCode {
     let args = Args::parse();
     install_signals();
-    let sock = match net::bind(
-        args.listen,
-        SockOpts {
-            pktinfo: false,
-            gro: args.gro,
-            loopback_only: false,
-            buffer: args.buffer,
-        },
-    ) {
+    // wgrelay's own socket set-up (its buffer sizes), then its backend
+    let sock = match io::bind_udp(SocketAddr::V4(args.listen), &io::SocketOptions::default()) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("wgrelay-null: {e}");
+            eprintln!("wgrelay-null: bind {}: {e}", args.listen);
             return ExitCode::FAILURE;
         }
     };
-    // Wake up every 100 ms to notice a signal that raced the blocking receive.
-    if let Err(e) = sock.set_read_timeout(Some(std::time::Duration::from_millis(100))) {
-        eprintln!("wgrelay-null: SO_RCVTIMEO: {e}");
-        return ExitCode::FAILURE;
-    }
-    let fd = sock.as_raw_fd();
+    let offload = if args.gro { Offload::ON } else { Offload::OFF };
+    let backend: Box<dyn Backend> = match args.backend {
+        BackendArg::Mmsg => Box::new(MmsgBackend::with_offload(vec![sock], offload)),
+        BackendArg::Uring => match UringBackend::with_offload(vec![sock], offload) {
+            Ok(b) => Box::new(b),
+            Err(e) => {
+                eprintln!("wgrelay-null: io_uring: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     eprintln!(
-        "wgrelay-null listening on {} (gro={}, pairing={:?})",
-        args.listen, args.gro, args.pairing
+        "wgrelay-null listening on {} (gro={}, pairing={:?}, backend {})",
+        args.listen,
+        args.gro,
+        args.pairing,
+        backend.name()
     );
+    run(backend, &args)
+}
 
+fn run(mut backend: Box<dyn Backend>, args: &Args) -> ExitCode {
     let mut pairs: Map<SocketAddrV4> = Map::default();
     let mut hellos: HashMap<u32, [Option<SocketAddrV4>; 2]> = HashMap::new();
     let mut first: Option<SocketAddrV4> = None;
-    let mut rx = RecvBatch::new(if args.gro {
-        net::SLOT_GRO
-    } else {
-        net::SLOT_PLAIN
-    });
-    let mut fwd = Forwarder::new();
-    let mut items: Vec<(usize, SocketAddrV4, u16)> = Vec::with_capacity(net::BATCH);
+    let mut rx = RecvBatch::new();
+    let mut items: Vec<(usize, SocketAddrV4)> = Vec::new();
+    // the send list's storage, kept from batch to batch (empty between them)
+    let mut spare: Vec<Transmit<'static>> = Vec::new();
     let (mut received, mut forwarded, mut dropped, mut failed) = (0u64, 0u64, 0u64, 0u64);
 
     while !STOP.load(Ordering::Relaxed) {
-        let n = match rx.recv(fd, true) {
+        // Wake up every 100 ms to notice a signal that raced the wait.
+        let n = match backend.recv(&mut rx, Duration::from_millis(100)) {
             Ok(n) => n,
             Err(e) => {
                 eprintln!("wgrelay-null: receive: {e}");
-                std::thread::sleep(std::time::Duration::from_millis(10));
+                std::thread::sleep(Duration::from_millis(10));
                 continue;
             }
         };
         items.clear();
         for i in 0..n {
-            let m = *rx.meta(i);
-            let count = m.len.div_ceil(m.stride.max(1)).max(1) as u64;
-            received += count;
-            if let Some(&to) = pairs.get(&key(m.from)) {
-                let seg = if m.stride < m.len {
-                    u16::try_from(m.stride).unwrap_or(0)
-                } else {
-                    0
-                };
-                items.push((i, to, seg));
+            let m = rx.meta(i);
+            received += 1;
+            let from = match m.addr {
+                SocketAddr::V4(a) => a,
+                SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
+                    Some(ip) => SocketAddrV4::new(ip, a.port()),
+                    None => {
+                        dropped += 1;
+                        continue;
+                    }
+                },
+            };
+            if let Some(&to) = pairs.get(&key(from)) {
+                items.push((i, to));
                 continue;
             }
             // Control path: unknown source.
-            let data = rx.data(i);
+            let data = rx.datagram(i);
             if data.len() == 13 && &data[..8] == HELLO_MAGIC {
                 let session = u32::from_le_bytes([data[8], data[9], data[10], data[11]]);
                 let side = usize::from(data[12] & 1);
                 let e = hellos.entry(session).or_default();
-                e[side] = Some(m.from);
+                e[side] = Some(from);
                 if let [Some(a), Some(b)] = *e {
                     pairs.insert(key(a), b);
                     pairs.insert(key(b), a);
@@ -173,24 +188,31 @@ fn main() -> ExitCode {
                 continue;
             } else if args.pairing == Pairing::FirstSeen {
                 match first.take() {
-                    None => first = Some(m.from),
-                    Some(a) if a == m.from => first = Some(a),
+                    None => first = Some(from),
+                    Some(a) if a == from => first = Some(a),
                     Some(a) => {
-                        pairs.insert(key(a), m.from);
-                        pairs.insert(key(m.from), a);
-                        items.push((i, a, 0));
+                        pairs.insert(key(a), from);
+                        pairs.insert(key(from), a);
+                        items.push((i, a));
                         continue;
                     }
                 }
             }
-            dropped += count;
+            dropped += 1;
         }
-        let sent = fwd.send(fd, &mut rx, &items);
+        if items.is_empty() {
+            continue;
+        }
+        let mut transmits = io::recycled(std::mem::take(&mut spare));
+        transmits.extend(items.iter().map(|&(i, to)| Transmit {
+            listener: 0,
+            destination: SocketAddr::V4(to),
+            contents: rx.datagram(i),
+        }));
+        let sent = backend.send(&transmits);
+        spare = io::recycled(transmits);
+        forwarded += sent.sent;
         failed += sent.failed;
-        for &(i, _, _) in &items {
-            let m = rx.meta(i);
-            forwarded += m.len.div_ceil(m.stride.max(1)).max(1) as u64;
-        }
     }
     eprintln!(
         "final stats: received={received} forwarded={forwarded} dropped={dropped} send_failed={failed} pairs={}",

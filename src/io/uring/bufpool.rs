@@ -1,17 +1,18 @@
 //! The provided-buffer ring: one anonymous mapping holding the ring entries and the receive
-//! buffers, its registration with the ring, and lending buffers to completions and taking them
-//! back.
+//! buffers, its registration with the ring, and lending buffers to completions and to the
+//! caller's [`RecvBatch`](super::super::RecvBatch), and taking them back.
 
 use std::io;
 use std::mem;
 use std::ptr::{self, NonNull};
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use io_uring::types::BufRingEntry;
 use io_uring::IoUring;
 
 use super::super::sys::{CMSG_BUF_LEN, GRO_BUF_LEN};
-use super::super::MAX_DATAGRAM_LEN;
+use super::super::{Lender, MAX_DATAGRAM_LEN};
 
 /// Provided receive buffers per socket. liburing #758: one multishot took 512 buffers in one go
 /// and emptied a smaller ring; 1024 absorbs such a burst. At ~9.4 KiB each this is ~9.4 MiB per
@@ -49,13 +50,54 @@ pub(super) const GRO_RECV_BUF_LEN: usize = RECVMSG_OUT_LEN + NAME_LEN + CMSG_BUF
 /// Buffer group id of the shared buffer ring (one ring per io_uring instance).
 pub(super) const BGID: u16 = 0;
 
+/// The pool's anonymous mapping, shared with the batches its buffers are lent to: unmapped
+/// when the last of them lets go, unless a request might still write into it.
+pub(super) struct PoolMem {
+    map: NonNull<u8>,
+    map_len: usize,
+    /// Set when a multishot request might still write into the buffers: the mapping is then
+    /// leaked rather than unmapped under the kernel.
+    pub(super) leak: AtomicBool,
+    /// Buffers the batches gave back, to be provided again by the backend's next `recv`.
+    returned: Mutex<Vec<u16>>,
+}
+
+// SAFETY: the mapping is plain memory; who may touch which buffer is decided by the lending
+// protocol (a buffer is the kernel's, the backend's, or one batch's), never by sharing.
+unsafe impl Send for PoolMem {}
+// SAFETY: as above; the only shared mutable state is the mutex and the atomic.
+unsafe impl Sync for PoolMem {}
+
+impl Lender for PoolMem {
+    fn give_back(&self, bids: &mut Vec<u16>) {
+        let mut returned = self.returned.lock().unwrap_or_else(PoisonError::into_inner);
+        returned.append(bids);
+    }
+}
+
+impl Drop for PoolMem {
+    fn drop(&mut self) {
+        if *self.leak.get_mut() {
+            return;
+        }
+        // SAFETY: the mapping was created in `BufPool::new` with this length and is unmapped
+        // only here, by its last owner; `leak` is set whenever a request might still use it.
+        unsafe {
+            libc::munmap(self.map.as_ptr().cast(), self.map_len);
+        }
+    }
+}
+
 /// A provided-buffer ring and its buffers, in one anonymous mapping: the ring entries first
 /// (page aligned, as the kernel requires), then `entries` buffers of `buf_len` bytes.
 ///
 /// Buffer ownership: buffer `bid` belongs to the kernel from the moment its entry is published
-/// (tail store) until a completion names it; then to us until we publish it again.
+/// (tail store) until a completion names it; then to us, and from delivery on to the batch it
+/// is lent to, until that batch gives it back and we publish it again.
 pub(super) struct BufPool {
-    map: NonNull<u8>,
+    pub(super) mem: Arc<PoolMem>,
+    /// `mem`, as the batches see it.
+    pub(super) lender: Arc<dyn Lender>,
     pub(super) map_len: usize,
     ring: *mut BufRingEntry,
     bufs: *mut u8,
@@ -63,11 +105,10 @@ pub(super) struct BufPool {
     pub(super) buf_len: usize,
     /// Local tail; published to the kernel by [`BufPool::publish`].
     tail: u16,
-    /// Buffers handed to us by completions and not yet given back (for the tests' accounting).
+    /// Buffers handed to us by completions and not yet provided again (lent ones included).
     pub(super) held: u32,
-    /// Set when a multishot request might still write into the buffers: the mapping is then
-    /// leaked rather than unmapped under the kernel.
-    pub(super) leak: bool,
+    /// The other half of `reclaim`'s swap.
+    spare: Vec<u16>,
 }
 
 impl BufPool {
@@ -96,8 +137,15 @@ impl BufPool {
             return Err(io::Error::last_os_error());
         }
         let map = NonNull::new(map.cast::<u8>()).ok_or_else(|| io::Error::other("mmap: null"))?;
-        let mut pool = BufPool {
+        let mem = Arc::new(PoolMem {
             map,
+            map_len,
+            leak: AtomicBool::new(false),
+            returned: Mutex::new(Vec::with_capacity(entries as usize)),
+        });
+        let mut pool = BufPool {
+            lender: mem.clone(),
+            mem,
             map_len,
             ring: map.as_ptr().cast(),
             // In bounds: ring_len < map_len.
@@ -106,7 +154,7 @@ impl BufPool {
             buf_len,
             tail: 0,
             held: entries,
-            leak: false,
+            spare: Vec::with_capacity(entries as usize),
         };
         for bid in 0..entries {
             pool.provide(bid as u16);
@@ -119,7 +167,7 @@ impl BufPool {
         // SAFETY: `self.ring` points to `entries` ring entries in a page-aligned mapping that
         // lives until `self` is dropped; `UringBackend`/`probe` drop (or leak) the pool only
         // after the io_uring that uses it, and never while a request might still select from it
-        // (see `BufPool::leak`).
+        // (see `PoolMem::leak`).
         unsafe {
             ring.submitter().register_buf_ring_with_flags(
                 self.ring as u64,
@@ -171,17 +219,34 @@ impl BufPool {
         // is inside the mapping; the caller guarantees the kernel does not write it meanwhile.
         unsafe { std::slice::from_raw_parts(self.bufs.add(usize::from(bid) * self.buf_len), len) }
     }
-}
 
-impl Drop for BufPool {
-    fn drop(&mut self) {
-        if self.leak {
-            return;
+    /// Provides again every buffer the batches gave back since the last call (published by
+    /// the next [`BufPool::publish`]).
+    pub(super) fn reclaim(&mut self) {
+        // (swapped with a spare list under the lock, so `provide` runs without it)
+        let mut bids = std::mem::take(&mut self.spare);
+        std::mem::swap(
+            &mut *self
+                .mem
+                .returned
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+            &mut bids,
+        );
+        for &bid in &bids {
+            if u32::from(bid) < self.entries {
+                self.provide(bid);
+            }
         }
-        // SAFETY: the mapping was created in `new` with this length and is unmapped only here;
-        // `leak` is set whenever a request might still use it.
-        unsafe {
-            libc::munmap(self.map.as_ptr().cast(), self.map_len);
-        }
+        bids.clear();
+        self.spare = bids;
+    }
+
+    /// Buffers out of the ring that no batch still holds (for the tests' accounting).
+    #[cfg(test)]
+    pub(super) fn outstanding(&mut self) -> u32 {
+        self.reclaim();
+        self.publish();
+        self.held
     }
 }

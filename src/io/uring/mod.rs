@@ -4,12 +4,12 @@
 //! One ring per backend (a backend belongs to one shard thread):
 //! - **Receive**: one multishot `RECVMSG` per socket selects buffers from one shared buffer ring
 //!   ([`RECV_BUFS_PER_SOCKET`] buffers per socket). Each completion is parsed with
-//!   [`RecvMsgOut::parse`](io_uring::types::RecvMsgOut::parse), its payload copied into the caller's [`RecvBatch`] slot and the buffer
-//!   handed straight back to the kernel, so the ring refills at the rate the caller consumes.
-//!   A multishot that ends (buffer ring empty: `-ENOBUFS`, or any error) is re-armed by the next
-//!   `recv` and counted. With **GRO**, a buffer holds a coalesced run, which is split back into
-//!   one datagram per slot; a run that does not fit the batch keeps its buffer and completion
-//!   for the next `recv` (never dropped).
+//!   [`RecvMsgOut::parse`](io_uring::types::RecvMsgOut::parse) and its buffer lent to the
+//!   caller's [`RecvBatch`] as one message (no copy); the batch gives it back when it is cleared,
+//!   and the next `recv` provides it to the kernel again, so the ring refills at the rate the
+//!   caller consumes. A multishot that ends (buffer ring empty: `-ENOBUFS`, or any error) is
+//!   re-armed by the next `recv` and counted. With **GRO**, a buffer holds a coalesced run, kept
+//!   whole; a completion that does not fit the batch waits in the backlog (never dropped).
 //! - **Send**: one `SENDMSG` per message from preallocated msghdr/iovec/sockaddr slots, one
 //!   submission per chunk of up to [`SEND_SLOTS`] messages, then the completions are reaped
 //!   before `send` returns (the iovecs point into the caller's buffers, which only live for the
@@ -124,9 +124,6 @@ struct Cqe {
     user_data: u64,
     result: i32,
     flags: u32,
-    /// Payload bytes already delivered: non-zero only for a GRO run that did not fit the last
-    /// batch and waits at the front of the backlog (holding its buffer).
-    done: u32,
 }
 
 /// [`Backend`] over io_uring. Socket `i` is listener `i`.
@@ -421,7 +418,6 @@ impl UringBackend {
                 user_data: c.user_data(),
                 result: c.result(),
                 flags: c.flags(),
-                done: 0,
             };
             match Token::decode(cqe.user_data) {
                 Some(Token::Recv(idx)) => {
@@ -459,7 +455,10 @@ impl Drop for UringBackend {
         let other_thread = self.issuer.is_some_and(|t| t != thread::current().id());
         if other_thread || !self.quiesce() {
             // A multishot may still write into the pool: leak it rather than unmap it.
-            self.pool.leak = true;
+            self.pool
+                .mem
+                .leak
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             log::warn!(
                 "uring backend dropped with receives still armed; leaking {} KiB of buffers",
                 self.pool.map_len / 1024
@@ -489,7 +488,9 @@ impl Backend for UringBackend {
     }
 
     fn recv(&mut self, batch: &mut RecvBatch, timeout: Duration) -> io::Result<usize> {
+        // the buffers the batch held (and any other batch gave back) go back to the ring
         batch.clear();
+        self.pool.reclaim();
         self.ensure_enabled()?;
         if let Some(errno) = self.waker_error {
             let e = io::Error::from_raw_os_error(errno);
@@ -717,7 +718,7 @@ mod tests {
         assert_eq!(b.recv(&mut batch, Duration::ZERO).expect("recv"), 0);
         assert!(b.armed.iter().all(|&a| a));
         assert!(b.quiesce(), "multishots did not end after cancel");
-        assert!(!b.pool.leak);
+        assert!(!b.pool.mem.leak.load(std::sync::atomic::Ordering::Relaxed));
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! Receive: multishot recvmsg per listener into the buffer ring, completions harvested into
-//! the caller's batch (GRO runs split back into datagrams), re-arming, and quiescing on drop.
+//! the caller's batch (each buffer lent to it, GRO runs kept whole), re-arming, and quiescing
+//! on drop.
 
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::ptr;
+use std::ptr::{self, NonNull};
 use std::time::{Duration, Instant};
 
 use io_uring::cqueue;
@@ -52,9 +53,7 @@ impl UringBackend {
         self.arm_waker();
     }
 
-    /// Delivers backlog completions into `batch` until it is full, handing their buffers back.
-    /// A coalesced run that does not fit goes back to the front of the backlog, with its
-    /// buffer, to be continued by the next call.
+    /// Delivers backlog completions into `batch` until it is full, lending it their buffers.
     fn harvest(&mut self, batch: &mut RecvBatch) -> io::Result<()> {
         self.drain_cq();
         let mut result = Ok(());
@@ -66,51 +65,44 @@ impl UringBackend {
         self.next_first = (idx + 1) % n;
         // Listeners found empty in a row; all of them: done.
         let mut empty = 0;
-        while batch.len() < batch.capacity() && empty < n {
+        while !batch.is_full() && empty < n {
             let Some(cqe) = self.backlog[idx].pop_front() else {
                 empty += 1;
                 idx = (idx + 1) % n;
                 continue;
             };
             empty = 0;
-            match self.deliver(cqe, batch) {
-                Ok(None) => idx = (idx + 1) % n,
-                Ok(Some(done)) => {
-                    self.backlog[idx].push_front(Cqe { done, ..cqe });
-                    break;
-                }
-                Err(e) => {
-                    result = Err(e);
-                    break;
-                }
+            if let Err(e) = self.deliver(cqe, batch) {
+                result = Err(e);
+                break;
             }
+            idx = (idx + 1) % n;
         }
         self.pool.publish();
         result
     }
 
-    /// Handles one receive completion: its datagram (or each datagram of a coalesced run) goes
-    /// into the next slot of `batch`; an error ends (or kills) the listener's multishot.
-    /// Returns `Some(done)` when the batch filled up inside a run: `done` payload bytes of it
-    /// were delivered, and the completion keeps its buffer until it is delivered from there.
-    fn deliver(&mut self, cqe: Cqe, batch: &mut RecvBatch) -> io::Result<Option<u32>> {
+    /// Handles one receive completion: its message (a datagram, or a coalesced run) goes into
+    /// `batch` on the buffer the kernel filled, lent until the batch is cleared; an error ends
+    /// (or kills) the listener's multishot.
+    fn deliver(&mut self, cqe: Cqe, batch: &mut RecvBatch) -> io::Result<()> {
         let Some(Token::Recv(idx)) = Token::decode(cqe.user_data) else {
-            return Ok(None);
+            return Ok(());
         };
         if idx >= self.listeners.sockets.len() {
-            return Ok(None);
+            return Ok(());
         }
-        // A continued run was accounted for (flags, buffer, drop count) the first time.
-        let first = cqe.done == 0;
-        if first && !cqueue::more(cqe.flags) {
+        if !cqueue::more(cqe.flags) {
             self.armed[idx] = false;
         }
         let bid = cqueue::buffer_select(cqe.flags).filter(|&b| u32::from(b) < self.pool.entries);
-        if cqe.result < 0 {
-            if let Some(bid) = bid {
-                self.pool.held += 1;
+        if let Some(bid) = bid {
+            self.pool.held += 1;
+            if cqe.result < 0 {
                 self.pool.provide(bid);
             }
+        }
+        if cqe.result < 0 {
             return self.recv_failed(idx, -cqe.result);
         }
         let Some(bid) = bid else {
@@ -120,27 +112,23 @@ impl UringBackend {
                      suppressed)"
                 );
             }
-            return Ok(None);
+            return Ok(());
         };
-        if first {
-            self.pool.held += 1;
-        }
-        let partial = self.deliver_buffer(idx, bid, cqe, batch);
-        if partial.is_none() {
+        if !self.lend_buffer(idx, bid, cqe, batch) {
             self.pool.provide(bid);
         }
-        Ok(partial)
+        Ok(())
     }
 
     /// The multishot recvmsg of listener `idx` failed with `errno` (and has ended, or ends the
     /// listener for good when the socket itself is unusable).
-    fn recv_failed(&mut self, idx: usize, errno: i32) -> io::Result<Option<u32>> {
+    fn recv_failed(&mut self, idx: usize, errno: i32) -> io::Result<()> {
         match errno {
             libc::ENOBUFS => {
                 self.enobufs += 1;
-                Ok(None)
+                Ok(())
             }
-            libc::ECANCELED | libc::EINTR | libc::EAGAIN => Ok(None),
+            libc::ECANCELED | libc::EINTR | libc::EAGAIN => Ok(()),
             libc::EBADF | libc::ENOTSOCK | libc::EFAULT | libc::EINVAL | libc::EOPNOTSUPP => {
                 self.dead[idx] = true;
                 self.armed[idx] = false;
@@ -158,26 +146,18 @@ impl UringBackend {
                         io::Error::from_raw_os_error(errno)
                     );
                 }
-                Ok(None)
+                Ok(())
             }
         }
     }
 
-    /// Turns buffer `bid`, which completion `cqe` of listener `idx` filled, into datagrams in
-    /// `batch`, from `cqe.done` payload bytes on. `Some(done)` when the batch filled up first:
-    /// the buffer is still in use. `None` when it can go back to the ring (delivered, or
-    /// dropped as malformed).
-    fn deliver_buffer(
-        &mut self,
-        idx: usize,
-        bid: u16,
-        cqe: Cqe,
-        batch: &mut RecvBatch,
-    ) -> Option<u32> {
-        let first = cqe.done == 0;
+    /// Lends buffer `bid`, which completion `cqe` of listener `idx` filled, to `batch` as one
+    /// message. False when it was not lent (malformed, or from an unusable source) and can go
+    /// back to the ring.
+    fn lend_buffer(&mut self, idx: usize, bid: u16, cqe: Cqe, batch: &mut RecvBatch) -> bool {
         // SAFETY: the completion handed buffer `bid` (checked < entries by the caller) to us;
-        // the caller provides it again only after this function returned (so after the last
-        // use of `buf`), and only once the whole payload was delivered.
+        // it goes back to the ring only after this function (if not lent) or once the batch
+        // gave it back (if lent), so the kernel does not write it while `buf` lives.
         let buf = unsafe { self.pool.buffer(bid, cqe.result as usize) };
         let Ok(out) = RecvMsgOut::parse(buf, &self.recv_hdr) else {
             if let Some(suppressed) = self.recv_warn.allow() {
@@ -187,17 +167,15 @@ impl UringBackend {
                     cqe.result
                 );
             }
-            return None;
+            return false;
         };
         let control = out.control_data();
-        if first {
-            if let Some(d) = rxq_ovfl(control) {
-                self.listeners.drops[idx] = d;
-            }
+        if let Some(d) = rxq_ovfl(control) {
+            self.listeners.drops[idx] = d;
         }
         let Some(addr) = source_address(out.name_data()) else {
             warn_unusable_source(&mut self.recv_warn, idx);
-            return None;
+            return false;
         };
         let payload = out.payload_data();
         let len = payload.len();
@@ -212,12 +190,16 @@ impl UringBackend {
             stride,
             truncated: out.is_payload_truncated(),
         };
-        let partial = run.split_into(idx, payload, cqe.done as usize, batch);
-        debug_assert!(partial != Some(0), "harvest delivers into a full batch");
-        if first && run.is_coalesced() {
+        // (a zero-length payload still has an address inside the buffer)
+        let bytes = NonNull::from(payload).cast::<u8>();
+        // SAFETY: `payload` is `run.len` bytes inside buffer `bid` of the pool's mapping, which
+        // `self.pool.lender` keeps alive; the buffer is out of the ring (a completion named it)
+        // and is provided again only after the batch gives `bid` back (`BufPool::reclaim`).
+        unsafe { batch.push_lent(&self.pool.lender, bid, bytes, run, idx) };
+        if run.is_coalesced() {
             self.note_run(idx, run.truncated);
         }
-        partial.map(|off| off as u32)
+        true
     }
 
     /// A coalesced run arrived on listener `idx` (for the tests' counter, and a warning when
@@ -242,7 +224,7 @@ impl UringBackend {
     ) -> io::Result<usize> {
         self.harvest(batch)?;
         for _ in 0..MAX_WAIT_ROUNDS {
-            if batch.len() == batch.capacity() {
+            if batch.is_full() {
                 break;
             }
             self.rearm();
@@ -389,7 +371,11 @@ mod tests {
         assert!(seq.windows(2).all(|w| w[0] < w[1]), "out of order");
         assert!(rx.enobufs() > 0, "the burst never emptied the buffer ring");
         assert!(rx.rearms() >= rx.enobufs());
-        assert_eq!(rx.pool.held, 0, "every buffer went back to the ring");
+        assert_eq!(
+            rx.pool.outstanding(),
+            0,
+            "every buffer went back to the ring"
+        );
 
         // Still working.
         let after = payloads(50);
@@ -453,6 +439,10 @@ mod tests {
             assert_eq!(mine, want, "listener {listener}: order within the listener");
         }
         assert!(u.gro_runs > 0, "nothing was coalesced");
-        assert_eq!(u.pool.held, 0, "every buffer went back to the ring");
+        assert_eq!(
+            u.pool.outstanding(),
+            0,
+            "every buffer went back to the ring"
+        );
     }
 }

@@ -38,6 +38,8 @@ pub(super) struct SendMsg {
     first: usize,
     count: usize,
     iov: usize,
+    /// Iovecs used (adjacent contents share one).
+    iovs: usize,
     listener: usize,
     fd: RawFd,
 }
@@ -116,7 +118,7 @@ impl UringBackend {
             if iov + count > SEND_IOVS {
                 break; // not reached: SEND_IOVS covers SEND_SLOTS full messages
             }
-            let (namelen, ctrl_len) = stage_message(
+            let (namelen, ctrl_len, iovs) = stage_message(
                 &transmits[i..i + count],
                 self.listeners.families[listener],
                 segment,
@@ -131,12 +133,13 @@ impl UringBackend {
                 first: i,
                 count,
                 iov,
+                iovs,
                 listener,
                 fd,
             };
             self.send_state[msgs] = SlotState::Idle;
             msgs += 1;
-            iov += count;
+            iov += iovs;
             i += count;
             if segment.is_some() && !self.gso_confirmed[listener] {
                 break;
@@ -157,7 +160,7 @@ impl UringBackend {
                 &mut self.send_hdrs[j],
                 names.wrapping_add(j),
                 iovs.wrapping_add(m.iov),
-                m.count,
+                m.iovs,
                 ctrl.wrapping_add(j),
             );
         }

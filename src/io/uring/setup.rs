@@ -235,7 +235,9 @@ fn probe_multishot(mut ring: IoUring, pool: &mut BufPool) -> Result<(), String> 
     }
     if armed {
         // Never seen the end of the request: keep what it may still use.
-        pool.leak = true;
+        pool.mem
+            .leak
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         mem::forget(hdr);
     }
     drop(ring);
