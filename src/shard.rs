@@ -290,8 +290,9 @@ impl Mesh {
 /// Where a routed packet's copies go, recorded per batch.
 #[derive(Debug, Clone, Copy)]
 enum Out {
-    /// Copy of received datagram `i`.
-    Packet(usize, Endpoint),
+    /// Copy of received datagrams `first..=last`, adjacent datagrams of one message (a GRO run
+    /// whose datagrams all went to one destination): sent on as one run.
+    Packet(usize, usize, Endpoint),
     /// Copy of handed-over datagram `i`.
     Handed(usize, Endpoint),
     /// Extra datagram `i` in the batch's extras.
@@ -303,7 +304,8 @@ enum Out {
 /// Which datagram is being routed.
 #[derive(Debug, Clone, Copy)]
 enum Src {
-    Batch(usize),
+    /// Received datagram `i`; `true` when it follows datagram `i - 1` in the same message.
+    Batch(usize, bool),
     Handed(usize),
 }
 
@@ -446,10 +448,21 @@ impl Router {
             self.local.drops[DropReason::FramingMismatch as usize] += 1;
             return;
         }
-        self.outs.push(match src {
-            Src::Batch(i) => Out::Packet(i, to),
+        let out = match src {
+            Src::Batch(i, continues) => {
+                // the next datagram of a run, to where the one before went: the run grows
+                if let (true, Some(Out::Packet(_, last, dest))) = (continues, self.outs.last_mut())
+                {
+                    if *last + 1 == i && *dest == to {
+                        *last = i;
+                        return;
+                    }
+                }
+                Out::Packet(i, i, to)
+            }
             Src::Handed(j) => Out::Handed(j, to),
-        });
+        };
+        self.outs.push(out);
     }
 
     /// Records one of the relay's own datagrams, framed for its listener.
@@ -721,59 +734,65 @@ impl<B: Backend> Shard<B> {
                 next_expire = now + EXPIRE_INTERVAL;
             }
             let mut off_owner = 0u64;
-            for i in 0..n {
-                let meta = batch.meta(i);
-                if meta.truncated {
-                    router.count(DropReason::Truncated);
-                    continue;
-                }
-                let Some(&listener) = self.listener_of.get(meta.listener) else {
+            // by message (a datagram, or a GRO run of one flow): what the source and the
+            // listener decide is decided once per message; each datagram's header still
+            // decides its own route
+            for m in 0..batch.messages() {
+                let (socket, addr, datagrams) = batch.message(m);
+                let Some(&listener) = self.listener_of.get(socket) else {
                     continue;
                 };
-                let from = Endpoint::new(ListenerId(listener), meta.addr);
+                let from = Endpoint::new(ListenerId(listener), addr);
                 let framing = router.framing(from.listener);
-                let datagram = batch.datagram_mut(i);
-                // type (after the listener's AmneziaWG prefix, if any)
-                let (kind, offset) = match parse(&framing, datagram) {
-                    Parsed::Message(kind, offset) => (kind, offset),
-                    Parsed::Drop(reason) => {
-                        if reason == DropReason::Junk {
-                            // bytes this source sent: they count for its next initiation
-                            router.junk.note(from, datagram.len(), t);
-                        }
-                        router.count(reason);
+                let start = datagrams.start;
+                for i in datagrams {
+                    let src = Src::Batch(i, i > start);
+                    if batch.truncated(i) {
+                        router.count(DropReason::Truncated);
                         continue;
                     }
-                };
-                let Some(packet) = datagram.get_mut(offset..) else {
-                    router.count(DropReason::BadLength);
-                    continue;
-                };
-                if kind == MessageType::Transport {
-                    let Some(receiver) = transport_receiver(packet) else {
+                    let datagram = batch.datagram_mut(i);
+                    // type (after the listener's AmneziaWG prefix, if any)
+                    let (kind, offset) = match parse(&framing, datagram) {
+                        Parsed::Message(kind, offset) => (kind, offset),
+                        Parsed::Drop(reason) => {
+                            if reason == DropReason::Junk {
+                                // bytes this source sent: they count for its next initiation
+                                router.junk.note(from, datagram.len(), t);
+                            }
+                            router.count(reason);
+                            continue;
+                        }
+                    };
+                    let Some(packet) = datagram.get_mut(offset..) else {
                         router.count(DropReason::BadLength);
                         continue;
                     };
-                    let owner = owner_shard(receiver, self.shards);
-                    if owner == self.id {
-                        router.transport(&mut ctl, now, t, from, Src::Batch(i), packet);
-                    } else {
-                        off_owner += 1;
-                        self.hand_off(owner, from, batch.datagram(i), &mut wake);
-                    }
-                } else {
-                    if let Some(receiver) = framing.receiver_of(datagram) {
-                        if owner_shard(receiver, self.shards) != self.id {
+                    if kind == MessageType::Transport {
+                        let Some(receiver) = transport_receiver(packet) else {
+                            router.count(DropReason::BadLength);
+                            continue;
+                        };
+                        let owner = owner_shard(receiver, self.shards);
+                        if owner == self.id {
+                            router.transport(&mut ctl, now, t, from, src, packet);
+                        } else {
                             off_owner += 1;
+                            self.hand_off(owner, from, batch.datagram(i), &mut wake);
                         }
+                    } else {
+                        if let Some(receiver) = framing.receiver_of(datagram) {
+                            if owner_shard(receiver, self.shards) != self.id {
+                                off_owner += 1;
+                            }
+                        }
+                        let junk = match kind {
+                            MessageType::Initiation => router.junk.take(&from, t),
+                            _ => 0,
+                        };
+                        let packet = &mut batch.datagram_mut(i)[offset..];
+                        let _ = router.control(&mut ctl, now, t, from, src, kind, junk, packet);
                     }
-                    let junk = match kind {
-                        MessageType::Initiation => router.junk.take(&from, t),
-                        _ => 0,
-                    };
-                    let packet = &mut batch.datagram_mut(i)[offset..];
-                    let _ =
-                        router.control(&mut ctl, now, t, from, Src::Batch(i), kind, junk, packet);
                 }
             }
             for (j, h) in handed.iter_mut().enumerate() {
@@ -827,22 +846,32 @@ impl<B: Backend> Shard<B> {
             // destination) stay adjacent, which is what lets the backend send them as one GSO
             // message.
             let mut transmits = recycled(std::mem::take(&mut spare));
+            let mut unsendable = 0u64;
             transmits.extend(router.outs.iter().filter_map(|o| {
-                let (to, contents) = match *o {
-                    Out::Packet(i, to) => (to, batch.datagram(i)),
-                    Out::Handed(j, to) => (to, &*handed[j].packet),
-                    Out::Extra(j) => (router.extras[j].to, router.extras[j].contents()),
-                    Out::Framed(j) => (router.framed[j].0, &router.framed[j].1[..]),
+                let (to, contents, segment_size) = match *o {
+                    Out::Packet(i, last, to) if last > i => {
+                        (to, batch.adjacent(i, last), Some(batch.datagram(i).len()))
+                    }
+                    Out::Packet(i, _, to) => (to, batch.datagram(i), None),
+                    Out::Handed(j, to) => (to, &*handed[j].packet, None),
+                    Out::Extra(j) => (router.extras[j].to, router.extras[j].contents(), None),
+                    Out::Framed(j) => (router.framed[j].0, &router.framed[j].1[..], None),
                 };
-                // `None`: its listener closed (a reload) after the route was decided
-                let socket = socket_of.get(usize::from(to.listener.0)).copied()??;
-                Some(Transmit {
-                    listener: socket,
+                let t = Transmit {
+                    listener: 0,
                     destination: to.addr(),
                     contents,
-                })
+                    segment_size,
+                };
+                // `None`: its listener closed (a reload) after the route was decided
+                match socket_of.get(usize::from(to.listener.0)).copied().flatten() {
+                    Some(listener) => Some(Transmit { listener, ..t }),
+                    None => {
+                        unsendable += t.datagrams() as u64;
+                        None
+                    }
+                }
             }));
-            let unsendable = (router.outs.len() - transmits.len()) as u64;
             let stats = self.backend.send(&transmits);
             spare = recycled(transmits);
             if stats.failed + unsendable > 0 {
@@ -908,6 +937,7 @@ mod tests {
                 listener: i,
                 destination: "127.0.0.1:1".parse().expect("addr"),
                 contents: &bytes,
+                segment_size: None,
             }));
             assert_eq!(list.as_ptr() as usize, at, "round {round}: same storage");
             spare = recycled(list);

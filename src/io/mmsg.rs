@@ -23,11 +23,11 @@ use std::time::Duration;
 
 use super::socket::GSO_MAX_SEGMENTS;
 use super::sys::{
-    gro_stride, gso_group, link_header, rxq_ovfl, sockaddr_to_std, stage_message,
+    gro_stride, gso_group, link_header, rxq_ovfl, sockaddr_to_std, split_unsendable, stage_message,
     warn_truncated_run, warn_unusable_source, zeroed_slice, CmsgBuf, Listeners, RateLimit, RecvRun,
     CMSG_BUF_LEN, GRO_BUF_LEN,
 };
-use super::{Backend, Capabilities, Offload, RecvBatch, SendStats, Transmit};
+use super::{recycled, Backend, Capabilities, Offload, RecvBatch, SendStats, Transmit};
 use super::{BATCH_SIZE, MAX_DATAGRAM_LEN};
 
 /// Iovecs of one `sendmmsg`: one per datagram, up to [`GSO_MAX_SEGMENTS`] per message.
@@ -62,6 +62,8 @@ pub struct MmsgBackend {
     send_ctrl: Box<[CmsgBuf]>,
     /// Per message of the current `sendmmsg`: which transmits it carries.
     send_groups: Box<[Group]>,
+    /// Storage of the split-up send lists (runs sent datagram by datagram), kept empty.
+    split: Vec<Transmit<'static>>,
 
     send_warn: RateLimit,
     recv_warn: RateLimit,
@@ -80,15 +82,17 @@ pub struct MmsgBackend {
 // thread, so moving the backend to a shard thread is sound. It is deliberately not `Sync`.
 unsafe impl Send for MmsgBackend {}
 
-/// The transmits one `sendmmsg` message carries: `run[first..first + count]`, whose iovecs start
-/// at `iov`.
+/// One `sendmmsg` message: it starts at `run[first]`, and its iovecs at `iov`.
 #[derive(Debug, Clone, Copy, Default)]
 struct Group {
     first: usize,
-    count: usize,
     iov: usize,
     /// Iovecs used (adjacent contents share one).
     iovs: usize,
+    /// Datagrams it carries (a run counts each).
+    datagrams: usize,
+    /// A GSO message (UDP_SEGMENT).
+    gso: bool,
 }
 
 impl MmsgBackend {
@@ -133,6 +137,7 @@ impl MmsgBackend {
             send_names: zeroed_slice(BATCH_SIZE),
             send_ctrl: vec![CmsgBuf::ZERO; BATCH_SIZE].into_boxed_slice(),
             send_groups: vec![Group::default(); BATCH_SIZE].into_boxed_slice(),
+            split: Vec::new(),
             send_warn: RateLimit::default(),
             recv_warn: RateLimit::default(),
             #[cfg(test)]
@@ -270,7 +275,7 @@ impl MmsgBackend {
     /// it takes.
     fn send_run(&mut self, listener: usize, run: &[Transmit<'_>], stats: &mut SendStats) {
         let Some(sock) = self.listeners.sockets.get(listener) else {
-            stats.failed += run.len() as u64;
+            stats.failed += run.iter().map(|t| t.datagrams() as u64).sum::<u64>();
             if let Some(suppressed) = self.send_warn.allow() {
                 log::warn!(
                     "send via listener {listener}: no such listener ({} sockets); {} datagrams \
@@ -285,6 +290,19 @@ impl MmsgBackend {
         let mut next = 0;
         while next < run.len() {
             next = self.send_round(fd, listener, run, next, stats);
+            if next < run.len() && self.listeners.gso[listener] <= 1 {
+                // GSO was refused and is off now: runs still to go are sent one by one
+                let mut rest = recycled(mem::take(&mut self.split));
+                if split_unsendable(&run[next..], &self.listeners.gso, &mut rest) {
+                    let mut k = 0;
+                    while k < rest.len() {
+                        k = self.send_round(fd, listener, &rest, k, stats);
+                    }
+                    self.split = recycled(rest);
+                    return;
+                }
+                self.split = recycled(rest);
+            }
         }
     }
 
@@ -318,9 +336,10 @@ impl MmsgBackend {
             h.msg_hdr.msg_controllen = ctrl_len as _;
             self.send_groups[msgs] = Group {
                 first: i,
-                count,
                 iov,
                 iovs,
+                datagrams: run[i..i + count].iter().map(Transmit::datagrams).sum(),
+                gso: segment.is_some(),
             };
             msgs += 1;
             iov += iovs;
@@ -347,7 +366,7 @@ impl MmsgBackend {
             match self.sendmmsg(fd, pos, msgs) {
                 Ok(n) => {
                     for g in &self.send_groups[pos..pos + n] {
-                        stats.sent += g.count as u64;
+                        stats.sent += g.datagrams as u64;
                     }
                     pos += n;
                 }
@@ -355,17 +374,17 @@ impl MmsgBackend {
                 // sendmmsg reports an error only when the first remaining message failed.
                 Err(err) => {
                     let g = self.send_groups[pos];
-                    if g.count > 1 && matches!(err.raw_os_error(), Some(libc::EIO | libc::EINVAL)) {
+                    if g.gso && matches!(err.raw_os_error(), Some(libc::EIO | libc::EINVAL)) {
                         self.listeners.disable_gso(listener, &err);
                         return g.first;
                     }
-                    stats.failed += g.count as u64;
+                    stats.failed += g.datagrams as u64;
                     if let Some(suppressed) = self.send_warn.allow() {
                         log::warn!(
                             "send via listener {listener} to {} failed: {err} ({} datagrams; \
                              {suppressed} similar suppressed)",
                             run[g.first].destination,
-                            g.count
+                            g.datagrams
                         );
                     }
                     pos += 1;
@@ -382,7 +401,7 @@ impl MmsgBackend {
         // messages before it and stopping there.
         #[cfg(test)]
         let msgs = match self.fail_next_gso {
-            Some(errno) => match (pos..msgs).find(|&j| self.send_groups[j].count > 1) {
+            Some(errno) => match (pos..msgs).find(|&j| self.send_groups[j].gso) {
                 Some(j) if j == pos => {
                     self.fail_next_gso = None;
                     return Err(io::Error::from_raw_os_error(errno));
@@ -505,6 +524,13 @@ impl Backend for MmsgBackend {
 
     fn send(&mut self, transmits: &[Transmit<'_>]) -> SendStats {
         let mut stats = SendStats::default();
+        // runs a listener cannot send as one GSO message go datagram by datagram
+        let mut split = recycled(mem::take(&mut self.split));
+        let transmits = if split_unsendable(transmits, &self.listeners.gso, &mut split) {
+            &split[..]
+        } else {
+            transmits
+        };
         let mut i = 0;
         while i < transmits.len() {
             // Runs of consecutive transmits on the same listener share system calls.
@@ -516,6 +542,7 @@ impl Backend for MmsgBackend {
             self.send_run(listener, &transmits[i..end], &mut stats);
             i = end;
         }
+        self.split = recycled(split);
         stats
     }
 

@@ -62,6 +62,9 @@ pub struct RecvMeta {
 struct Record {
     listener: usize,
     addr: SocketAddr,
+    /// Its datagrams are `first..first + count` of the batch.
+    first: u32,
+    count: u32,
     len: usize,
     /// The buffer cut the message short, so its last datagram is incomplete.
     truncated: bool,
@@ -188,7 +191,7 @@ impl RecvBatch {
             listener: r.listener,
             addr: r.addr,
             len: s.len as usize,
-            truncated: s.cut || (r.truncated && (s.offset + s.len) as usize >= r.len),
+            truncated: self.truncated(i),
         }
     }
 
@@ -228,6 +231,48 @@ impl RecvBatch {
             // reference into the loaned buffer while it lives.
             Loc::Lent(p) => unsafe { std::slice::from_raw_parts_mut(p.as_ptr().add(offset), len) },
         }
+    }
+
+    /// Datagrams `first..=last` of one message, as the bytes they are in (one after the
+    /// other, so sent on as one run with the first one's length as segment size).
+    ///
+    /// # Panics
+    /// If they are not datagrams of one message, or out of range.
+    pub fn adjacent(&self, first: usize, last: usize) -> &[u8] {
+        let (a, r) = self.segment(first);
+        let (b, _) = self.segment(last);
+        assert!(
+            a.record == b.record && first <= last && !b.cut,
+            "RecvBatch::adjacent({first}, {last}): not one run of one message"
+        );
+        let (start, end) = (a.offset as usize, (b.offset + b.len) as usize);
+        match r.at {
+            Loc::Arena(base) => &self.arena[base + start..base + end],
+            // SAFETY: as in `datagram`: `start..end` lies within the record's `len` bytes.
+            Loc::Lent(p) => unsafe {
+                std::slice::from_raw_parts(p.as_ptr().add(start), end - start)
+            },
+        }
+    }
+
+    /// Message `m` (`< messages()`): the listener it arrived on, its source, and the range of
+    /// its datagrams, so a caller can decide what is per message once.
+    ///
+    /// # Panics
+    /// If `m >= self.messages()`.
+    pub fn message(&self, m: usize) -> (usize, SocketAddr, std::ops::Range<usize>) {
+        let r = &self.records[m];
+        let first = r.first as usize;
+        (r.listener, r.addr, first..first + r.count as usize)
+    }
+
+    /// Whether datagram `i` was cut short (as `meta(i).truncated`).
+    ///
+    /// # Panics
+    /// If `i >= self.len()`.
+    pub fn truncated(&self, i: usize) -> bool {
+        let (s, r) = self.segment(i);
+        s.cut || (r.truncated && (s.offset + s.len) as usize >= r.len)
     }
 
     /// Iterates over `(meta, bytes)` of the held datagrams.
@@ -325,6 +370,7 @@ impl RecvBatch {
     fn push_record(&mut self, listener: usize, run: sys::RecvRun, len: usize, at: Loc) {
         debug_assert!(self.records.len() < BATCH_SIZE);
         let record = self.records.len() as u32;
+        let first = self.segments.len() as u32;
         let stride = run.stride.clamp(1, len.max(1));
         // a zero-length datagram is one datagram too
         let mut offset = 0;
@@ -344,6 +390,8 @@ impl RecvBatch {
         self.records.push(Record {
             listener,
             addr: run.addr,
+            first,
+            count: self.segments.len() as u32 - first,
             len,
             truncated: run.truncated,
             at,
@@ -373,15 +421,57 @@ impl std::fmt::Debug for RecvBatch {
     }
 }
 
-/// One datagram to send.
+/// One datagram to send, or a run of datagrams to one destination.
 #[derive(Debug, Clone, Copy)]
 pub struct Transmit<'a> {
     /// Index of the backend socket to send through.
     pub listener: usize,
     /// Where to send it.
     pub destination: SocketAddr,
-    /// The datagram.
+    /// The datagram, or with `segment_size` the datagrams one after the other.
     pub contents: &'a [u8],
+    /// `Some(s)`: `contents` are datagrams of `s` bytes each, the last one maybe shorter (a
+    /// received GRO run passed on whole). The backend sends them as one GSO message where the
+    /// listener can, else one by one. `None`, or `s` not shorter than `contents`: one datagram.
+    pub segment_size: Option<usize>,
+}
+
+impl<'a> Transmit<'a> {
+    /// One datagram.
+    pub fn new(listener: usize, destination: SocketAddr, contents: &'a [u8]) -> Self {
+        Transmit {
+            listener,
+            destination,
+            contents,
+            segment_size: None,
+        }
+    }
+
+    /// The segment size when this carries more than one datagram.
+    pub fn run_segment(&self) -> Option<usize> {
+        self.segment_size
+            .filter(|&s| s > 0 && s < self.contents.len())
+    }
+
+    /// Datagrams it carries.
+    pub fn datagrams(&self) -> usize {
+        self.run_segment()
+            .map_or(1, |s| self.contents.len().div_ceil(s))
+    }
+
+    /// Its datagrams, one by one.
+    pub fn split(&self) -> impl Iterator<Item = Transmit<'a>> + '_ {
+        let s = self.run_segment().unwrap_or(self.contents.len().max(1));
+        let whole = *self;
+        // (an empty datagram is one datagram too)
+        let chunks = (!whole.contents.is_empty()).then(|| whole.contents.chunks(s));
+        let empty = whole.contents.is_empty().then_some(whole.contents);
+        chunks
+            .into_iter()
+            .flatten()
+            .chain(empty)
+            .map(move |contents| Transmit::new(whole.listener, whole.destination, contents))
+    }
 }
 
 /// `v` emptied, as a list of transmits borrowing for another lifetime, on the same
@@ -394,7 +484,7 @@ pub fn recycled<'a>(mut v: Vec<Transmit<'_>>) -> Vec<Transmit<'a>> {
     v.into_iter().filter_map(|_| None).collect()
 }
 
-/// Outcome of [`Backend::send`].
+/// Outcome of [`Backend::send`] (in datagrams: a run counts each of its datagrams).
 #[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SendStats {
     /// Datagrams handed to the kernel.

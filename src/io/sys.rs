@@ -361,16 +361,21 @@ pub(super) fn put_udp_segment(buf: &mut CmsgBuf, segment: u16) -> usize {
 }
 
 /// How many transmits from the start of `run` (all through one listener) go as one GSO
-/// message, and its segment size when that is more than one.
+/// message, and its segment size when that is more than one datagram.
 ///
 /// The kernel's rule: one destination, every segment the same length except the last, which
 /// may be shorter (not empty: it would vanish), at most `max_segments` (`UDP_MAX_SEGMENTS`) and
 /// [`MAX_GSO_PAYLOAD`] bytes in all. A group of one gets no UDP_SEGMENT, because some drivers
-/// reject single-segment GSO (as quinn-udp notes).
+/// reject single-segment GSO (as quinn-udp notes). A transmit that carries a run is a group of
+/// its own, and must be [`sendable`] (see [`split_unsendable`]).
 pub(super) fn gso_group(run: &[Transmit<'_>], max_segments: usize) -> (usize, Option<u16>) {
     let Some(first) = run.first() else {
         return (0, None);
     };
+    if let Some(s) = first.run_segment() {
+        debug_assert!(sendable(first, max_segments));
+        return (1, u16::try_from(s).ok());
+    }
     let seg = first.contents.len();
     let Ok(segment) = u16::try_from(seg) else {
         return (1, None);
@@ -382,6 +387,7 @@ pub(super) fn gso_group(run: &[Transmit<'_>], max_segments: usize) -> (usize, Op
     for t in &run[1..run.len().min(max_segments)] {
         let len = t.contents.len();
         if t.destination != first.destination
+            || t.run_segment().is_some()
             || len == 0
             || len > seg
             || total + len > MAX_GSO_PAYLOAD
@@ -395,6 +401,43 @@ pub(super) fn gso_group(run: &[Transmit<'_>], max_segments: usize) -> (usize, Op
         }
     }
     (count, (count > 1).then_some(segment))
+}
+
+/// Whether `t` can go as one message through a listener that sends `max_segments` per GSO
+/// message: a single datagram always; a run within the kernel's GSO limits.
+pub(super) fn sendable(t: &Transmit<'_>, max_segments: usize) -> bool {
+    match t.run_segment() {
+        None => true,
+        Some(s) => {
+            max_segments > 1
+                && t.datagrams() <= max_segments
+                && t.contents.len() <= MAX_GSO_PAYLOAD
+                && u16::try_from(s).is_ok()
+        }
+    }
+}
+
+/// `transmits` with every run that its listener cannot send as one GSO message (`gso`: per
+/// listener, as [`Listeners::gso`]) split into its datagrams, into `out`. `false` (and `out`
+/// untouched) when every transmit is [`sendable`] as it is, which is the common case.
+pub(super) fn split_unsendable<'a>(
+    transmits: &[Transmit<'a>],
+    gso: &[usize],
+    out: &mut Vec<Transmit<'a>>,
+) -> bool {
+    let max = |t: &Transmit<'_>| gso.get(t.listener).copied().unwrap_or(1);
+    if transmits.iter().all(|t| sendable(t, max(t))) {
+        return false;
+    }
+    out.clear();
+    for t in transmits {
+        if sendable(t, max(t)) {
+            out.push(*t);
+        } else {
+            out.extend(t.split());
+        }
+    }
+    true
 }
 
 /// Stages one outgoing message carrying `group` (one destination) for a socket of `family`:
@@ -607,6 +650,7 @@ mod tests {
                 listener: 0,
                 destination,
                 contents,
+                segment_size: None,
             }
         }
         let g = |run: &[Transmit<'_>], max| gso_group(run, max);
@@ -634,6 +678,65 @@ mod tests {
         assert_eq!(g(&bigs, 64), (3, Some(20_000)), "65507-byte payload cap");
         let huge = vec![0u8; 70_000];
         assert_eq!(g(&[t(d1, &huge), t(d1, &a)], 64), (1, None));
+    }
+
+    /// A run is a GSO message of its own where the listener can send it whole, and is split
+    /// into its datagrams where it cannot; singles never join a run.
+    #[test]
+    fn runs_go_whole_or_split() {
+        let d: SocketAddr = "127.0.0.1:1".parse().expect("literal");
+        let bytes = vec![7u8; 1050];
+        let run = Transmit {
+            segment_size: Some(100),
+            ..Transmit::new(0, d, &bytes)
+        };
+        assert_eq!((run.datagrams(), run.run_segment()), (11, Some(100)));
+        let lens: Vec<usize> = run.split().map(|t| t.contents.len()).collect();
+        assert_eq!(lens, [[100; 10].as_slice(), &[50]].concat());
+        let single = Transmit::new(0, d, &bytes[..100]);
+        let not_a_run = Transmit {
+            segment_size: Some(2000),
+            ..single
+        };
+        assert_eq!((not_a_run.datagrams(), not_a_run.run_segment()), (1, None));
+        let empty = Transmit::new(0, d, &[]);
+        assert_eq!((empty.datagrams(), empty.split().count()), (1, 1));
+
+        assert_eq!(gso_group(&[run, single], 64), (1, Some(100)));
+        assert_eq!(
+            gso_group(&[single, run], 64),
+            (1, None),
+            "a single does not join a run"
+        );
+        assert_eq!(gso_group(&[single, single, run], 64), (2, Some(100)));
+        assert!(sendable(&run, 64) && sendable(&run, 11));
+        assert!(
+            !sendable(&run, 10) && !sendable(&run, 1),
+            "too many segments / no GSO"
+        );
+        let huge = vec![0u8; 70_000];
+        let too_long = Transmit {
+            segment_size: Some(1000),
+            ..Transmit::new(0, d, &huge)
+        };
+        assert!(!sendable(&too_long, 128), "over the 65507-byte payload cap");
+
+        let mut out = Vec::new();
+        assert!(!split_unsendable(&[run, single], &[64], &mut out));
+        assert!(
+            out.is_empty(),
+            "nothing to split: the list is used as it is"
+        );
+        assert!(split_unsendable(&[single, run], &[1], &mut out));
+        assert_eq!(out.len(), 12);
+        assert!(out.iter().all(|t| t.run_segment().is_none()));
+        // an unknown listener counts as one without GSO (its send fails datagram by datagram)
+        assert!(split_unsendable(
+            &[Transmit { listener: 3, ..run }],
+            &[64],
+            &mut out
+        ));
+        assert_eq!(out.len(), 11);
     }
 
     #[test]

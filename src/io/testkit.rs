@@ -128,6 +128,7 @@ pub(in crate::io) fn transmits(destination: SocketAddr, payloads: &[Vec<u8>]) ->
             listener: 0,
             destination,
             contents: p,
+            segment_size: None,
         })
         .collect()
 }
@@ -302,6 +303,7 @@ pub(in crate::io) mod conformance {
             listener: 0,
             destination: SocketAddr::from((Ipv4Addr::LOCALHOST, ds_port)),
             contents: b"hello",
+            segment_size: None,
         };
         assert_eq!(v4.send(&[hello]).sent, 1);
         let got = recv_n(&mut ds, 1);
@@ -315,11 +317,13 @@ pub(in crate::io) mod conformance {
                 listener: 0,
                 destination: mapped,
                 contents: b"reply-mapped",
+                segment_size: None,
             },
             Transmit {
                 listener: 0,
                 destination: v4_addr,
                 contents: b"reply-plain",
+                segment_size: None,
             },
         ];
         assert_eq!(ds.send(&replies), SendStats { sent: 2, failed: 0 });
@@ -342,6 +346,7 @@ pub(in crate::io) mod conformance {
                 listener: 0,
                 destination: listeners[i % 2],
                 contents: if i % 2 == 0 { b"to-0" } else { b"to-1" },
+                segment_size: None,
             })
             .collect();
         assert_eq!(client.send(&to_relay).sent, 6);
@@ -363,6 +368,7 @@ pub(in crate::io) mod conformance {
                 listener: meta.listener,
                 destination: meta.addr,
                 contents: bytes,
+                segment_size: None,
             })
             .collect();
         assert_eq!(relay.send(&replies), SendStats { sent: 6, failed: 0 });
@@ -389,6 +395,7 @@ pub(in crate::io) mod conformance {
                 listener: 0,
                 destination: busy,
                 contents: b"flood",
+                segment_size: None,
             })
             .collect();
         assert_eq!(client.send(&flood).sent, flood.len() as u64);
@@ -396,6 +403,7 @@ pub(in crate::io) mod conformance {
             listener: 0,
             destination: quiet,
             contents: b"quiet",
+            segment_size: None,
         };
         assert_eq!(client.send(&[one]).sent, 1);
         assert_eq!(client.send(&flood).sent, flood.len() as u64);
@@ -441,6 +449,7 @@ pub(in crate::io) mod conformance {
             listener: 0,
             destination: local(&b, 0),
             contents: b"wake",
+            segment_size: None,
         };
         assert_eq!(tx.send(&[t]).sent, 1);
         let start = Instant::now();
@@ -457,6 +466,7 @@ pub(in crate::io) mod conformance {
             listener: 0,
             destination: addr("127.0.0.1:9"),
             contents: b"x",
+            segment_size: None,
         };
         assert_eq!(b.send(&[t]), SendStats { sent: 0, failed: 1 });
     }
@@ -472,11 +482,13 @@ pub(in crate::io) mod conformance {
                 listener: 0,
                 destination,
                 contents: &big,
+                segment_size: None,
             },
             Transmit {
                 listener: 0,
                 destination,
                 contents: &small,
+                segment_size: None,
             },
         ];
         assert_eq!(tx.send(&t).sent, 2);
@@ -501,6 +513,7 @@ pub(in crate::io) mod conformance {
                 listener: 0,
                 destination,
                 contents: [b"a", b"b", b"c", b"d", b"e", b"f"][i],
+                segment_size: None,
             })
             .collect();
         assert_eq!(tx.send(&t), SendStats { sent: 3, failed: 3 });
@@ -518,11 +531,13 @@ pub(in crate::io) mod conformance {
                 listener: 7,
                 destination,
                 contents: b"nowhere",
+                segment_size: None,
             },
             Transmit {
                 listener: 0,
                 destination,
                 contents: b"ok",
+                segment_size: None,
             },
         ];
         assert_eq!(tx.send(&t), SendStats { sent: 1, failed: 1 });
@@ -547,6 +562,7 @@ pub(in crate::io) mod conformance {
                 listener: 0,
                 destination,
                 contents: &payload,
+                segment_size: None,
             })
             .collect();
         tx.send(&flood);
@@ -675,6 +691,7 @@ pub(in crate::io) mod conformance {
             listener: 0,
             destination: local(&tx, 0),
             contents: b"busy",
+            segment_size: None,
         };
         assert_eq!(b.send(&[t]).sent, 1);
         let start = Instant::now();
@@ -702,6 +719,7 @@ pub(in crate::io) mod conformance {
                 listener: 0,
                 destination: dests[i % 2],
                 contents: c,
+                segment_size: None,
             })
             .collect();
         assert_eq!(tx.send(&t).sent, 10);
@@ -842,7 +860,7 @@ impl<B: TestBackend, const GSO: bool, const GRO: bool> TestBackend for Combo<B, 
 /// offload is unavailable. Invoke inside a backend's test module.
 macro_rules! offload_tests {
     ($backend:ty) => {
-        $crate::io::testkit::conformance_tests!(@each_in offload_suite $backend; gso_run_arrives_as_individual_datagrams_at_a_plain_receiver, gso_splits_mixed_destinations_into_groups, gro_splits_a_gso_burst_back_in_order, gro_keeps_runs_whole, gro_keeps_truncation_per_datagram, gso_eio_falls_back_without_loss_or_duplicates, gso_einval_falls_back_without_loss_or_duplicates, other_errors_on_a_gso_message_count_its_datagrams_and_keep_gso, capabilities_follow_the_switches);
+        $crate::io::testkit::conformance_tests!(@each_in offload_suite $backend; gso_run_arrives_as_individual_datagrams_at_a_plain_receiver, gso_splits_mixed_destinations_into_groups, gro_splits_a_gso_burst_back_in_order, gro_keeps_runs_whole, gro_keeps_truncation_per_datagram, gso_eio_falls_back_without_loss_or_duplicates, gso_einval_falls_back_without_loss_or_duplicates, a_run_transmit_arrives_as_its_datagrams, a_refused_run_falls_back_without_loss_or_duplicates, other_errors_on_a_gso_message_count_its_datagrams_and_keep_gso, capabilities_follow_the_switches);
     };
 }
 pub(in crate::io) use offload_tests;
@@ -950,6 +968,7 @@ pub(in crate::io) mod offload_suite {
                 listener: 0,
                 destination: dests[i % dests.len()],
                 contents: &q[..lens[i]],
+                segment_size: None,
             })
             .collect();
         assert_eq!(
@@ -1085,6 +1104,112 @@ pub(in crate::io) mod offload_suite {
         assert!(rx.set_read_timeout(Some(Duration::from_millis(50))).is_ok());
         let mut buf = [0u8; 2048];
         assert!(rx.recv(&mut buf).is_err(), "no duplicate arrived late");
+    }
+
+    /// `payloads` as one run transmit (their bytes one after the other, the first one's length
+    /// as segment size).
+    fn run_bytes(payloads: &[Vec<u8>]) -> (Vec<u8>, usize) {
+        (payloads.concat(), payloads[0].len())
+    }
+
+    /// A transmit that carries a run: one GSO message where the listener has GSO (a GRO
+    /// receiver gets it as one message of the same segments), its datagrams one by one
+    /// without; either way every datagram arrives once, in order, and counts as sent.
+    pub(in crate::io) fn a_run_transmit_arrives_as_its_datagrams<B: TestBackend>() {
+        for gso in [true, false] {
+            let mut tx = offload::<B>(&["127.0.0.1:0"], gso, false);
+            let mut rx = offload::<B>(&["127.0.0.1:0"], false, true);
+            let p = run_payloads(40, 300, Some(77));
+            let (bytes, seg) = run_bytes(&p);
+            let run = Transmit {
+                listener: 0,
+                destination: local(&rx, 0),
+                contents: &bytes,
+                segment_size: Some(seg),
+            };
+            assert_eq!(run.datagrams(), 41);
+            let stats = tx.send(&[run]);
+            assert_eq!(
+                stats,
+                SendStats {
+                    sent: 41,
+                    failed: 0
+                },
+                "gso {gso}"
+            );
+            let mut batch = RecvBatch::new();
+            let (mut got, mut messages) = (Vec::new(), 0);
+            let start = Instant::now();
+            while got.len() < p.len() && start.elapsed() < Duration::from_secs(5) {
+                rx.recv(&mut batch, Duration::from_millis(200))
+                    .expect("recv");
+                messages += batch.messages();
+                got.extend(batch.iter().map(|(_, d)| d.to_vec()));
+            }
+            assert_eq!(got, p, "gso {gso}: each datagram once, in order");
+            if gso && gso_supported(&tx) && gro_supported(&rx) {
+                assert_eq!(messages, 1, "one GSO message, received whole");
+            } else if !gso {
+                assert_eq!(messages, 41, "no GSO: one message per datagram");
+            }
+        }
+    }
+
+    /// A run the kernel refuses as GSO is sent again datagram by datagram, as a group of
+    /// single transmits is: nothing lost, nothing twice.
+    fn run_fallback_after<B: TestBackend>(errno: i32) {
+        let mut tx = offload::<B>(&["127.0.0.1:0"], true, false);
+        if !gso_supported(&tx) {
+            return;
+        }
+        let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let dest = rx.local_addr().expect("local_addr");
+        let first = run_payloads(20, 500, Some(30));
+        let second = run_payloads(10, 700, None);
+        let (a, sa) = run_bytes(&first);
+        let (b, sb) = run_bytes(&second);
+        let list = [
+            Transmit::new(0, dest, b"single-0"),
+            Transmit {
+                segment_size: Some(sa),
+                ..Transmit::new(0, dest, &a)
+            },
+            Transmit::new(0, dest, b"single-1"),
+            Transmit {
+                segment_size: Some(sb),
+                ..Transmit::new(0, dest, &b)
+            },
+        ];
+        *tx.gso_hook() = Some(errno);
+        assert_eq!(
+            tx.send(&list),
+            SendStats {
+                sent: 33,
+                failed: 0
+            }
+        );
+        assert_eq!(*tx.gso_hook(), None, "the hook fired");
+        let mut want = vec![b"single-0".to_vec()];
+        want.extend(first);
+        want.push(b"single-1".to_vec());
+        want.extend(second);
+        assert_eq!(
+            plain_recv(&rx, want.len()),
+            want,
+            "each datagram once, in order"
+        );
+        assert_eq!(tx.capabilities().max_gso_segments, 1, "GSO is off for good");
+        // A run sent with GSO off goes datagram by datagram from the start.
+        assert_eq!(tx.send(&list[1..2]).sent, 21);
+        assert_eq!(plain_recv(&rx, 21).len(), 21);
+        assert!(rx.set_read_timeout(Some(Duration::from_millis(50))).is_ok());
+        let mut buf = [0u8; 2048];
+        assert!(rx.recv(&mut buf).is_err(), "no duplicate arrived late");
+    }
+
+    pub(in crate::io) fn a_refused_run_falls_back_without_loss_or_duplicates<B: TestBackend>() {
+        run_fallback_after::<B>(libc::EIO);
+        run_fallback_after::<B>(libc::EINVAL);
     }
 
     pub(in crate::io) fn gso_eio_falls_back_without_loss_or_duplicates<B: TestBackend>() {

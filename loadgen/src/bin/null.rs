@@ -140,74 +140,81 @@ fn run(mut backend: Box<dyn Backend>, args: &Args) -> ExitCode {
     let mut hellos: HashMap<u32, [Option<SocketAddrV4>; 2]> = HashMap::new();
     let mut first: Option<SocketAddrV4> = None;
     let mut rx = RecvBatch::new();
-    let mut items: Vec<(usize, SocketAddrV4)> = Vec::new();
+    // (first datagram, last datagram, partner): adjacent datagrams of one message
+    let mut items: Vec<(usize, usize, SocketAddrV4)> = Vec::new();
     // the send list's storage, kept from batch to batch (empty between them)
     let mut spare: Vec<Transmit<'static>> = Vec::new();
     let (mut received, mut forwarded, mut dropped, mut failed) = (0u64, 0u64, 0u64, 0u64);
 
     while !STOP.load(Ordering::Relaxed) {
         // Wake up every 100 ms to notice a signal that raced the wait.
-        let n = match backend.recv(&mut rx, Duration::from_millis(100)) {
-            Ok(n) => n,
-            Err(e) => {
-                eprintln!("wgrelay-null: receive: {e}");
-                std::thread::sleep(Duration::from_millis(10));
-                continue;
-            }
-        };
+        if let Err(e) = backend.recv(&mut rx, Duration::from_millis(100)) {
+            eprintln!("wgrelay-null: receive: {e}");
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
         items.clear();
-        for i in 0..n {
-            let m = rx.meta(i);
-            received += 1;
-            let from = match m.addr {
+        for m in 0..rx.messages() {
+            let (_, addr, datagrams) = rx.message(m);
+            let count = datagrams.len() as u64;
+            received += count;
+            let from = match addr {
                 SocketAddr::V4(a) => a,
                 SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
                     Some(ip) => SocketAddrV4::new(ip, a.port()),
                     None => {
-                        dropped += 1;
+                        dropped += count;
                         continue;
                     }
                 },
             };
             if let Some(&to) = pairs.get(&key(from)) {
-                items.push((i, to));
-                continue;
-            }
-            // Control path: unknown source.
-            let data = rx.datagram(i);
-            if data.len() == 13 && &data[..8] == HELLO_MAGIC {
-                let session = u32::from_le_bytes([data[8], data[9], data[10], data[11]]);
-                let side = usize::from(data[12] & 1);
-                let e = hellos.entry(session).or_default();
-                e[side] = Some(from);
-                if let [Some(a), Some(b)] = *e {
-                    pairs.insert(key(a), b);
-                    pairs.insert(key(b), a);
-                    hellos.remove(&session);
+                // the whole message (a GRO run) goes on as one run
+                if datagrams.clone().all(|i| !rx.truncated(i)) {
+                    items.push((datagrams.start, datagrams.end - 1, to));
+                } else {
+                    items.extend(datagrams.map(|i| (i, i, to)));
                 }
                 continue;
-            } else if args.pairing == Pairing::FirstSeen {
-                match first.take() {
-                    None => first = Some(from),
-                    Some(a) if a == from => first = Some(a),
-                    Some(a) => {
-                        pairs.insert(key(a), from);
-                        pairs.insert(key(from), a);
-                        items.push((i, a));
-                        continue;
+            }
+            for i in datagrams {
+                // Control path: unknown source.
+                let data = rx.datagram(i);
+                if data.len() == 13 && &data[..8] == HELLO_MAGIC {
+                    let session = u32::from_le_bytes([data[8], data[9], data[10], data[11]]);
+                    let side = usize::from(data[12] & 1);
+                    let e = hellos.entry(session).or_default();
+                    e[side] = Some(from);
+                    if let [Some(a), Some(b)] = *e {
+                        pairs.insert(key(a), b);
+                        pairs.insert(key(b), a);
+                        hellos.remove(&session);
+                    }
+                    continue;
+                } else if args.pairing == Pairing::FirstSeen {
+                    match first.take() {
+                        None => first = Some(from),
+                        Some(a) if a == from => first = Some(a),
+                        Some(a) => {
+                            pairs.insert(key(a), from);
+                            pairs.insert(key(from), a);
+                            items.push((i, i, a));
+                            continue;
+                        }
                     }
                 }
+                dropped += 1;
             }
-            dropped += 1;
         }
         if items.is_empty() {
             continue;
         }
         let mut transmits = io::recycled(std::mem::take(&mut spare));
-        transmits.extend(items.iter().map(|&(i, to)| Transmit {
+        transmits.extend(items.iter().map(|&(i, last, to)| Transmit {
             listener: 0,
             destination: SocketAddr::V4(to),
-            contents: rx.datagram(i),
+            contents: rx.adjacent(i, last),
+            segment_size: (last > i).then(|| rx.datagram(i).len()),
         }));
         let sent = backend.send(&transmits);
         spare = io::recycled(transmits);

@@ -45,8 +45,10 @@ use std::time::{Duration, Instant};
 use io_uring::types::{Fd, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, EnterFlags, IoUring};
 
-use super::sys::{zeroed, zeroed_slice, CmsgBuf, Listeners, RateLimit, CMSG_BUF_LEN};
-use super::{Backend, Capabilities, Offload, RecvBatch, SendStats, Transmit};
+use super::sys::{
+    split_unsendable, zeroed, zeroed_slice, CmsgBuf, Listeners, RateLimit, CMSG_BUF_LEN,
+};
+use super::{recycled, Backend, Capabilities, Offload, RecvBatch, SendStats, Transmit};
 
 /// Skips the test, with the probe's reason, where io_uring cannot run.
 #[cfg(test)]
@@ -173,6 +175,8 @@ pub struct UringBackend {
     send_state: Box<[SlotState]>,
     /// SENDMSG entries submitted and not yet completed.
     send_outstanding: usize,
+    /// Storage of the split-up send lists (runs sent datagram by datagram), kept empty.
+    split: Vec<Transmit<'static>>,
 
     /// The waker (see [`Backend::set_waker`]) and the generation of its poll request.
     waker: Option<RawFd>,
@@ -296,6 +300,7 @@ impl UringBackend {
             send_msgs: vec![SendMsg::default(); SEND_SLOTS].into_boxed_slice(),
             send_state: vec![SlotState::Idle; SEND_SLOTS].into_boxed_slice(),
             send_outstanding: 0,
+            split: Vec::new(),
             waker: None,
             waker_gen: 0,
             waker_armed: false,
@@ -506,7 +511,7 @@ impl Backend for UringBackend {
     fn send(&mut self, transmits: &[Transmit<'_>]) -> SendStats {
         let mut stats = SendStats::default();
         if let Err(e) = self.ensure_enabled() {
-            stats.failed = transmits.len() as u64;
+            stats.failed = transmits.iter().map(|t| t.datagrams() as u64).sum();
             if let Some(suppressed) = self.send_warn.allow() {
                 log::warn!(
                     "{} datagrams dropped: {e} ({suppressed} similar suppressed)",
@@ -515,10 +520,30 @@ impl Backend for UringBackend {
             }
             return stats;
         }
+        // runs a listener cannot send as one GSO message go datagram by datagram
+        let mut split = recycled(std::mem::take(&mut self.split));
+        let transmits = if split_unsendable(transmits, &self.listeners.gso, &mut split) {
+            &split[..]
+        } else {
+            transmits
+        };
         let mut next = 0;
         while next < transmits.len() {
             next = self.send_chunk(transmits, next, &mut stats);
+            let rest = &transmits[next.min(transmits.len())..];
+            if self.listeners.gso.iter().all(|&g| g <= 1)
+                && rest.iter().any(|t| t.run_segment().is_some())
+            {
+                // GSO was refused and is off now (rare): the runs still to go, one by one
+                let rest: Vec<Transmit<'_>> = rest.iter().flat_map(Transmit::split).collect();
+                let mut k = 0;
+                while k < rest.len() {
+                    k = self.send_chunk(&rest, k, &mut stats);
+                }
+                break;
+            }
         }
+        self.split = recycled(split);
         stats
     }
 
@@ -701,6 +726,7 @@ mod tests {
                 listener: 0,
                 destination: addr("127.0.0.1:9"),
                 contents: b"x",
+                segment_size: None,
             };
             assert_eq!(b.send(&[t]), SendStats { sent: 0, failed: 1 });
             b
@@ -794,6 +820,7 @@ mod tests {
                         listener: 0,
                         destination: relay_addr,
                         contents: &payload,
+                        segment_size: None,
                     })
                     .collect();
                 let start = Instant::now();
@@ -814,6 +841,7 @@ mod tests {
                 listener: 0,
                 destination: sink_addr,
                 contents: &d[..m.len],
+                segment_size: None,
             }));
             relay.send(&out).sent
         };

@@ -342,6 +342,7 @@ mod tests {
             listener: 0,
             destination: sink.local_addr().expect("local_addr"),
             contents: b"tick",
+            segment_size: None,
         };
         for _ in 0..5_000 {
             if rx.backlog[0].iter().any(|c| c.result == -libc::ENOBUFS) {

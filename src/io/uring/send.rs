@@ -11,8 +11,8 @@ use io_uring::opcode;
 use io_uring::types::Fd;
 
 use super::super::socket::GSO_MAX_SEGMENTS;
-use super::super::sys::{gso_group, link_header, stage_message, WARN_INTERVAL};
-use super::super::{SendStats, Transmit, BATCH_SIZE};
+use super::super::sys::{gso_group, link_header, split_unsendable, stage_message, WARN_INTERVAL};
+use super::super::{recycled, SendStats, Transmit, BATCH_SIZE};
 use super::{push, Token, UringBackend};
 
 /// Send slots (msghdr + iovec + sockaddr), i.e. SENDMSG entries per submission: two receive
@@ -40,6 +40,10 @@ pub(super) struct SendMsg {
     iov: usize,
     /// Iovecs used (adjacent contents share one).
     iovs: usize,
+    /// Datagrams it carries (a run counts each).
+    datagrams: usize,
+    /// A GSO message (UDP_SEGMENT).
+    gso: bool,
     listener: usize,
     fd: RawFd,
 }
@@ -96,7 +100,7 @@ impl UringBackend {
         while i < transmits.len() && msgs < SEND_SLOTS {
             let listener = transmits[i].listener;
             let Some(sock) = self.listeners.sockets.get(listener) else {
-                stats.failed += 1;
+                stats.failed += transmits[i].datagrams() as u64;
                 if let Some(suppressed) = self.send_warn.allow() {
                     log::warn!(
                         "send via listener {listener}: no such listener ({} sockets); datagram \
@@ -134,6 +138,11 @@ impl UringBackend {
                 count,
                 iov,
                 iovs,
+                datagrams: transmits[i..i + count]
+                    .iter()
+                    .map(Transmit::datagrams)
+                    .sum(),
+                gso: segment.is_some(),
                 listener,
                 fd,
             };
@@ -177,7 +186,7 @@ impl UringBackend {
         for j in 0..msgs {
             let m = self.send_msgs[j];
             #[cfg(test)]
-            if m.count > 1 {
+            if m.gso {
                 if let Some(errno) = self.fail_next_gso.take() {
                     self.send_state[j] = SlotState::Done(-errno);
                     continue;
@@ -215,15 +224,15 @@ impl UringBackend {
         let mut resend: Vec<(usize, usize)> = Vec::new();
         for j in 0..msgs {
             let m = self.send_msgs[j];
-            let count = m.count as u64;
+            let count = m.datagrams as u64;
             match mem::replace(&mut self.send_state[j], SlotState::Idle) {
                 SlotState::Done(res) if res >= 0 => {
                     stats.sent += count;
-                    if m.count > 1 {
+                    if m.gso {
                         self.gso_confirmed[m.listener] = true;
                     }
                 }
-                SlotState::Done(res) if m.count > 1 && matches!(-res, libc::EIO | libc::EINVAL) => {
+                SlotState::Done(res) if m.gso && matches!(-res, libc::EIO | libc::EINVAL) => {
                     self.listeners
                         .disable_gso(m.listener, &io::Error::from_raw_os_error(-res));
                     resend.push((m.first, m.count));
@@ -237,7 +246,7 @@ impl UringBackend {
                             m.listener,
                             transmits[m.first].destination,
                             io::Error::from_raw_os_error(-res),
-                            m.count
+                            m.datagrams
                         );
                     }
                 }
@@ -245,13 +254,21 @@ impl UringBackend {
                 SlotState::InFlight | SlotState::Idle => stats.failed += count,
             }
         }
-        // GSO is off now, so these go one datagram per message and are not refused again.
+        // GSO is off now, so these go one datagram per message (runs split) and are not
+        // refused again.
         for (first, count) in resend {
-            let end = first + count;
-            let mut k = first;
-            while k < end {
-                k = self.send_chunk(&transmits[..end], k, stats);
+            let group = &transmits[first..first + count];
+            let mut split = recycled(mem::take(&mut self.split));
+            let group = if split_unsendable(group, &self.listeners.gso, &mut split) {
+                &split[..]
+            } else {
+                group
+            };
+            let mut k = 0;
+            while k < group.len() {
+                k = self.send_chunk(group, k, stats);
             }
+            self.split = recycled(split);
         }
     }
 
