@@ -131,6 +131,18 @@ impl SessionTable {
         self.sessions.is_empty()
     }
 
+    /// Heap bytes the table holds (entries, slack, control bytes), for memory accounting.
+    pub fn heap_bytes(&self) -> usize {
+        let buckets = |cap: usize| match cap {
+            0 => 0,
+            1..=3 => 4,
+            4..=7 => 8,
+            c => (c * 8 / 7).next_power_of_two(),
+        };
+        buckets(self.sessions.capacity()) * (std::mem::size_of::<(Index, Session)>() + 1)
+            + buckets(self.ended.capacity()) * (std::mem::size_of::<(KeyId, KeyTraffic)>() + 1)
+    }
+
     pub fn get(&self, index: Index) -> Option<&Session> {
         self.sessions.get(&index)
     }
