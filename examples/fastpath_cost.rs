@@ -179,8 +179,7 @@ fn memory(n: usize) {
         per(hashed(endpoints, endpoint_entry))
     );
     println!(
-        "shard SessionTable:   {} B an entry, {:.0} B a session with slack",
-        std::mem::size_of::<(Index, Session)>(),
+        "shard SessionTable:   {:.0} B a session (entries, slack, control bytes)",
         per(table.heap_bytes())
     );
     println!(
