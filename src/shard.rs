@@ -587,12 +587,7 @@ impl Router {
     fn report(&self, started: Instant, cpu_at_start: Duration) -> ShardReport {
         ShardReport {
             id: self.id,
-            sessions: self
-                .sessions
-                .iter()
-                .take(MAX_REPORTED_SESSIONS)
-                .map(|(i, s)| (i, *s))
-                .collect(),
+            sessions: self.sessions.iter().take(MAX_REPORTED_SESSIONS).collect(),
             session_count: self.sessions.len(),
             keys: self.sessions.key_traffic(),
             busy: thread_cpu_time().saturating_sub(cpu_at_start),

@@ -16,6 +16,7 @@
 //! peer received the packet sent after the change, so the owner has the change by then.
 
 use std::collections::HashMap;
+use std::hash::BuildHasher as _;
 
 use super::transport::continues_sequence;
 use super::{DropReason, State};
@@ -107,15 +108,135 @@ pub enum Fast {
     Control,
 }
 
-/// Indices are chosen by peers, so by anyone: the map's hasher is seeded per process.
-type Map = HashMap<Index, Session, foldhash::fast::RandomState>;
+/// Indices are chosen by peers, so by anyone: the tables' hashers are seeded per process.
+type Hasher = foldhash::fast::RandomState;
 
-/// One shard's paired sessions. Single owner, no locks.
+/// What routing a transport packet reads and writes, in one cache line: a lookup touches the
+/// table's control bytes and this line only. Endpoints are kept whole (20 bytes each), not
+/// interned: the line has room for both, and an id would cost every packet a second, dependent
+/// load (the arena entry) to compare the source and to return the destination.
+///
+/// The traffic counts here are the part since the last spill into [`Cold`]: 30 bits of
+/// packets, 32 of bytes, so the two flags fit beside them.
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
+struct Hot {
+    index: Index,
+    expires: Tick,
+    /// Valid when `HAS_COUNTER` is set.
+    max_counter: u64,
+    destination: Endpoint,
+    source: Endpoint,
+    /// `CONFIRMING`, `HAS_COUNTER` and the packets since the last spill.
+    state: u32,
+    bytes: u32,
+}
+
+const CONFIRMING: u32 = 1 << 31;
+const HAS_COUNTER: u32 = 1 << 30;
+const PACKETS: u32 = HAS_COUNTER - 1;
+
+/// What only installs, removals and reports need, apart from the hot line (32 bytes, keyed
+/// by the same index and hash).
+#[derive(Debug, Clone, Copy)]
+struct Cold {
+    index: Index,
+    /// Traffic spilled from the hot counters (and any an install brought).
+    traffic: Traffic,
+    since: Tick,
+    owner_key: Option<KeyId>,
+    peer_key: Option<KeyId>,
+}
+
+impl Hot {
+    fn new(index: Index, s: &Session) -> Hot {
+        let mut hot = Hot {
+            index,
+            expires: s.expires,
+            max_counter: 0,
+            destination: s.destination,
+            source: s.source,
+            state: 0,
+            bytes: 0,
+        };
+        hot.set_route(s);
+        hot
+    }
+
+    /// Takes what routing reads from `s`, keeping the traffic counts.
+    fn set_route(&mut self, s: &Session) {
+        self.expires = s.expires;
+        self.destination = s.destination;
+        self.source = s.source;
+        self.state &= PACKETS;
+        if s.confirming {
+            self.state |= CONFIRMING;
+        }
+        self.set_counter(s.max_counter);
+    }
+
+    fn max_counter(&self) -> Option<u64> {
+        (self.state & HAS_COUNTER != 0).then_some(self.max_counter)
+    }
+
+    fn set_counter(&mut self, c: Option<u64>) {
+        match c {
+            Some(c) => {
+                self.max_counter = c;
+                self.state |= HAS_COUNTER;
+            }
+            None => self.state &= !HAS_COUNTER,
+        }
+    }
+
+    fn confirming(&self) -> bool {
+        self.state & CONFIRMING != 0
+    }
+
+    fn traffic(&self) -> Traffic {
+        Traffic {
+            packets: u64::from(self.state & PACKETS),
+            bytes: u64::from(self.bytes),
+        }
+    }
+
+    /// Counts one packet; false (and nothing counted) when a counter is full and must spill.
+    #[inline]
+    fn add(&mut self, bytes: usize) -> bool {
+        let Some(b) = u32::try_from(bytes)
+            .ok()
+            .and_then(|b| self.bytes.checked_add(b))
+        else {
+            return false;
+        };
+        if self.state & PACKETS == PACKETS {
+            return false;
+        }
+        self.bytes = b;
+        self.state += 1;
+        true
+    }
+
+    /// Moves the counts into `cold` (rare: a session's first 2^30 packets or 4 GiB fit).
+    #[cold]
+    fn spill(&mut self, cold: &mut Cold, bytes: usize) {
+        cold.traffic.merge(self.traffic());
+        cold.traffic.add(bytes);
+        self.state &= !PACKETS;
+        self.bytes = 0;
+    }
+}
+
+/// One shard's paired sessions. Single owner, no locks. A session is one 64-byte [`Hot`] line
+/// in a hash table keyed by its index (no allocation of its own), and a small [`Cold`] record
+/// the fast path does not touch.
 #[derive(Debug, Default)]
 pub struct SessionTable {
-    sessions: Map,
-    /// Traffic of sessions that ended, per key (the live ones' is in `sessions`).
-    ended: HashMap<KeyId, KeyTraffic, foldhash::fast::RandomState>,
+    hasher: Hasher,
+    hot: hashbrown::HashTable<Hot>,
+    cold: hashbrown::HashTable<Cold>,
+    /// Traffic of sessions that ended, per key (the live ones' is in `hot` and `cold`).
+    ended: HashMap<KeyId, KeyTraffic, Hasher>,
 }
 
 impl SessionTable {
@@ -124,15 +245,36 @@ impl SessionTable {
     }
 
     pub fn len(&self) -> usize {
-        self.sessions.len()
+        self.hot.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.sessions.is_empty()
+        self.hot.is_empty()
     }
 
-    pub fn get(&self, index: Index) -> Option<&Session> {
-        self.sessions.get(&index)
+    /// Heap bytes the table holds (entries, slack, control bytes), for memory accounting.
+    pub fn heap_bytes(&self) -> usize {
+        let buckets = |cap: usize| match cap {
+            0 => 0,
+            1..=3 => 4,
+            4..=7 => 8,
+            c => (c * 8 / 7).next_power_of_two(),
+        };
+        self.hot.allocation_size()
+            + self.cold.allocation_size()
+            + buckets(self.ended.capacity()) * (std::mem::size_of::<(KeyId, KeyTraffic)>() + 1)
+    }
+
+    #[inline]
+    fn hash(&self, index: Index) -> u64 {
+        self.hasher.hash_one(index.0)
+    }
+
+    /// The session of an index, as the shared state would describe it (counts included).
+    pub fn get(&self, index: Index) -> Option<Session> {
+        let hash = self.hash(index);
+        let hot = self.hot.find(hash, |h| h.index == index)?;
+        Some(whole(hot, self.cold.find(hash, |c| c.index == index)))
     }
 
     /// Routes one transport packet (the type is already known to be transport). Mirrors
@@ -144,14 +286,16 @@ impl SessionTable {
             return Fast::Drop(DropReason::BadLength);
         };
         // look up the receiver
+        let receiver = transport.receiver();
+        let hash = self.hash(receiver);
         let Some(s) = self
-            .sessions
-            .get_mut(&transport.receiver())
+            .hot
+            .find_mut(hash, |h| h.index == receiver)
             .filter(|s| now < s.expires)
         else {
             return Fast::Drop(DropReason::UnknownReceiver);
         };
-        if s.confirming {
+        if s.confirming() {
             return Fast::Control;
         }
         if s.destination == from {
@@ -159,14 +303,17 @@ impl SessionTable {
         }
         let counter = transport.counter();
         if s.source == from {
-            if s.max_counter.is_none_or(|m| counter > m) {
-                s.max_counter = Some(counter);
+            if s.max_counter().is_none_or(|m| counter > m) {
+                s.set_counter(Some(counter));
             }
-            s.traffic.add(packet.len());
+            if !s.add(packet.len()) {
+                let cold = cold_of(&mut self.cold, &self.hasher, hash, receiver);
+                s.spill(cold, packet.len());
+            }
             return Fast::Forward(s.destination);
         }
         // roaming rule on the counter: only a continuing sequence reaches the shared state
-        if continues_sequence(s.max_counter, counter) {
+        if continues_sequence(s.max_counter(), counter) {
             Fast::Control
         } else {
             Fast::Drop(DropReason::RoamRejected)
@@ -177,18 +324,44 @@ impl SessionTable {
     /// the shared state does not see the packets forwarded here, and must not lower the bar a
     /// roam has to clear.
     pub fn apply(&mut self, (index, session): Change) {
+        let hash = self.hash(index);
         match session {
-            Some(mut s) => {
-                if let Some(old) = self.sessions.get(&index) {
-                    s.max_counter = s.max_counter.max(old.max_counter);
-                    s.since = old.since;
-                    s.traffic = old.traffic;
+            Some(s) => {
+                let hasher = &self.hasher;
+                match self
+                    .hot
+                    .entry(hash, |h| h.index == index, |h| hasher.hash_one(h.index.0))
+                {
+                    hashbrown::hash_table::Entry::Occupied(mut e) => {
+                        let hot = e.get_mut();
+                        let counter = s.max_counter.max(hot.max_counter());
+                        hot.set_route(&s);
+                        hot.set_counter(counter);
+                        let cold = cold_of(&mut self.cold, hasher, hash, index);
+                        cold.owner_key = s.owner_key;
+                        cold.peer_key = s.peer_key;
+                    }
+                    hashbrown::hash_table::Entry::Vacant(e) => {
+                        e.insert(Hot::new(index, &s));
+                        *cold_of(&mut self.cold, hasher, hash, index) = Cold {
+                            index,
+                            traffic: s.traffic,
+                            since: s.since,
+                            owner_key: s.owner_key,
+                            peer_key: s.peer_key,
+                        };
+                    }
                 }
-                self.sessions.insert(index, s);
             }
             None => {
-                if let Some(old) = self.sessions.remove(&index) {
-                    add_to_keys(&mut self.ended, &old);
+                if let Ok(e) = self.hot.find_entry(hash, |h| h.index == index) {
+                    let (hot, _) = e.remove();
+                    let cold = self
+                        .cold
+                        .find_entry(hash, |c| c.index == index)
+                        .ok()
+                        .map(|c| c.remove().0);
+                    add_to_keys(&mut self.ended, &whole(&hot, cold.as_ref()));
                 }
             }
         }
@@ -197,45 +370,93 @@ impl SessionTable {
     /// Counts a transport packet to `index` that the shared state forwarded (a confirmation,
     /// a roam): the fast path never saw it.
     pub fn count(&mut self, index: Index, bytes: usize) {
-        if let Some(s) = self.sessions.get_mut(&index) {
-            s.traffic.add(bytes);
+        let hash = self.hash(index);
+        if let Some(s) = self.hot.find_mut(hash, |h| h.index == index) {
+            if !s.add(bytes) {
+                s.spill(cold_of(&mut self.cold, &self.hasher, hash, index), bytes);
+            }
         }
     }
 
     /// Removes dead sessions. Returns how many went.
     pub fn expire(&mut self, now: Tick) -> usize {
-        let before = self.sessions.len();
-        let ended = &mut self.ended;
-        self.sessions.retain(|_, s| {
+        let before = self.hot.len();
+        let (ended, cold, hasher) = (&mut self.ended, &mut self.cold, &self.hasher);
+        self.hot.retain(|s| {
             let live = now < s.expires;
             if !live {
-                add_to_keys(ended, s);
+                let c = cold
+                    .find_entry(hasher.hash_one(s.index.0), |c| c.index == s.index)
+                    .ok()
+                    .map(|c| c.remove().0);
+                add_to_keys(ended, &whole(s, c.as_ref()));
             }
             live
         });
-        before - self.sessions.len()
+        before - self.hot.len()
     }
 
     /// Every session, with its index.
-    pub fn iter(&self) -> impl Iterator<Item = (Index, &Session)> + '_ {
-        self.sessions.iter().map(|(i, s)| (*i, s))
+    pub fn iter(&self) -> impl Iterator<Item = (Index, Session)> + '_ {
+        self.hot.iter().map(|h| {
+            let cold = self.cold.find(self.hash(h.index), |c| c.index == h.index);
+            (h.index, whole(h, cold))
+        })
     }
 
     /// Each key's traffic through this shard: the ended sessions' and the live ones'.
     pub fn key_traffic(&self) -> HashMap<KeyId, KeyTraffic> {
         let mut out: HashMap<KeyId, KeyTraffic> =
             self.ended.iter().map(|(k, t)| (*k, *t)).collect();
-        for s in self.sessions.values() {
-            add_to_keys(&mut out, s);
+        for (_, s) in self.iter() {
+            add_to_keys(&mut out, &s);
         }
         out
     }
 
     /// Highest counters, to merge back into the shared state (before it is saved).
     pub fn counters(&self) -> impl Iterator<Item = (Index, u64)> + '_ {
-        self.sessions
+        self.hot
             .iter()
-            .filter_map(|(i, s)| s.max_counter.map(|c| (*i, c)))
+            .filter_map(|h| h.max_counter().map(|c| (h.index, c)))
+    }
+}
+
+/// An index's cold record. Every hot entry has one (installed together); the default only
+/// keeps a spill from being lost if that ever stopped being true.
+fn cold_of<'a>(
+    cold: &'a mut hashbrown::HashTable<Cold>,
+    hasher: &Hasher,
+    hash: u64,
+    index: Index,
+) -> &'a mut Cold {
+    cold.entry(hash, |c| c.index == index, |c| hasher.hash_one(c.index.0))
+        .or_insert(Cold {
+            index,
+            traffic: Traffic::default(),
+            since: Tick(0),
+            owner_key: None,
+            peer_key: None,
+        })
+        .into_mut()
+}
+
+/// The whole session from its two parts.
+fn whole(hot: &Hot, cold: Option<&Cold>) -> Session {
+    let mut traffic = hot.traffic();
+    if let Some(c) = cold {
+        traffic.merge(c.traffic);
+    }
+    Session {
+        destination: hot.destination,
+        source: hot.source,
+        max_counter: hot.max_counter(),
+        expires: hot.expires,
+        confirming: hot.confirming(),
+        owner_key: cold.and_then(|c| c.owner_key),
+        peer_key: cold.and_then(|c| c.peer_key),
+        since: cold.map_or(Tick(0), |c| c.since),
+        traffic,
     }
 }
 
@@ -403,7 +624,7 @@ mod tests {
         stale.max_counter = Some(3);
         stale.source = ep(4);
         t.apply((Index(7), Some(stale)));
-        let s = t.get(Index(7)).copied();
+        let s = t.get(Index(7));
         assert_eq!(
             s.map(|s| (s.source, s.max_counter)),
             Some((ep(4), Some(50)))
@@ -432,7 +653,7 @@ mod tests {
         let _ = t.route(Tick(1), ep(3), &transport(7, 1));
         let _ = t.route(Tick(1), ep(1), &transport(7, 9));
         t.count(Index(7), 100);
-        let s = t.get(Index(7)).copied().unwrap();
+        let s = t.get(Index(7)).unwrap();
         assert_eq!(
             s.traffic,
             Traffic {
@@ -444,7 +665,7 @@ mod tests {
         let mut moved = session(false);
         moved.since = Tick(50);
         t.apply((Index(7), Some(moved)));
-        let s = t.get(Index(7)).copied().unwrap();
+        let s = t.get(Index(7)).unwrap();
         assert_eq!((s.traffic.packets, s.since), (4, Tick(1)));
         assert_eq!(
             t.route(Tick(1), ep(2), &transport(9, 0)),
@@ -460,5 +681,242 @@ mod tests {
         assert_eq!(t.expire(Tick(100)), 1);
         assert!(t.is_empty());
         assert_eq!(t.key_traffic(), live);
+    }
+
+    #[test]
+    fn a_session_is_one_cache_line() {
+        assert_eq!(std::mem::size_of::<Hot>(), 64);
+        assert_eq!(std::mem::align_of::<Hot>(), 64);
+        assert_eq!(std::mem::size_of::<Cold>(), 32);
+    }
+
+    #[test]
+    fn full_hot_counters_spill_without_losing_traffic() {
+        let mut t = SessionTable::new();
+        t.apply((Index(7), Some(session(false))));
+        t.route(Tick(1), ep(2), &transport(7, 0));
+        let hash = t.hash(Index(7));
+        let hot = t.hot.find_mut(hash, |h| h.index == Index(7)).unwrap();
+        // one packet from full on packets, then on bytes
+        hot.state = (hot.state & !PACKETS) | (PACKETS - 1);
+        hot.bytes = 48;
+        let packets = u64::from(PACKETS - 1);
+        for c in 1..4 {
+            assert_eq!(
+                t.route(Tick(1), ep(2), &transport(7, c)),
+                Fast::Forward(ep(1))
+            );
+        }
+        let s = t.get(Index(7)).unwrap();
+        assert_eq!(s.traffic.packets, packets + 3);
+        assert_eq!(s.traffic.bytes, 4 * 48);
+        assert_eq!(s.max_counter, Some(3));
+        let hot = t.hot.find_mut(hash, |h| h.index == Index(7)).unwrap();
+        // (replacing the last packet's 48 bytes in the hot count)
+        hot.bytes = u32::MAX - 10;
+        t.count(Index(7), 100);
+        let s = t.get(Index(7)).unwrap();
+        assert_eq!(s.traffic.packets, packets + 4);
+        assert_eq!(s.traffic.bytes, 3 * 48 + u64::from(u32::MAX - 10) + 100);
+        // and the flags survived both spills
+        assert!(!s.confirming);
+        t.apply((Index(7), None));
+        assert_eq!(t.key_traffic()[&KeyId::new(0)].rx, s.traffic);
+    }
+
+    /// The table before it was packed into one line per session: a map of whole sessions.
+    #[derive(Default)]
+    struct Model {
+        sessions: HashMap<Index, Session>,
+        ended: HashMap<KeyId, KeyTraffic>,
+    }
+
+    impl Model {
+        fn route(&mut self, now: Tick, from: Endpoint, packet: &[u8]) -> Fast {
+            let Ok(transport) = TransportPacket::new_checked(packet) else {
+                return Fast::Drop(DropReason::BadLength);
+            };
+            let Some(s) = self
+                .sessions
+                .get_mut(&transport.receiver())
+                .filter(|s| now < s.expires)
+            else {
+                return Fast::Drop(DropReason::UnknownReceiver);
+            };
+            if s.confirming {
+                return Fast::Control;
+            }
+            if s.destination == from {
+                return Fast::Drop(DropReason::Loop);
+            }
+            let counter = transport.counter();
+            if s.source == from {
+                if s.max_counter.is_none_or(|m| counter > m) {
+                    s.max_counter = Some(counter);
+                }
+                s.traffic.add(packet.len());
+                return Fast::Forward(s.destination);
+            }
+            if continues_sequence(s.max_counter, counter) {
+                Fast::Control
+            } else {
+                Fast::Drop(DropReason::RoamRejected)
+            }
+        }
+
+        fn apply(&mut self, (index, session): Change) {
+            match session {
+                Some(mut s) => {
+                    if let Some(old) = self.sessions.get(&index) {
+                        s.max_counter = s.max_counter.max(old.max_counter);
+                        s.since = old.since;
+                        s.traffic = old.traffic;
+                    }
+                    self.sessions.insert(index, s);
+                }
+                None => {
+                    if let Some(old) = self.sessions.remove(&index) {
+                        add_to_keys(&mut self.ended, &old);
+                    }
+                }
+            }
+        }
+
+        fn count(&mut self, index: Index, bytes: usize) {
+            if let Some(s) = self.sessions.get_mut(&index) {
+                s.traffic.add(bytes);
+            }
+        }
+
+        fn expire(&mut self, now: Tick) -> usize {
+            let before = self.sessions.len();
+            let ended = &mut self.ended;
+            self.sessions.retain(|_, s| {
+                let live = now < s.expires;
+                if !live {
+                    add_to_keys(ended, s);
+                }
+                live
+            });
+            before - self.sessions.len()
+        }
+
+        fn key_traffic(&self) -> HashMap<KeyId, KeyTraffic> {
+            let mut out = self.ended.clone();
+            for s in self.sessions.values() {
+                add_to_keys(&mut out, s);
+            }
+            out
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Install(u32, Session),
+        Remove(u32),
+        Route {
+            now: u32,
+            from: u16,
+            index: u32,
+            counter: u64,
+            len: usize,
+        },
+        Count(u32, usize),
+        Expire(u32),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        // few indices, endpoints, counters and times, so every branch is hit often
+        let session = (
+            0u16..4,
+            0u16..4,
+            proptest::option::of(0u64..8),
+            0u32..40,
+            any::<bool>(),
+            proptest::option::of(0u32..3),
+            proptest::option::of(0u32..3),
+            0u32..40,
+            0u64..3,
+        )
+            .prop_map(
+                |(d, s, max_counter, expires, confirming, ok, pk, since, packets)| Session {
+                    destination: ep(d),
+                    source: ep(s),
+                    max_counter,
+                    expires: Tick(expires),
+                    confirming,
+                    owner_key: ok.map(KeyId::new),
+                    peer_key: pk.map(KeyId::new),
+                    since: Tick(since),
+                    traffic: Traffic {
+                        packets,
+                        bytes: packets * 100,
+                    },
+                },
+            );
+        prop_oneof![
+            3 => (0u32..24, session).prop_map(|(i, s)| Op::Install(i, s)),
+            1 => (0u32..24).prop_map(Op::Remove),
+            6 => (0u32..40, 0u16..4, 0u32..26, 0u64..10, 0usize..80).prop_map(
+                |(now, from, index, counter, len)| Op::Route { now, from, index, counter, len }
+            ),
+            1 => (0u32..24, 0usize..2000).prop_map(|(i, b)| Op::Count(i, b)),
+            1 => (0u32..40).prop_map(Op::Expire),
+        ]
+    }
+
+    proptest::proptest! {
+        /// The packed table decides, counts and reports exactly as a map of whole sessions.
+        #[test]
+        fn behaves_as_a_map_of_sessions(ops in proptest::collection::vec(op(), 1..300)) {
+            let (mut t, mut m) = (SessionTable::new(), Model::default());
+            for op in ops {
+                match op {
+                    Op::Install(i, s) => {
+                        t.apply((Index(i), Some(s)));
+                        m.apply((Index(i), Some(s)));
+                    }
+                    Op::Remove(i) => {
+                        t.apply((Index(i), None));
+                        m.apply((Index(i), None));
+                    }
+                    Op::Route { now, from, index, counter, len } => {
+                        let mut p = transport(index, counter);
+                        p.resize(len, 0);
+                        proptest::prop_assert_eq!(
+                            t.route(Tick(now), ep(from), &p),
+                            m.route(Tick(now), ep(from), &p)
+                        );
+                    }
+                    Op::Count(i, b) => {
+                        t.count(Index(i), b);
+                        m.count(Index(i), b);
+                    }
+                    Op::Expire(now) => {
+                        proptest::prop_assert_eq!(t.expire(Tick(now)), m.expire(Tick(now)));
+                    }
+                }
+                proptest::prop_assert_eq!(t.len(), m.sessions.len());
+                let mut got: Vec<(Index, Session)> = t.iter().collect();
+                got.sort_by_key(|(i, _)| *i);
+                let mut want: Vec<(Index, Session)> =
+                    m.sessions.iter().map(|(i, s)| (*i, *s)).collect();
+                want.sort_by_key(|(i, _)| *i);
+                proptest::prop_assert_eq!(&got, &want);
+                for (i, s) in &want {
+                    proptest::prop_assert_eq!(t.get(*i), Some(*s));
+                }
+                let mut counters: Vec<(Index, u64)> = t.counters().collect();
+                counters.sort();
+                let mut model_counters: Vec<(Index, u64)> = want
+                    .iter()
+                    .filter_map(|(i, s)| s.max_counter.map(|c| (*i, c)))
+                    .collect();
+                model_counters.sort();
+                proptest::prop_assert_eq!(counters, model_counters);
+                proptest::prop_assert_eq!(t.key_traffic(), m.key_traffic());
+            }
+        }
     }
 }
