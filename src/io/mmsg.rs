@@ -287,10 +287,12 @@ impl MmsgBackend {
             return;
         };
         let fd = sock.as_raw_fd();
+        let mut had_gso = self.listeners.gso[listener] > 1;
         let mut next = 0;
         while next < run.len() {
             next = self.send_round(fd, listener, run, next, stats);
-            if next < run.len() && self.listeners.gso[listener] <= 1 {
+            if had_gso && next < run.len() && self.listeners.gso[listener] <= 1 {
+                had_gso = false;
                 // GSO was refused and is off now: runs still to go are sent one by one
                 let mut rest = recycled(mem::take(&mut self.split));
                 if split_unsendable(&run[next..], &self.listeners.gso, &mut rest) {

@@ -527,20 +527,21 @@ impl Backend for UringBackend {
         } else {
             transmits
         };
+        // GSO refused mid-send turns it off everywhere (once): the runs still to go, split
+        let mut had_gso = self.listeners.gso.iter().any(|&g| g > 1);
         let mut next = 0;
         while next < transmits.len() {
             next = self.send_chunk(transmits, next, &mut stats);
-            let rest = &transmits[next.min(transmits.len())..];
-            if self.listeners.gso.iter().all(|&g| g <= 1)
-                && rest.iter().any(|t| t.run_segment().is_some())
-            {
-                // GSO was refused and is off now (rare): the runs still to go, one by one
-                let rest: Vec<Transmit<'_>> = rest.iter().flat_map(Transmit::split).collect();
-                let mut k = 0;
-                while k < rest.len() {
-                    k = self.send_chunk(&rest, k, &mut stats);
+            if had_gso && next < transmits.len() && self.listeners.gso.iter().all(|&g| g <= 1) {
+                had_gso = false;
+                let mut rest = Vec::new();
+                if split_unsendable(&transmits[next..], &self.listeners.gso, &mut rest) {
+                    let mut k = 0;
+                    while k < rest.len() {
+                        k = self.send_chunk(&rest, k, &mut stats);
+                    }
+                    break;
                 }
-                break;
             }
         }
         self.split = recycled(split);
