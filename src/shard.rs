@@ -23,10 +23,10 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use crate::admit::JunkMemory;
 use crate::admit::KeyId;
 use crate::constants::{EXPIRE_INTERVAL, JUNK_SOURCES, SWEEP_STEP_INTERVAL};
-use crate::io::steer::owner_shard;
+use crate::io::steer::{owner_shard, Owners};
 use crate::io::{recycled, Backend, Drops, RecvBatch, Transmit};
 use crate::route::{
-    Actions, Change, Counters, Datagram, Decision, DropReason, Fast, KeyTraffic, Session,
+    Actions, Change, Counters, Datagram, Decision, DropReason, Fast, Found, KeyTraffic, Session,
     SessionTable, State,
 };
 use crate::table::{Endpoint, ListenerId, Tick};
@@ -385,7 +385,7 @@ impl<'a> Control<'a> {
 /// A shard's routing work for one batch, apart from the backend and the received bytes.
 struct Router {
     id: usize,
-    shards: usize,
+    owners: Owners,
     sessions: SessionTable,
     /// Fast-path counters not yet published.
     local: Counters,
@@ -442,11 +442,12 @@ impl Router {
 
     /// Records a copy of the datagram being routed for `to`, unless `to`'s listener frames
     /// packets differently from the one it came in on.
-    fn push_out(&mut self, src: Src, from: Endpoint, to: Endpoint) {
+    /// False when it was dropped instead.
+    fn push_out(&mut self, src: Src, from: Endpoint, to: Endpoint) -> bool {
         if from.listener != to.listener && self.framing(from.listener) != self.framing(to.listener)
         {
             self.local.drops[DropReason::FramingMismatch as usize] += 1;
-            return;
+            return false;
         }
         let out = match src {
             Src::Batch(i, continues) => {
@@ -455,7 +456,7 @@ impl Router {
                 {
                     if *last + 1 == i && *dest == to {
                         *last = i;
-                        return;
+                        return true;
                     }
                 }
                 Out::Packet(i, i, to)
@@ -463,6 +464,19 @@ impl Router {
             Src::Handed(j) => Out::Handed(j, to),
         };
         self.outs.push(out);
+        true
+    }
+
+    /// Datagram `i` of the batch goes where datagram `i - 1` went, and that was the last out
+    /// recorded (what [`Router::transport`] returning a [`Found`] promises): the run grows.
+    #[inline]
+    fn grow_run(&mut self, i: usize, to: Endpoint) {
+        self.local.received += 1;
+        self.local.forwarded += 1;
+        match self.outs.last_mut() {
+            Some(Out::Packet(_, last, _)) if *last + 1 == i => *last = i,
+            _ => self.outs.push(Out::Packet(i, i, to)),
+        }
     }
 
     /// Records one of the relay's own datagrams, framed for its listener.
@@ -510,6 +524,8 @@ impl Router {
     }
 
     /// Routes a transport packet this shard owns: fast path, or the State when it must.
+    /// `Some` when the fast path forwarded it as the batch's last out, so that the next
+    /// datagram of its run may take [`SessionTable::route_next`].
     fn transport(
         &mut self,
         ctl: &mut Control<'_>,
@@ -518,15 +534,17 @@ impl Router {
         from: Endpoint,
         src: Src,
         packet: &mut [u8],
-    ) {
-        match self.sessions.route(t, from, packet) {
-            Fast::Forward(to) => {
+    ) -> Option<Found> {
+        match self.sessions.route_found(t, from, packet) {
+            (Fast::Forward(to), found) => {
                 self.local.received += 1;
                 self.local.forwarded += 1;
-                self.push_out(src, from, to);
+                if self.push_out(src, from, to) {
+                    return found;
+                }
             }
-            Fast::Drop(reason) => self.count(reason),
-            Fast::Control => {
+            (Fast::Drop(reason), _) => self.count(reason),
+            (Fast::Control, _) => {
                 let receiver = transport_receiver(packet);
                 if let Some(receiver) = receiver {
                     if let Some(c) = self.sessions.get(receiver).and_then(|s| s.max_counter) {
@@ -541,6 +559,7 @@ impl Router {
                 }
             }
         }
+        None
     }
 
     /// Routes through the shared State, and takes its changes: this shard's own are applied
@@ -574,7 +593,7 @@ impl Router {
         }
         self.actions.extra = extra;
         for change in self.changes.drain(..) {
-            let owner = owner_shard(change.0, self.shards);
+            let owner = self.owners.of(change.0);
             if owner == self.id {
                 self.sessions.apply(change);
             } else if let Some(q) = self.remote.get_mut(owner) {
@@ -615,7 +634,7 @@ impl<B: Backend> Shard<B> {
         let mut batch = RecvBatch::new();
         let mut router = Router {
             id: self.id,
-            shards: self.shards,
+            owners: Owners::new(self.shards),
             sessions: std::mem::take(&mut self.sessions),
             local: Counters::default(),
             actions: Actions::new(),
@@ -739,9 +758,25 @@ impl<B: Backend> Shard<B> {
                 };
                 let from = Endpoint::new(ListenerId(listener), addr);
                 let framing = router.framing(from.listener);
+                let plain = framing.is_plain();
                 let start = datagrams.start;
+                // the session the run's previous datagram was forwarded on, if it was
+                let mut run: Option<Found> = None;
                 for i in datagrams {
                     let src = Src::Batch(i, i > start);
+                    if let Some(found) = run.take() {
+                        // not looked up again; this datagram's header still decides
+                        if !batch.truncated(i) {
+                            let datagram = batch.datagram(i);
+                            if datagram.get(..4) == Some(&[4, 0, 0, 0]) {
+                                if let Some(to) = router.sessions.route_next(found, t, datagram) {
+                                    router.grow_run(i, to);
+                                    run = Some(found);
+                                    continue;
+                                }
+                            }
+                        }
+                    }
                     if batch.truncated(i) {
                         router.count(DropReason::Truncated);
                         continue;
@@ -768,16 +803,17 @@ impl<B: Backend> Shard<B> {
                             router.count(DropReason::BadLength);
                             continue;
                         };
-                        let owner = owner_shard(receiver, self.shards);
+                        let owner = router.owners.of(receiver);
                         if owner == self.id {
-                            router.transport(&mut ctl, now, t, from, src, packet);
+                            let found = router.transport(&mut ctl, now, t, from, src, packet);
+                            run = found.filter(|_| plain);
                         } else {
                             off_owner += 1;
                             self.hand_off(owner, from, batch.datagram(i), &mut wake);
                         }
                     } else {
                         if let Some(receiver) = framing.receiver_of(datagram) {
-                            if owner_shard(receiver, self.shards) != self.id {
+                            if router.owners.of(receiver) != self.id {
                                 off_owner += 1;
                             }
                         }
@@ -797,7 +833,7 @@ impl<B: Backend> Shard<B> {
                     _ => continue,
                 };
                 if let Some(packet) = h.packet.get_mut(offset..) {
-                    router.transport(&mut ctl, now, t, h.from, Src::Handed(j), packet);
+                    let _ = router.transport(&mut ctl, now, t, h.from, Src::Handed(j), packet);
                 }
             }
             if step_due {

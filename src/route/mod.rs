@@ -22,7 +22,7 @@ pub use fanout::ParkingLot;
 pub use persist::Restored;
 pub use pinned::{PinKind, PinRoute, MAX_RECENT_CLIENTS};
 pub use reconfigure::Reconfigured;
-pub use session::{Change, Fast, KeyTraffic, Session, SessionTable, Traffic};
+pub use session::{Change, Fast, Found, KeyTraffic, Session, SessionTable, Traffic};
 
 use std::fmt;
 use std::time::Instant;

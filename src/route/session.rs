@@ -96,6 +96,14 @@ impl Session {
     }
 }
 
+/// Where [`SessionTable::route_found`] found a session: its bucket in the table, valid until
+/// the table next changes, and its index (checked again, so a stale bucket is only a miss).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Found {
+    bucket: usize,
+    index: Index,
+}
+
 /// A change to an owned index: its new fast-path view, or `None` to forget it.
 pub type Change = (Index, Option<Session>);
 
@@ -281,34 +289,97 @@ impl SessionTable {
     /// `State::on_transport` for everything it decides itself.
     #[inline]
     pub fn route(&mut self, now: Tick, from: Endpoint, packet: &[u8]) -> Fast {
+        self.route_found(now, from, packet).0
+    }
+
+    /// [`SessionTable::route`], and when it forwarded, where the session is: the next
+    /// datagrams of the same GRO run (same source) go through [`SessionTable::route_next`].
+    #[inline]
+    pub fn route_found(
+        &mut self,
+        now: Tick,
+        from: Endpoint,
+        packet: &[u8],
+    ) -> (Fast, Option<Found>) {
         // size gate
         let Ok(transport) = TransportPacket::new_checked(packet) else {
-            return Fast::Drop(DropReason::BadLength);
+            return (Fast::Drop(DropReason::BadLength), None);
         };
         // look up the receiver
         let receiver = transport.receiver();
         let hash = self.hash(receiver);
-        let Some(s) = self
-            .hot
-            .find_mut(hash, |h| h.index == receiver)
-            .filter(|s| now < s.expires)
-        else {
-            return Fast::Drop(DropReason::UnknownReceiver);
+        let Some(bucket) = self.hot.find_bucket_index(hash, |h| h.index == receiver) else {
+            return (Fast::Drop(DropReason::UnknownReceiver), None);
         };
+        let Some(s) = self.hot.get_bucket_mut(bucket).filter(|s| now < s.expires) else {
+            return (Fast::Drop(DropReason::UnknownReceiver), None);
+        };
+        let (counter, len) = (transport.counter(), packet.len());
+        let fast = Self::decide(s, &mut self.cold, &self.hasher, hash, from, counter, len);
+        let found = matches!(fast, Fast::Forward(_)).then_some(Found {
+            bucket,
+            index: receiver,
+        });
+        (fast, found)
+    }
+
+    /// Routes the next datagram of a GRO run whose previous datagram [`SessionTable::route_found`]
+    /// (or this) forwarded from the same source, with no change to the table since: the
+    /// run's session is not looked up again, but this datagram's own header still decides.
+    /// Its receiver index must be the session's, its counter moves the session's highest,
+    /// and the session must still be live and confirmed. `None`: not so (another index, a
+    /// short packet, an expired session), and the datagram takes [`SessionTable::route`].
+    ///
+    /// The source is not compared again: every datagram of a GRO run has the run's source,
+    /// and the session's recorded source cannot have changed without a change to the table.
+    #[inline]
+    pub fn route_next(&mut self, found: Found, now: Tick, packet: &[u8]) -> Option<Endpoint> {
+        let transport = TransportPacket::new_checked(packet).ok()?;
+        if transport.receiver() != found.index {
+            return None;
+        }
+        let s = self.hot.get_bucket_mut(found.bucket)?;
+        if s.index != found.index || now >= s.expires || s.confirming() {
+            return None;
+        }
+        let counter = transport.counter();
+        if s.max_counter().is_none_or(|m| counter > m) {
+            s.set_counter(Some(counter));
+        }
+        if !s.add(packet.len()) {
+            let hash = self.hasher.hash_one(found.index.0);
+            let cold = cold_of(&mut self.cold, &self.hasher, hash, found.index);
+            s.spill(cold, packet.len());
+        }
+        Some(s.destination)
+    }
+
+    /// The fast path's decision for a packet to a live session `s`.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    fn decide(
+        s: &mut Hot,
+        cold: &mut hashbrown::HashTable<Cold>,
+        hasher: &Hasher,
+        hash: u64,
+        from: Endpoint,
+        counter: u64,
+        len: usize,
+    ) -> Fast {
+        let receiver = s.index;
         if s.confirming() {
             return Fast::Control;
         }
         if s.destination == from {
             return Fast::Drop(DropReason::Loop);
         }
-        let counter = transport.counter();
         if s.source == from {
             if s.max_counter().is_none_or(|m| counter > m) {
                 s.set_counter(Some(counter));
             }
-            if !s.add(packet.len()) {
-                let cold = cold_of(&mut self.cold, &self.hasher, hash, receiver);
-                s.spill(cold, packet.len());
+            if !s.add(len) {
+                let cold = cold_of(cold, hasher, hash, receiver);
+                s.spill(cold, len);
             }
             return Fast::Forward(s.destination);
         }
@@ -684,6 +755,43 @@ mod tests {
     }
 
     #[test]
+    fn the_rest_of_a_run_is_checked_against_the_runs_session() {
+        let mut t = SessionTable::new();
+        t.apply((Index(7), Some(session(false))));
+        t.apply((Index(8), Some(session(false))));
+        t.apply((Index(9), Some(session(true))));
+        let now = Tick(10);
+        let (fast, found) = t.route_found(now, ep(2), &transport(7, 5));
+        assert_eq!(fast, Fast::Forward(ep(1)));
+        let found = found.expect("forwarded, so found");
+        assert_eq!(t.route_next(found, now, &transport(7, 6)), Some(ep(1)));
+        // a lower counter is forwarded but does not lower the highest
+        assert_eq!(t.route_next(found, now, &transport(7, 2)), Some(ep(1)));
+        assert_eq!(t.get(Index(7)).and_then(|s| s.max_counter), Some(6));
+        assert_eq!(t.get(Index(7)).map(|s| s.traffic.packets), Some(3));
+        // another index, a short packet, an expired session: the full path decides
+        assert_eq!(t.route_next(found, now, &transport(8, 7)), None);
+        assert_eq!(t.route_next(found, now, &transport(7, 7)[..31]), None);
+        assert_eq!(t.route_next(found, Tick(100), &transport(7, 7)), None);
+        // nothing but forwards is found: not a confirming session, not a drop
+        assert_eq!(
+            t.route_found(now, ep(2), &transport(9, 0)),
+            (Fast::Control, None)
+        );
+        assert_eq!(
+            t.route_found(now, ep(3), &transport(7, 1)),
+            (Fast::Drop(DropReason::RoamRejected), None)
+        );
+        // a stale bucket is a miss, never another session's route
+        t.apply((Index(7), None));
+        assert_eq!(t.route_next(found, now, &transport(7, 8)), None);
+        for i in 100..400 {
+            t.apply((Index(i), Some(session(false))));
+        }
+        assert_eq!(t.route_next(found, now, &transport(7, 8)), None);
+    }
+
+    #[test]
     fn a_session_is_one_cache_line() {
         assert_eq!(std::mem::size_of::<Hot>(), 64);
         assert_eq!(std::mem::align_of::<Hot>(), 64);
@@ -820,6 +928,8 @@ mod tests {
             index: u32,
             counter: u64,
             len: usize,
+            /// The next datagram of the previous route's run (its source and time).
+            next: bool,
         },
         Count(u32, usize),
         Expire(u32),
@@ -858,8 +968,15 @@ mod tests {
         prop_oneof![
             3 => (0u32..24, session).prop_map(|(i, s)| Op::Install(i, s)),
             1 => (0u32..24).prop_map(Op::Remove),
-            6 => (0u32..40, 0u16..4, 0u32..26, 0u64..10, 0usize..80).prop_map(
-                |(now, from, index, counter, len)| Op::Route { now, from, index, counter, len }
+            6 => (0u32..40, 0u16..4, 0u32..26, 0u64..10, 0usize..80, any::<bool>()).prop_map(
+                |(now, from, index, counter, len, next)| Op::Route {
+                    now,
+                    from,
+                    index,
+                    counter,
+                    len,
+                    next,
+                }
             ),
             1 => (0u32..24, 0usize..2000).prop_map(|(i, b)| Op::Count(i, b)),
             1 => (0u32..40).prop_map(Op::Expire),
@@ -871,7 +988,11 @@ mod tests {
         #[test]
         fn behaves_as_a_map_of_sessions(ops in proptest::collection::vec(op(), 1..300)) {
             let (mut t, mut m) = (SessionTable::new(), Model::default());
+            // consecutive routes from one source at one time are a GRO run: after a forward,
+            // the next goes through `route_next` first, as the shard does
+            let mut run: Option<(Found, u32, u16)> = None;
             for op in ops {
+                let last = run.take();
                 match op {
                     Op::Install(i, s) => {
                         t.apply((Index(i), Some(s)));
@@ -881,13 +1002,32 @@ mod tests {
                         t.apply((Index(i), None));
                         m.apply((Index(i), None));
                     }
-                    Op::Route { now, from, index, counter, len } => {
+                    Op::Route { now, from, index, counter, len, next } => {
+                        let (now, from) = match last {
+                            Some((_, n, f)) if next => (n, f),
+                            _ => (now, from),
+                        };
                         let mut p = transport(index, counter);
                         p.resize(len, 0);
-                        proptest::prop_assert_eq!(
-                            t.route(Tick(now), ep(from), &p),
-                            m.route(Tick(now), ep(from), &p)
-                        );
+                        let want = m.route(Tick(now), ep(from), &p);
+                        let next = last
+                            .filter(|&(_, n, f)| n == now && f == from)
+                            .and_then(|(found, _, _)| t.route_next(found, Tick(now), &p));
+                        match next {
+                            Some(to) => {
+                                proptest::prop_assert_eq!(Fast::Forward(to), want);
+                                run = last;
+                            }
+                            None => {
+                                let (got, found) = t.route_found(Tick(now), ep(from), &p);
+                                proptest::prop_assert_eq!(got, want);
+                                proptest::prop_assert_eq!(
+                                    found.is_some(),
+                                    matches!(got, Fast::Forward(_))
+                                );
+                                run = found.map(|f| (f, now, from));
+                            }
+                        }
                     }
                     Op::Count(i, b) => {
                         t.count(Index(i), b);
