@@ -28,7 +28,10 @@
 # E2E_COOKIE (the relay's --cookie, default always), E2E_BT_ROUNDS (boringtun case: device
 # restarts per relay mode, default 6), E2E_BT_BOUND (seconds, default 12), E2E_BORINGTUN
 # (boringtun-cli binary; default: PATH, then ~/.cargo/bin; the case is skipped without it),
-# WGRELAY_BIN (default: target/release/wgrelay, built with cargo when missing).
+# WGRELAY_BIN (default: target/release/wgrelay, built with cargo when missing), E2E_CPU_REPS
+# (rounds of the relay-CPU-per-GB measurement against wgproxy; default 0: not run),
+# E2E_CPU_SECS (its iperf3 seconds, default 10), E2E_WGPROXY (wgproxy binary; default: PATH,
+# then /opt/wgproxy/bin), E2E_ONLY (cases to run, e.g. "proxy cpu"; default all).
 # See docs/e2e.md.
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
@@ -898,6 +901,145 @@ case_proxy() {
         "case took $(elapsed "$t0") s"
 }
 
+# ---- case 11 (opt-in): relay CPU per GB, against wgproxy 0.3.0 ----------------------------------
+# The proxy topology again (peer-d behind NAT B -> relay :51821 -> the wireguard-go server), a
+# TCP iperf3 d->srv through each relay in turn: wgrelay with its default flags (one shard per
+# core, io_uring), wgrelay --threads 1, wgrelay --backend mmsg, and wgproxy 0.3.0 (one thread,
+# one socket, one datagram per system call). The figure is the relay's CPU over the run
+# (utime + stime of the whole process, /proc/PID/stat) divided by the GB iperf3 received; per
+# datagram the relay namespace received, its CPU and how often it slept. The four take turns,
+# E2E_CPU_REPS rounds, medians reported. A measurement, not a test: info lines, and a pass when
+# every run moved data. Off by default (E2E_CPU_REPS=0). See docs/benchmarks.md.
+CPU_REPS=${E2E_CPU_REPS:-0}
+CPU_SECS=${E2E_CPU_SECS:-10}
+WGPROXY_BIN=${E2E_WGPROXY:-$(command -v wgproxy 2>/dev/null || true)}
+[ -n "$WGPROXY_BIN" ] || [ ! -x /opt/wgproxy/bin/wgproxy ] || WGPROXY_BIN=/opt/wgproxy/bin/wgproxy
+CLK_TCK=$(getconf CLK_TCK)
+# cpu_ticks PID: "USER SYSTEM" ticks of the process (all its threads) so far
+cpu_ticks() { awk '{ print $14, $15 }' "/proc/$1/stat"; }
+# switches PID: context switches of all the process's threads so far (voluntary: it slept)
+switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^voluntary_ctxt_switches/ { n += $2 } END { print n + 0 }'; }
+# rx_packets: packets the relay namespace received on its link (nearly all of them the relayed
+# datagrams)
+rx_packets() { nsx "$NS_RELAY" cat "/sys/class/net/${I}p/statistics/rx_packets"; }
+# listening NS PORT: some UDP socket is bound to PORT in NS
+listening() { nsx "$1" ss -uan "sport = :$2" | grep -q ":$2"; }
+# cpu_run KIND LOGFILE: one relay of KIND (default|one|wgproxy) relaying one iperf3 run; prints
+# "S_PER_GB MBITS USER_S SYSTEM_S US_PER_DATAGRAM SLEEPS_PER_DATAGRAM" or nothing when the run failed (the reason in LOGFILE.why)
+cpu_run() {
+    local kind=$1 log=$2 pid c0 c1 mbits secs
+    case $kind in
+    default | one | mmsg)
+        local extra=()
+        [ "$kind" = one ] && extra=(--threads 1)
+        [ "$kind" = mmsg ] && extra=(--backend mmsg)
+        ip netns exec "$NS_RELAY" "$RELAY_BIN" run --listen "$RELAY_IP:$PROXY_PORT" \
+            --server "$SRV_IP:$WG_PORT" --server-key "$PUB_S" "${extra[@]}" \
+            --log-level warn --control-socket "$LOG/ctl.cpu.sock" 2>"$log" &
+        ;;
+    wgproxy)
+        WGPROXY_SERVER="$SRV_IP:$WG_PORT" WGPROXY_PUBKEY="$PUB_S" \
+            WGPROXY_LISTEN="$RELAY_IP:$PROXY_PORT" WGPROXY_LOGLEVEL=1 \
+            ip netns exec "$NS_RELAY" "$WGPROXY_BIN" 2>"$log" &
+        ;;
+    esac
+    pid=$!
+    PIDS+=("$pid")
+    if ! wait_for 10 listening "$NS_RELAY" "$PROXY_PORT"; then
+        echo "$kind did not start: $(tail -2 "$log" | tr '\n' ' ')" >"$log.why"
+    else
+        nsx "$NS_D" wg set "$WG_D" peer "$PUB_S" allowed-ips "$TUN_S/32" \
+            endpoint "$RELAY_IP:$PROXY_PORT" persistent-keepalive 25
+        nsx "$NS_D" ping -n -c 1 -W 1 "$TUN_S" >/dev/null 2>&1 || true # starts the handshake
+        if ! wait_for 20 has_handshake "$NS_D" "$WG_D" "$PUB_S"; then
+            echo "$kind: no handshake within 20 s" >"$log.why"
+        else
+            local w0 p0 w1 p1
+            c0=$(cpu_ticks "$pid")
+            w0=$(switches "$pid")
+            p0=$(rx_packets)
+            if IPERF_SECS=$CPU_SECS iperf "$NS_D" "$TUN_S" "$NS_SRV"; then
+                c1=$(cpu_ticks "$pid")
+                w1=$(switches "$pid")
+                p1=$(rx_packets)
+                mbits=$IPERF_MBITS
+                # the receiver's own interval (a little over CPU_SECS)
+                secs=$(awk '/receiver$/ { split($3, t, "-"); print t[2] }' "$LOG/iperf.$IPERF_RUN.log")
+                awk -v c0="$c0" -v c1="$c1" -v hz="$CLK_TCK" -v m="$mbits" -v t="${secs:-$CPU_SECS}" \
+                    -v w=$((w1 - w0)) -v p=$((p1 - p0)) \
+                    'BEGIN { split(c0, a, " "); split(c1, b, " "); u = (b[1] - a[1]) / hz; k = (b[2] - a[2]) / hz
+                        gb = m * t / 8000; if (gb > 0 && p > 0) printf "%.3f %s %.2f %.2f %.2f %.3f\n",
+                            (u + k) / gb, m, u, k, (u + k) * 1e6 / p, w / p }'
+            else
+                echo "$kind: iperf3 failed: $(tail -2 "$LOG/iperf.$IPERF_RUN.log" | tr '\n' ' ')" >"$log.why"
+            fi
+        fi
+        nsx "$NS_D" wg set "$WG_D" peer "$PUB_S" remove
+    fi
+    kill -TERM "$pid" 2>/dev/null || true
+    wait_for 5 gone "$pid" || kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+# median VALUES...
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.6g\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+case_cpu() {
+    if [ "$CPU_REPS" -le 0 ]; then
+        info "skipped: relay CPU per GB against wgproxy (opt-in: E2E_CPU_REPS=3; docs/e2e.md)"
+        return
+    fi
+    local name="relay CPU per GB: wgrelay vs wgproxy 0.3.0 ($CPU_REPS rounds of ${CPU_SECS} s iperf3 d->srv)"
+    if [ -z "$WGPROXY_BIN" ] || [ ! -x "$WGPROXY_BIN" ]; then
+        info "skipped: $name (wgproxy not found: cargo install wgproxy --version 0.3.0 --locked," \
+            "or set E2E_WGPROXY)"
+        return
+    fi
+    if [ ! -S "/var/run/wireguard/$WG_D.sock" ] || [ ! -S "/var/run/wireguard/$WG_S.sock" ]; then
+        fail "$name" "the proxy case's devices are not running"
+        return
+    fi
+    local r kind out bad=() line s m u k us wp
+    declare -A spg=() mb=()
+    for r in $(seq "$CPU_REPS"); do
+        for kind in default one mmsg wgproxy; do
+            out=$(cpu_run "$kind" "$LOG/cpu.$kind.$r.log")
+            if [ -z "$out" ]; then
+                bad+=("round $r: $(cat "$LOG/cpu.$kind.$r.log.why" 2>/dev/null || echo "$kind: no result")")
+                continue
+            fi
+            read -r s m u k us wp <<<"$out"
+            info "round $r, $kind: $s s/GB ($m Mbit/s; relay CPU user $u s, system $k s;" \
+                "$us us and $wp sleeps per datagram received)"
+            spg[$kind]+="$s "
+            mb[$kind]+="$m "
+        done
+    done
+    if [ "${#bad[@]}" -gt 0 ]; then
+        line=
+        for r in "${bad[@]}"; do line+="${line:+; }$r"; done
+        fail "$name" "$line"
+        return
+    fi
+    local w label
+    # shellcheck disable=SC2086 # the lists are words on purpose
+    w=$(median ${spg[wgproxy]})
+    line="medians:"
+    for kind in default one mmsg wgproxy; do
+        case $kind in
+        default) label="wgrelay" ;;
+        one) label="wgrelay --threads 1" ;;
+        mmsg) label="wgrelay --backend mmsg" ;;
+        wgproxy) label="wgproxy" ;;
+        esac
+        # shellcheck disable=SC2086
+        s=$(median ${spg[$kind]})
+        # shellcheck disable=SC2086
+        line+=" $label $s s/GB ($(median ${mb[$kind]}) Mbit/s"
+        [ "$kind" = wgproxy ] || line+=", $(awk -v a="$s" -v b="$w" 'BEGIN { printf "%.2f", a / b }')x wgproxy"
+        line+=");"
+    done
+    pass "$name" "${line%;}"
+}
+
 # ---- case 8: boringtun and wireguard-go starting at once ------------------------------------------
 # peer-e runs boringtun-cli (a second WireGuard implementation, configured with wg through its
 # UAPI socket), peer-f wireguard-go. They have a relay of their own (:51823, --allow E --allow F),
@@ -1078,16 +1220,24 @@ case_boringtun() {
     bt_case default
 }
 
-case_exchange
-case_iperf_relay
-case_rebind
-case_not_allowed
-case_reload
-case_proxy
-case_boringtun
-case_restart keep 2
-case_restart cold 3
-case_direct
+# E2E_ONLY="proxy cpu" runs only those cases (names as in case_NAME; later cases may need
+# earlier ones: iperf_relay, rebind, reload, restart and direct need exchange, cpu needs proxy).
+want() { [ -z "${E2E_ONLY:-}" ] || [[ " $E2E_ONLY " == *" $1 "* ]]; }
+run_case() { # NAME [ARGS]: case_NAME ARGS, unless E2E_ONLY leaves it out
+    want "$1" || return 0
+    "case_$1" "${@:2}"
+}
+run_case exchange
+run_case iperf_relay
+run_case rebind
+run_case not_allowed
+run_case reload
+run_case proxy
+run_case cpu
+run_case boringtun
+run_case restart keep 2
+run_case restart cold 3
+run_case direct
 
 stop_relay
 info "relay final: $(stats)"
