@@ -1,7 +1,7 @@
-//! Micro-benchmarks of the routing core: the decision for a transport packet, and index table
-//! lookup and insert, at 1k, 100k and 1M sessions. Sessions are set up through `route()`
-//! itself (open mode, synthetic handshake messages), so the tables hold what a real relay
-//! would hold.
+//! Micro-benchmarks of the routing core: the decision for a transport packet at 1k and 100k
+//! sessions, and index table lookup and insert at 1k, 100k and 1M. Sessions are set up
+//! through `route()` itself (open mode, synthetic handshake messages), so the tables hold what
+//! a real relay would hold.
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -14,7 +14,11 @@ use wgrelay::route::{Actions, Decision, Settings, State};
 use wgrelay::table::{Endpoint, IndexEntry, IndexTable, ListenerId, Tick};
 use wgrelay::wire::Index;
 
-const SIZES: [usize; 3] = [1_000, 100_000, 1_000_000];
+// (1M sessions set up through open mode's handshake path, 10k a second, trip its guards
+// against handshake floods before they are all confirmed; the table benchmark below still
+// goes to 1M)
+const SIZES: [usize; 2] = [1_000, 100_000];
+const TABLE_SIZES: [usize; 3] = [1_000, 100_000, 1_000_000];
 
 fn endpoint(i: usize, port: u16) -> Endpoint {
     let ip = Ipv4Addr::new(127, (i >> 16) as u8, (i >> 8) as u8, i as u8);
@@ -55,28 +59,66 @@ fn populate(n: usize) -> (State, Instant, Vec<(Endpoint, Vec<u8>)>) {
     let mut out = Actions::new();
     let mut packets = Vec::with_capacity(2 * n);
     let mut now = now;
-    for i in 0..n {
-        // Set-up takes time, as it would: 20 µs of clock per session (50k sessions/s), so
-        // rate limits and load tracking see a realistic rate.
-        now += std::time::Duration::from_micros(20);
-        if i % 50_000 == 0 {
-            // What the shards do once a second.
-            state.expire(now);
+    // Open mode admits an unproven source once it retries as a WireGuard peer does (a second
+    // initiation 0.9-16 s after its first), and remembers 65k recent sources in 8-way buckets:
+    // so sessions are set up in chunks, every source of a chunk initiating once, then 1 s later
+    // for real. A source whose first initiation was forgotten (its bucket overflowed) goes
+    // again with the next chunk, with fresh indices.
+    const CHUNK: usize = 10_000;
+    let mut tags = 0u64;
+    let mut tag = || {
+        tags += 1;
+        tags
+    };
+    let mut next_index = 1u32;
+    let mut todo: Vec<usize> = Vec::new();
+    let mut next = 0usize;
+    for _round in 0..4 * (n / CHUNK + 1) {
+        let fresh = (n - next).min(CHUNK.saturating_sub(todo.len()));
+        todo.extend(next..next + fresh);
+        next += fresh;
+        if todo.is_empty() {
+            break;
         }
-        let (ea, eb) = (endpoint(i, 1000), endpoint(i, 2000));
-        let base = (i as u32) * 4 + 1;
-        let (a, b_init, b) = (base, base + 1, base + 2);
-        let tag = (i as u64) << 2;
-        state.route(now, ea, &mut handshake(1, a, None, tag), &mut out);
-        // B's own initiation makes it a candidate: it receives A's parked initiation.
-        state.route(now, eb, &mut handshake(1, b_init, None, tag + 1), &mut out);
-        let d = state.route(now, eb, &mut handshake(2, b, Some(a), tag + 2), &mut out);
-        assert_eq!(d, Decision::Forward, "response {i}: {}", state.counters());
-        let d = state.route(now, ea, &mut transport(b, 0, 32), &mut out);
-        assert_eq!(d, Decision::Forward, "confirmation {i}");
-        packets.push((ea, transport(b, 1, 128)));
-        packets.push((eb, transport(a, 1, 128)));
+        for &i in &todo {
+            let (ea, eb) = (endpoint(i, 1000), endpoint(i, 2000));
+            state.route(now, ea, &mut handshake(1, 0, None, tag()), &mut out);
+            state.route(now, eb, &mut handshake(1, 0, None, tag()), &mut out);
+            out.clear();
+        }
+        now += std::time::Duration::from_secs(1);
+        // What the shards do once a second.
+        state.expire(now);
+        let mut again = Vec::new();
+        for i in std::mem::take(&mut todo) {
+            let (ea, eb) = (endpoint(i, 1000), endpoint(i, 2000));
+            let (a, b_init, b) = (next_index, next_index + 1, next_index + 2);
+            next_index += 4;
+            let da = state.route(now, ea, &mut handshake(1, a, None, tag()), &mut out);
+            // B's own initiation makes it a candidate: it receives A's parked initiation.
+            let db = state.route(now, eb, &mut handshake(1, b_init, None, tag()), &mut out);
+            let handed = out.extra.iter().any(|d| d.to == eb);
+            out.clear();
+            if da != Decision::Parked || db != Decision::Parked || !handed {
+                again.push(i);
+                continue;
+            }
+            let d = state.route(now, eb, &mut handshake(2, b, Some(a), tag()), &mut out);
+            assert_eq!(d, Decision::Forward, "response {i}: {}", state.counters());
+            let d = state.route(now, ea, &mut transport(b, 0, 32), &mut out);
+            assert_eq!(d, Decision::Forward, "confirmation {i}");
+            out.clear();
+            packets.push((ea, transport(b, 1, 128)));
+            packets.push((eb, transport(a, 1, 128)));
+        }
+        todo = again;
     }
+    assert_eq!(
+        packets.len(),
+        2 * n,
+        "sessions set up: {}",
+        state.counters()
+    );
     // Visit sessions in a scattered order, as traffic from many peers would.
     let len = packets.len();
     let mut x = 0x2545_f491_4f6c_dd1du64;
@@ -134,7 +176,7 @@ fn table(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     g.sample_size(20);
     let now = Tick(1);
-    for n in SIZES {
+    for n in TABLE_SIZES {
         let mut t = IndexTable::new();
         // Indices are random per peer: spread them.
         let keys: Vec<u32> = (0..n as u32).map(|i| i.wrapping_mul(0x9e37_79b9)).collect();
