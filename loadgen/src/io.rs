@@ -59,7 +59,7 @@ impl Tx {
             return;
         }
         let s = self.list.flush(&mut topo.net.borrow_mut());
-        self.sent += s.messages;
+        self.sent += s.datagrams;
         self.failed += s.failed;
         if s.failed > 0 {
             self.last_errno = s.last_errno;

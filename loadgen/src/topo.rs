@@ -67,7 +67,6 @@ impl Topology {
     ) -> io::Result<Self> {
         let opts = SockOpts {
             pktinfo: false,
-            gro,
             loopback_only: false,
             buffer,
         };
@@ -124,7 +123,6 @@ impl Topology {
             SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port),
             SockOpts {
                 pktinfo: true,
-                gro: false,
                 loopback_only: true,
                 buffer,
             },
@@ -177,7 +175,6 @@ pub fn probe_pktinfo() -> io::Result<()> {
         SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
         SockOpts {
             pktinfo: true,
-            gro: false,
             loopback_only: true,
             buffer: 0,
         },
@@ -190,7 +187,7 @@ pub fn probe_pktinfo() -> io::Result<()> {
         d.copy_from_slice(b"probe")
     });
     let sent = tx.flush(&mut backend);
-    if sent.messages != 1 {
+    if sent.datagrams != 1 {
         return Err(io::Error::from_raw_os_error(sent.last_errno));
     }
     let mut rx = RecvBatch::new();
