@@ -1,13 +1,14 @@
 //! The generator's socket set-up and send staging over wgrelay's I/O layer (`wgrelay::io`,
-//! which does the batched system calls, IP_PKTINFO both ways, UDP GSO and GRO), and a small
-//! epoll wrapper for waiting on many sockets with microsecond timeouts.
+//! which does the batched system calls, IP_PKTINFO both ways, UDP GSO and GRO, and has the
+//! epoll wrapper for waiting on many sockets with microsecond timeouts).
 //!
 //! IPv4 only: everything runs on 127.0.0.0/8.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::fd::RawFd;
-use std::ptr;
+
+/// Level-triggered epoll over many sockets with microsecond timeouts (wgrelay's).
+pub use wgrelay::io::Poller;
 
 /// Datagrams per send list and receive batch (wgrelay's `io::BATCH_SIZE`).
 pub const BATCH: usize = wgrelay::io::BATCH_SIZE;
@@ -40,74 +41,6 @@ pub struct Sent {
     pub failed: u64,
     /// errno of the last refusal.
     pub last_errno: i32,
-}
-
-/// Level-triggered epoll over many sockets; each registration carries a token.
-pub struct Poller {
-    fd: RawFd,
-    events: Vec<libc::epoll_event>,
-}
-
-impl Poller {
-    /// # Errors
-    /// epoll_create1 failed.
-    pub fn new() -> io::Result<Self> {
-        // SAFETY: plain syscall without pointers.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Poller {
-            fd,
-            events: vec![libc::epoll_event { events: 0, u64: 0 }; 1024],
-        })
-    }
-
-    /// # Errors
-    /// epoll_ctl failed.
-    pub fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
-        let mut ev = libc::epoll_event {
-            events: libc::EPOLLIN as u32,
-            u64: token,
-        };
-        // SAFETY: `ev` is a live epoll_event the kernel only reads.
-        let rc = unsafe { libc::epoll_ctl(self.fd, libc::EPOLL_CTL_ADD, fd, &mut ev) };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
-    /// Waits up to `timeout_us` microseconds (0: poll) and appends ready tokens to `out`.
-    pub fn wait(&mut self, timeout_us: u64, out: &mut Vec<u64>) {
-        let ts = libc::timespec {
-            tv_sec: (timeout_us / 1_000_000) as libc::time_t,
-            tv_nsec: ((timeout_us % 1_000_000) * 1000) as libc::c_long,
-        };
-        // SAFETY: the events buffer is owned and its length is passed; `ts` is live; a null
-        // sigmask is allowed.
-        let n = unsafe {
-            libc::epoll_pwait2(
-                self.fd,
-                self.events.as_mut_ptr(),
-                self.events.len() as libc::c_int,
-                &ts,
-                ptr::null(),
-            )
-        };
-        for ev in self.events.iter().take(usize::try_from(n).unwrap_or(0)) {
-            out.push(ev.u64);
-        }
-    }
-}
-
-impl Drop for Poller {
-    fn drop(&mut self) {
-        // SAFETY: we own the epoll fd and close it once.
-        unsafe {
-            libc::close(self.fd);
-        }
-    }
 }
 
 /// Binds a blocking UDP socket to `addr` through wgrelay's socket set-up

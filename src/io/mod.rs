@@ -7,9 +7,11 @@
 //!
 //! Two backends: [`MmsgBackend`] (`poll` + `recvmmsg`/`sendmmsg`, any Linux) and
 //! [`UringBackend`] (io_uring multishot receives into a provided buffer ring; [`uring::probe`]
-//! says whether it can run here). Their shared low-level helpers live in `sys`.
+//! says whether it can run here). Their shared low-level helpers live in `sys`. [`Poller`]
+//! (epoll) is for callers that watch more sockets than a backend's `poll` should scan.
 
 pub mod mmsg;
+pub mod poller;
 #[cfg(test)]
 pub(crate) mod seccomp;
 pub mod socket;
@@ -25,6 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use mmsg::MmsgBackend;
+pub use poller::Poller;
 pub use socket::{
     bind_group, bind_udp, buffer_sizes, enable_gro, enable_pktinfo, probe_gso, SocketOptions,
     GRO_MAX_SEGMENTS, GSO_MAX_SEGMENTS,
