@@ -893,6 +893,7 @@ impl<B: Backend> Shard<B> {
                     destination: to.addr(),
                     contents,
                     segment_size,
+                    source: None,
                 };
                 // `None`: its listener closed (a reload) after the route was decided
                 match socket_of.get(usize::from(to.listener.0)).copied().flatten() {
@@ -969,6 +970,7 @@ mod tests {
                 destination: "127.0.0.1:1".parse().expect("addr"),
                 contents: &bytes,
                 segment_size: None,
+                source: None,
             }));
             assert_eq!(list.as_ptr() as usize, at, "round {round}: same storage");
             spare = recycled(list);

@@ -46,7 +46,8 @@
 use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
-use std::os::fd::{AsRawFd, RawFd};
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -57,9 +58,10 @@ use blake2::{Blake2s256, Blake2sMac, Digest};
 use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 use serde_json::{json, Value};
-use socket2::Socket;
 
-use crate::net::{self, Poller, RecvBatch, SendBatch, SockOpts};
+use wgrelay::io::{Backend, MmsgBackend, RecvBatch};
+
+use crate::net::{self, Poller, SendList, SockOpts};
 use crate::procinfo::{self, Sample};
 use crate::setup::{self, Keys};
 use crate::timers::{
@@ -272,7 +274,8 @@ struct RxReport {
 }
 
 struct Attacker {
-    fd: RawFd,
+    /// The attack socket (a clone of the receiver's), on wgrelay's mmsg backend.
+    net: MmsgBackend,
     to: SocketAddrV4,
     forge: Forge,
     rate: Option<f64>,
@@ -298,7 +301,7 @@ fn thread_cpu_ns() -> u64 {
 }
 
 impl Attacker {
-    fn run(self) -> TxReport {
+    fn run(mut self) -> TxReport {
         if let Some(cpu) = self.cpu {
             if let Err(e) = procinfo::pin(cpu) {
                 eprintln!("attack: pinning the attacker to CPU {cpu}: {e}");
@@ -306,7 +309,7 @@ impl Attacker {
         }
         let cpu0 = thread_cpu_ns();
         let mut rng = Rng::new(self.seed);
-        let mut batch = SendBatch::new();
+        let mut batch = SendList::new();
         let mut rep = TxReport::default();
         let start = Instant::now();
         let end = start + Duration::from_secs_f64(self.seconds);
@@ -357,11 +360,13 @@ impl Attacker {
                     Forge::Replay => pkt = replay,
                 }
                 let src = Ipv4Addr::from(self.base + (k % u64::from(self.span)) as u32);
-                batch.push(self.to, Some(src), 0, INIT_LEN, |d| d.copy_from_slice(&pkt));
+                batch.push(0, self.to, Some(src), 0, INIT_LEN, |d| {
+                    d.copy_from_slice(&pkt)
+                });
                 k += 1;
             }
-            let s = batch.flush(self.fd);
-            rep.sent += s.messages;
+            let s = batch.flush(&mut self.net);
+            rep.sent += s.datagrams;
             rep.failed += s.failed;
             if s.failed > 0 {
                 rep.last_errno = s.last_errno;
@@ -374,31 +379,27 @@ impl Attacker {
     }
 }
 
-fn attack_rx(fd: RawFd, base: u32, span: u32, stop: Arc<AtomicBool>) -> RxReport {
+fn attack_rx(sock: UdpSocket, base: u32, span: u32, stop: Arc<AtomicBool>) -> RxReport {
     let mut rep = RxReport::default();
-    let Ok(mut poller) = Poller::new() else {
-        return rep;
-    };
-    if poller.add(fd, 0).is_err() {
-        return rep;
-    }
-    let mut rx = RecvBatch::new(net::SLOT_PLAIN);
+    let mut net = MmsgBackend::new(vec![sock]);
+    let mut rx = RecvBatch::new();
     let mut answered = vec![0u64; (span as usize).div_ceil(64)];
-    let mut ready = Vec::new();
     // Bounded by the stop flag, which the main thread sets after its bounded run.
     while !stop.load(Ordering::Relaxed) {
-        ready.clear();
-        poller.wait(20_000, &mut ready);
-        if ready.is_empty() {
+        if net.recv(&mut rx, Duration::from_millis(20)).unwrap_or(0) == 0 {
             continue;
         }
-        for _ in 0..64 {
-            let n = rx.recv(fd, false).unwrap_or(0);
-            for i in 0..n {
-                let m = *rx.meta(i);
+        for round in 0..64 {
+            if round > 0 && net.recv_from(0, &mut rx).unwrap_or(0) == 0 {
+                break;
+            }
+            for (m, data) in rx.iter() {
                 let Some(off) = m
-                    .dst
-                    .and_then(|d| u32::from(d).checked_sub(base))
+                    .local
+                    .and_then(|d| match d {
+                        IpAddr::V4(d) => u32::from(d).checked_sub(base),
+                        IpAddr::V6(_) => None,
+                    })
                     .filter(|&o| o < span)
                 else {
                     rep.other += 1;
@@ -406,7 +407,7 @@ fn attack_rx(fd: RawFd, base: u32, span: u32, stop: Arc<AtomicBool>) -> RxReport
                 };
                 rep.datagrams += 1;
                 rep.bytes += m.len as u64;
-                let ty = rx.data(i).first().copied().unwrap_or(0);
+                let ty = data.first().copied().unwrap_or(0);
                 rep.by_type[usize::from(ty).min(4)] += 1;
                 let w = &mut answered[(off / 64) as usize];
                 if *w & (1 << (off % 64)) == 0 {
@@ -414,7 +415,7 @@ fn attack_rx(fd: RawFd, base: u32, span: u32, stop: Arc<AtomicBool>) -> RxReport
                     rep.sources_answered += 1;
                 }
             }
-            if n < net::BATCH {
+            if rx.messages() < net::BATCH {
                 break;
             }
         }
@@ -425,8 +426,10 @@ fn attack_rx(fd: RawFd, base: u32, span: u32, stop: Arc<AtomicBool>) -> RxReport
 /// One legit peer with its socket and what it saw.
 struct Side {
     peer: WgPeer,
-    sock: Socket,
-    batch: SendBatch,
+    /// Its listener in the pair's backend (side `k` is listener `k`) and its address.
+    listener: usize,
+    local: SocketAddrV4,
+    batch: SendList,
     /// Where it sends (None: a server that has not been contacted yet).
     to: Option<SocketAddrV4>,
     /// `to` follows the source of accepted packets (a server answering its clients).
@@ -455,8 +458,8 @@ struct Side {
 const MAX_SEQ: u64 = 1 << 22;
 
 impl Side {
-    fn flush(&mut self) -> (u64, i32) {
-        let s = self.batch.flush(self.sock.as_raw_fd());
+    fn flush(&mut self, net: &mut MmsgBackend) -> (u64, i32) {
+        let s = self.batch.flush(net);
         (s.failed, s.last_errno)
     }
 }
@@ -508,14 +511,13 @@ pub fn execute(cfg: &AttackConfig) -> Result<Value, String> {
     }
     let opts = SockOpts {
         pktinfo: false,
-        gro: false,
         loopback_only: false,
         buffer: cfg.buffer,
     };
-    let sa = net::bind(SocketAddrV4::new(A_ADDR, 0), opts).map_err(|e| e.to_string())?;
-    let sb = net::bind(cfg.b_addr, opts).map_err(|e| e.to_string())?;
-    let b_addr = net::local_v4(&sb).map_err(|e| e.to_string())?;
-    let sx = net::bind(
+    let sa = net::bind_udp(SocketAddrV4::new(A_ADDR, 0), opts).map_err(|e| e.to_string())?;
+    let sb = net::bind_udp(cfg.b_addr, opts).map_err(|e| e.to_string())?;
+    let b_addr = net::local_addr_v4(&sb).map_err(|e| e.to_string())?;
+    let sx = net::bind_udp(
         SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
         SockOpts {
             pktinfo: true,
@@ -542,10 +544,10 @@ pub fn execute(cfg: &AttackConfig) -> Result<Value, String> {
 fn drive(
     cfg: &AttackConfig,
     keys: &[Keys],
-    sa: Socket,
-    sb: Socket,
+    sa: UdpSocket,
+    sb: UdpSocket,
     b_addr: SocketAddrV4,
-    sx: &Socket,
+    sx: &UdpSocket,
     base: u32,
     span: u32,
     relay: &RelayProc,
@@ -560,10 +562,12 @@ fn drive(
     let attack_to = cfg.attack_to.unwrap_or(a_to);
     let b_learns = cfg.target != Target::Exchange;
     let interval = Duration::from_secs_f64(1.0 / cfg.pps.clamp(1.0, 100_000.0));
-    let mk = |k: usize, sock: Socket, to: Option<SocketAddrV4>, learns: bool| Side {
+    let a_addr = net::local_addr_v4(&sa).map_err(|e| e.to_string())?;
+    let mk = |k: usize, local: SocketAddrV4, to: Option<SocketAddrV4>, learns: bool| Side {
         peer: WgPeer::new(&keys[k], keys[k ^ 1].public, cfg.handshake_limit, t0),
-        sock,
-        batch: SendBatch::new(),
+        listener: k,
+        local,
+        batch: SendList::new(),
         to,
         learns,
         c: PeerCounters::default(),
@@ -582,13 +586,15 @@ fn drive(
         recovered_at: None,
     };
     let mut sides = [
-        mk(0, sa, Some(a_to), false),
-        mk(1, sb, (!b_learns).then_some(cfg.relay), b_learns),
+        mk(0, a_addr, Some(a_to), false),
+        mk(1, b_addr, (!b_learns).then_some(cfg.relay), b_learns),
     ];
+    // The legit pair's two sockets on wgrelay's mmsg backend: A is listener 0, B listener 1.
+    let mut legit = MmsgBackend::new(vec![sa, sb]);
     let poller = Poller::new().map_err(|e| e.to_string())?;
-    for (i, s) in sides.iter().enumerate() {
+    for (i, s) in legit.sockets().iter().enumerate() {
         poller
-            .add(s.sock.as_raw_fd(), i as u64)
+            .add(s.as_raw_fd(), i as u64)
             .map_err(|e| e.to_string())?;
     }
     let mut poller = poller;
@@ -596,13 +602,13 @@ fn drive(
     let mut gen = 0u32;
     let replay = Arc::new(Mutex::new([0u8; INIT_LEN]));
     let mut buf = vec![0u8; 2048];
-    let mut rb = RecvBatch::new(net::SLOT_PLAIN);
+    let mut rb = RecvBatch::new();
     let mut ready = Vec::new();
     let mut send_failed = 0u64;
     let mut last_errno = 0;
 
     // Sends `pkt` from side `k` (recording what it is for the third-party count).
-    fn out(side: &mut Side, pkt: &[u8]) {
+    fn out(side: &mut Side, net: &mut MmsgBackend, pkt: &[u8]) {
         match (pkt.first().copied(), pkt.len()) {
             (Some(1), INIT_LEN) => {
                 if let Some(m) = mac1_of(pkt, MAC1_AT) {
@@ -622,11 +628,11 @@ fn drive(
             return;
         };
         if side.batch.is_full() {
-            let fd = side.sock.as_raw_fd();
-            side.batch.flush(fd);
+            side.batch.flush(net);
         }
-        side.batch
-            .push(to, None, 0, pkt.len(), |d| d.copy_from_slice(pkt));
+        side.batch.push(side.listener, to, None, 0, pkt.len(), |d| {
+            d.copy_from_slice(pkt)
+        });
     }
 
     let come_up = |k: usize,
@@ -664,7 +670,7 @@ fn drive(
             (k == 0 || !b_learns).then_some(Start::ComeUp),
         );
         for p in pend {
-            out(side, &p);
+            out(side, &mut legit, &p);
         }
     }
 
@@ -736,13 +742,16 @@ fn drive(
         for &tok in &ready {
             let k = tok as usize & 1;
             for _ in 0..64 {
-                let n = rb.recv(sides[k].sock.as_raw_fd(), false).unwrap_or(0);
+                let n = legit.recv_from(k, &mut rb).unwrap_or(0);
                 for i in 0..n {
-                    let m = *rb.meta(i);
+                    let m = rb.meta(i);
+                    let SocketAddr::V4(from) = m.addr else {
+                        continue;
+                    };
                     if m.truncated {
                         continue;
                     }
-                    let data = rb.data(i);
+                    let data = rb.datagram(i);
                     let now = Instant::now();
                     // Third-party copies, judged against what the partner really sent.
                     let (partner, me) = if k == 0 {
@@ -773,7 +782,7 @@ fn drive(
                         _ => {}
                     }
                     let side = me;
-                    let src = IpAddr::V4(*m.from.ip());
+                    let src = IpAddr::V4(*from.ip());
                     let mut pending: Vec<Vec<u8>> = Vec::new();
                     let mut got: Option<u64> = None;
                     let r = {
@@ -796,7 +805,7 @@ fn drive(
                         )
                     };
                     if !r.rejected && side.learns {
-                        side.to = Some(m.from);
+                        side.to = Some(from);
                     }
                     if r.completed && forced_at.is_some_and(|f| now >= f) && handshake_at.is_none()
                     {
@@ -819,10 +828,10 @@ fn drive(
                         }
                     }
                     for p in pending {
-                        out(side, &p);
+                        out(side, &mut legit, &p);
                     }
                 }
-                if n < net::BATCH {
+                if rb.messages() < net::BATCH {
                     break;
                 }
             }
@@ -863,11 +872,16 @@ fn drive(
                 }
                 s_attack = relay.sample();
                 rss_before = s_attack.map(|s| s.rss);
-                let fd = sx.as_raw_fd();
+                let (rx_sock, tx_sock) = match (sx.try_clone(), sx.try_clone()) {
+                    (Ok(r), Ok(t)) => (r, t),
+                    (Err(e), _) | (_, Err(e)) => return Err(format!("attack socket: {e}")),
+                };
                 let st = Arc::clone(&stop);
-                rx_thread = Some(std::thread::spawn(move || attack_rx(fd, base, span, st)));
+                rx_thread = Some(std::thread::spawn(move || {
+                    attack_rx(rx_sock, base, span, st)
+                }));
                 let att = Attacker {
-                    fd,
+                    net: MmsgBackend::new(vec![tx_sock]),
                     to: attack_to,
                     forge: cfg.forge,
                     rate: cfg.rate,
@@ -916,7 +930,7 @@ fn drive(
                             (k == 0 || !b_learns).then_some(Start::ComeUp),
                         );
                         for p in pend {
-                            out(side, &p);
+                            out(side, &mut legit, &p);
                         }
                     }
                 }
@@ -943,7 +957,7 @@ fn drive(
                     Rehandshake::Off => {}
                 }
                 for p in pending {
-                    out(&mut sides[0], &p);
+                    out(&mut sides[0], &mut legit, &p);
                 }
             }
             let attack_len = Duration::from_secs_f64(cfg.seconds.clamp(0.1, 600.0));
@@ -987,7 +1001,7 @@ fn drive(
                         pending.push(p.to_vec())
                     });
                     for p in pending {
-                        out(side, &p);
+                        out(side, &mut legit, &p);
                     }
                 }
             }
@@ -1000,13 +1014,13 @@ fn drive(
                         pending.push(p.to_vec())
                     });
                     for p in pending {
-                        out(side, &p);
+                        out(side, &mut legit, &p);
                     }
                 }
             }
         }
         for s in sides.iter_mut() {
-            let (f, e) = s.flush();
+            let (f, e) = s.flush(&mut legit);
             send_failed += f;
             if f > 0 {
                 last_errno = e;
@@ -1094,11 +1108,7 @@ fn drive(
     let third_party = sides[0].third_party_inits + sides[1].third_party_inits;
     let legit_drops: Vec<Option<u64>> = sides
         .iter()
-        .map(|s| {
-            net::local_v4(&s.sock)
-                .ok()
-                .and_then(|a| procinfo::udp_drops(a.port()))
-        })
+        .map(|s| procinfo::udp_drops(s.local.port()))
         .collect();
     let mut v = json!({
         "mode": "attack",
@@ -1109,7 +1119,7 @@ fn drive(
         "relay": cfg.relay.to_string(),
         "relay_pid": relay.pid,
         "note": cfg.note,
-        "a_addr": sides[0].sock.local_addr().ok().and_then(|a| a.as_socket_ipv4()).map(|a| a.to_string()),
+        "a_addr": Some(sides[0].local.to_string()),
         "b_addr": b_addr.to_string(),
         "a_sends_to": a_to.to_string(),
         "attack_to": attack_to.to_string(),
@@ -1162,7 +1172,7 @@ fn drive(
                 "cookie_reply": rxr.by_type[3], "transport_or_other": rxr.by_type[4] + rxr.by_type[0],
             },
             "received_elsewhere": rxr.other,
-            "rx_drops": net::local_v4(sx).ok().and_then(|a| procinfo::udp_drops(a.port())),
+            "rx_drops": net::local_addr_v4(sx).ok().and_then(|a| procinfo::udp_drops(a.port())),
             "sources_answered": rxr.sources_answered,
             "ratio_bytes_out_in": ratio(rxr.bytes, txr.bytes),
             "ratio_datagrams_out_in": ratio(rxr.datagrams, txr.sent),

@@ -1,19 +1,21 @@
 //! The generator's send and receive paths over a [`Topology`]: batched sends to the relay
-//! from any peer, and receives demultiplexed to peers (GRO runs split into datagrams).
+//! from any peer, and receives demultiplexed to peers (GRO runs split into datagrams), both
+//! through the topology's `wgrelay::io` backend.
 
-use std::net::SocketAddrV4;
-use std::os::fd::{AsRawFd, RawFd};
+use std::net::{IpAddr, SocketAddrV4};
+use std::os::fd::AsRawFd;
 
-use crate::net::{self, Poller, RecvBatch, SendBatch};
+use wgrelay::io::RecvBatch;
+
+use crate::net::{self, Poller, SendList};
 use crate::topo::Topology;
 
-/// Sends from peers to the relay, batched per socket.
+/// Sends from peers to the relay, batched.
 pub struct Tx {
     pub relay: SocketAddrV4,
-    batch: SendBatch,
-    fd: RawFd,
-    /// Messages the kernel took / refused.
-    pub messages: u64,
+    list: SendList,
+    /// Datagrams the kernel took / refused.
+    pub sent: u64,
     pub failed: u64,
     pub last_errno: i32,
 }
@@ -22,16 +24,15 @@ impl Tx {
     pub fn new(relay: SocketAddrV4) -> Self {
         Tx {
             relay,
-            batch: SendBatch::new(),
-            fd: -1,
-            messages: 0,
+            list: SendList::new(),
+            sent: 0,
             failed: 0,
             last_errno: 0,
         }
     }
 
     /// Queues `len` bytes (a GSO run of `segment`-byte datagrams when 0 < segment < len) from
-    /// `peer` to the relay; flushes first when the batch is full or belongs to another socket.
+    /// `peer` to the relay; flushes first when the batch is full.
     pub fn send(
         &mut self,
         topo: &Topology,
@@ -40,25 +41,25 @@ impl Tx {
         len: usize,
         fill: impl FnOnce(&mut [u8]),
     ) {
-        let fd = topo.fd_of(peer);
-        if self.batch.is_full() || (fd != self.fd && !self.batch.is_empty()) {
-            self.flush();
+        if self.list.is_full() {
+            self.flush(topo);
         }
-        self.fd = fd;
-        self.batch
-            .push(self.relay, topo.peers[peer].1, segment, len, fill);
+        let (listener, src) = topo.peers[peer];
+        self.list
+            .push(listener as usize, self.relay, src, segment, len, fill);
     }
 
     pub fn pending(&self) -> usize {
-        self.batch.len()
+        self.list.len()
     }
 
-    pub fn flush(&mut self) {
-        if self.batch.is_empty() {
+    /// Sends what is queued through `topo`'s sockets.
+    pub fn flush(&mut self, topo: &Topology) {
+        if self.list.is_empty() {
             return;
         }
-        let s = self.batch.flush(self.fd);
-        self.messages += s.messages;
+        let s = self.list.flush(&mut topo.net.borrow_mut());
+        self.sent += s.datagrams;
         self.failed += s.failed;
         if s.failed > 0 {
             self.last_errno = s.last_errno;
@@ -83,13 +84,13 @@ pub struct Rx {
 impl Rx {
     /// # Errors
     /// epoll setup failed.
-    pub fn new(topo: &Topology, gro: bool) -> std::io::Result<Self> {
+    pub fn new(topo: &Topology, _gro: bool) -> std::io::Result<Self> {
         let poller = Poller::new()?;
-        for (i, s) in topo.sockets.iter().enumerate() {
+        for (i, s) in topo.net.borrow().sockets().iter().enumerate() {
             poller.add(s.as_raw_fd(), i as u64)?;
         }
         Ok(Rx {
-            batch: RecvBatch::new(if gro { net::SLOT_GRO } else { net::SLOT_PLAIN }),
+            batch: RecvBatch::new(),
             poller,
             ready: Vec::new(),
             stray: 0,
@@ -111,7 +112,7 @@ impl Rx {
         mut f: impl FnMut(usize, &[u8], u64),
     ) -> usize {
         self.ready.clear();
-        if topo.sockets.len() == 1 && timeout_us == 0 {
+        if topo.sockets == 1 && timeout_us == 0 {
             // One socket: skip epoll and just try.
             self.ready.push(0);
         } else {
@@ -120,37 +121,40 @@ impl Rx {
         let mut count = 0;
         for r in 0..self.ready.len() {
             let sock = self.ready[r] as usize;
-            let Some(s) = topo.sockets.get(sock) else {
+            if sock >= topo.sockets {
                 continue;
-            };
-            let fd = s.as_raw_fd();
+            }
             for _ in 0..rounds {
-                let n = match self.batch.recv(fd, false) {
-                    Ok(n) => n,
-                    Err(_) => {
-                        self.errors += 1;
-                        0
-                    }
-                };
-                if n == 0 {
+                let got = topo.net.borrow_mut().recv_from(sock, &mut self.batch);
+                if got.is_err() {
+                    self.errors += 1;
+                }
+                let batch = &self.batch;
+                if got.is_err() || batch.is_empty() {
                     break;
                 }
                 let now = clock();
-                for i in 0..n {
-                    let m = *self.batch.meta(i);
-                    let Some(peer) = topo.demux(sock, m.dst).filter(|_| !m.truncated) else {
+                for m in 0..batch.messages() {
+                    let (_, _, datagrams) = batch.message(m);
+                    let dst = match batch.meta(datagrams.start).local {
+                        Some(IpAddr::V4(ip)) => Some(ip),
+                        _ => None,
+                    };
+                    let Some(peer) = topo
+                        .demux(sock, dst)
+                        .filter(|_| !datagrams.clone().any(|i| batch.truncated(i)))
+                    else {
                         self.stray += 1;
                         continue;
                     };
-                    let data = self.batch.data(i);
                     self.messages += 1;
-                    for seg in data.chunks(m.stride.max(1)) {
-                        f(peer, seg, now);
+                    for i in datagrams {
+                        f(peer, batch.datagram(i), now);
                         count += 1;
                         self.datagrams += 1;
                     }
                 }
-                if n < net::BATCH {
+                if batch.messages() < net::BATCH {
                     break;
                 }
             }

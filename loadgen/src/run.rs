@@ -127,8 +127,15 @@ fn drive(cfg: &RunConfig, pid: Option<u32>) -> Result<Value, String> {
             }
         }
     };
-    let topo = Topology::new(peers, cfg.addr, pktinfo_ok, cfg.gro, cfg.buffer)
-        .map_err(|e| e.to_string())?;
+    let topo = Topology::new(
+        peers,
+        cfg.addr,
+        pktinfo_ok,
+        cfg.gso > 1,
+        cfg.gro,
+        cfg.buffer,
+    )
+    .map_err(|e| e.to_string())?;
     let mut tx = Tx::new(cfg.relay);
     let mut rx = Rx::new(&topo, cfg.gro).map_err(|e| e.to_string())?;
     let sample = |what: &str| -> Option<procinfo::Sample> {

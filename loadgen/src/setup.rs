@@ -200,7 +200,7 @@ pub fn run(
             sessions[s].deadline = now + opts.timeout;
             in_flight.push_back(s);
         }
-        tx.flush();
+        tx.flush(topo);
 
         // receive
         let mut ready_now: Vec<(usize, Indices)> = Vec::new();
@@ -271,7 +271,7 @@ pub fn run(
             peers[2 * s] = PeerState::default();
             peers[2 * s + 1] = PeerState::default();
         }
-        tx.flush();
+        tx.flush(topo);
 
         // timers: cookies, retries, failures
         let now = Instant::now();
@@ -311,7 +311,7 @@ pub fn run(
             }
             in_flight = keep;
             // Let boringtun reset its own per-peer rate limiters once in a while.
-            tx.flush();
+            tx.flush(topo);
         }
         if opts.progress && now >= next_progress {
             next_progress = now + Duration::from_secs(1);

@@ -989,7 +989,7 @@ fn drive(
                 }
             },
         );
-        tx.flush();
+        tx.flush(topo);
 
         // Come-ups that are due, a few per round so that receiving goes on meanwhile: each
         // costs the generator a `Tunn` and an initiation (~0.4 ms of x25519), and with
@@ -1017,7 +1017,7 @@ fn drive(
                 all_up_at = Some(now);
             }
         }
-        tx.flush();
+        tx.flush(topo);
 
         let now = Instant::now();
         // boringtun's timers (and flaps), every 5 ms; a sweep stops after SWEEP_BUDGET of work
@@ -1077,7 +1077,7 @@ fn drive(
                 p += 1;
             }
             sweep_at = (p < 2 * n).then_some(p);
-            tx.flush();
+            tx.flush(topo);
         }
         if now >= next_progress {
             next_progress = now + Duration::from_secs(1);

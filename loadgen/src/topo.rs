@@ -8,14 +8,14 @@
 //! - `distinct` without it (`--no-pktinfo`): one socket per peer bound to its own 127.x.y.z.
 //! - `shared`: one socket per peer on 127.0.0.1, distinct ports.
 
+use std::cell::RefCell;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::fd::{AsRawFd, RawFd};
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::time::{Duration, Instant};
 
-use socket2::Socket;
+use wgrelay::io::{Backend, MmsgBackend, Offload, RecvBatch};
 
-use crate::net::{self, RecvBatch, SendBatch, SockOpts};
+use crate::net::{self, SendList, SockOpts};
 
 /// First address of the peers' block (127.64.0.0/10 holds 4M peers).
 pub const PEER_BASE: u32 = 0x7F40_0000;
@@ -39,7 +39,11 @@ pub enum AddrMode {
 
 /// The peers' sockets and addresses.
 pub struct Topology {
-    pub sockets: Vec<Socket>,
+    /// The sockets (listener `i` is socket `i`) on wgrelay's mmsg backend, which both the
+    /// send path and the receive path use, one after the other (hence the cell).
+    pub net: RefCell<MmsgBackend>,
+    /// How many sockets.
+    pub sockets: usize,
     /// Per peer: socket index and, with pktinfo, the source address to set.
     pub peers: Vec<(u32, Option<Ipv4Addr>)>,
     /// Per peer: the address the relay sees.
@@ -48,7 +52,8 @@ pub struct Topology {
 }
 
 impl Topology {
-    /// Binds the sockets for `n` peers.
+    /// Binds the sockets for `n` peers. `gso`: sends may carry GSO runs (otherwise every
+    /// datagram is a message of its own, as with `--gso 1`); `gro`: receive with UDP GRO.
     ///
     /// # Errors
     /// A bind failed (e.g. too many open files without pktinfo).
@@ -56,17 +61,18 @@ impl Topology {
         n: usize,
         mode: AddrMode,
         pktinfo: bool,
+        gso: bool,
         gro: bool,
         buffer: usize,
     ) -> io::Result<Self> {
         let opts = SockOpts {
             pktinfo: false,
-            gro,
             loopback_only: false,
             buffer,
         };
+        let offload = Offload { gso, gro };
         if mode == AddrMode::Distinct && pktinfo {
-            let s = net::bind(
+            let s = net::bind_udp(
                 SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
                 SockOpts {
                     pktinfo: true,
@@ -74,9 +80,10 @@ impl Topology {
                     ..opts
                 },
             )?;
-            let port = net::local_v4(&s)?.port();
+            let port = net::local_addr_v4(&s)?.port();
             return Ok(Topology {
-                sockets: vec![s],
+                net: RefCell::new(MmsgBackend::with_offload(vec![s], offload)),
+                sockets: 1,
                 peers: (0..n).map(|k| (0, Some(peer_ip(k)))).collect(),
                 addrs: (0..n)
                     .map(|k| SocketAddrV4::new(peer_ip(k), port))
@@ -92,12 +99,13 @@ impl Topology {
                 AddrMode::Distinct => peer_ip(k),
                 AddrMode::Shared => Ipv4Addr::LOCALHOST,
             };
-            let s = net::bind(SocketAddrV4::new(ip, 0), opts)?;
-            addrs.push(net::local_v4(&s)?);
+            let s = net::bind_udp(SocketAddrV4::new(ip, 0), opts)?;
+            addrs.push(net::local_addr_v4(&s)?);
             sockets.push(s);
         }
         Ok(Topology {
-            sockets,
+            sockets: sockets.len(),
+            net: RefCell::new(MmsgBackend::with_offload(sockets, offload)),
             peers: (0..n).map(|k| (k as u32, None)).collect(),
             addrs,
             pktinfo: false,
@@ -111,28 +119,24 @@ impl Topology {
     /// # Errors
     /// The bind failed (e.g. the port is taken).
     pub fn distinct_on_port(n: usize, port: u16, buffer: usize) -> io::Result<Self> {
-        let s = net::bind(
+        let s = net::bind_udp(
             SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port),
             SockOpts {
                 pktinfo: true,
-                gro: false,
                 loopback_only: true,
                 buffer,
             },
         )?;
-        let port = net::local_v4(&s)?.port();
+        let port = net::local_addr_v4(&s)?.port();
         Ok(Topology {
-            sockets: vec![s],
+            net: RefCell::new(MmsgBackend::with_offload(vec![s], Offload::OFF)),
+            sockets: 1,
             peers: (0..n).map(|k| (0, Some(peer_ip(k)))).collect(),
             addrs: (0..n)
                 .map(|k| SocketAddrV4::new(peer_ip(k), port))
                 .collect(),
             pktinfo: true,
         })
-    }
-
-    pub fn fd_of(&self, peer: usize) -> RawFd {
-        self.sockets[self.peers[peer].0 as usize].as_raw_fd()
     }
 
     /// The peer a datagram received on socket `sock` (destination `dst`) is for.
@@ -167,39 +171,39 @@ pub fn raise_fd_limit(want: u64) {
 /// # Errors
 /// Says what did not work; callers fall back to one socket per peer.
 pub fn probe_pktinfo() -> io::Result<()> {
-    let s = net::bind(
+    let s: UdpSocket = net::bind_udp(
         SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
         SockOpts {
             pktinfo: true,
-            gro: false,
             loopback_only: true,
             buffer: 0,
         },
     )?;
-    let port = net::local_v4(&s)?.port();
+    let port = net::local_addr_v4(&s)?.port();
+    let mut backend = MmsgBackend::new(vec![s]);
     let (a, b) = (peer_ip(0), peer_ip(1));
-    let mut tx = SendBatch::new();
-    tx.push(SocketAddrV4::new(b, port), Some(a), 0, 5, |d| {
+    let mut tx = SendList::new();
+    tx.push(0, SocketAddrV4::new(b, port), Some(a), 0, 5, |d| {
         d.copy_from_slice(b"probe")
     });
-    let sent = tx.flush(s.as_raw_fd());
-    if sent.messages != 1 {
+    let sent = tx.flush(&mut backend);
+    if sent.datagrams != 1 {
         return Err(io::Error::from_raw_os_error(sent.last_errno));
     }
-    let mut rx = RecvBatch::new(net::SLOT_PLAIN);
+    let mut rx = RecvBatch::new();
     let deadline = Instant::now() + Duration::from_secs(1);
     while Instant::now() < deadline {
-        if rx.recv(s.as_raw_fd(), false)? > 0 {
-            let m = *rx.meta(0);
-            if m.from != SocketAddrV4::new(a, port) || m.dst != Some(b) || rx.data(0) != b"probe" {
+        if backend.recv(&mut rx, Duration::from_millis(10))? > 0 {
+            let m = rx.meta(0);
+            let from = std::net::SocketAddr::V4(SocketAddrV4::new(a, port));
+            if m.addr != from || m.local != Some(IpAddr::V4(b)) || rx.datagram(0) != b"probe" {
                 return Err(io::Error::other(format!(
                     "pktinfo probe: got from {} to {:?}, want from {a}:{port} to {b}",
-                    m.from, m.dst
+                    m.addr, m.local
                 )));
             }
             return Ok(());
         }
-        std::thread::sleep(Duration::from_millis(1));
     }
     Err(io::Error::new(
         io::ErrorKind::TimedOut,

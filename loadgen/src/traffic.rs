@@ -193,7 +193,7 @@ pub fn run(
                 },
             );
         }
-        tx.flush();
+        tx.flush(topo);
         // receive; sleep until the next unit is due when there is nothing to do
         let wait_us = match ns_per_unit {
             Some(ns) if budget > 0 => {

@@ -23,9 +23,9 @@ use std::time::Duration;
 
 use super::socket::GSO_MAX_SEGMENTS;
 use super::sys::{
-    gro_stride, gso_group, link_header, rxq_ovfl, sockaddr_to_std, split_unsendable, stage_message,
-    warn_truncated_run, warn_unusable_source, zeroed_slice, CmsgBuf, Listeners, RateLimit, RecvRun,
-    CMSG_BUF_LEN, GRO_BUF_LEN,
+    gso_group, link_header, sockaddr_to_std, split_unsendable, stage_message, warn_truncated_run,
+    warn_unusable_source, warn_unusable_source_address, zeroed_slice, CmsgBuf, Listeners,
+    RateLimit, RecvControl, RecvRun, CMSG_BUF_LEN, GRO_BUF_LEN,
 };
 use super::{recycled, Backend, Capabilities, Offload, RecvBatch, SendStats, Transmit};
 use super::{BATCH_SIZE, MAX_DATAGRAM_LEN};
@@ -67,6 +67,8 @@ pub struct MmsgBackend {
 
     send_warn: RateLimit,
     recv_warn: RateLimit,
+    /// errno of the last datagrams a send dropped (see [`MmsgBackend::last_send_errno`]).
+    last_send_errno: Option<i32>,
 
     /// Test hook: the next GSO message fails with this errno without reaching the kernel.
     #[cfg(test)]
@@ -140,6 +142,7 @@ impl MmsgBackend {
             split: Vec::new(),
             send_warn: RateLimit::default(),
             recv_warn: RateLimit::default(),
+            last_send_errno: None,
             #[cfg(test)]
             fail_next_gso: None,
             #[cfg(test)]
@@ -157,6 +160,33 @@ impl MmsgBackend {
     /// datagrams queued after a drop, so it lags until the next datagram is received.
     pub fn kernel_drops(&self) -> u64 {
         self.listeners.kernel_drops()
+    }
+
+    /// Receives what is waiting on listener `listener` alone into `batch` (cleared first),
+    /// without waiting: for a caller that knows which socket is readable (its own readiness
+    /// loop over many sockets, where `recv`'s `poll` of every one would cost too much), or that
+    /// just tries. Returns how many datagrams, 0 when nothing was waiting (or no such
+    /// listener). Same receive path and errors as [`Backend::recv`].
+    ///
+    /// # Errors
+    /// The socket is unusable (EBADF, ENOTSOCK, EFAULT, EINVAL from recvmmsg).
+    pub fn recv_from(&mut self, listener: usize, batch: &mut RecvBatch) -> io::Result<usize> {
+        batch.clear();
+        if listener >= self.listeners.sockets.len() {
+            return Ok(0);
+        }
+        if self.any_gro {
+            batch.reserve_slots(GRO_BUF_LEN);
+        }
+        self.recv_socket(listener, batch)?;
+        Ok(batch.len())
+    }
+
+    /// The errno of the last datagrams a send dropped (the kernel's refusal, or EAFNOSUPPORT
+    /// for a source address the socket cannot send from), `None` before any: what
+    /// [`SendStats::failed`] counted, for a caller that reports why.
+    pub fn last_send_errno(&self) -> Option<i32> {
+        self.last_send_errno
     }
 
     /// Receives from listener `idx` into the free slots of `batch`, each message (a datagram,
@@ -240,8 +270,8 @@ impl MmsgBackend {
             // The kernel wrote `msg_controllen` bytes (at most the CMSG_BUF_LEN it was given).
             #[allow(clippy::unnecessary_cast)] // usize on glibc, socklen_t on musl
             let ctrl_len = (hdr.msg_hdr.msg_controllen as usize).min(CMSG_BUF_LEN);
-            let control = &self.recv_ctrl[k].0[..ctrl_len];
-            if let Some(d) = rxq_ovfl(control) {
+            let control = RecvControl::parse(&self.recv_ctrl[k].0[..ctrl_len]);
+            if let Some(d) = control.rxq_ovfl {
                 self.listeners.drops[idx] = d;
             }
             let Some(addr) = sockaddr_to_std(&self.recv_names[k], namelen) else {
@@ -251,12 +281,9 @@ impl MmsgBackend {
             let len = (hdr.msg_len as usize).min(room);
             let run = RecvRun {
                 addr,
+                local: control.local_for(&addr),
                 len,
-                stride: if gro {
-                    gro_stride(control, len)
-                } else {
-                    len.max(1)
-                },
+                stride: if gro { control.stride(len) } else { len.max(1) },
                 truncated,
             };
             if run.is_coalesced() && run.truncated {
@@ -325,14 +352,28 @@ impl MmsgBackend {
         let (mut msgs, mut iov, mut i) = (0, 0, from);
         while i < run.len() && msgs < BATCH_SIZE {
             let (count, segment) = gso_group(&run[i..], max_segments);
-            let (namelen, ctrl_len, iovs) = stage_message(
-                &run[i..i + count],
+            let group = &run[i..i + count];
+            let Some((namelen, ctrl_len, iovs)) = stage_message(
+                group,
                 family,
                 segment,
                 &mut self.send_names[msgs],
                 &mut self.send_iovs[iov..iov + count],
                 &mut self.send_ctrl[msgs],
-            );
+            ) else {
+                let datagrams = group.iter().map(Transmit::datagrams).sum();
+                stats.failed += datagrams as u64;
+                self.last_send_errno = Some(libc::EAFNOSUPPORT);
+                warn_unusable_source_address(
+                    &mut self.send_warn,
+                    listener,
+                    run[i].source,
+                    run[i].destination,
+                    datagrams,
+                );
+                i += count;
+                continue;
+            };
             let h = &mut self.send_hdrs[msgs];
             h.msg_hdr.msg_namelen = namelen;
             h.msg_hdr.msg_controllen = ctrl_len as _;
@@ -381,6 +422,7 @@ impl MmsgBackend {
                         return g.first;
                     }
                     stats.failed += g.datagrams as u64;
+                    self.last_send_errno = err.raw_os_error();
                     if let Some(suppressed) = self.send_warn.allow() {
                         log::warn!(
                             "send via listener {listener} to {} failed: {err} ({} datagrams; \

@@ -7,9 +7,11 @@
 //!
 //! Two backends: [`MmsgBackend`] (`poll` + `recvmmsg`/`sendmmsg`, any Linux) and
 //! [`UringBackend`] (io_uring multishot receives into a provided buffer ring; [`uring::probe`]
-//! says whether it can run here). Their shared low-level helpers live in `sys`.
+//! says whether it can run here). Their shared low-level helpers live in `sys`. [`Poller`]
+//! (epoll) is for callers that watch more sockets than a backend's `poll` should scan.
 
 pub mod mmsg;
+pub mod poller;
 #[cfg(test)]
 pub(crate) mod seccomp;
 pub mod socket;
@@ -19,15 +21,16 @@ mod sys;
 mod testkit;
 pub mod uring;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ptr::NonNull;
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use mmsg::MmsgBackend;
+pub use poller::Poller;
 pub use socket::{
-    bind_group, bind_udp, buffer_sizes, enable_gro, probe_gso, SocketOptions, GRO_MAX_SEGMENTS,
-    GSO_MAX_SEGMENTS,
+    bind_group, bind_udp, buffer_sizes, enable_gro, enable_pktinfo, probe_gso, SocketOptions,
+    GRO_MAX_SEGMENTS, GSO_MAX_SEGMENTS,
 };
 pub use uring::UringBackend;
 
@@ -50,6 +53,11 @@ pub struct RecvMeta {
     /// Source address. On a dual-stack IPv6 socket an IPv4 peer shows up v4-mapped
     /// (`::ffff:a.b.c.d`); replies through the same listener accept it unchanged.
     pub addr: SocketAddr,
+    /// Local address: the address the datagram was sent to (IP_PKTINFO / IPV6_PKTINFO), so a
+    /// socket bound to a wildcard address can tell which of its addresses a peer used. Only
+    /// where the socket asked for it ([`SocketOptions::pktinfo`], [`enable_pktinfo`]), else
+    /// `None`. In the form of `addr`: v4-mapped on a dual-stack socket when `addr` is.
+    pub local: Option<IpAddr>,
     /// Bytes of the datagram held (at most [`MAX_DATAGRAM_LEN`], or a GRO segment's size).
     pub len: usize,
     /// The datagram was longer than its receive buffer; only the first `len` bytes were kept.
@@ -62,6 +70,7 @@ pub struct RecvMeta {
 struct Record {
     listener: usize,
     addr: SocketAddr,
+    local: Option<IpAddr>,
     /// Its datagrams are `first..first + count` of the batch.
     first: u32,
     count: u32,
@@ -190,6 +199,7 @@ impl RecvBatch {
         RecvMeta {
             listener: r.listener,
             addr: r.addr,
+            local: r.local,
             len: s.len as usize,
             truncated: self.truncated(i),
         }
@@ -327,7 +337,7 @@ impl RecvBatch {
     }
 
     /// Records arena slot `slot` as a message of `len` bytes (`stride` apart, see
-    /// [`gro_stride`](sys::gro_stride)) from `addr` on `listener`. The caller wrote the bytes.
+    /// [`RecvControl::stride`](sys::RecvControl::stride)) from `addr` on `listener`. The caller wrote the bytes.
     fn push_slot(&mut self, slot: usize, run: sys::RecvRun, listener: usize) {
         debug_assert!(slot < self.slots_used && run.len <= self.slot_len);
         let len = run.len.min(self.slot_len);
@@ -390,6 +400,7 @@ impl RecvBatch {
         self.records.push(Record {
             listener,
             addr: run.addr,
+            local: run.local,
             first,
             count: self.segments.len() as u32 - first,
             len,
@@ -434,6 +445,12 @@ pub struct Transmit<'a> {
     /// received GRO run passed on whole). The backend sends them as one GSO message where the
     /// listener can, else one by one. `None`, or `s` not shorter than `contents`: one datagram.
     pub segment_size: Option<usize>,
+    /// `Some(ip)`: send from this local address (an IP_PKTINFO / IPV6_PKTINFO control message,
+    /// beside UDP_SEGMENT for a run), e.g. one of several addresses a socket bound to a
+    /// wildcard address has. The kernel refuses an address the host does not have (counted
+    /// `failed`); an IPv6 address through an IPv4 socket is refused before it. `None`: the
+    /// kernel picks, as for any send (no control message is added).
+    pub source: Option<IpAddr>,
 }
 
 impl<'a> Transmit<'a> {
@@ -444,6 +461,7 @@ impl<'a> Transmit<'a> {
             destination,
             contents,
             segment_size: None,
+            source: None,
         }
     }
 
@@ -470,7 +488,10 @@ impl<'a> Transmit<'a> {
             .into_iter()
             .flatten()
             .chain(empty)
-            .map(move |contents| Transmit::new(whole.listener, whole.destination, contents))
+            .map(move |contents| Transmit {
+                source: whole.source,
+                ..Transmit::new(whole.listener, whole.destination, contents)
+            })
     }
 }
 

@@ -16,6 +16,11 @@ pub struct SocketOptions {
     pub recv_buffer: usize,
     /// Requested SO_SNDBUF in bytes; 0 keeps the kernel default.
     pub send_buffer: usize,
+    /// Report each received datagram's local (destination) address in
+    /// [`RecvMeta::local`](super::RecvMeta::local): see [`enable_pktinfo`]. Off for the relay
+    /// (its listeners are bound to one address each, so they know it); a socket bound to a
+    /// wildcard address that answers from the address it was reached on needs it.
+    pub pktinfo: bool,
 }
 
 impl Default for SocketOptions {
@@ -26,6 +31,7 @@ impl Default for SocketOptions {
             reuse_port: true,
             recv_buffer: 4 << 20,
             send_buffer: 4 << 20,
+            pktinfo: false,
         }
     }
 }
@@ -67,14 +73,15 @@ pub fn os_error(e: &io::Error) -> Option<i32> {
 /// - SO_RCVBUF/SO_SNDBUF to the requested sizes, trying SO_RCVBUFFORCE/SO_SNDBUFFORCE first
 ///   (they bypass `net.core.[rw]mem_max` but need CAP_NET_ADMIN) and falling back to the plain
 ///   option, logged at debug;
-/// - SO_RXQ_OVFL when available, so receives report kernel drop counts (failure ignored).
+/// - SO_RXQ_OVFL when available, so receives report kernel drop counts (failure ignored);
+/// - IP_PKTINFO / IPV6_RECVPKTINFO when `opts.pktinfo` ([`enable_pktinfo`]).
 ///
 /// The socket is left blocking: receives pass MSG_DONTWAIT per call, and blocking sends give the
 /// datapath backpressure instead of drops. Errors name the address, e.g.
 /// `bind 127.0.0.1:51820: Address already in use (os error 98)`.
 ///
 /// # Errors
-/// Socket creation, a required option (SO_REUSEPORT, IPV6_V6ONLY, buffer sizes) or the bind
+/// Socket creation, a required option (SO_REUSEPORT, IPV6_V6ONLY, buffer sizes, pktinfo) or the bind
 /// failed; the message says which and names `addr`.
 pub fn bind_udp(addr: SocketAddr, opts: &SocketOptions) -> io::Result<UdpSocket> {
     let ctx = |what: &str, e: io::Error| {
@@ -117,8 +124,32 @@ pub fn bind_udp(addr: SocketAddr, opts: &SocketOptions) -> io::Result<UdpSocket>
         log::debug!("SO_RXQ_OVFL unavailable on {addr}: {e}");
     }
 
+    if opts.pktinfo {
+        set_pktinfo(&socket).map_err(|e| ctx("IP_PKTINFO/IPV6_RECVPKTINFO for", e))?;
+    }
+
     socket.bind(&addr.into()).map_err(|e| ctx("bind", e))?;
     Ok(socket.into())
+}
+
+/// Makes `sock` report the local (destination) address of every datagram it receives, which
+/// the backends put in [`RecvMeta::local`](super::RecvMeta::local): IP_PKTINFO on an IPv4
+/// socket, IPV6_RECVPKTINFO on an IPv6 one (which also covers the IPv4 datagrams of a
+/// dual-stack socket: the kernel gives their address v4-mapped). Sending from a chosen address
+/// ([`Transmit::source`](super::Transmit::source)) needs no option.
+///
+/// # Errors
+/// `setsockopt` failed (not expected on a UDP socket).
+pub fn enable_pktinfo(sock: &UdpSocket) -> io::Result<()> {
+    set_pktinfo(&SockRef::from(sock))
+}
+
+fn set_pktinfo(socket: &Socket) -> io::Result<()> {
+    if socket.domain()? == Domain::IPV6 {
+        setsockopt_int(socket, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 1)
+    } else {
+        setsockopt_int(socket, libc::IPPROTO_IP, libc::IP_PKTINFO, 1)
+    }
 }
 
 /// Binds `members` sockets to `addr` as one SO_REUSEPORT group (one per shard).
@@ -151,6 +182,7 @@ pub fn bind_group(
             reuse_port: false,
             recv_buffer: 0,
             send_buffer: 0,
+            pktinfo: false,
         },
     )?;
     let actual = probe.local_addr()?;
@@ -379,6 +411,7 @@ mod tests {
             reuse_port: false,
             recv_buffer: 0,
             send_buffer: 0,
+            pktinfo: false,
         };
         let sock = bind_udp(loopback_any_port(), &plain).expect("bind");
         let (rcv0, snd0) = buffer_sizes(&sock).expect("buffer_sizes");

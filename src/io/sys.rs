@@ -1,19 +1,23 @@
 //! Low-level helpers shared by the system-call backends ([`super::mmsg`], [`super::uring`]):
 //! socket address conversion, destination-family adaptation, the control-message helpers
-//! (SO_RXQ_OVFL, UDP_GRO, UDP_SEGMENT), per-socket offload probing, splitting a received GRO
+//! (SO_RXQ_OVFL, UDP_GRO and IP_PKTINFO/IPV6_PKTINFO received; UDP_SEGMENT and the packet
+//! info sent), per-socket offload probing, splitting a received GRO
 //! run into datagrams, the GSO grouping rule and staging of one outgoing message, zeroed C
 //! structs and a log rate limiter.
 
 use std::mem;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::ptr;
 use std::time::{Duration, Instant};
 
 use super::socket::{enable_gro, probe_gso, GRO_MAX_SEGMENTS};
 use super::{Capabilities, Offload, Transmit, BATCH_SIZE};
 
-/// Room for the SO_RXQ_OVFL control message (CMSG_SPACE(4) is 24 on 64-bit) with slack.
-pub(super) const CMSG_BUF_LEN: usize = 64;
+/// Room for the control messages of one datagram, with slack (CMSG_SPACE on 64-bit): received,
+/// SO_RXQ_OVFL (24), UDP_GRO (24) and IPV6_PKTINFO (40) plus IP_PKTINFO (32), 120 in all;
+/// sent, UDP_SEGMENT (24) and IPV6_PKTINFO (40). A multiple of 8, so the io_uring receive
+/// buffers that hold one stay aligned.
+pub(super) const CMSG_BUF_LEN: usize = 128;
 
 /// Bytes one UDP GRO receive buffer holds: the kernel's default `gro_max_size`
 /// (`GRO_LEGACY_MAX_SIZE`, 65536) bounds a coalesced run, and a GSO send over loopback (at most
@@ -245,31 +249,114 @@ pub(super) fn std_to_sockaddr(
     }
 }
 
-/// The SO_RXQ_OVFL drop count in a received message's control data (the `msg_controllen` bytes
-/// the kernel wrote), if present. Bytes beyond [`CMSG_BUF_LEN`] are ignored.
-pub(super) fn rxq_ovfl(control: &[u8]) -> Option<u32> {
-    cmsg_u32(control, libc::SOL_SOCKET, libc::SO_RXQ_OVFL)
+/// What the control messages of one received message say; each field `None` when absent.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct RecvControl {
+    /// SO_RXQ_OVFL: datagrams the kernel dropped on the socket so far (a cumulative count).
+    pub(super) rxq_ovfl: Option<u32>,
+    /// UDP_GRO: the length of every coalesced datagram but the last (which may be shorter).
+    /// `None` when the message is one datagram (no such control message, or a size of 0).
+    pub(super) gro_segment: Option<usize>,
+    /// IP_PKTINFO / IPV6_PKTINFO: the address the datagram was sent to (`ipi_addr` /
+    /// `ipi6_addr`, the header's destination), where the socket asked for it (see
+    /// [`enable_pktinfo`](super::socket::enable_pktinfo)). As the kernel gives it: see
+    /// [`RecvControl::local_for`] for the form to report.
+    pub(super) local: Option<IpAddr>,
 }
 
-/// The UDP_GRO segment size in a received message's control data: the length of every
-/// coalesced datagram but the last (which may be shorter). `None` when the message is one
-/// datagram (no such control message, or a size of 0).
-pub(super) fn udp_gro_segment(control: &[u8]) -> Option<usize> {
-    // The kernel stores the gso_size as an int (udp_cmsg_recv).
-    cmsg_u32(control, libc::SOL_UDP, libc::UDP_GRO)
-        .and_then(|v| usize::try_from(v).ok())
-        .filter(|&v| v > 0)
+impl RecvControl {
+    /// Parses a received message's control data (the `msg_controllen` bytes the kernel wrote;
+    /// bytes beyond [`CMSG_BUF_LEN`] are ignored). The first message of each kind counts;
+    /// other kinds, and payloads too short for their kind, are skipped.
+    pub(super) fn parse(control: &[u8]) -> Self {
+        let mut out = RecvControl::default();
+        for_each_cmsg(control, |level, ty, data| match (level, ty) {
+            (libc::SOL_SOCKET, libc::SO_RXQ_OVFL) if out.rxq_ovfl.is_none() => {
+                out.rxq_ovfl = ne_u32(data);
+            }
+            // The kernel stores the gso_size as an int (udp_cmsg_recv).
+            (libc::SOL_UDP, libc::UDP_GRO) if out.gro_segment.is_none() => {
+                out.gro_segment = ne_u32(data)
+                    .and_then(|v| usize::try_from(v).ok())
+                    .filter(|&v| v > 0);
+            }
+            (libc::IPPROTO_IP, libc::IP_PKTINFO) if out.local.is_none() => {
+                let at = mem::offset_of!(libc::in_pktinfo, ipi_addr);
+                out.local = data
+                    .get(at..at + 4)
+                    .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                    .map(|b| IpAddr::V4(Ipv4Addr::from(b)));
+            }
+            (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) if out.local.is_none() => {
+                let at = mem::offset_of!(libc::in6_pktinfo, ipi6_addr);
+                out.local = data
+                    .get(at..at + 16)
+                    .and_then(|b| <[u8; 16]>::try_from(b).ok())
+                    .map(|b| IpAddr::V6(Ipv6Addr::from(b)));
+            }
+            _ => {}
+        });
+        out
+    }
+
+    /// Length of every datagram of a message of `len` bytes but the last (which may be
+    /// shorter): the UDP_GRO segment size when the message is a coalesced run, else `len`. At
+    /// least 1, so splitting always advances (an empty datagram is one piece of 0 bytes).
+    pub(super) fn stride(&self, len: usize) -> usize {
+        self.gro_segment.filter(|&s| s < len).unwrap_or(len).max(1)
+    }
+
+    /// The local address in the form the source `addr` has: on a dual-stack IPv6 socket an
+    /// IPv4 datagram's source is v4-mapped, and so is its local address then (IPV6_PKTINFO
+    /// already gives it so; an IP_PKTINFO address is mapped here). On an IPv4 socket a
+    /// v4-mapped address is given as plain IPv4.
+    pub(super) fn local_for(&self, addr: &SocketAddr) -> Option<IpAddr> {
+        self.local.map(|ip| match (ip, addr) {
+            (IpAddr::V4(v4), SocketAddr::V6(_)) => IpAddr::V6(v4.to_ipv6_mapped()),
+            (IpAddr::V6(v6), SocketAddr::V4(_)) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            _ => ip,
+        })
+    }
 }
 
-/// Length of every datagram of a received message but the last (which may be shorter), from
-/// its control data: the UDP_GRO segment size when the message is a coalesced run of `len`
-/// bytes, else `len`. At least 1, so splitting always advances (an empty datagram is one piece
-/// of 0 bytes).
-pub(super) fn gro_stride(control: &[u8], len: usize) -> usize {
-    udp_gro_segment(control)
-        .filter(|&s| s < len)
-        .unwrap_or(len)
-        .max(1)
+/// The first 4 bytes of `data` as a native-endian `u32`.
+fn ne_u32(data: &[u8]) -> Option<u32> {
+    let b = data.get(..4)?;
+    Some(u32::from_ne_bytes(<[u8; 4]>::try_from(b).ok()?))
+}
+
+/// Calls `f(level, type, payload)` for each control message in `control` (at most
+/// [`CMSG_BUF_LEN`] bytes of it). A payload is cut to the bytes that are there.
+fn for_each_cmsg(control: &[u8], mut f: impl FnMut(libc::c_int, libc::c_int, &[u8])) {
+    if control.is_empty() {
+        return;
+    }
+    // Copy into an aligned buffer so the CMSG_* walk needs no assumption about the source.
+    let mut buf = CmsgBuf::ZERO;
+    let len = control.len().min(CMSG_BUF_LEN);
+    buf.0[..len].copy_from_slice(&control[..len]);
+    let base = buf.0.as_ptr();
+    let mut hdr: libc::msghdr = zeroed();
+    // The walk only reads through it; the `*mut` is the C type's.
+    hdr.msg_control = base as *mut libc::c_void;
+    hdr.msg_controllen = len as _;
+    // SAFETY: `hdr` describes `len` bytes of the live, aligned `buf`, which nothing writes while
+    // the walk runs; CMSG_FIRSTHDR/CMSG_NXTHDR return null or a header that lies within
+    // msg_controllen, so reading its fields is in bounds. The payload is not read through a
+    // pointer: its offsets are turned into a bounds-checked slice of `buf`.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&hdr);
+        while !cmsg.is_null() {
+            let (level, ty) = ((*cmsg).cmsg_level, (*cmsg).cmsg_type);
+            let at = cmsg.cast::<u8>().cast_const().offset_from(base) as usize;
+            let start = at + libc::CMSG_LEN(0) as usize;
+            let end = (at + (*cmsg).cmsg_len as usize).min(len);
+            if let Some(data) = buf.0.get(start..end) {
+                f(level, ty, data);
+            }
+            cmsg = libc::CMSG_NXTHDR(&hdr, cmsg);
+        }
+    }
 }
 
 /// One received message: a datagram, or with GRO a coalesced run of datagrams `stride` bytes
@@ -277,9 +364,11 @@ pub(super) fn gro_stride(control: &[u8], len: usize) -> usize {
 #[derive(Debug, Clone, Copy)]
 pub(super) struct RecvRun {
     pub(super) addr: SocketAddr,
+    /// The address it was sent to (see [`RecvControl::local_for`]), where the socket reports it.
+    pub(super) local: Option<IpAddr>,
     /// Bytes received.
     pub(super) len: usize,
-    /// See [`gro_stride`]; `len` (at least 1) when not coalesced.
+    /// See [`RecvControl::stride`]; `len` (at least 1) when not coalesced.
     pub(super) stride: usize,
     /// MSG_TRUNC: the buffer cut the message short, so its last piece is incomplete.
     pub(super) truncated: bool,
@@ -304,66 +393,122 @@ pub(super) fn warn_truncated_run(warn: &mut RateLimit, listener: usize) {
     }
 }
 
-/// The first 4-byte payload of a `(level, ty)` control message in `control`, if any.
-fn cmsg_u32(control: &[u8], level: libc::c_int, ty: libc::c_int) -> Option<u32> {
-    if control.is_empty() {
-        return None;
-    }
-    // Copy into an aligned buffer so the CMSG_* walk needs no assumption about the source.
-    let mut buf = CmsgBuf::ZERO;
-    let len = control.len().min(CMSG_BUF_LEN);
-    buf.0[..len].copy_from_slice(&control[..len]);
-    let mut hdr: libc::msghdr = zeroed();
-    hdr.msg_control = buf.0.as_mut_ptr().cast();
-    hdr.msg_controllen = len as _;
-    let mut found = None;
-    // SAFETY: `hdr` describes `len` bytes of the live, aligned `buf`; the CMSG_* macros stay
-    // within msg_controllen. The payload is read unaligned because CMSG_DATA gives no alignment
-    // guarantee, and only when cmsg_len says the 4 bytes are there.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&hdr);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == level
-                && (*cmsg).cmsg_type == ty
-                && (*cmsg).cmsg_len as usize >= libc::CMSG_LEN(4) as usize
-                && found.is_none()
-            {
-                found = Some(ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<u32>()));
-            }
-            cmsg = libc::CMSG_NXTHDR(&hdr, cmsg);
-        }
-    }
-    found
+/// A source address as one outgoing message's packet-info control message carries it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Pktinfo {
+    /// IP_PKTINFO, `ipi_spec_dst`.
+    V4(Ipv4Addr),
+    /// IPV6_PKTINFO, `ipi6_addr`.
+    V6(Ipv6Addr),
 }
 
-/// Writes a UDP_SEGMENT control message (segment size `segment`, a `u16` as the kernel's
-/// udp_cmsg_send requires) at the start of `buf`; returns the `msg_controllen` to pass.
-pub(super) fn put_udp_segment(buf: &mut CmsgBuf, segment: u16) -> usize {
-    let size = mem::size_of::<u16>() as u32;
-    // SAFETY: CMSG_SPACE/CMSG_LEN are arithmetic on their argument only.
-    let (space, len) = unsafe { (libc::CMSG_SPACE(size) as usize, libc::CMSG_LEN(size)) };
+impl Pktinfo {
+    /// How `source` goes out through a socket of `family`: IP_PKTINFO on an IPv4 socket (a
+    /// v4-mapped address unmapped), IPV6_PKTINFO on an IPv6 one (an IPv4 address v4-mapped: the
+    /// kernel takes that for a v4-mapped destination, `ip_cmsg_send`). `None` when the socket
+    /// cannot express it (an IPv6 source through an IPv4 socket).
+    pub(super) fn for_family(source: IpAddr, family: Family) -> Option<Pktinfo> {
+        match (source, family) {
+            (IpAddr::V4(v4), Family::V4 | Family::Unknown) => Some(Pktinfo::V4(v4)),
+            (IpAddr::V6(v6), Family::V4) => v6.to_ipv4_mapped().map(Pktinfo::V4),
+            (IpAddr::V4(v4), Family::V6) => Some(Pktinfo::V6(v4.to_ipv6_mapped())),
+            (IpAddr::V6(v6), Family::V6 | Family::Unknown) => Some(Pktinfo::V6(v6)),
+        }
+    }
+
+    /// CMSG_SPACE of its control message.
+    fn space(&self) -> usize {
+        let size = match self {
+            Pktinfo::V4(_) => mem::size_of::<libc::in_pktinfo>(),
+            Pktinfo::V6(_) => mem::size_of::<libc::in6_pktinfo>(),
+        };
+        // SAFETY: CMSG_SPACE is arithmetic on its argument only.
+        unsafe { libc::CMSG_SPACE(size as u32) as usize }
+    }
+}
+
+/// Writes the control messages of one outgoing message at the start of `buf`: UDP_SEGMENT
+/// (segment size `segment`, a `u16` as the kernel's udp_cmsg_send requires) for a GSO
+/// message, and IP_PKTINFO / IPV6_PKTINFO for a chosen source address. Returns the
+/// `msg_controllen` to pass: 0, with `buf` untouched, when there is neither.
+pub(super) fn put_send_cmsgs(
+    buf: &mut CmsgBuf,
+    segment: Option<u16>,
+    source: Option<Pktinfo>,
+) -> usize {
+    if segment.is_none() && source.is_none() {
+        return 0;
+    }
+    // SAFETY: CMSG_SPACE is arithmetic on its argument only.
+    let segment_space = unsafe { libc::CMSG_SPACE(mem::size_of::<u16>() as u32) } as usize;
+    let space = segment.map_or(0, |_| segment_space) + source.map_or(0, |p| p.space());
     debug_assert!(space <= CMSG_BUF_LEN);
-    buf.0 = [0; CMSG_BUF_LEN];
+    let space = space.min(CMSG_BUF_LEN);
+    // CMSG_NXTHDR reads the next header's length: zero the bytes used.
+    buf.0[..space].fill(0);
     let mut hdr: libc::msghdr = zeroed();
     hdr.msg_control = buf.0.as_mut_ptr().cast();
     hdr.msg_controllen = space as _;
     // SAFETY: `hdr` describes `space` bytes of the live, aligned, exclusively borrowed `buf`,
-    // enough for one cmsghdr and a u16 payload, so CMSG_FIRSTHDR is non-null and every write
-    // stays inside it; the payload is written unaligned (CMSG_DATA promises no alignment).
+    // exactly the CMSG_SPACE of the messages written, so CMSG_FIRSTHDR, and CMSG_NXTHDR after
+    // the first, are non-null and every write stays inside them (`put_cmsg`).
     unsafe {
-        let cmsg = libc::CMSG_FIRSTHDR(&hdr);
-        (*cmsg).cmsg_level = libc::SOL_UDP;
-        (*cmsg).cmsg_type = libc::UDP_SEGMENT;
-        (*cmsg).cmsg_len = len as _;
-        ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), segment);
+        let mut cmsg = libc::CMSG_FIRSTHDR(&hdr);
+        if let Some(s) = segment {
+            put_cmsg(cmsg, libc::SOL_UDP, libc::UDP_SEGMENT, s);
+            cmsg = libc::CMSG_NXTHDR(&hdr, cmsg);
+        }
+        match source {
+            Some(Pktinfo::V4(ip)) => put_cmsg(
+                cmsg,
+                libc::IPPROTO_IP,
+                libc::IP_PKTINFO,
+                libc::in_pktinfo {
+                    ipi_ifindex: 0,
+                    ipi_spec_dst: libc::in_addr {
+                        s_addr: u32::from(ip).to_be(),
+                    },
+                    ipi_addr: libc::in_addr { s_addr: 0 },
+                },
+            ),
+            Some(Pktinfo::V6(ip)) => put_cmsg(
+                cmsg,
+                libc::IPPROTO_IPV6,
+                libc::IPV6_PKTINFO,
+                libc::in6_pktinfo {
+                    ipi6_addr: libc::in6_addr {
+                        s6_addr: ip.octets(),
+                    },
+                    ipi6_ifindex: 0,
+                },
+            ),
+            None => {}
+        }
     }
     space
+}
+
+/// Fills in one control message (header and `value`) at `cmsg`.
+///
+/// # Safety
+/// `cmsg` must be non-null and point at CMSG_SPACE(size_of::<T>()) writable bytes, aligned
+/// for `cmsghdr`.
+unsafe fn put_cmsg<T>(cmsg: *mut libc::cmsghdr, level: libc::c_int, ty: libc::c_int, value: T) {
+    debug_assert!(!cmsg.is_null());
+    // SAFETY: the caller vouches for the room and the alignment of the header; the payload is
+    // written unaligned (CMSG_DATA promises no alignment); CMSG_LEN is arithmetic.
+    unsafe {
+        (*cmsg).cmsg_level = level;
+        (*cmsg).cmsg_type = ty;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(mem::size_of::<T>() as u32) as _;
+        ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<T>(), value);
+    }
 }
 
 /// How many transmits from the start of `run` (all through one listener) go as one GSO
 /// message, and its segment size when that is more than one datagram.
 ///
-/// The kernel's rule: one destination, every segment the same length except the last, which
+/// The kernel's rule: one destination (and one source address), every segment the same length except the last, which
 /// may be shorter (not empty: it would vanish), at most `max_segments` (`UDP_MAX_SEGMENTS`) and
 /// [`MAX_GSO_PAYLOAD`] bytes in all. A group of one gets no UDP_SEGMENT, because some drivers
 /// reject single-segment GSO (as quinn-udp notes). A transmit that carries a run is a group of
@@ -387,6 +532,7 @@ pub(super) fn gso_group(run: &[Transmit<'_>], max_segments: usize) -> (usize, Op
     for t in &run[1..run.len().min(max_segments)] {
         let len = t.contents.len();
         if t.destination != first.destination
+            || t.source != first.source
             || t.run_segment().is_some()
             || len == 0
             || len > seg
@@ -440,12 +586,14 @@ pub(super) fn split_unsendable<'a>(
     true
 }
 
-/// Stages one outgoing message carrying `group` (one destination) for a socket of `family`:
-/// writes its name, its iovecs into `iovs` (at most `group.len()` of them: transmits whose
-/// bytes follow each other in memory, such as the datagrams of one received GRO run, share
-/// one iovec) and, for a GSO message (`segment`), a UDP_SEGMENT control message into `ctrl`.
-/// Returns the `msg_namelen`, the `msg_controllen` and the number of iovecs used. The iovecs
-/// point into `group`'s contents, which must outlive the system call.
+/// Stages one outgoing message carrying `group` (one destination, one source) for a socket of
+/// `family`: writes its name, its iovecs into `iovs` (at most `group.len()` of them: transmits
+/// whose bytes follow each other in memory, such as the datagrams of one received GRO run,
+/// share one iovec) and its control messages into `ctrl`: UDP_SEGMENT for a GSO message
+/// (`segment`), the packet info for a chosen source address. Returns the `msg_namelen`, the
+/// `msg_controllen` and the number of iovecs used, or `None` (nothing staged) when the socket
+/// cannot send from that source (see [`Pktinfo::for_family`]). The iovecs point into
+/// `group`'s contents, which must outlive the system call.
 pub(super) fn stage_message(
     group: &[Transmit<'_>],
     family: Family,
@@ -453,8 +601,12 @@ pub(super) fn stage_message(
     name: &mut libc::sockaddr_storage,
     iovs: &mut [libc::iovec],
     ctrl: &mut CmsgBuf,
-) -> (libc::socklen_t, usize, usize) {
+) -> Option<(libc::socklen_t, usize, usize)> {
     debug_assert!(iovs.len() >= group.len());
+    let source = match group.first().and_then(|t| t.source) {
+        Some(ip) => Some(Pktinfo::for_family(ip, family)?),
+        None => None,
+    };
     let namelen = match group.first() {
         Some(t) => std_to_sockaddr(adapt_destination(t.destination, family), name),
         None => 0,
@@ -475,11 +627,25 @@ pub(super) fn stage_message(
         }
         end = start.wrapping_add(t.contents.len());
     }
-    let ctrl_len = match segment {
-        Some(s) => put_udp_segment(ctrl, s),
-        None => 0,
-    };
-    (namelen, ctrl_len, used)
+    let ctrl_len = put_send_cmsgs(ctrl, segment, source);
+    Some((namelen, ctrl_len, used))
+}
+
+/// Logs (rate-limited) that `datagrams` datagrams for `destination` were dropped because
+/// `listener`'s socket cannot send from `source` (an IPv6 address through an IPv4 socket).
+pub(super) fn warn_unusable_source_address(
+    warn: &mut RateLimit,
+    listener: usize,
+    source: Option<IpAddr>,
+    destination: SocketAddr,
+    datagrams: usize,
+) {
+    if let Some(suppressed) = warn.allow() {
+        log::warn!(
+            "send via listener {listener} to {destination}: cannot send from {source:?} \
+             through this socket; {datagrams} datagrams dropped ({suppressed} similar suppressed)"
+        );
+    }
 }
 
 /// Points a staged message's header (see [`stage_message`]) at its name, its `iovlen` iovecs
@@ -588,8 +754,8 @@ mod tests {
 
     #[test]
     fn rxq_ovfl_parses_and_ignores_garbage() {
-        assert_eq!(rxq_ovfl(&[]), None);
-        assert_eq!(rxq_ovfl(&[0xff; 7]), None);
+        assert_eq!(RecvControl::parse(&[]).rxq_ovfl, None);
+        assert_eq!(RecvControl::parse(&[0xff; 7]).rxq_ovfl, None);
         let mut buf = [0u8; 24];
         // SAFETY: CMSG_LEN is arithmetic on its argument only.
         let len = unsafe { libc::CMSG_LEN(4) } as usize;
@@ -597,11 +763,11 @@ mod tests {
         buf[8..12].copy_from_slice(&libc::SOL_SOCKET.to_ne_bytes());
         buf[12..16].copy_from_slice(&libc::SO_RXQ_OVFL.to_ne_bytes());
         buf[16..20].copy_from_slice(&42u32.to_ne_bytes());
-        assert_eq!(rxq_ovfl(&buf), Some(42));
+        assert_eq!(RecvControl::parse(&buf).rxq_ovfl, Some(42));
         // Another message type in the same place is not mistaken for it.
         buf[12..16].copy_from_slice(&libc::SO_TIMESTAMP.to_ne_bytes());
-        assert_eq!(rxq_ovfl(&buf), None);
-        assert_eq!(udp_gro_segment(&buf), None);
+        assert_eq!(RecvControl::parse(&buf).rxq_ovfl, None);
+        assert_eq!(RecvControl::parse(&buf).gro_segment, None);
     }
 
     #[test]
@@ -609,7 +775,7 @@ mod tests {
         // What we write for UDP_SEGMENT has the layout the kernel reports UDP_GRO in, except
         // for the type and the payload width; check the header and then parse a GRO message.
         let mut buf = CmsgBuf::ZERO;
-        let len = put_udp_segment(&mut buf, 1420);
+        let len = put_send_cmsgs(&mut buf, Some(1420), None);
         // SAFETY: CMSG_SPACE is arithmetic on its argument only.
         assert_eq!(len, unsafe { libc::CMSG_SPACE(2) } as usize);
         let cmsg_len = usize::from_ne_bytes(buf.0[..8].try_into().expect("8 bytes"));
@@ -626,18 +792,132 @@ mod tests {
         gro[8..12].copy_from_slice(&libc::SOL_UDP.to_ne_bytes());
         gro[12..16].copy_from_slice(&libc::UDP_GRO.to_ne_bytes());
         gro[16..20].copy_from_slice(&1420i32.to_ne_bytes());
-        assert_eq!(udp_gro_segment(&gro), Some(1420));
-        assert_eq!(rxq_ovfl(&gro), None);
+        assert_eq!(RecvControl::parse(&gro).gro_segment, Some(1420));
+        assert_eq!(RecvControl::parse(&gro).rxq_ovfl, None);
         // A second message (SO_RXQ_OVFL) after it is found too.
         gro[24..32].copy_from_slice(&l4.to_ne_bytes());
         gro[32..36].copy_from_slice(&libc::SOL_SOCKET.to_ne_bytes());
         gro[36..40].copy_from_slice(&libc::SO_RXQ_OVFL.to_ne_bytes());
         gro[40..44].copy_from_slice(&3u32.to_ne_bytes());
-        assert_eq!(rxq_ovfl(&gro), Some(3));
-        assert_eq!(udp_gro_segment(&gro), Some(1420));
+        assert_eq!(RecvControl::parse(&gro).rxq_ovfl, Some(3));
+        assert_eq!(RecvControl::parse(&gro).gro_segment, Some(1420));
         // A size of 0 means "not coalesced".
         gro[16..20].copy_from_slice(&0i32.to_ne_bytes());
-        assert_eq!(udp_gro_segment(&gro), None);
+        assert_eq!(RecvControl::parse(&gro).gro_segment, None);
+    }
+
+    /// One control message of `level`/`ty` with payload `data`, as the kernel lays it out.
+    fn cmsg_bytes(level: libc::c_int, ty: libc::c_int, data: &[u8]) -> Vec<u8> {
+        // SAFETY: CMSG_LEN/CMSG_SPACE are arithmetic on their argument only.
+        let (len, space) = unsafe {
+            (
+                libc::CMSG_LEN(data.len() as u32) as usize,
+                libc::CMSG_SPACE(data.len() as u32) as usize,
+            )
+        };
+        let mut b = vec![0u8; space];
+        b[..8].copy_from_slice(&len.to_ne_bytes());
+        b[8..12].copy_from_slice(&level.to_ne_bytes());
+        b[12..16].copy_from_slice(&ty.to_ne_bytes());
+        b[16..16 + data.len()].copy_from_slice(data);
+        b
+    }
+
+    #[test]
+    fn pktinfo_parses_for_both_families_and_maps_like_the_source() {
+        // in_pktinfo: ifindex, spec_dst, addr (the header's destination)
+        let mut v4 = [0u8; 12];
+        v4[4..8].copy_from_slice(&[10, 0, 0, 1]);
+        v4[8..12].copy_from_slice(&[127, 0, 0, 9]);
+        let mut control = cmsg_bytes(libc::SOL_SOCKET, libc::SO_RXQ_OVFL, &7u32.to_ne_bytes());
+        control.extend(cmsg_bytes(libc::IPPROTO_IP, libc::IP_PKTINFO, &v4));
+        let c = RecvControl::parse(&control);
+        assert_eq!(c.rxq_ovfl, Some(7));
+        assert_eq!(
+            c.local,
+            Some(IpAddr::from([127, 0, 0, 9])),
+            "ipi_addr, not spec_dst"
+        );
+        let v4_src = addr("127.0.0.2:5");
+        let mapped_src = addr("[::ffff:127.0.0.2]:5");
+        assert_eq!(c.local_for(&v4_src), Some(IpAddr::from([127, 0, 0, 9])));
+        assert_eq!(
+            c.local_for(&mapped_src),
+            Some("::ffff:127.0.0.9".parse().expect("literal")),
+            "v4-mapped like the source on a dual-stack socket"
+        );
+
+        // in6_pktinfo: addr, ifindex
+        let mut v6 = [0u8; 20];
+        v6[..16].copy_from_slice(&Ipv6Addr::LOCALHOST.octets());
+        let c = RecvControl::parse(&cmsg_bytes(libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, &v6));
+        assert_eq!(c.local, Some(IpAddr::V6(Ipv6Addr::LOCALHOST)));
+        assert_eq!((c.rxq_ovfl, c.gro_segment), (None, None));
+        let mapped = Ipv4Addr::new(127, 0, 0, 3).to_ipv6_mapped();
+        v6[..16].copy_from_slice(&mapped.octets());
+        let c = RecvControl::parse(&cmsg_bytes(libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, &v6));
+        assert_eq!(c.local_for(&mapped_src), Some(IpAddr::V6(mapped)));
+        assert_eq!(c.local_for(&v4_src), Some(IpAddr::from([127, 0, 0, 3])));
+
+        // A payload too short for its kind is skipped, not read past.
+        let c = RecvControl::parse(&cmsg_bytes(
+            libc::IPPROTO_IPV6,
+            libc::IPV6_PKTINFO,
+            &v6[..8],
+        ));
+        assert_eq!(c.local, None);
+        assert_eq!(RecvControl::parse(&[]), RecvControl::default());
+    }
+
+    #[test]
+    fn send_cmsgs_carry_segment_and_source() {
+        let mut buf = CmsgBuf([0xa5; CMSG_BUF_LEN]);
+        assert_eq!(put_send_cmsgs(&mut buf, None, None), 0);
+        assert_eq!(
+            buf.0, [0xa5; CMSG_BUF_LEN],
+            "nothing to send: buffer untouched"
+        );
+
+        let src = Ipv4Addr::new(127, 0, 0, 2);
+        let len = put_send_cmsgs(&mut buf, Some(1200), Some(Pktinfo::V4(src)));
+        let mut want = cmsg_bytes(libc::SOL_UDP, libc::UDP_SEGMENT, &1200u16.to_ne_bytes());
+        let mut info = [0u8; 12];
+        info[4..8].copy_from_slice(&src.octets()); // ipi_spec_dst
+        want.extend(cmsg_bytes(libc::IPPROTO_IP, libc::IP_PKTINFO, &info));
+        assert_eq!(&buf.0[..len], &want[..]);
+
+        let src6 = Ipv6Addr::LOCALHOST;
+        let len = put_send_cmsgs(&mut buf, None, Some(Pktinfo::V6(src6)));
+        let mut info6 = [0u8; 20];
+        info6[..16].copy_from_slice(&src6.octets());
+        assert_eq!(
+            &buf.0[..len],
+            &cmsg_bytes(libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, &info6)[..]
+        );
+        let len = put_send_cmsgs(&mut buf, Some(100), Some(Pktinfo::V6(src6)));
+        assert!(len <= CMSG_BUF_LEN);
+    }
+
+    #[test]
+    fn pktinfo_follows_the_socket_family() {
+        let v4: IpAddr = "127.0.0.2".parse().expect("literal");
+        let mapped: IpAddr = "::ffff:127.0.0.2".parse().expect("literal");
+        let v6: IpAddr = "::1".parse().expect("literal");
+        let p4 = Pktinfo::V4(Ipv4Addr::new(127, 0, 0, 2));
+        let p_mapped = Pktinfo::V6(Ipv4Addr::new(127, 0, 0, 2).to_ipv6_mapped());
+        assert_eq!(Pktinfo::for_family(v4, Family::V4), Some(p4));
+        assert_eq!(Pktinfo::for_family(mapped, Family::V4), Some(p4));
+        assert_eq!(
+            Pktinfo::for_family(v6, Family::V4),
+            None,
+            "IPv6 through IPv4"
+        );
+        assert_eq!(Pktinfo::for_family(v4, Family::V6), Some(p_mapped));
+        assert_eq!(
+            Pktinfo::for_family(v6, Family::V6),
+            Some(Pktinfo::V6(Ipv6Addr::LOCALHOST))
+        );
+        assert_eq!(Pktinfo::for_family(v4, Family::Unknown), Some(p4));
     }
 
     #[test]
@@ -651,6 +931,7 @@ mod tests {
                 destination,
                 contents,
                 segment_size: None,
+                source: None,
             }
         }
         let g = |run: &[Transmit<'_>], max| gso_group(run, max);
@@ -665,6 +946,20 @@ mod tests {
             g(&[t(d1, &a), t(d2, &a)], 64),
             (1, None),
             "other destination"
+        );
+        let from = |ip: [u8; 4], contents| Transmit {
+            source: Some(IpAddr::from(ip)),
+            ..t(d1, contents)
+        };
+        assert_eq!(
+            g(&[from([127, 0, 0, 2], &a), from([127, 0, 0, 3], &a)], 64),
+            (1, None),
+            "other source"
+        );
+        assert_eq!(g(&[t(d1, &a), from([127, 0, 0, 2], &a)], 64), (1, None));
+        assert_eq!(
+            g(&[from([127, 0, 0, 2], &a), from([127, 0, 0, 2], &a)], 64),
+            (2, Some(100))
         );
         // Empty datagrams never join a group (the kernel would drop them).
         let e = Vec::new();
@@ -748,15 +1043,27 @@ mod tests {
         gro[8..12].copy_from_slice(&libc::SOL_UDP.to_ne_bytes());
         gro[12..16].copy_from_slice(&libc::UDP_GRO.to_ne_bytes());
         gro[16..20].copy_from_slice(&100i32.to_ne_bytes());
-        assert_eq!(gro_stride(&gro, 250), 100);
-        assert_eq!(gro_stride(&gro, 100), 100, "one segment: the whole message");
+        assert_eq!(RecvControl::parse(&gro).stride(250), 100);
         assert_eq!(
-            gro_stride(&gro, 60),
+            RecvControl::parse(&gro).stride(100),
+            100,
+            "one segment: the whole message"
+        );
+        assert_eq!(
+            RecvControl::parse(&gro).stride(60),
             60,
             "a size past the message is ignored"
         );
-        assert_eq!(gro_stride(&[], 60), 60, "no UDP_GRO: one datagram");
-        assert_eq!(gro_stride(&[], 0), 1, "an empty datagram still advances");
+        assert_eq!(
+            RecvControl::parse(&[]).stride(60),
+            60,
+            "no UDP_GRO: one datagram"
+        );
+        assert_eq!(
+            RecvControl::parse(&[]).stride(0),
+            1,
+            "an empty datagram still advances"
+        );
     }
 
     /// A run kept whole in one arena slot reads as its datagrams, in order, adjacent in
@@ -766,6 +1073,7 @@ mod tests {
         let payload: Vec<u8> = (0..250u32).map(|i| i as u8).collect();
         let run = RecvRun {
             addr: addr("192.0.2.1:7"),
+            local: None,
             len: payload.len(),
             stride: 100,
             truncated: true,
@@ -782,6 +1090,7 @@ mod tests {
         batch.take_slots(2);
         let empty = RecvRun {
             addr: run.addr,
+            local: None,
             len: 0,
             stride: 1,
             truncated: false,

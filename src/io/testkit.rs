@@ -2,7 +2,7 @@
 //! [`Backend`] runs ([`conformance_tests!`]), so the mmsg and uring backends are held to the same
 //! behaviour by the same code.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
@@ -129,6 +129,7 @@ pub(in crate::io) fn transmits(destination: SocketAddr, payloads: &[Vec<u8>]) ->
             destination,
             contents: p,
             segment_size: None,
+            source: None,
         })
         .collect()
 }
@@ -304,6 +305,7 @@ pub(in crate::io) mod conformance {
             destination: SocketAddr::from((Ipv4Addr::LOCALHOST, ds_port)),
             contents: b"hello",
             segment_size: None,
+            source: None,
         };
         assert_eq!(v4.send(&[hello]).sent, 1);
         let got = recv_n(&mut ds, 1);
@@ -318,12 +320,14 @@ pub(in crate::io) mod conformance {
                 destination: mapped,
                 contents: b"reply-mapped",
                 segment_size: None,
+                source: None,
             },
             Transmit {
                 listener: 0,
                 destination: v4_addr,
                 contents: b"reply-plain",
                 segment_size: None,
+                source: None,
             },
         ];
         assert_eq!(ds.send(&replies), SendStats { sent: 2, failed: 0 });
@@ -347,6 +351,7 @@ pub(in crate::io) mod conformance {
                 destination: listeners[i % 2],
                 contents: if i % 2 == 0 { b"to-0" } else { b"to-1" },
                 segment_size: None,
+                source: None,
             })
             .collect();
         assert_eq!(client.send(&to_relay).sent, 6);
@@ -369,6 +374,7 @@ pub(in crate::io) mod conformance {
                 destination: meta.addr,
                 contents: bytes,
                 segment_size: None,
+                source: None,
             })
             .collect();
         assert_eq!(relay.send(&replies), SendStats { sent: 6, failed: 0 });
@@ -396,6 +402,7 @@ pub(in crate::io) mod conformance {
                 destination: busy,
                 contents: b"flood",
                 segment_size: None,
+                source: None,
             })
             .collect();
         assert_eq!(client.send(&flood).sent, flood.len() as u64);
@@ -404,6 +411,7 @@ pub(in crate::io) mod conformance {
             destination: quiet,
             contents: b"quiet",
             segment_size: None,
+            source: None,
         };
         assert_eq!(client.send(&[one]).sent, 1);
         assert_eq!(client.send(&flood).sent, flood.len() as u64);
@@ -450,6 +458,7 @@ pub(in crate::io) mod conformance {
             destination: local(&b, 0),
             contents: b"wake",
             segment_size: None,
+            source: None,
         };
         assert_eq!(tx.send(&[t]).sent, 1);
         let start = Instant::now();
@@ -467,6 +476,7 @@ pub(in crate::io) mod conformance {
             destination: addr("127.0.0.1:9"),
             contents: b"x",
             segment_size: None,
+            source: None,
         };
         assert_eq!(b.send(&[t]), SendStats { sent: 0, failed: 1 });
     }
@@ -483,12 +493,14 @@ pub(in crate::io) mod conformance {
                 destination,
                 contents: &big,
                 segment_size: None,
+                source: None,
             },
             Transmit {
                 listener: 0,
                 destination,
                 contents: &small,
                 segment_size: None,
+                source: None,
             },
         ];
         assert_eq!(tx.send(&t).sent, 2);
@@ -514,6 +526,7 @@ pub(in crate::io) mod conformance {
                 destination,
                 contents: [b"a", b"b", b"c", b"d", b"e", b"f"][i],
                 segment_size: None,
+                source: None,
             })
             .collect();
         assert_eq!(tx.send(&t), SendStats { sent: 3, failed: 3 });
@@ -532,12 +545,14 @@ pub(in crate::io) mod conformance {
                 destination,
                 contents: b"nowhere",
                 segment_size: None,
+                source: None,
             },
             Transmit {
                 listener: 0,
                 destination,
                 contents: b"ok",
                 segment_size: None,
+                source: None,
             },
         ];
         assert_eq!(tx.send(&t), SendStats { sent: 1, failed: 1 });
@@ -551,6 +566,7 @@ pub(in crate::io) mod conformance {
             reuse_port: false,
             recv_buffer: 4096,
             send_buffer: 0,
+            pktinfo: false,
         };
         let rx_sock = bind_udp(addr("127.0.0.1:0"), &tiny).expect("bind");
         let mut rx = B::from_sockets(vec![rx_sock]);
@@ -563,6 +579,7 @@ pub(in crate::io) mod conformance {
                 destination,
                 contents: &payload,
                 segment_size: None,
+                source: None,
             })
             .collect();
         tx.send(&flood);
@@ -692,6 +709,7 @@ pub(in crate::io) mod conformance {
             destination: local(&tx, 0),
             contents: b"busy",
             segment_size: None,
+            source: None,
         };
         assert_eq!(b.send(&[t]).sent, 1);
         let start = Instant::now();
@@ -720,6 +738,7 @@ pub(in crate::io) mod conformance {
                 destination: dests[i % 2],
                 contents: c,
                 segment_size: None,
+                source: None,
             })
             .collect();
         assert_eq!(tx.send(&t).sent, 10);
@@ -860,7 +879,7 @@ impl<B: TestBackend, const GSO: bool, const GRO: bool> TestBackend for Combo<B, 
 /// offload is unavailable. Invoke inside a backend's test module.
 macro_rules! offload_tests {
     ($backend:ty) => {
-        $crate::io::testkit::conformance_tests!(@each_in offload_suite $backend; gso_run_arrives_as_individual_datagrams_at_a_plain_receiver, gso_splits_mixed_destinations_into_groups, gro_splits_a_gso_burst_back_in_order, gro_keeps_runs_whole, gro_keeps_truncation_per_datagram, gso_eio_falls_back_without_loss_or_duplicates, gso_einval_falls_back_without_loss_or_duplicates, a_run_transmit_arrives_as_its_datagrams, a_refused_run_falls_back_without_loss_or_duplicates, other_errors_on_a_gso_message_count_its_datagrams_and_keep_gso, capabilities_follow_the_switches);
+        $crate::io::testkit::conformance_tests!(@each_in offload_suite $backend; gso_run_arrives_as_individual_datagrams_at_a_plain_receiver, gso_splits_mixed_destinations_into_groups, gro_splits_a_gso_burst_back_in_order, gro_keeps_runs_whole, gro_keeps_truncation_per_datagram, gso_eio_falls_back_without_loss_or_duplicates, gso_einval_falls_back_without_loss_or_duplicates, a_run_transmit_arrives_as_its_datagrams, a_refused_run_falls_back_without_loss_or_duplicates, other_errors_on_a_gso_message_count_its_datagrams_and_keep_gso, capabilities_follow_the_switches, local_address_is_reported, source_address_is_used);
     };
 }
 pub(in crate::io) use offload_tests;
@@ -969,6 +988,7 @@ pub(in crate::io) mod offload_suite {
                 destination: dests[i % dests.len()],
                 contents: &q[..lens[i]],
                 segment_size: None,
+                source: None,
             })
             .collect();
         assert_eq!(
@@ -1126,6 +1146,7 @@ pub(in crate::io) mod offload_suite {
                 destination: local(&rx, 0),
                 contents: &bytes,
                 segment_size: Some(seg),
+                source: None,
             };
             assert_eq!(run.datagrams(), 41);
             let stats = tx.send(&[run]);
@@ -1234,6 +1255,151 @@ pub(in crate::io) mod offload_suite {
         let stats = tx.send(&transmits(rx.local_addr().expect("local_addr"), &p));
         assert_eq!(stats, SendStats { sent: 0, failed: 8 });
         assert!(tx.capabilities().max_gso_segments > 1);
+    }
+
+    /// Sockets bound to `addrs` that report each datagram's local address.
+    fn pktinfo_sockets(addrs: &[&str]) -> Vec<UdpSocket> {
+        let opts = SocketOptions {
+            reuse_port: false,
+            pktinfo: true,
+            ..SocketOptions::default()
+        };
+        addrs
+            .iter()
+            .map(|a| bind_udp(addr(a), &opts).expect("bind"))
+            .collect()
+    }
+
+    /// With pktinfo on, every datagram (and every datagram of a GRO run) reports the address
+    /// it was sent to: the bound one, one of a wildcard socket's, IPv6, and v4-mapped on a
+    /// dual-stack socket as its source is. Without pktinfo, none.
+    pub(in crate::io) fn local_address_is_reported<B: TestBackend>() {
+        let ip = |s: &str| -> IpAddr { s.parse().expect("literal") };
+        let mut cases = vec![
+            (
+                "127.0.0.1:0",
+                "127.0.0.1:0",
+                ip("127.0.0.1"),
+                ip("127.0.0.1"),
+            ),
+            ("0.0.0.0:0", "127.0.0.1:0", ip("127.0.0.3"), ip("127.0.0.3")),
+        ];
+        if have_ipv6() {
+            cases.push(("[::1]:0", "[::1]:0", ip("::1"), ip("::1")));
+            cases.push((
+                "[::]:0",
+                "127.0.0.1:0",
+                ip("127.0.0.4"),
+                ip("::ffff:127.0.0.4"),
+            ));
+        }
+        for gro in [false, true] {
+            for &(rx_addr, tx_addr, to, want) in &cases {
+                let mut tx = offload::<B>(&[tx_addr], true, false);
+                let mut rx =
+                    B::with_offload(pktinfo_sockets(&[rx_addr]), Offload { gso: false, gro });
+                let dest = SocketAddr::new(to, local(&rx, 0).port());
+                let p = run_payloads(5, 200, None);
+                assert_eq!(tx.send(&transmits(dest, &p)).sent, 5);
+                let got = recv_n(&mut rx, p.len());
+                assert_eq!(got.len(), p.len(), "{rx_addr} via {to}, gro {gro}");
+                for (meta, bytes) in &got {
+                    assert_eq!(meta.local, Some(want), "{rx_addr} via {to}, gro {gro}");
+                    assert_eq!(
+                        meta.addr.is_ipv4(),
+                        want.is_ipv4(),
+                        "same form as the source"
+                    );
+                    assert_eq!(bytes.len(), 200);
+                }
+            }
+        }
+        let mut tx = bind::<B>(&["127.0.0.1:0"]);
+        let mut rx = bind::<B>(&["127.0.0.1:0"]);
+        assert_eq!(tx.send(&transmits(local(&rx, 0), &payloads(3))).sent, 3);
+        let got = recv_n(&mut rx, 3);
+        assert_eq!(got.len(), 3);
+        assert!(
+            got.iter().all(|(m, _)| m.local.is_none()),
+            "pktinfo off: no local address"
+        );
+    }
+
+    /// A transmit with `source` leaves from that address, alone, as a run (GSO on or off) and
+    /// next to transmits from other sources (never grouped with them); a dual-stack socket
+    /// sends from an IPv4 source to an IPv4 peer; an IPv6 source through an IPv4 socket is
+    /// refused and counted.
+    pub(in crate::io) fn source_address_is_used<B: TestBackend>() {
+        let ip = |s: &str| -> IpAddr { s.parse().expect("literal") };
+        let mut senders = vec!["0.0.0.0:0"];
+        if have_ipv6() {
+            senders.push("[::]:0");
+        }
+        for tx_addr in senders {
+            for gso in [false, true] {
+                let mut tx = offload::<B>(&[tx_addr], gso, false);
+                let mut rx = B::with_offload(pktinfo_sockets(&["127.0.0.1:0"]), Offload::OFF);
+                let dest = local(&rx, 0);
+                let port = local(&tx, 0).port();
+                let single = vec![1u8; 100];
+                let (run, seg) = run_bytes(&run_payloads(3, 100, Some(40)));
+                let from = |contents, s: &str| Transmit {
+                    source: Some(ip(s)),
+                    ..Transmit::new(0, dest, contents)
+                };
+                let list = [
+                    from(&single, "127.0.0.2"),
+                    Transmit {
+                        segment_size: Some(seg),
+                        ..from(&run, "127.0.0.5")
+                    },
+                    from(&single, "127.0.0.6"),
+                    from(&single, "127.0.0.7"),
+                    Transmit::new(0, dest, &single),
+                ];
+                let stats = tx.send(&list);
+                assert_eq!(
+                    stats,
+                    SendStats { sent: 8, failed: 0 },
+                    "{tx_addr} gso {gso}"
+                );
+                let got = recv_n(&mut rx, 8);
+                let seen: Vec<(IpAddr, usize)> = got
+                    .iter()
+                    .map(|(m, d)| {
+                        assert_eq!(m.addr.port(), port);
+                        (m.addr.ip(), d.len())
+                    })
+                    .collect();
+                let want: Vec<(IpAddr, usize)> = [
+                    ("127.0.0.2", 100),
+                    ("127.0.0.5", 100),
+                    ("127.0.0.5", 100),
+                    ("127.0.0.5", 100),
+                    ("127.0.0.5", 40),
+                    ("127.0.0.6", 100),
+                    ("127.0.0.7", 100),
+                    ("127.0.0.1", 100),
+                ]
+                .iter()
+                .map(|&(s, n)| (ip(s), n))
+                .collect();
+                assert_eq!(
+                    seen, want,
+                    "{tx_addr} gso {gso}: each from its source, in order"
+                );
+            }
+        }
+        let mut tx = bind::<B>(&["127.0.0.1:0"]);
+        let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let dest = rx.local_addr().expect("local_addr");
+        let bytes = [7u8; 10];
+        let v6_src = Transmit {
+            source: Some(ip("::1")),
+            ..Transmit::new(0, dest, &bytes)
+        };
+        let ok = Transmit::new(0, dest, &bytes);
+        assert_eq!(tx.send(&[v6_src, ok]), SendStats { sent: 1, failed: 1 });
     }
 
     pub(in crate::io) fn capabilities_follow_the_switches<B: TestBackend>() {

@@ -49,6 +49,7 @@ pub fn peer_socket(ip: IpAddr) -> UdpSocket {
             reuse_port: false,
             recv_buffer: 4 << 20,
             send_buffer: 4 << 20,
+            pktinfo: false,
         },
     )
     .expect("bind peer socket");

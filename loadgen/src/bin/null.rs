@@ -215,6 +215,7 @@ fn run(mut backend: Box<dyn Backend>, args: &Args) -> ExitCode {
             destination: SocketAddr::V4(to),
             contents: rx.adjacent(i, last),
             segment_size: (last > i).then(|| rx.datagram(i).len()),
+            source: None,
         }));
         let sent = backend.send(&transmits);
         spare = io::recycled(transmits);

@@ -728,6 +728,7 @@ mod tests {
                 destination: addr("127.0.0.1:9"),
                 contents: b"x",
                 segment_size: None,
+                source: None,
             };
             assert_eq!(b.send(&[t]), SendStats { sent: 0, failed: 1 });
             b
@@ -822,6 +823,7 @@ mod tests {
                         destination: relay_addr,
                         contents: &payload,
                         segment_size: None,
+                        source: None,
                     })
                     .collect();
                 let start = Instant::now();
@@ -843,6 +845,7 @@ mod tests {
                 destination: sink_addr,
                 contents: &d[..m.len],
                 segment_size: None,
+                source: None,
             }));
             relay.send(&out).sent
         };

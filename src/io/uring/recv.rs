@@ -13,8 +13,7 @@ use io_uring::opcode;
 use io_uring::types::{Fd, RecvMsgOut};
 
 use super::super::sys::{
-    gro_stride, rxq_ovfl, sockaddr_to_std, warn_truncated_run, warn_unusable_source, zeroed,
-    RecvRun,
+    sockaddr_to_std, warn_truncated_run, warn_unusable_source, zeroed, RecvControl, RecvRun,
 };
 use super::super::RecvBatch;
 use super::bufpool::{BGID, NAME_LEN};
@@ -169,8 +168,8 @@ impl UringBackend {
             }
             return false;
         };
-        let control = out.control_data();
-        if let Some(d) = rxq_ovfl(control) {
+        let control = RecvControl::parse(out.control_data());
+        if let Some(d) = control.rxq_ovfl {
             self.listeners.drops[idx] = d;
         }
         let Some(addr) = source_address(out.name_data()) else {
@@ -180,12 +179,13 @@ impl UringBackend {
         let payload = out.payload_data();
         let len = payload.len();
         let stride = if self.listeners.gro[idx] {
-            gro_stride(control, len)
+            control.stride(len)
         } else {
             len.max(1)
         };
         let run = RecvRun {
             addr,
+            local: control.local_for(&addr),
             len,
             stride,
             truncated: out.is_payload_truncated(),
@@ -343,6 +343,7 @@ mod tests {
             destination: sink.local_addr().expect("local_addr"),
             contents: b"tick",
             segment_size: None,
+            source: None,
         };
         for _ in 0..5_000 {
             if rx.backlog[0].iter().any(|c| c.result == -libc::ENOBUFS) {

@@ -11,7 +11,10 @@ use io_uring::opcode;
 use io_uring::types::Fd;
 
 use super::super::socket::GSO_MAX_SEGMENTS;
-use super::super::sys::{gso_group, link_header, split_unsendable, stage_message, WARN_INTERVAL};
+use super::super::sys::{
+    gso_group, link_header, split_unsendable, stage_message, warn_unusable_source_address,
+    WARN_INTERVAL,
+};
 use super::super::{recycled, SendStats, Transmit, BATCH_SIZE};
 use super::{push, Token, UringBackend};
 
@@ -122,14 +125,27 @@ impl UringBackend {
             if iov + count > SEND_IOVS {
                 break; // not reached: SEND_IOVS covers SEND_SLOTS full messages
             }
-            let (namelen, ctrl_len, iovs) = stage_message(
-                &transmits[i..i + count],
+            let group = &transmits[i..i + count];
+            let Some((namelen, ctrl_len, iovs)) = stage_message(
+                group,
                 self.listeners.families[listener],
                 segment,
                 &mut self.send_names[msgs],
                 &mut self.send_iovs[iov..iov + count],
                 &mut self.send_ctrl[msgs],
-            );
+            ) else {
+                let datagrams = group.iter().map(Transmit::datagrams).sum();
+                stats.failed += datagrams as u64;
+                warn_unusable_source_address(
+                    &mut self.send_warn,
+                    listener,
+                    group[0].source,
+                    group[0].destination,
+                    datagrams,
+                );
+                i += count;
+                continue;
+            };
             let h = &mut self.send_hdrs[msgs];
             h.msg_namelen = namelen;
             h.msg_controllen = ctrl_len as _;
