@@ -23,9 +23,9 @@ use std::time::Duration;
 
 use super::socket::GSO_MAX_SEGMENTS;
 use super::sys::{
-    gso_group, link_header, sockaddr_to_std, split_unsendable, stage_message, warn_truncated_run,
-    warn_unusable_source, warn_unusable_source_address, zeroed_slice, CmsgBuf, Listeners,
-    RateLimit, RecvControl, RecvRun, CMSG_BUF_LEN, GRO_BUF_LEN,
+    drop_unusable_source, gso_group, link_header, sockaddr_to_std, split_unsendable, stage_message,
+    warn_truncated_run, warn_unusable_source, zeroed_slice, CmsgBuf, Listeners, RateLimit,
+    RecvControl, RecvRun, CMSG_BUF_LEN, GRO_BUF_LEN,
 };
 use super::{recycled, Backend, Capabilities, Offload, RecvBatch, SendStats, Transmit};
 use super::{BATCH_SIZE, MAX_DATAGRAM_LEN};
@@ -361,16 +361,8 @@ impl MmsgBackend {
                 &mut self.send_iovs[iov..iov + count],
                 &mut self.send_ctrl[msgs],
             ) else {
-                let datagrams = group.iter().map(Transmit::datagrams).sum();
-                stats.failed += datagrams as u64;
+                stats.failed += drop_unusable_source(&mut self.send_warn, listener, group);
                 self.last_send_errno = Some(libc::EAFNOSUPPORT);
-                warn_unusable_source_address(
-                    &mut self.send_warn,
-                    listener,
-                    run[i].source,
-                    run[i].destination,
-                    datagrams,
-                );
                 i += count;
                 continue;
             };

@@ -337,7 +337,8 @@ impl RecvBatch {
     }
 
     /// Records arena slot `slot` as a message of `len` bytes (`stride` apart, see
-    /// [`RecvControl::stride`](sys::RecvControl::stride)) from `addr` on `listener`. The caller wrote the bytes.
+    /// [`RecvControl::stride`](sys::RecvControl::stride)) from `addr` on `listener`. The caller
+    /// wrote the bytes.
     fn push_slot(&mut self, slot: usize, run: sys::RecvRun, listener: usize) {
         debug_assert!(slot < self.slots_used && run.len <= self.slot_len);
         let len = run.len.min(self.slot_len);

@@ -1,9 +1,9 @@
 //! Low-level helpers shared by the system-call backends ([`super::mmsg`], [`super::uring`]):
 //! socket address conversion, destination-family adaptation, the control-message helpers
 //! (SO_RXQ_OVFL, UDP_GRO and IP_PKTINFO/IPV6_PKTINFO received; UDP_SEGMENT and the packet
-//! info sent), per-socket offload probing, splitting a received GRO
-//! run into datagrams, the GSO grouping rule and staging of one outgoing message, zeroed C
-//! structs and a log rate limiter.
+//! info sent), per-socket offload probing, splitting a received GRO run into datagrams, the
+//! GSO grouping rule and staging of one outgoing message, zeroed C structs and a log rate
+//! limiter.
 
 use std::mem;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
@@ -282,17 +282,11 @@ impl RecvControl {
             }
             (libc::IPPROTO_IP, libc::IP_PKTINFO) if out.local.is_none() => {
                 let at = mem::offset_of!(libc::in_pktinfo, ipi_addr);
-                out.local = data
-                    .get(at..at + 4)
-                    .and_then(|b| <[u8; 4]>::try_from(b).ok())
-                    .map(|b| IpAddr::V4(Ipv4Addr::from(b)));
+                out.local = octets_at::<4>(data, at).map(|b| IpAddr::V4(Ipv4Addr::from(b)));
             }
             (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) if out.local.is_none() => {
                 let at = mem::offset_of!(libc::in6_pktinfo, ipi6_addr);
-                out.local = data
-                    .get(at..at + 16)
-                    .and_then(|b| <[u8; 16]>::try_from(b).ok())
-                    .map(|b| IpAddr::V6(Ipv6Addr::from(b)));
+                out.local = octets_at::<16>(data, at).map(|b| IpAddr::V6(Ipv6Addr::from(b)));
             }
             _ => {}
         });
@@ -357,6 +351,11 @@ fn for_each_cmsg(control: &[u8], mut f: impl FnMut(libc::c_int, libc::c_int, &[u
             cmsg = libc::CMSG_NXTHDR(&hdr, cmsg);
         }
     }
+}
+
+/// The `N` bytes of a control message's payload at offset `at`, if it is that long.
+fn octets_at<const N: usize>(data: &[u8], at: usize) -> Option<[u8; N]> {
+    data.get(at..at.checked_add(N)?)?.try_into().ok()
 }
 
 /// One received message: a datagram, or with GRO a coalesced run of datagrams `stride` bytes
@@ -508,9 +507,9 @@ unsafe fn put_cmsg<T>(cmsg: *mut libc::cmsghdr, level: libc::c_int, ty: libc::c_
 /// How many transmits from the start of `run` (all through one listener) go as one GSO
 /// message, and its segment size when that is more than one datagram.
 ///
-/// The kernel's rule: one destination (and one source address), every segment the same length except the last, which
-/// may be shorter (not empty: it would vanish), at most `max_segments` (`UDP_MAX_SEGMENTS`) and
-/// [`MAX_GSO_PAYLOAD`] bytes in all. A group of one gets no UDP_SEGMENT, because some drivers
+/// The kernel's rule: one destination (and one source address), every segment the same length
+/// except the last, which may be shorter (not empty: it would vanish), at most `max_segments`
+/// (`UDP_MAX_SEGMENTS`) and [`MAX_GSO_PAYLOAD`] bytes in all. A group of one gets no UDP_SEGMENT, because some drivers
 /// reject single-segment GSO (as quinn-udp notes). A transmit that carries a run is a group of
 /// its own, and must be [`sendable`] (see [`split_unsendable`]).
 pub(super) fn gso_group(run: &[Transmit<'_>], max_segments: usize) -> (usize, Option<u16>) {
@@ -631,21 +630,24 @@ pub(super) fn stage_message(
     Some((namelen, ctrl_len, used))
 }
 
-/// Logs (rate-limited) that `datagrams` datagrams for `destination` were dropped because
-/// `listener`'s socket cannot send from `source` (an IPv6 address through an IPv4 socket).
-pub(super) fn warn_unusable_source_address(
+/// Drops `group` (one message's transmits), whose source address `listener`'s socket cannot
+/// send from (an IPv6 address through an IPv4 socket), with a rate-limited warning; returns
+/// the datagrams dropped, for [`SendStats::failed`](super::SendStats::failed).
+pub(super) fn drop_unusable_source(
     warn: &mut RateLimit,
     listener: usize,
-    source: Option<IpAddr>,
-    destination: SocketAddr,
-    datagrams: usize,
-) {
-    if let Some(suppressed) = warn.allow() {
+    group: &[Transmit<'_>],
+) -> u64 {
+    let datagrams: usize = group.iter().map(Transmit::datagrams).sum();
+    if let (Some(first), Some(suppressed)) = (group.first(), warn.allow()) {
         log::warn!(
-            "send via listener {listener} to {destination}: cannot send from {source:?} \
-             through this socket; {datagrams} datagrams dropped ({suppressed} similar suppressed)"
+            "send via listener {listener} to {}: cannot send from {:?} through this socket; \
+             {datagrams} datagrams dropped ({suppressed} similar suppressed)",
+            first.destination,
+            first.source
         );
     }
+    datagrams as u64
 }
 
 /// Points a staged message's header (see [`stage_message`]) at its name, its `iovlen` iovecs

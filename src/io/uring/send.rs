@@ -12,8 +12,7 @@ use io_uring::types::Fd;
 
 use super::super::socket::GSO_MAX_SEGMENTS;
 use super::super::sys::{
-    gso_group, link_header, split_unsendable, stage_message, warn_unusable_source_address,
-    WARN_INTERVAL,
+    drop_unusable_source, gso_group, link_header, split_unsendable, stage_message, WARN_INTERVAL,
 };
 use super::super::{recycled, SendStats, Transmit, BATCH_SIZE};
 use super::{push, Token, UringBackend};
@@ -134,15 +133,7 @@ impl UringBackend {
                 &mut self.send_iovs[iov..iov + count],
                 &mut self.send_ctrl[msgs],
             ) else {
-                let datagrams = group.iter().map(Transmit::datagrams).sum();
-                stats.failed += datagrams as u64;
-                warn_unusable_source_address(
-                    &mut self.send_warn,
-                    listener,
-                    group[0].source,
-                    group[0].destination,
-                    datagrams,
-                );
+                stats.failed += drop_unusable_source(&mut self.send_warn, listener, group);
                 i += count;
                 continue;
             };
